@@ -1,0 +1,228 @@
+"""The LSTM with memory cell, input, forget and output gates, and its variants."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from memcell.cells import _common as c
+from memcell.types import Array, Cell
+
+_LN_EPS = 1e-5
+
+
+class LSTMNorm(NamedTuple):
+    """Layer-norm gains and biases of the layer-normalised LSTM (Ba et al. 2016)."""
+
+    x_scale: Array  # [g] gain of LN(x W), normalised per gate block
+    h_scale: Array  # [g] gain of LN(h U), normalised per gate block
+    c_scale: Array  # [h] gain of LN(c) before the output activation
+    c_bias: Array  # [h]
+
+
+class LSTMParams(NamedTuple):
+    """LSTM params. Gate blocks are fused along the last axis of ``w_x``, ``w_h``, ``b`` in
+    the order ``i, f, g, o`` (PyTorch's), leaving out the blocks a variant has no use for."""
+
+    w_x: Array  # [d, g]
+    w_h: Array  # [h, g]
+    b: Array  # [g]
+    p_i: Array | None = None  # [h] peephole c -> i (diagonal), with peephole=True
+    p_f: Array | None = None  # [h] peephole c -> f
+    p_o: Array | None = None  # [h] peephole c' -> o
+    norm: LSTMNorm | None = None  # with layer_norm=True
+
+
+class LSTMCarry(NamedTuple):
+    h: Array  # [*b, h] hidden output
+    c: Array  # [*b, h] memory cell
+
+
+# Greff et al. 2017, "LSTM: A Search Space Odyssey": their "vanilla" LSTM has peepholes;
+# each variant removes or changes one component.
+LSTM_VARIANTS: dict[str, dict] = {
+    "vanilla": dict(peephole=True),
+    "NIG": dict(peephole=True, input_gate=False),
+    "NFG": dict(peephole=True, forget_gate=False),
+    "NOG": dict(peephole=True, output_gate=False),
+    "NIAF": dict(peephole=True, input_activation=False),
+    "NOAF": dict(peephole=True, output_activation=False),
+    "NP": dict(),
+    "CIFG": dict(peephole=True, cifg=True),
+}
+
+
+def _layer_norm(z: Array, n_blocks: int, scale: Array, bias: Array | None = None) -> Array:
+    """Normalises each of ``n_blocks`` gate blocks of the last axis on its own."""
+    shape = z.shape
+    z = z.reshape(shape[:-1] + (n_blocks, shape[-1] // n_blocks))
+    mean = z.mean(-1, keepdims=True)
+    var = jnp.square(z - mean).mean(-1, keepdims=True)
+    z = ((z - mean) * jax.lax.rsqrt(var + _LN_EPS)).reshape(shape)
+    z = z * scale
+    return z if bias is None else z + bias
+
+
+def lstm(
+    hidden_size: int,
+    *,
+    forget_bias: float | None = None,
+    init: str = "default",
+    max_timescale: float | None = None,
+    peephole: bool = False,
+    cifg: bool = False,
+    layer_norm: bool = False,
+    input_gate: bool = True,
+    forget_gate: bool = True,
+    output_gate: bool = True,
+    input_activation: bool = True,
+    output_activation: bool = True,
+    kernel_init="lecun_normal",
+    recurrent_init="orthogonal",
+    recurrent_scale: float = 1.0,
+    param_dtype=jnp.float32,
+    dtype=None,
+) -> Cell:
+    """The LSTM (Hochreiter and Schmidhuber 1997) with forget gate (Gers et al. 2000).
+
+    Equations, for ``z = x W + h U + b`` split into gate blocks::
+
+        i  = sigmoid(z_i + p_i * c)        input gate     (1 without it; 1 - f with cifg)
+        f  = sigmoid(z_f + p_f * c)        forget gate    (1 without it)
+        g  = tanh(z_g)                     cell input     (z_g without input_activation)
+        c' = f * c + i * g                 memory cell
+        o  = sigmoid(z_o + p_o * c')       output gate    (1 without it)
+        h' = o * tanh(c')                  hidden output  (o * c' without output_activation)
+
+    The peephole terms ``p * c`` exist only with ``peephole=True``. With ``layer_norm=True``,
+    ``z = LN(x W) + LN(h U) + b`` (each gate block normalised alone) and ``tanh(c')`` becomes
+    ``tanh(LN(c'))`` (Ba et al. 2016). The step returns ``(LSTMCarry(h', c'), h')``.
+
+    Args:
+      hidden_size: number of hidden units ``h``.
+      forget_bias: initial forget-gate bias (default 1.0, Jozefowicz et al. 2015).
+      init: ``"default"`` or ``"chrono"`` (Tallec and Ollivier 2018: ``b_f ~ log U(1,
+        max_timescale - 1)`` and ``b_i = -b_f``, so forget gates start close to 1 with
+        memory timescales spread up to ``max_timescale`` steps).
+      max_timescale: the longest dependency expected, in steps; required by chrono init.
+      peephole: diagonal peephole connections from the memory cell to the gates.
+      cifg: coupled input and forget gate, ``i = 1 - f``.
+      layer_norm: layer-normalised gates and cell.
+      input_gate, forget_gate, output_gate: ``False`` fixes that gate at 1 (the NIG, NFG and
+        NOG variants of Greff et al.); its weights are not allocated.
+      input_activation, output_activation: ``False`` removes the tanh on ``g`` or on ``c'``
+        (the NIAF and NOAF variants). ``LSTM_VARIANTS`` names all of Greff et al.'s variants.
+      kernel_init, recurrent_init, recurrent_scale: as for ``memcell.rnn``; each gate block is
+        initialised on its own.
+      param_dtype: dtype of the params.
+      dtype: computation dtype of the matmuls (None: that of params and inputs); bfloat16
+        accumulates in float32, and the carry stays float32.
+
+    Returns:
+      A ``Cell`` with ``LSTMParams`` and ``LSTMCarry``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, memcell
+      >>> cell = memcell.lstm(16, forget_bias=1.0)
+      >>> params = cell.init(jax.random.key(0), input_size=4)
+      >>> params.w_x.shape, params.w_h.shape   # gates i, f, g, o fused
+      ((4, 64), (16, 64))
+      >>> carry, ys = memcell.unroll(cell, params, jnp.ones((2, 10, 4)))   # a batch of 2
+      >>> ys.shape, carry.c.shape
+      ((2, 10, 16), (2, 16))
+    """
+    hidden_size = c.check_positive_int("hidden_size", hidden_size)
+    c.check_choice("init", init, {"default", "chrono"})
+    scheme = init  # the name `init` is taken by the Cell's init function below
+    if scheme == "chrono":
+        if forget_bias is not None:
+            raise ValueError("forget_bias cannot be set with init='chrono', which sets the forget bias itself")
+        if max_timescale is None or not max_timescale > 2:
+            raise ValueError(f"init='chrono' needs max_timescale > 2 (in steps), got {max_timescale!r}")
+        if not forget_gate:
+            raise ValueError("init='chrono' initialises the forget gate, so it needs forget_gate=True")
+    elif max_timescale is not None:
+        raise ValueError("max_timescale is only used with init='chrono'")
+    forget_bias = 1.0 if forget_bias is None else float(forget_bias)
+    if cifg and not forget_gate:
+        raise ValueError("cifg=True couples the input gate to the forget gate, so it needs forget_gate=True")
+    if cifg and not input_gate:
+        raise ValueError("cifg=True replaces the input gate by 1 - f; input_gate=False contradicts it")
+    param_dtype = c.check_float_dtype("param_dtype", param_dtype)
+    dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
+    k_init = c.resolve_init("kernel_init", kernel_init, hidden_size)
+    r_init = c.resolve_init("recurrent_init", recurrent_init, hidden_size)
+
+    has_i = input_gate and not cifg
+    gates = tuple(name for name, on in (("i", has_i), ("f", forget_gate), ("g", True), ("o", output_gate)) if on)
+    n = len(gates)
+    H = hidden_size
+
+    def init(key, input_size: int) -> LSTMParams:
+        input_size = c.check_input_size(input_size)
+        kx, kh, kb = jax.random.split(key, 3)
+        b = {name: jnp.zeros((H,), param_dtype) for name in gates}
+        if "f" in gates:
+            if scheme == "chrono":
+                b["f"] = jnp.log(jax.random.uniform(kb, (H,), param_dtype, 1.0, max_timescale - 1.0))
+                if "i" in gates:
+                    b["i"] = -b["f"]
+            else:
+                b["f"] = jnp.full((H,), forget_bias, param_dtype)
+        peep = (lambda on: jnp.zeros((H,), param_dtype) if (peephole and on) else None)
+        norm = None
+        if layer_norm:
+            norm = LSTMNorm(
+                x_scale=jnp.ones((n * H,), param_dtype),
+                h_scale=jnp.ones((n * H,), param_dtype),
+                c_scale=jnp.ones((H,), param_dtype),
+                c_bias=jnp.zeros((H,), param_dtype),
+            )
+        return LSTMParams(
+            w_x=c.block_matrix(kx, k_init, input_size, H, n, param_dtype),
+            w_h=c.block_matrix(kh, r_init, H, H, n, param_dtype, recurrent_scale),
+            b=jnp.concatenate([b[name] for name in gates]),
+            p_i=peep(has_i),
+            p_f=peep(forget_gate),
+            p_o=peep(output_gate),
+            norm=norm,
+        )
+
+    def initial_carry(params: LSTMParams, batch_shape=()) -> LSTMCarry:
+        zeros = c.zeros_carry(params.w_h, batch_shape)
+        return LSTMCarry(h=zeros, c=zeros)
+
+    def step(params: LSTMParams, carry: LSTMCarry, x: Array) -> tuple[LSTMCarry, Array]:
+        zx = c.linear(x, params.w_x, dtype)
+        zh = c.linear(carry.h, params.w_h, dtype)
+        if params.norm is not None:
+            zx = _layer_norm(zx, n, params.norm.x_scale)
+            zh = _layer_norm(zh, n, params.norm.h_scale)
+        z = zx + zh + params.b
+        blocks = dict(zip(gates, jnp.split(z, n, axis=-1)))
+        c_prev = carry.c
+        if params.p_f is not None:
+            blocks["f"] = blocks["f"] + params.p_f * c_prev
+        if params.p_i is not None:
+            blocks["i"] = blocks["i"] + params.p_i * c_prev
+        f = jax.nn.sigmoid(blocks["f"]) if forget_gate else 1.0
+        if cifg:
+            i = 1.0 - f
+        elif has_i:
+            i = jax.nn.sigmoid(blocks["i"])
+        else:
+            i = 1.0
+        g = jnp.tanh(blocks["g"]) if input_activation else blocks["g"]
+        c_new = f * c_prev + i * g
+        if output_gate:
+            zo = blocks["o"] if params.p_o is None else blocks["o"] + params.p_o * c_new
+            o = jax.nn.sigmoid(zo)
+        else:
+            o = 1.0
+        c_out = c_new if params.norm is None else _layer_norm(c_new, 1, params.norm.c_scale, params.norm.c_bias)
+        h_new = o * (jnp.tanh(c_out) if output_activation else c_out)
+        new = LSTMCarry(h=h_new.astype(carry.h.dtype), c=c_new.astype(carry.c.dtype))
+        return new, new.h
+
+    return Cell(init, initial_carry, step)
+

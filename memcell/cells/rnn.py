@@ -1,0 +1,87 @@
+"""The Elman RNN."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from memcell.cells import _common as c
+from memcell.types import Array, Cell
+
+_ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+class RNNParams(NamedTuple):
+    w_x: Array  # [d, h] input kernel
+    w_h: Array  # [h, h] recurrent kernel U
+    b: Array  # [h]
+
+
+class RNNCarry(NamedTuple):
+    h: Array  # [*b, h]
+
+
+def rnn(
+    hidden_size: int,
+    *,
+    activation: str = "tanh",
+    kernel_init="lecun_normal",
+    recurrent_init="orthogonal",
+    recurrent_scale: float = 1.0,
+    param_dtype=jnp.float32,
+    dtype=None,
+) -> Cell:
+    """The Elman RNN: ``h' = act(x W + h U + b)``, with ``y = h'``.
+
+    Args:
+      hidden_size: number of hidden units ``h``.
+      activation: ``"tanh"`` or ``"relu"`` (with ``recurrent_init="identity"``: the IRNN
+        of Le et al. 2015).
+      kernel_init: initialiser of ``W``: a name (``"lecun_normal"``, ``"glorot_uniform"``,
+        ``"orthogonal"``, ``"uniform"`` (PyTorch's), ``"zeros"``) or a
+        ``jax.nn.initializers`` callable.
+      recurrent_init: initialiser of ``U``; the same names plus ``"identity"``.
+      recurrent_scale: ``U`` is multiplied by this after init. With the orthogonal or identity
+        init every eigenvalue of ``U`` has modulus ``recurrent_scale``, so it is exactly the
+        spectral radius (0.9: vanishing, 1.5: exploding).
+      param_dtype: dtype of the params.
+      dtype: computation dtype of the matmuls (None: that of params and inputs). With
+        ``jnp.bfloat16`` the matmuls run in bf16 and accumulate in float32; the carry is float32.
+
+    Returns:
+      A ``Cell`` with ``RNNParams`` and ``RNNCarry``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, memcell
+      >>> cell = memcell.rnn(8, recurrent_scale=0.9)
+      >>> params = cell.init(jax.random.key(0), input_size=3)
+      >>> carry, ys = memcell.unroll(cell, params, jnp.ones((5, 3)))
+      >>> ys.shape, carry.h.shape
+      ((5, 8), (8,))
+    """
+    hidden_size = c.check_positive_int("hidden_size", hidden_size)
+    c.check_choice("activation", activation, _ACTIVATIONS)
+    act = _ACTIVATIONS[activation]
+    param_dtype = c.check_float_dtype("param_dtype", param_dtype)
+    dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
+    k_init = c.resolve_init("kernel_init", kernel_init, hidden_size)
+    r_init = c.resolve_init("recurrent_init", recurrent_init, hidden_size)
+
+    def init(key, input_size: int) -> RNNParams:
+        input_size = c.check_input_size(input_size)
+        kx, kh = jax.random.split(key)
+        return RNNParams(
+            w_x=c.block_matrix(kx, k_init, input_size, hidden_size, 1, param_dtype),
+            w_h=c.block_matrix(kh, r_init, hidden_size, hidden_size, 1, param_dtype, recurrent_scale),
+            b=jnp.zeros((hidden_size,), param_dtype),
+        )
+
+    def initial_carry(params: RNNParams, batch_shape=()) -> RNNCarry:
+        return RNNCarry(c.zeros_carry(params.w_h, batch_shape))
+
+    def step(params: RNNParams, carry: RNNCarry, x: Array) -> tuple[RNNCarry, Array]:
+        z = c.linear(x, params.w_x, dtype) + c.linear(carry.h, params.w_h, dtype) + params.b
+        h = act(z).astype(carry.h.dtype)
+        return RNNCarry(h), h
+
+    return Cell(init, initial_carry, step)
