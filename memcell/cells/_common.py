@@ -75,7 +75,9 @@ def block_matrix(key, init: Initializer, rows: int, hidden: int, n_blocks: int, 
     rather than for the wide fused matrix.
     """
     keys = jax.random.split(key, n_blocks)
-    blocks = [init(k, (rows, hidden), dtype) for k in keys]
+    # Draw in float32 at least: QR (orthogonal init) and friends have no bfloat16 kernels.
+    draw_dtype = jnp.promote_types(dtype, jnp.float32)
+    blocks = [init(k, (rows, hidden), draw_dtype) for k in keys]
     return (scale * jnp.concatenate(blocks, axis=-1)).astype(dtype)
 
 

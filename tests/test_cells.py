@@ -1,0 +1,320 @@
+"""Cells: shapes, broadcasting, known values against NumPy, gradients, dtypes, inits, bad input."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import memcell
+
+# --------------------------------------------------------------------------- configurations
+# Every cell and every option the factories offer; each test below runs on all of them.
+
+CONFIGS = {
+    "rnn_tanh": (memcell.rnn, dict()),
+    "rnn_relu_identity": (memcell.rnn, dict(activation="relu", recurrent_init="identity", recurrent_scale=0.5)),
+    "lstm": (memcell.lstm, dict()),
+    "lstm_forget_bias0": (memcell.lstm, dict(forget_bias=0.0)),
+    "lstm_chrono": (memcell.lstm, dict(init="chrono", max_timescale=50)),
+    "lstm_peephole": (memcell.lstm, dict(peephole=True)),
+    "lstm_cifg": (memcell.lstm, dict(cifg=True, peephole=True)),
+    "lstm_layer_norm": (memcell.lstm, dict(layer_norm=True, peephole=True)),
+    "lstm_NIG": (memcell.lstm, dict(input_gate=False)),
+    "lstm_NFG": (memcell.lstm, dict(forget_gate=False)),
+    "lstm_NOG": (memcell.lstm, dict(output_gate=False)),
+    "lstm_NIAF": (memcell.lstm, dict(input_activation=False)),
+    "lstm_NOAF": (memcell.lstm, dict(output_activation=False)),
+    "gru": (memcell.gru, dict()),
+    "gru_reset_before": (memcell.gru, dict(reset_after=False)),
+}
+H, D = 5, 3
+
+
+def make(name, hidden=H, **extra):
+    factory, kw = CONFIGS[name]
+    return factory(hidden, **kw, **extra)
+
+
+def randomize(params, key, scale=0.5):
+    """Random values in every param (zeros and ones at init would hide peephole/LN/bias bugs)."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        tree, [leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)]
+    )
+
+
+def setup(name, seed=0, dtype=jnp.float32, **extra):
+    cell = make(name, param_dtype=dtype, **extra)
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    params = randomize(cell.init(k1, D), k2)
+    return cell, params
+
+
+names = pytest.mark.parametrize("name", list(CONFIGS))
+
+
+# --------------------------------------------------------------------------- NumPy reference
+
+
+def _sig(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _ln(z, n, scale, bias=None, eps=1e-5):
+    zz = z.reshape(z.shape[:-1] + (n, -1))
+    zz = (zz - zz.mean(-1, keepdims=True)) / np.sqrt(zz.var(-1, keepdims=True) + eps)
+    out = zz.reshape(z.shape) * scale
+    return out if bias is None else out + bias
+
+
+def np_step(name, p, carry, x):
+    """The equations of each cell, written again in NumPy from the papers, for one step."""
+    p = jax.tree.map(np.asarray, p)
+    factory, kw = CONFIGS[name]
+    if factory is memcell.rnn:
+        act = np.tanh if kw.get("activation", "tanh") == "tanh" else (lambda v: np.maximum(v, 0))
+        h = act(x @ p.w_x + carry[0] @ p.w_h + p.b)
+        return (h,), h
+    if factory is memcell.gru:
+        h = carry[0]
+        gx = x @ p.w_x + p.b_x
+        xr, xz, xn = np.split(gx, 3, -1)
+        if kw.get("reset_after", True):
+            hr, hz, hn = np.split(h @ p.w_h + p.b_h, 3, -1)
+            r, z = _sig(xr + hr), _sig(xz + hz)
+            n = np.tanh(xn + r * hn)
+        else:
+            Hh = h.shape[-1]
+            hr, hz = np.split(h @ p.w_h[:, : 2 * Hh] + p.b_h[: 2 * Hh], 2, -1)
+            r, z = _sig(xr + hr), _sig(xz + hz)
+            n = np.tanh(xn + (r * h) @ p.w_h[:, 2 * Hh :] + p.b_h[2 * Hh :])
+        h = (1 - z) * n + z * h
+        return (h,), h
+    h, c = carry
+    cifg = kw.get("cifg", False)
+    gates = [g for g, on in [("i", kw.get("input_gate", True) and not cifg), ("f", kw.get("forget_gate", True)),
+                             ("g", True), ("o", kw.get("output_gate", True))] if on]
+    zx, zh = x @ p.w_x, h @ p.w_h
+    if kw.get("layer_norm"):
+        zx, zh = _ln(zx, len(gates), p.norm.x_scale), _ln(zh, len(gates), p.norm.h_scale)
+    z = dict(zip(gates, np.split(zx + zh + p.b, len(gates), -1)))
+    peep = kw.get("peephole", False)
+    f = _sig(z["f"] + (p.p_f * c if peep else 0)) if "f" in z else 1.0
+    if cifg:
+        i = 1 - f
+    else:
+        i = _sig(z["i"] + (p.p_i * c if peep else 0)) if "i" in z else 1.0
+    g = np.tanh(z["g"]) if kw.get("input_activation", True) else z["g"]
+    c = f * c + i * g
+    o = _sig(z["o"] + (p.p_o * c if peep else 0)) if "o" in z else 1.0
+    c_out = _ln(c, 1, p.norm.c_scale, p.norm.c_bias) if kw.get("layer_norm") else c
+    h = o * (np.tanh(c_out) if kw.get("output_activation", True) else c_out)
+    return (h, c), h
+
+
+@names
+def test_step_matches_numpy_reference(name):
+    cell, params = setup(name, seed=1)
+    xs = np.asarray(jax.random.normal(jax.random.key(2), (4, 6, D)))
+    carry, ys = memcell.unroll(cell, params, jnp.asarray(xs))
+    ref = tuple(np.zeros((4, H)) for _ in jax.tree.leaves(carry))
+    ref_ys = []
+    for t in range(xs.shape[1]):
+        ref, y = np_step(name, params, ref, xs[:, t])
+        ref_ys.append(y)
+    np.testing.assert_allclose(ys, np.stack(ref_ys, 1), rtol=2e-5, atol=2e-5)
+    for got, want in zip(jax.tree.leaves(carry), ref):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+# --------------------------------------------------------------------------- shapes, vmap, jit
+
+
+@names
+def test_shapes_unbatched_and_batched(name):
+    cell, params = setup(name)
+    carry = cell.initial_carry(params)
+    x = jnp.ones((D,))
+    new, y = cell.step(params, carry, x)
+    assert y.shape == (H,)
+    assert jax.tree.map(jnp.shape, new) == jax.tree.map(jnp.shape, carry)
+    carry = cell.initial_carry(params, (2, 7))
+    new, y = cell.step(params, carry, jnp.ones((2, 7, D)))
+    assert y.shape == (2, 7, H)
+    assert all(leaf.shape == (2, 7, H) for leaf in jax.tree.leaves(new))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new))
+
+
+@names
+def test_vmap_equals_broadcasting(name):
+    cell, params = setup(name)
+    xs = jax.random.normal(jax.random.key(3), (3, 4, D))
+    carry_b, ys_b = memcell.unroll(cell, params, xs)
+    carry_v, ys_v = jax.vmap(lambda x: memcell.unroll(cell, params, x))(xs)
+    np.testing.assert_allclose(ys_b, ys_v, rtol=1e-6, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), carry_b, carry_v)
+
+
+@names
+def test_jit_equals_eager(name):
+    cell, params = setup(name)
+    xs = jax.random.normal(jax.random.key(4), (2, 5, D))
+    with jax.disable_jit():
+        _, ys_eager = memcell.unroll(cell, params, xs)
+    _, ys_jit = jax.jit(lambda p, x: memcell.unroll(cell, p, x))(params, xs)
+    np.testing.assert_allclose(ys_eager, ys_jit, rtol=1e-5, atol=1e-6)
+
+
+@names
+def test_unroll_equals_python_loop(name):
+    cell, params = setup(name)
+    xs = jax.random.normal(jax.random.key(5), (2, 6, D))
+    carry = cell.initial_carry(params, (2,))
+    ys = []
+    for t in range(xs.shape[1]):
+        carry, y = cell.step(params, carry, xs[:, t])
+        ys.append(y)
+    final, ys_scan = memcell.unroll(cell, params, xs)
+    np.testing.assert_allclose(ys_scan, jnp.stack(ys, 1), rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), final, carry)
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+@names
+def test_check_grads_float64_order2(name):
+    with jax.enable_x64(True):
+        cell, params = setup(name, dtype=jnp.float64, seed=6)
+        xs = jax.random.normal(jax.random.key(7), (3, D), jnp.float64)
+
+        @jax.jit
+        def f(params, xs):
+            carry, ys = memcell.unroll(cell, params, xs)
+            return jnp.sum(ys**2) + sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(carry))
+
+        # A small step: LN(h U) at h = 0 has variance ~0, where rsqrt curves sharply, so wider
+        # finite differences are off by their own truncation error (float64 keeps 1e-5 exact enough).
+        check_grads(f, (params, xs), order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5, eps=1e-5)
+
+
+# --------------------------------------------------------------------------- dtypes
+
+
+@pytest.mark.parametrize("name", ["rnn_tanh", "lstm", "lstm_layer_norm", "gru"])
+def test_bfloat16_compute_has_float32_carry_and_stays_close(name):
+    cell32, params = setup(name)
+    cell16 = make(name, dtype=jnp.bfloat16)
+    xs = jax.random.normal(jax.random.key(8), (2, 8, D))
+    carry16, ys16 = memcell.unroll(cell16, params, xs)
+    _, ys32 = memcell.unroll(cell32, params, xs)
+    assert ys16.dtype == jnp.float32
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(carry16))
+    err = float(jnp.max(jnp.abs(ys16 - ys32)))
+    assert 0 < err < 0.05  # bf16 rounding is visible but small
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_bfloat16_params_keep_float32_carry(name):
+    cell = make(name, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
+    params = cell.init(jax.random.key(0), D)
+    assert params.w_x.dtype == jnp.bfloat16
+    carry, ys = memcell.unroll(cell, params, jnp.ones((4, D), jnp.bfloat16))
+    assert ys.dtype == jnp.float32 and all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(carry))
+    assert bool(jnp.all(jnp.isfinite(ys)))
+
+
+# --------------------------------------------------------------------------- inits
+
+
+def test_lstm_param_layout_and_forget_bias():
+    p = memcell.lstm(4).init(jax.random.key(0), 3)
+    assert p.w_x.shape == (3, 16) and p.w_h.shape == (4, 16) and p.b.shape == (16,)
+    np.testing.assert_array_equal(p.b, np.r_[np.zeros(4), np.ones(4), np.zeros(8)])  # i, f, g, o
+    assert p.p_i is None and p.norm is None
+    p0 = memcell.lstm(4, forget_bias=0.0).init(jax.random.key(0), 3)
+    np.testing.assert_array_equal(p0.b, np.zeros(16))
+
+
+@pytest.mark.parametrize(
+    "kw, blocks",
+    [(dict(input_gate=False), 3), (dict(forget_gate=False), 3), (dict(output_gate=False), 3),
+     (dict(cifg=True), 3), (dict(input_gate=False, output_gate=False), 2), (dict(input_activation=False), 4)],
+)
+def test_lstm_variants_allocate_only_their_gates(kw, blocks):
+    p = memcell.lstm(4, **kw).init(jax.random.key(0), 3)
+    assert p.w_x.shape == (3, 4 * blocks) and p.w_h.shape == (4, 4 * blocks) and p.b.shape == (4 * blocks,)
+
+
+def test_greff_variants_all_build_and_run():
+    for variant, kw in memcell.LSTM_VARIANTS.items():
+        cell = memcell.lstm(4, **kw)
+        params = cell.init(jax.random.key(0), 2)
+        _, ys = memcell.unroll(cell, params, jnp.ones((3, 2)))
+        assert ys.shape == (3, 4), variant
+        has_peepholes = any(p is not None for p in (params.p_i, params.p_f, params.p_o))
+        assert has_peepholes == kw.get("peephole", False), variant
+
+
+def test_chrono_init_biases():
+    T = 100
+    p = memcell.lstm(64, init="chrono", max_timescale=T).init(jax.random.key(0), 3)
+    b_i, b_f = p.b[:64], p.b[64:128]
+    assert float(b_f.min()) >= 0.0 and float(b_f.max()) <= np.log(T - 1) + 1e-6
+    np.testing.assert_allclose(b_i, -b_f)
+    assert float(b_f.std()) > 0.3  # spread timescales, not one constant
+
+
+@pytest.mark.parametrize("init", ["orthogonal", "identity"])
+@pytest.mark.parametrize("scale", [0.5, 0.9, 1.5])
+def test_recurrent_scale_sets_spectral_radius(init, scale):
+    p = memcell.rnn(32, recurrent_init=init, recurrent_scale=scale).init(jax.random.key(1), 3)
+    radius = np.max(np.abs(np.linalg.eigvals(np.asarray(p.w_h, np.float64))))
+    np.testing.assert_allclose(radius, scale, rtol=1e-4)
+
+
+def test_identity_relu_rnn_is_irnn():
+    p = memcell.rnn(6, activation="relu", recurrent_init="identity").init(jax.random.key(0), 2)
+    np.testing.assert_array_equal(p.w_h, np.eye(6))
+
+
+def test_initial_carry_batch_shapes():
+    cell = memcell.lstm(3)
+    params = cell.init(jax.random.key(0), 2)
+    carry = cell.initial_carry(params, (4, 5))
+    assert carry.h.shape == (4, 5, 3) and carry.c.shape == (4, 5, 3)
+    assert carry.h.dtype == jnp.float32 and float(jnp.abs(carry.c).sum()) == 0.0
+
+
+def test_user_initializer_callable_is_used():
+    p = memcell.gru(4, kernel_init=jax.nn.initializers.ones).init(jax.random.key(0), 2)
+    np.testing.assert_array_equal(p.w_x, np.ones((2, 12)))
+
+
+# --------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize(
+    "call, err, match",
+    [
+        (lambda: memcell.rnn(0), ValueError, "hidden_size must be a positive int, got 0"),
+        (lambda: memcell.lstm(2.5), ValueError, "hidden_size must be a positive int, got 2.5"),
+        (lambda: memcell.rnn(4, activation="sigmoid"), ValueError, "activation must be one of"),
+        (lambda: memcell.rnn(4, recurrent_init="eye"), ValueError, "recurrent_init must be one of"),
+        (lambda: memcell.lstm(4, init="chrono"), ValueError, "max_timescale > 2"),
+        (lambda: memcell.lstm(4, init="chrono", max_timescale=10, forget_bias=1.0), ValueError, "forget_bias"),
+        (lambda: memcell.lstm(4, max_timescale=10), ValueError, "only used with init='chrono'"),
+        (lambda: memcell.lstm(4, cifg=True, forget_gate=False), ValueError, "cifg"),
+        (lambda: memcell.lstm(4, init="he"), ValueError, "init must be one of"),
+        (lambda: memcell.gru(4, param_dtype=jnp.int32), TypeError, "param_dtype must be a floating dtype"),
+        (lambda: memcell.gru(4, dtype="complex"), TypeError, "dtype must be a floating dtype"),
+        (lambda: memcell.lstm(4).init(jax.random.key(0), 0), ValueError, "input_size must be a positive int"),
+    ],
+)
+def test_bad_factory_arguments(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
