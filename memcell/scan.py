@@ -79,9 +79,9 @@ def _check_resets(resets, batch_shape: tuple, T: int) -> Array | None:
 
 
 def _check_carry(cell: Cell, params, carry, batch_shape: tuple) -> PyTree:
-    expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
     if carry is None:
         return cell.initial_carry(params, batch_shape)
+    expected = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
     if jax.tree.structure(carry) != jax.tree.structure(expected):
         raise ValueError(
             f"carry must have the structure of cell.initial_carry: {jax.tree.structure(expected)}, "
