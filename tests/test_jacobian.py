@@ -1,0 +1,401 @@
+"""Tests of memcell.jacobian: every function against brute force (jax.jacrev of the unrolled map),
+an analytic linear RNN, and the vanishing-gradient story measured on fixed seeds."""
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import memcell
+from memcell import jacobian as J
+from memcell.types import Cell
+
+T, D, H = 6, 2, 3
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class LinearCarry(NamedTuple):
+    h: jnp.ndarray
+
+
+def linear_cell(u: np.ndarray, d: int = 1) -> Cell:
+    """A user-defined linear RNN, h' = h U + x W, written as three pure functions: for it
+    d h_T / d h_{T-k} = (U^k)^T exactly."""
+    n = u.shape[0]
+
+    def init(key, input_size):
+        return {"u": jnp.asarray(u), "w": jax.random.normal(key, (input_size, n), jnp.asarray(u).dtype)}
+
+    def initial_carry(params, batch_shape=()):
+        return LinearCarry(jnp.zeros(tuple(batch_shape) + (n,), params["u"].dtype))
+
+    def step(params, carry, x):
+        h = carry.h @ params["u"] + x @ params["w"]
+        return LinearCarry(h), h
+
+    return Cell(init, initial_carry, step)
+
+
+def dict_carry_cell(n: int) -> Cell:
+    """A user cell whose carry is a dict with the hidden output under "out" and a second leaf."""
+
+    def init(key, input_size):
+        k1, k2 = jax.random.split(key)
+        return {"w": jax.random.normal(k1, (input_size, n)), "u": jax.random.normal(k2, (n, n)) / math.sqrt(n)}
+
+    def initial_carry(params, batch_shape=()):
+        z = jnp.zeros(tuple(batch_shape) + (n,), params["u"].dtype)
+        return {"out": z, "acc": z}
+
+    def step(params, carry, x):
+        out = jnp.tanh(carry["out"] @ params["u"] + x @ params["w"] + 0.5 * carry["acc"])
+        acc = 0.8 * carry["acc"] + 0.1 * out
+        return {"out": out, "acc": acc}, out
+
+    return Cell(init, initial_carry, step)
+
+
+def jitter(params, key, scale=0.3):
+    """Random perturbation of every param leaf, so that zero-initialised peepholes and biases matter."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [a + scale * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)])
+
+
+CELLS = {
+    "rnn_tanh": lambda: memcell.rnn(H, recurrent_scale=0.9),
+    "rnn_relu": lambda: memcell.rnn(H, activation="relu"),
+    "lstm": lambda: memcell.lstm(H),
+    "lstm_peephole_ln": lambda: memcell.lstm(H, peephole=True, layer_norm=True),
+    "lstm_nfg": lambda: memcell.lstm(H, forget_gate=False),
+    "lstm_cifg": lambda: memcell.lstm(H, **memcell.LSTM_VARIANTS["CIFG"]),
+    "gru": lambda: memcell.gru(H),
+    "gru_cho": lambda: memcell.gru(H, reset_after=False),
+    "linear_user_cell": lambda: linear_cell(np.linalg.qr(np.random.default_rng(0).normal(size=(H, H)))[0] * 0.8),
+}
+
+
+def setup(name, key=0):
+    cell = CELLS[name]()
+    k1, k2, k3 = jax.random.split(jax.random.key(key), 3)
+    params = jitter(cell.init(k1, D), k2)
+    xs = jax.random.normal(k3, (2, T, D))
+    return cell, params, xs
+
+
+def carries(cell, params, xs, carry0):
+    out, c = [], carry0
+    for t in range(xs.shape[0]):
+        c, _ = cell.step(params, c, xs[t])
+        out.append(c)
+    return out
+
+
+def np_norm(m, norm):
+    m = np.asarray(m, np.float64).reshape(m.shape[0], -1)
+    return np.linalg.norm(m, 2 if norm == "spectral" else "fro")
+
+
+def brute_jacobians_by_lag(cell, params, xs, carry0, hidden="h"):
+    """d h_T / d h_{T-k} for each k by jax.jacrev of the unrolled map from step T-k on."""
+    cs = carries(cell, params, xs, carry0)
+    Tn = xs.shape[0]
+    get = (lambda c: c[hidden]) if isinstance(cs[0], dict) else (lambda c: getattr(c, hidden))
+    put = (lambda c, h: {**c, hidden: h}) if isinstance(cs[0], dict) else (lambda c, h: c._replace(**{hidden: h}))
+    jacs = []
+    for k in range(Tn):
+        start = Tn - 1 - k
+
+        def f(h, start=start):
+            c = put(cs[start], h)
+            for t in range(start + 1, Tn):
+                c, _ = cell.step(params, c, xs[t])
+            return get(c)
+
+        jacs.append(np.asarray(jax.jacrev(f)(get(cs[start]))))
+    return jacs
+
+
+def brute_input_jacobians(cell, params, xs, carry0):
+    """d h_T / d x_t for all t at once: jax.jacrev of memcell.unroll with respect to xs."""
+    f = lambda xs_: memcell.unroll(cell, params, xs_, carry0)[0].h
+    jac = np.asarray(jax.jacrev(f)(xs))  # [H, T, D]
+    return [jac[:, t, :] for t in range(xs.shape[0])]
+
+
+# ----------------------------------------------------------------------------- against brute force
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_gradient_and_input_norms_match_brute_force(name):
+    cell, params, xs_b = setup(name)
+    got = {
+        norm: (
+            np.asarray(J.gradient_norms_through_time(cell, params, xs_b, norm=norm)),
+            np.asarray(J.input_gradient_norms(cell, params, xs_b, norm=norm)),
+        )
+        for norm in ("spectral", "frobenius")
+    }
+    carry0 = cell.initial_carry(params)
+    for b in range(2):
+        lag_jacs = brute_jacobians_by_lag(cell, params, xs_b[b], carry0)
+        input_jacs = brute_input_jacobians(cell, params, xs_b[b], carry0)
+        for norm, (lag_norms, input_norms) in got.items():
+            assert lag_norms.shape == input_norms.shape == (2, T)
+            np.testing.assert_allclose(lag_norms[b], [np_norm(m, norm) for m in lag_jacs], rtol=2e-4, atol=1e-6)
+            np.testing.assert_allclose(input_norms[b], [np_norm(m, norm) for m in input_jacs], rtol=2e-4, atol=1e-6)
+    # The unbatched call gives the batched row.
+    np.testing.assert_allclose(J.gradient_norms_through_time(cell, params, xs_b[1]), got["spectral"][0][1], rtol=1e-5)
+    assert got["frobenius"][0][0, 0] == pytest.approx(math.sqrt(H), rel=1e-6)  # lag 0 is the identity
+
+
+@pytest.mark.parametrize("name", ["lstm_peephole_ln", "gru", "rnn_tanh"])
+def test_spectra_and_state_jacobians_match_brute_force(name):
+    cell, params, xs_b = setup(name, key=1)
+    xs = xs_b[0]
+    carry0 = cell.initial_carry(params)
+    spectra = np.asarray(J.singular_value_spectra(cell, params, xs_b))
+    assert spectra.shape == (2, T, H)
+    want = [np.linalg.svd(m, compute_uv=False) for m in brute_jacobians_by_lag(cell, params, xs, carry0)]
+    np.testing.assert_allclose(spectra[0], np.stack(want), rtol=2e-4, atol=1e-6)
+    assert np.all(np.diff(spectra, axis=-1) <= 1e-6)  # descending
+
+    jac = J.state_jacobians(cell, params, xs_b)
+    flat = J.state_jacobians(cell, params, xs_b, flat=True)
+    n = sum(a.size for a in jax.tree.leaves(carry0))
+    assert flat.shape == (2, T, n, n)
+    cs = [carry0] + carries(cell, params, xs, carry0)
+    for t in range(T):
+        # Brute force: jacrev of a one-step memcell.unroll from c_{t-1}.
+        brute = jax.jacrev(lambda c: memcell.unroll(cell, params, xs[t : t + 1], c)[0])(cs[t])
+        got_t = jax.tree.map(lambda a: a[0, t], jac)
+        jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6), got_t, brute)
+    # The flat Jacobian's h rows and columns are the h.h block (h is the first leaf of every memcell carry).
+    np.testing.assert_allclose(flat[..., :H, :H], jac.h.h, rtol=1e-5, atol=1e-7)
+    # product_norms of the flat Jacobians restricted to h is not the h-path (c enters in between), but
+    # product_norms of the full flat Jacobian bounds the h-path gradient from above, lag by lag.
+    full = np.asarray(J.product_norms(flat))
+    hpath = np.asarray(J.gradient_norms_through_time(cell, params, xs_b))
+    assert np.all(hpath <= full * (1 + 1e-4) + 1e-6)
+
+
+@pytest.mark.parametrize("name", ["lstm_cifg", "gru_cho", "linear_user_cell"])
+def test_loss_gradient_norms_match_brute_force(name):
+    cell, params, xs_b = setup(name, key=2)
+    target = jax.random.normal(jax.random.key(9), (T, H))
+    loss_fn = lambda ys: jnp.sum(jnp.sin(ys) * target) + jnp.sum(ys[..., -1, :] ** 2)
+    got = np.asarray(J.loss_gradient_norms(cell, params, xs_b, loss_fn))
+    assert got.shape == (2, T)
+    xs = xs_b[1]
+    carry0 = cell.initial_carry(params)
+    cs = carries(cell, params, xs, carry0)
+    ys = np.stack([c.h for c in cs])
+    want = []
+    for t in range(T):
+
+        def L(h, t=t):
+            rest = memcell.unroll(cell, params, xs[t + 1 :], cs[t]._replace(h=h))[1] if t + 1 < T else ys[:0]
+            return loss_fn(jnp.concatenate([ys[:t], h[None], rest]))
+
+        want.append(np.linalg.norm(jax.grad(L)(cs[t].h)))
+    # The batched loss sums over both sequences, so each row's dL/dh is its own sequence's.
+    np.testing.assert_allclose(J.loss_gradient_norms(cell, params, xs, loss_fn), want, rtol=2e-4, atol=1e-6)
+    single = lambda ys: loss_fn(ys)
+    np.testing.assert_allclose(got[1], np.asarray(J.loss_gradient_norms(cell, params, xs, single)), rtol=1e-4)
+
+
+def test_unroll_with_probes_zero_probes_is_unroll_and_probe_reaches_outputs():
+    cell, params, xs = setup("lstm", key=3)
+    c_ref, ys_ref = memcell.unroll(cell, params, xs)
+    c, ys = J.unroll_with_probes(cell, params, xs, jnp.zeros((2, T, H)))
+    np.testing.assert_allclose(ys, ys_ref, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), c, c_ref)
+    probes = jnp.zeros((2, T, H)).at[:, 2].set(1.0)
+    _, ys_p = J.unroll_with_probes(cell, params, xs, probes)
+    np.testing.assert_allclose(ys_p[:, :2], ys_ref[:, :2], rtol=1e-6)  # causal
+    np.testing.assert_allclose(ys_p[:, 2], ys_ref[:, 2] + 1.0, rtol=1e-6)  # the probe is in the output
+
+
+def test_user_cell_with_dict_carry_and_named_hidden():
+    n = 3
+    cell = dict_carry_cell(n)
+    params = cell.init(jax.random.key(0), D)
+    xs = jax.random.normal(jax.random.key(1), (T, D))
+    carry0 = cell.initial_carry(params)
+    got = J.gradient_norms_through_time(cell, params, xs, hidden="out")
+    want = [np_norm(m, "spectral") for m in brute_jacobians_by_lag(cell, params, xs, carry0, hidden="out")]
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6)
+    # The leaf index names the same leaf (dict leaves flatten in key order: acc, out).
+    np.testing.assert_allclose(J.gradient_norms_through_time(cell, params, xs, hidden=1), got, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"hidden='h' names no leaf.*\['acc'\].*\['out'\]"):
+        J.gradient_norms_through_time(cell, params, xs)
+
+
+# ----------------------------------------------------------------------------- the analytic linear RNN
+
+
+def test_linear_rnn_is_exact_in_float64():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        n, Tn = 5, 40
+        u = rng.normal(size=(n, n)) / math.sqrt(n)
+        cell = linear_cell(u.astype(np.float64))
+        params = cell.init(jax.random.key(0), 2)
+        xs = jnp.asarray(rng.normal(size=(Tn, 2)))
+        powers = [np.linalg.matrix_power(u, k) for k in range(Tn)]
+        for norm, ord_ in (("spectral", 2), ("frobenius", "fro")):
+            got = np.asarray(J.gradient_norms_through_time(cell, params, xs, norm=norm))
+            assert got.dtype == np.float64
+            np.testing.assert_allclose(got, [np.linalg.norm(p, ord_) for p in powers], rtol=1e-10)
+        spectra = np.asarray(J.singular_value_spectra(cell, params, xs))
+        # Singular values far below the top one are only known to eps * top, as for any SVD.
+        np.testing.assert_allclose(spectra, [np.linalg.svd(p, compute_uv=False) for p in powers], rtol=1e-9, atol=1e-13)
+        # d h_T / d x_t = W U^(T-1-t) (transposed), exactly.
+        w = np.asarray(params["w"])
+        got_in = np.asarray(J.input_gradient_norms(cell, params, xs))
+        np.testing.assert_allclose(got_in, [np.linalg.norm(w @ powers[Tn - 1 - t], 2) for t in range(Tn)], rtol=1e-10)
+        # Step Jacobians are U^T (rows: outputs) at every step, and their products give the same norms.
+        jac = J.state_jacobians(cell, params, xs)
+        np.testing.assert_allclose(jac.h.h, np.broadcast_to(u.T, (Tn, n, n)), rtol=1e-12)
+        np.testing.assert_allclose(J.product_norms(jac.h.h), J.gradient_norms_through_time(cell, params, xs), rtol=1e-10)
+
+
+@pytest.mark.parametrize("radius", [0.5, 0.9, 1.0, 1.5])
+def test_linear_rnn_known_radius_gives_known_decay_rate(radius):
+    """U = radius * Q (Q orthogonal): every singular value of U^k is radius^k, so the fitted rate,
+    the Lyapunov exponent and the log-norms are exactly log(radius), far past float32's range."""
+    n, Tn = 16, 1000
+    q = np.linalg.qr(np.random.default_rng(2).normal(size=(n, n)))[0]
+    cell = linear_cell((radius * q).astype(np.float32))
+    params = cell.init(jax.random.key(0), 1)
+    xs = jax.random.normal(jax.random.key(1), (Tn, 1))
+    log_g = J.gradient_norms_through_time(cell, params, xs, log=True)
+    np.testing.assert_allclose(log_g, np.arange(Tn) * math.log(radius), rtol=1e-4, atol=1e-3)
+    assert float(J.decay_rate(log_g, log=True)) == pytest.approx(math.log(radius), rel=1e-4, abs=1e-6)
+    assert float(J.lyapunov_exponent(cell, params, xs)) == pytest.approx(math.log(radius), rel=1e-4, abs=1e-6)
+    if radius == 0.5:  # the plain norms underflow (0.5**999 ~ 1e-301), the log ones do not
+        assert float(J.gradient_norms_through_time(cell, params, xs)[-1]) == 0.0
+        assert np.all(np.isfinite(log_g))
+
+
+def test_lyapunov_of_diagonal_linear_rnn_is_the_largest_log_eigenvalue():
+    cell = linear_cell(np.diag([0.3, 0.7, 0.95]).astype(np.float32))
+    params = cell.init(jax.random.key(0), 1)
+    xs = jnp.zeros((2, 400, 1))
+    got = J.lyapunov_exponent(cell, params, xs, transient=100)
+    assert got.shape == (2,)
+    np.testing.assert_allclose(got, math.log(0.95), rtol=1e-4)
+
+
+def test_decay_rate_fits_slope_and_skips_underflow():
+    k = jnp.arange(100.0)
+    norms = jnp.stack([jnp.exp(-0.2 * k), 3.0 * jnp.exp(0.05 * k)])
+    np.testing.assert_allclose(J.decay_rate(norms), [-0.2, 0.05], rtol=1e-4)
+    np.testing.assert_allclose(J.decay_rate(jnp.log(norms), log=True), [-0.2, 0.05], rtol=1e-4)
+    underflow = jnp.where(k < 50, jnp.exp(-0.3 * k), 0.0)  # log 0 = -inf is left out of the fit
+    assert float(J.decay_rate(underflow)) == pytest.approx(-0.3, rel=1e-4)
+    assert float(J.decay_rate(norms[0], start=10, stop=20)) == pytest.approx(-0.2, rel=1e-4)
+    assert np.isnan(float(J.decay_rate(jnp.zeros(10))))
+
+
+# ----------------------------------------------------------------------------- jit, vmap, dtypes
+
+
+def test_jit_and_vmap_over_seeds_match_eager_loop():
+    cell = memcell.lstm(H, forget_bias=1.0)
+    keys = jax.random.split(jax.random.key(0), 3)
+    params = jax.vmap(lambda k: cell.init(k, D))(keys)
+    xs = jax.random.normal(jax.random.key(1), (T, D))
+    fns = {
+        "grad": lambda p: J.gradient_norms_through_time(cell, p, xs, log=True),
+        "input": lambda p: J.input_gradient_norms(cell, p, xs, norm="frobenius"),
+        "lyap": lambda p: J.lyapunov_exponent(cell, p, xs),
+        "cellpath": lambda p: J.product_norms(J.state_jacobians(cell, p, xs).c.c),
+        "loss": lambda p: J.loss_gradient_norms(cell, p, xs, lambda ys: jnp.sum(ys**2)),
+    }
+    for name, fn in fns.items():
+        batched = jax.jit(jax.vmap(fn))(params)
+        loop = np.stack([fn(jax.tree.map(lambda a, i=i: a[i], params)) for i in range(3)])
+        np.testing.assert_allclose(batched, loop, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_explicit_carry_and_float64_and_bfloat16_compute():
+    cell = memcell.gru(H)
+    params = cell.init(jax.random.key(0), D)
+    xs = jax.random.normal(jax.random.key(1), (T, D))
+    carry = memcell.GRUCarry(jnp.full((H,), 0.5))
+    got = J.gradient_norms_through_time(cell, params, xs, carry=carry)
+    want = [np_norm(m, "spectral") for m in brute_jacobians_by_lag(cell, params, xs, carry)]
+    np.testing.assert_allclose(got, want, rtol=2e-4)
+    assert got.dtype == jnp.float32
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        got64 = J.gradient_norms_through_time(cell, p64, xs.astype(jnp.float64), carry=carry)
+        assert got64.dtype == jnp.float64
+        np.testing.assert_allclose(got64, want, rtol=1e-5)
+    # bfloat16 matmuls with a float32 carry: the norms stay float32 and close to the float32 ones.
+    cell_bf16 = memcell.gru(H, dtype=jnp.bfloat16)
+    got_bf16 = J.gradient_norms_through_time(cell_bf16, params, xs, carry=carry)
+    assert got_bf16.dtype == jnp.float32
+    np.testing.assert_allclose(got_bf16, got, rtol=5e-2)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_arguments_raise_clear_errors():
+    cell = memcell.lstm(H)
+    params = cell.init(jax.random.key(0), D)
+    xs = jnp.ones((T, D))
+    with pytest.raises(TypeError, match="cell must be a memcell.Cell, got tuple"):
+        J.gradient_norms_through_time((1, 2, 3), params, xs)
+    with pytest.raises(ValueError, match=r"norm must be one of \['spectral', 'frobenius'\], got 'l1'"):
+        J.gradient_norms_through_time(cell, params, xs, norm="l1")
+    with pytest.raises(ValueError, match=r"xs must have 2 features.*got shape \(6, 3\)"):
+        J.input_gradient_norms(cell, params, jnp.ones((T, 3)))
+    with pytest.raises(ValueError, match=r"xs must have shape \[\.\.\., T, D\].*got shape \(6,\)"):
+        J.gradient_norms_through_time(cell, params, jnp.ones((T,)))
+    with pytest.raises(TypeError, match="xs must be a floating-point array, got dtype int32"):
+        J.gradient_norms_through_time(cell, params, jnp.ones((T, D), jnp.int32))
+    with pytest.raises(ValueError, match=r"xs must hold at least one time step, got shape \(0, 2\)"):
+        J.gradient_norms_through_time(cell, params, jnp.ones((0, D)))
+    with pytest.raises(ValueError, match="carry must have the structure"):
+        J.gradient_norms_through_time(cell, params, xs, carry=memcell.GRUCarry(jnp.zeros(H)))
+    with pytest.raises(ValueError, match=r"carry leaves must have shape \(3,\).*got shape \(4,\)"):
+        J.gradient_norms_through_time(cell, params, xs, carry=memcell.LSTMCarry(jnp.zeros(4), jnp.zeros(4)))
+    with pytest.raises(ValueError, match="hidden='y' names no leaf"):
+        J.gradient_norms_through_time(cell, params, xs, hidden="y")
+    with pytest.raises(ValueError, match="hidden must index one of the carry's 2 leaves, got 5"):
+        J.gradient_norms_through_time(cell, params, xs, hidden=5)
+    with pytest.raises(TypeError, match="hidden must be a carry field name"):
+        J.gradient_norms_through_time(cell, params, xs, hidden=1.5)
+    with pytest.raises(TypeError, match="log must be a bool, got str 'yes'"):
+        J.gradient_norms_through_time(cell, params, xs, log="yes")
+    with pytest.raises(TypeError, match="flat must be a bool"):
+        J.state_jacobians(cell, params, xs, flat=1)
+    with pytest.raises(ValueError, match=r"jacobians must have shape \[\.\.\., T, n, n\].*got shape \(5, 3, 4\)"):
+        J.product_norms(jnp.ones((5, 3, 4)))
+    with pytest.raises(TypeError, match="jacobians must be a floating-point array, got dtype int32"):
+        J.product_norms(jnp.ones((5, 3, 3), jnp.int32))
+    with pytest.raises(ValueError, match=r"transient must lie in \[0, T-1=5\].*got 6"):
+        J.lyapunov_exponent(cell, params, xs, transient=6)
+    with pytest.raises(TypeError, match="transient must be an int"):
+        J.lyapunov_exponent(cell, params, xs, transient=1.0)
+    with pytest.raises(ValueError, match=r"start and stop must satisfy.*T=10, got 5 and 6"):
+        J.decay_rate(jnp.ones(10), start=5, stop=6)
+    with pytest.raises(TypeError, match="norms must be a floating-point array, got dtype int32"):
+        J.decay_rate(jnp.ones(10, jnp.int32))
+    with pytest.raises(ValueError, match=r"probes must have shape \(6, 3\).*got shape \(6, 4\)"):
+        J.unroll_with_probes(cell, params, xs, jnp.zeros((T, 4)))
+    with pytest.raises(TypeError, match="probes must be a floating-point array"):
+        J.unroll_with_probes(cell, params, xs, jnp.zeros((T, H), jnp.int32))
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        J.loss_gradient_norms(cell, params, xs, "mse")
+    with pytest.raises(ValueError, match=r"loss_fn must return a scalar, got shape \(6, 3\)"):
+        J.loss_gradient_norms(cell, params, xs, lambda ys: ys)
