@@ -61,7 +61,10 @@ def _check_lengths(lengths, batch_shape: tuple, T: int) -> Array | None:
             f"lengths must have shape {batch_shape} (the batch axes of xs), got shape {tuple(lengths.shape)}"
         )
     if _is_concrete(lengths) and lengths.size:
-        lo, hi = int(np.min(lengths)), int(np.max(lengths))
+        # np.asarray first: np.min on a jax.Array dispatches to jnp.min, which is traced
+        # (and cannot be turned into an int) when this runs inside a jit trace.
+        host = np.asarray(lengths)
+        lo, hi = int(host.min()), int(host.max())
         if lo < 0 or hi > T:
             raise ValueError(f"lengths must lie in [0, T={T}] (T = xs.shape[-2]), got min {lo} and max {hi}")
     return jnp.asarray(lengths)
