@@ -1,0 +1,405 @@
+"""memcell cells as ``flax.linen`` modules.
+
+``LSTM``, ``GRU`` and ``RNN`` are ``flax.linen.RNNCellBase`` cells that go where
+``nn.OptimizedLSTMCell``, ``nn.GRUCell`` and ``nn.SimpleCell`` go: inside ``nn.RNN`` (with
+``seq_lengths``, ``reverse``, ``keep_order``, ``return_carry``) and ``nn.Bidirectional``,
+with Flax's carry layout (the LSTM's is ``(c, h)``). ``Cell`` wraps any memcell cell factory
+the same way, with memcell's own carry. ``Recurrent`` is a sequence module that calls
+``memcell.unroll`` directly (lengths, bidirectional, stacking) instead of ``nn.RNN``.
+
+The params are memcell's params, stored as dicts of their fields (``{"w_x", "w_h", "b"}``
+for the LSTM); ``memcell_params`` turns them back into the NamedTuple, and the module's
+output equals ``cell.step`` on those params bit for bit.
+
+This module and ``memcell.nnx`` are the only ones that import flax.
+"""
+
+from typing import Any, Callable, Sequence as SequenceOf
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from memcell import convert
+from memcell.cells import GRUCarry, LSTMCarry, RNNCarry, gru, lstm, rnn
+from memcell.scan import bidirectional as bidirectional_layer
+from memcell.scan import layer as as_layer
+from memcell.scan import stack
+from memcell.types import Array, Cell as PureCell, PyTree
+
+__all__ = ["GRU", "LSTM", "RNN", "Cell", "Recurrent", "memcell_params"]
+
+
+def _check_inputs(inputs) -> None:
+    if not hasattr(inputs, "shape") or not hasattr(inputs, "dtype"):
+        raise TypeError(f"inputs must be an array, got {type(inputs).__name__}")
+    if inputs.ndim < 1:
+        raise ValueError(f"inputs must have shape [..., features], got shape {tuple(inputs.shape)}")
+    if not jnp.issubdtype(inputs.dtype, jnp.floating):
+        raise TypeError(f"inputs must be a floating-point array, got dtype {inputs.dtype}")
+
+
+def _check_input_shape(input_shape) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except TypeError:
+        raise TypeError(f"input_shape must be a tuple of ints, got {input_shape!r}") from None
+    if not shape or shape[-1] < 1:
+        raise ValueError(f"input_shape must be (*batch, features) with features >= 1, got {shape}")
+    return shape
+
+
+class _CellBase(nn.RNNCellBase):
+    """The wrapper's logic, shared by ``Cell``, ``LSTM``, ``GRU`` and ``RNN``.
+
+    A subclass says which memcell cell it is (``_memcell``) and how Flax's carry maps to
+    memcell's (``_to_memcell_carry`` / ``_from_memcell_carry``, identities by default).
+    """
+
+    def _memcell(self) -> PureCell:
+        raise NotImplementedError
+
+    def _to_memcell_carry(self, carry):
+        return carry
+
+    def _from_memcell_carry(self, carry):
+        return carry
+
+    @nn.compact
+    def __call__(self, carry, inputs: Array) -> tuple[Any, Array]:
+        """One step: ``(carry, inputs[*b, d]) -> (carry, y[*b, h])``, ``cell.step`` on the module's params."""
+        _check_inputs(inputs)
+        cell = self._memcell()
+        d = inputs.shape[-1]
+        template = jax.eval_shape(lambda k: cell.init(k, d), jax.random.key(0))
+        stored = {}
+        for name, t in zip(template._fields, template):
+            if t is None:
+                continue
+            # Each field is its own Flax param (named as in the NamedTuple), so Flax checks its
+            # shape on apply, and Orbax, optax masks and traverse_util see plain dicts.
+            stored[name] = self.param(name, lambda key, name=name: convert.to_dict(getattr(cell.init(key, d), name)))
+        params = convert.from_dict(stored, template, path=self.name or type(self).__name__)
+        new, y = cell.step(params, self._to_memcell_carry(carry), inputs)
+        return self._from_memcell_carry(new), y
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape: tuple[int, ...]):
+        """The initial carry for inputs of ``input_shape = (*batch, features)``.
+
+        Zeros (``cell.initial_carry``) unless ``carry_init`` is set, in which case each carry
+        leaf is ``carry_init(key, shape, dtype)`` with its own key split from ``rng``.
+        """
+        shape = _check_input_shape(input_shape)
+        cell = self._memcell()
+        batch, d = shape[:-1], shape[-1]
+        # The carry's shape depends on the params' shapes only; no params exist yet here.
+        struct = jax.eval_shape(lambda k: cell.initial_carry(cell.init(k, d), batch), jax.random.key(0))
+        carry_init = getattr(self, "carry_init", None)
+        if carry_init is None:
+            carry = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), struct)
+        else:
+            leaves, treedef = jax.tree.flatten(struct)
+            keys = jax.random.split(rng, len(leaves))
+            carry = treedef.unflatten([carry_init(k, s.shape, s.dtype) for k, s in zip(keys, leaves)])
+        return self._from_memcell_carry(carry)
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+    @nn.nowrap
+    def memcell_cell(self) -> PureCell:
+        """The pure memcell ``Cell`` this module runs."""
+        return self._memcell()
+
+
+class Cell(_CellBase):
+    """Any memcell cell as a ``flax.linen`` RNN cell, with memcell's carry.
+
+    Attributes:
+      cell_factory: a function ``hidden_size -> memcell.Cell``: ``memcell.lstm``, or
+        ``functools.partial(memcell.lstm, peephole=True)`` for options.
+      features: the hidden size passed to it.
+      carry_init: optional initialiser of the carry's leaves (default: the cell's zeros).
+
+    Example:
+      >>> import functools, jax, jax.numpy as jnp, flax.linen as nn, memcell
+      >>> import memcell.linen
+      >>> cell = memcell.linen.Cell(functools.partial(memcell.lstm, peephole=True), 8)
+      >>> xs = jnp.ones((2, 5, 3))
+      >>> variables = nn.RNN(cell).init(jax.random.key(0), xs)
+      >>> sorted(variables["params"]["cell"])
+      ['b', 'p_f', 'p_i', 'p_o', 'w_h', 'w_x']
+    """
+
+    cell_factory: Callable[[int], PureCell]
+    features: int
+    carry_init: Callable | None = None
+
+    def _memcell(self) -> PureCell:
+        if not callable(self.cell_factory):
+            raise TypeError(f"cell_factory must be a callable hidden_size -> memcell.Cell, got {self.cell_factory!r}")
+        cell = self.cell_factory(self.features)
+        if not isinstance(cell, PureCell):
+            raise TypeError(f"cell_factory must return a memcell.Cell, got {type(cell).__name__}")
+        return cell
+
+
+class LSTM(_CellBase):
+    """memcell's LSTM as a drop-in for ``nn.LSTMCell`` / ``nn.OptimizedLSTMCell``.
+
+    Same call, ``initialize_carry``, ``num_feature_axes`` and carry ``(c, h)`` as Flax's
+    cells. Differences: the params are memcell's (``w_x [d, 4h]``, ``w_h [h, 4h]``, ``b [4h]``,
+    gates ``i, f, g, o``; ``memcell.convert.from_flax`` reads Flax's), the forget-gate bias
+    starts at ``forget_bias`` (memcell's default 1.0; Flax's is 0.0), the carry is float32
+    for bfloat16 params, and gate/activation functions are fixed. For peepholes, layer norm
+    and the other variants use ``Cell(functools.partial(memcell.lstm, ...), features)``.
+
+    Attributes:
+      features: hidden units.
+      forget_bias: initial forget-gate bias (None: memcell's default, 1.0).
+      kernel_init, recurrent_kernel_init: initialisers (names or ``jax.nn.initializers``
+        callables) of ``w_x`` and ``w_h``, per gate block.
+      dtype: computation dtype of the matmuls (None: that of params and inputs).
+      param_dtype: dtype of the params.
+      carry_init: optional initialiser of ``c`` and ``h`` (default zeros).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> import memcell.linen
+      >>> model = nn.RNN(memcell.linen.LSTM(16))      # where nn.OptimizedLSTMCell(16) went
+      >>> xs = jnp.ones((4, 10, 3))
+      >>> variables = model.init(jax.random.key(0), xs)
+      >>> model.apply(variables, xs, seq_lengths=jnp.array([10, 7, 3, 1])).shape
+      (4, 10, 16)
+    """
+
+    features: int
+    forget_bias: float | None = None
+    kernel_init: Any = "lecun_normal"
+    recurrent_kernel_init: Any = "orthogonal"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    carry_init: Callable | None = None
+
+    def _memcell(self) -> PureCell:
+        return lstm(
+            self.features,
+            forget_bias=self.forget_bias,
+            kernel_init=self.kernel_init,
+            recurrent_init=self.recurrent_kernel_init,
+            param_dtype=self.param_dtype,
+            dtype=self.dtype,
+        )
+
+    def _to_memcell_carry(self, carry):
+        if not (isinstance(carry, (tuple, list)) and len(carry) == 2):
+            raise TypeError(f"carry must be the pair (c, h) of initialize_carry, got {type(carry).__name__}")
+        c, h = carry
+        return LSTMCarry(h=h, c=c)
+
+    def _from_memcell_carry(self, carry):
+        return (carry.c, carry.h)
+
+
+class _SingleStateCell(_CellBase):
+    """Cells whose Flax carry is the hidden state array alone (``GRUCell``, ``SimpleCell``)."""
+
+    _carry_cls = None  # set by subclasses (GRUCarry, RNNCarry); not a dataclass field
+
+    def _to_memcell_carry(self, carry):
+        if not hasattr(carry, "shape"):
+            raise TypeError(f"carry must be the hidden-state array of initialize_carry, got {type(carry).__name__}")
+        return self._carry_cls(carry)
+
+    def _from_memcell_carry(self, carry):
+        return carry.h
+
+
+class GRU(_SingleStateCell):
+    """memcell's GRU as a drop-in for ``nn.GRUCell`` (``reset_after`` convention, carry ``h``).
+
+    Params are ``GRUParams`` fields (``w_x [d, 3h]``, ``w_h [h, 3h]``, ``b_x``, ``b_h``, gates
+    ``r, z, n``). Attributes as for ``LSTM`` (without ``forget_bias``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> import memcell.linen
+      >>> xs = jnp.ones((2, 6, 3))
+      >>> model = nn.Bidirectional(nn.RNN(memcell.linen.GRU(8)), nn.RNN(memcell.linen.GRU(8)))
+      >>> model.apply(model.init(jax.random.key(0), xs), xs).shape
+      (2, 6, 16)
+    """
+
+    features: int
+    kernel_init: Any = "lecun_normal"
+    recurrent_kernel_init: Any = "orthogonal"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    carry_init: Callable | None = None
+
+    _carry_cls = GRUCarry
+
+    def _memcell(self) -> PureCell:
+        return gru(
+            self.features,
+            kernel_init=self.kernel_init,
+            recurrent_init=self.recurrent_kernel_init,
+            param_dtype=self.param_dtype,
+            dtype=self.dtype,
+        )
+
+
+class RNN(_SingleStateCell):
+    """memcell's Elman RNN as a drop-in for ``nn.SimpleCell`` (carry ``h``).
+
+    Params are ``RNNParams`` fields (``w_x [d, h]``, ``w_h [h, h]``, ``b [h]``).
+
+    Attributes:
+      features: hidden units.
+      activation: ``"tanh"`` or ``"relu"``.
+      kernel_init, recurrent_kernel_init, dtype, param_dtype, carry_init: as for ``LSTM``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import memcell.linen
+      >>> cell = memcell.linen.RNN(4)
+      >>> x = jnp.ones((2, 3))
+      >>> carry = cell.initialize_carry(jax.random.key(0), x.shape)
+      >>> variables = cell.init(jax.random.key(1), carry, x)
+      >>> carry, y = cell.apply(variables, carry, x)
+      >>> y.shape
+      (2, 4)
+    """
+
+    features: int
+    activation: str = "tanh"
+    kernel_init: Any = "lecun_normal"
+    recurrent_kernel_init: Any = "orthogonal"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    carry_init: Callable | None = None
+
+    _carry_cls = RNNCarry
+
+    def _memcell(self) -> PureCell:
+        return rnn(
+            self.features,
+            activation=self.activation,
+            kernel_init=self.kernel_init,
+            recurrent_init=self.recurrent_kernel_init,
+            param_dtype=self.param_dtype,
+            dtype=self.dtype,
+        )
+
+
+def memcell_params(module: nn.Module, params, input_size: int) -> PyTree:
+    """The memcell params (NamedTuples) inside a memcell linen module's params.
+
+    Args:
+      module: a ``Cell``/``LSTM``/``GRU``/``RNN`` or ``Recurrent`` (unbound is fine).
+      params: that module's own params (``variables["params"]``, or the sub-dict at its path
+        inside a bigger model, e.g. ``variables["params"]["RNN_0"]["cell"]``).
+      input_size: the features its inputs have.
+
+    Returns:
+      What ``cell.init`` (or the layer's ``init``) returns, with the module's arrays:
+      ``cell.step(memcell_params(...), carry, x)`` equals the module's output.
+    """
+    if isinstance(module, _CellBase):
+        cell = module._memcell()
+        template = jax.eval_shape(lambda k: cell.init(k, input_size), jax.random.key(0))
+        return convert.from_dict(params, template)
+    if isinstance(module, Recurrent):
+        lyr = module.memcell_layer()
+        template = jax.eval_shape(lambda k: lyr.init(k, input_size), jax.random.key(0))
+        return convert.from_dict(params, template)
+    raise TypeError(f"module must be a memcell.linen cell or Recurrent, got {type(module).__name__}")
+
+
+_MERGES = ("concat", "sum", "mean", "mul")
+
+
+class Recurrent(nn.Module):
+    """A sequence module that runs memcell cells with ``memcell.unroll`` (no ``nn.RNN``).
+
+    One or more layers, each unidirectional or bidirectional, built with ``memcell.stack``;
+    padding is handled by ``lengths`` (outputs past a sequence's length are zeros and the
+    final carry is the sequence's own last one).
+
+    Attributes:
+      cell: a memcell ``Cell`` (used for every layer) or a sequence of them (one per layer).
+      num_layers: layers when ``cell`` is a single cell.
+      bidirectional: read each layer in both directions (the backward one from each
+        sequence's own last step), merging outputs with ``merge``.
+      merge: ``"concat"``, ``"sum"``, ``"mean"`` or ``"mul"``.
+      residual, dropout: as for ``memcell.stack``; dropout runs when ``deterministic=False``
+        and takes the ``"dropout"`` rng.
+      unroll, remat: as for ``memcell.unroll``.
+
+    ``__call__(xs, carry=None, *, lengths=None, resets=None, deterministic=True)`` returns
+    ``(carry, ys)`` as ``Layer.apply`` does: ``carry`` is a tuple with one entry per layer
+    (a ``DirectionPair`` for bidirectional ones). The params are one dict a layer,
+    ``layer_0``, ``layer_1``, ... (with ``forward``/``backward`` inside for bidirectional ones).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, memcell
+      >>> import memcell.linen
+      >>> model = memcell.linen.Recurrent(memcell.lstm(8), num_layers=2, bidirectional=True)
+      >>> xs = jnp.ones((3, 5, 4))
+      >>> variables = model.init(jax.random.key(0), xs)
+      >>> carry, ys = model.apply(variables, xs, lengths=jnp.array([5, 2, 0]))
+      >>> ys.shape, len(carry)
+      ((3, 5, 16), 2)
+    """
+
+    cell: PureCell | SequenceOf[PureCell]
+    num_layers: int = 1
+    bidirectional: bool = False
+    merge: str = "concat"
+    residual: bool = False
+    dropout: float = 0.0
+    unroll: int = 1
+    remat: bool = False
+
+    @nn.nowrap
+    def memcell_layer(self):
+        """The memcell ``Layer`` (a ``memcell.stack``) this module applies."""
+        if isinstance(self.cell, PureCell):
+            if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) or self.num_layers < 1:
+                raise ValueError(f"num_layers must be a positive int, got {self.num_layers!r}")
+            cells = (self.cell,) * self.num_layers
+        else:
+            cells = tuple(self.cell)
+            if not cells or not all(isinstance(c, PureCell) for c in cells):
+                raise TypeError(f"cell must be a memcell.Cell or a non-empty sequence of them, got {self.cell!r}")
+            if self.num_layers != 1 and self.num_layers != len(cells):
+                raise ValueError(f"num_layers={self.num_layers} contradicts the {len(cells)} cells given")
+        if self.merge not in _MERGES:
+            raise ValueError(f"merge must be one of {list(_MERGES)}, got {self.merge!r}")
+        kw = dict(unroll=self.unroll, remat=self.remat)
+        if self.bidirectional:
+            layers = [bidirectional_layer(c, c, merge=self.merge, **kw) for c in cells]
+        else:
+            layers = [as_layer(c, **kw) for c in cells]
+        return stack(layers, residual=self.residual, dropout=self.dropout)
+
+    @nn.compact
+    def __call__(self, xs, carry=None, *, lengths=None, resets=None, deterministic: bool = True):
+        """Runs the layers over ``xs: [*b, T, D]``; returns ``(carry, ys)``."""
+        _check_inputs(xs)
+        if xs.ndim < 2:
+            raise ValueError(f"xs must have shape [..., T, D] (time, then features), got shape {tuple(xs.shape)}")
+        lyr = self.memcell_layer()
+        d = xs.shape[-1]
+        template = jax.eval_shape(lambda k: lyr.init(k, d), jax.random.key(0))
+        stored = {}
+        for i in range(len(template)):
+            name = f"layer_{i}"
+            # Layer i's init depends on the sizes before it only, so each layer's init is
+            # taken from the whole stack's init with that key.
+            stored[name] = self.param(name, lambda key, i=i: convert.to_dict(lyr.init(key, d)[i]))
+        params = convert.from_dict(stored, template, path=self.name or "Recurrent")
+        key = None if deterministic or self.dropout == 0.0 else self.make_rng("dropout")
+        return lyr.apply(params, xs, carry, lengths=lengths, resets=resets, key=key)

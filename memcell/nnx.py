@@ -1,0 +1,297 @@
+"""memcell cells as ``flax.nnx`` modules.
+
+``LSTM``, ``GRU`` and ``RNN`` are ``nnx.RNNCellBase`` cells that go where ``nnx.LSTMCell``
+/ ``nnx.OptimizedLSTMCell``, ``nnx.GRUCell`` and ``nnx.SimpleCell`` go: inside ``nnx.RNN``
+(``seq_lengths``, ``reverse``, ``keep_order``, ``return_carry``) and ``nnx.Bidirectional``,
+with the same constructor shape ``(in_features, hidden_features, *, rngs)`` and Flax's carry
+layout (the LSTM's is ``(c, h)``). ``Cell`` wraps any memcell cell factory, with memcell's
+carry.
+
+Each field of the memcell params is an ``nnx.Param`` attribute of the same name (``w_x``,
+``w_h``, ``b``, ...); ``memcell_params()`` returns the NamedTuple, and the module's output
+equals ``cell.step`` on it bit for bit.
+"""
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from memcell import convert
+from memcell.cells import GRUCarry, LSTMCarry, RNNCarry, gru, lstm, rnn
+from memcell.cells._common import check_positive_int
+from memcell.linen import _check_input_shape, _check_inputs
+from memcell.types import Array, Cell as PureCell, PyTree
+
+__all__ = ["GRU", "LSTM", "RNN", "Cell"]
+
+
+def _is_var(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+class _CellBase(nnx.RNNCellBase):
+    """Shared logic: params from ``cell.init``, one ``nnx.Param`` per field, ``cell.step`` on call."""
+
+    def _setup(self, cell: PureCell, in_features: int, rngs: nnx.Rngs, carry_init: Callable | None) -> None:
+        in_features = check_positive_int("in_features", in_features)
+        if not isinstance(rngs, nnx.Rngs):
+            raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
+        self.cell = cell
+        self.in_features = in_features
+        self.carry_init = carry_init
+        params = cell.init(rngs.params(), in_features)
+        # A NamedTuple of zeros with the params' structure (None fields kept): it says how to
+        # rebuild the NamedTuple from the attributes, and as plain ints it stays static.
+        self._structure = jax.tree.map(lambda _: 0, params)
+        self._names = tuple(f for f, v in zip(params._fields, params) if v is not None)
+        for name in self._names:
+            value = convert.to_dict(getattr(params, name))
+            if isinstance(value, dict):
+                setattr(self, name, nnx.data(jax.tree.map(nnx.Param, value)))
+            else:
+                setattr(self, name, nnx.Param(value))
+
+    def memcell_params(self) -> PyTree:
+        """The params as memcell's NamedTuple (the current values of the ``nnx.Param``s)."""
+        stored = {
+            name: jax.tree.map(lambda v: v[...], getattr(self, name), is_leaf=_is_var) for name in self._names
+        }
+        return convert.from_dict(stored, self._structure, path=type(self).__name__)
+
+    def memcell_cell(self) -> PureCell:
+        """The pure memcell ``Cell`` this module runs."""
+        return self.cell
+
+    def _to_memcell_carry(self, carry):
+        return carry
+
+    def _from_memcell_carry(self, carry):
+        return carry
+
+    def __call__(self, carry, inputs: Array) -> tuple[Any, Array]:
+        """One step: ``(carry, inputs[*b, d]) -> (carry, y[*b, h])``, ``cell.step`` on the module's params."""
+        _check_inputs(inputs)
+        if inputs.shape[-1] != self.in_features:
+            raise ValueError(
+                f"inputs must have {self.in_features} features (in_features) on the last axis, "
+                f"got shape {tuple(inputs.shape)}"
+            )
+        new, y = self.cell.step(self.memcell_params(), self._to_memcell_carry(carry), inputs)
+        return self._from_memcell_carry(new), y
+
+    def initialize_carry(
+        self,
+        input_shape: tuple[int, ...],
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
+        carry_init: Callable | None = None,
+    ):
+        """The initial carry for inputs of ``input_shape = (*batch, features)``.
+
+        Zeros unless a ``carry_init`` is given (here or to the constructor); it is then
+        called on each carry leaf with a key drawn from ``rngs`` (its ``carry`` stream).
+        """
+        shape = _check_input_shape(input_shape)
+        batch = shape[:-1]
+        params = self.memcell_params()
+        struct = jax.eval_shape(lambda p: self.cell.initial_carry(p, batch), params)
+        carry_init = carry_init if carry_init is not None else self.carry_init
+        if carry_init is None:
+            carry = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), struct)
+        else:
+            if isinstance(rngs, nnx.Rngs):
+                rngs = rngs.carry
+            if rngs is None:
+                raise ValueError("rngs must be given to initialize_carry when a carry_init is used")
+            carry = jax.tree.map(lambda s: carry_init(rngs(), s.shape, s.dtype), struct)
+        return self._from_memcell_carry(carry)
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+
+class Cell(_CellBase):
+    """Any memcell cell as an ``nnx`` RNN cell, with memcell's carry.
+
+    Args:
+      cell_factory: a function ``hidden_size -> memcell.Cell`` (``memcell.gru``, or a
+        ``functools.partial`` of one with options).
+      in_features: input features.
+      hidden_features: hidden units.
+      carry_init: optional initialiser of the carry's leaves (default zeros).
+      rngs: ``nnx.Rngs`` with a ``params`` stream.
+
+    Example:
+      >>> import functools, jax.numpy as jnp, memcell
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> cell = memcell.nnx.Cell(functools.partial(memcell.lstm, layer_norm=True), 3, 8, rngs=nnx.Rngs(0))
+      >>> nnx.RNN(cell)(jnp.ones((2, 5, 3))).shape
+      (2, 5, 8)
+    """
+
+    def __init__(self, cell_factory, in_features: int, hidden_features: int, *, carry_init=None, rngs: nnx.Rngs):
+        if not callable(cell_factory):
+            raise TypeError(f"cell_factory must be a callable hidden_size -> memcell.Cell, got {cell_factory!r}")
+        cell = cell_factory(hidden_features)
+        if not isinstance(cell, PureCell):
+            raise TypeError(f"cell_factory must return a memcell.Cell, got {type(cell).__name__}")
+        self.hidden_features = hidden_features
+        self._setup(cell, in_features, rngs, carry_init)
+
+
+class LSTM(_CellBase):
+    """memcell's LSTM as a drop-in for ``nnx.LSTMCell`` / ``nnx.OptimizedLSTMCell``.
+
+    Same constructor shape, call, ``initialize_carry`` and carry ``(c, h)``. The params are
+    memcell's ``w_x [d, 4h]``, ``w_h [h, 4h]``, ``b [4h]`` (gates ``i, f, g, o``); the forget
+    bias starts at ``forget_bias`` (memcell's 1.0, not Flax's 0.0).
+
+    Args:
+      in_features, hidden_features: sizes.
+      forget_bias: initial forget-gate bias (None: 1.0).
+      kernel_init, recurrent_kernel_init: initialisers of ``w_x`` and ``w_h`` (names or callables).
+      dtype: computation dtype of the matmuls; param_dtype: dtype of the params.
+      carry_init: optional initialiser of ``c`` and ``h`` (default zeros).
+      rngs: ``nnx.Rngs``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> model = nnx.RNN(memcell.nnx.LSTM(3, 16, rngs=nnx.Rngs(0)), return_carry=True)
+      >>> (c, h), ys = model(jnp.ones((4, 10, 3)), seq_lengths=jnp.array([10, 7, 3, 1]))
+      >>> ys.shape, h.shape
+      ((4, 10, 16), (4, 16))
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        forget_bias: float | None = None,
+        kernel_init="lecun_normal",
+        recurrent_kernel_init="orthogonal",
+        dtype=None,
+        param_dtype=jnp.float32,
+        carry_init=None,
+        rngs: nnx.Rngs,
+    ):
+        self.hidden_features = hidden_features
+        cell = lstm(
+            hidden_features,
+            forget_bias=forget_bias,
+            kernel_init=kernel_init,
+            recurrent_init=recurrent_kernel_init,
+            param_dtype=param_dtype,
+            dtype=dtype,
+        )
+        self._setup(cell, in_features, rngs, carry_init)
+
+    def _to_memcell_carry(self, carry):
+        if not (isinstance(carry, (tuple, list)) and len(carry) == 2):
+            raise TypeError(f"carry must be the pair (c, h) of initialize_carry, got {type(carry).__name__}")
+        c, h = carry
+        return LSTMCarry(h=h, c=c)
+
+    def _from_memcell_carry(self, carry):
+        return (carry.c, carry.h)
+
+
+class _SingleStateCell(_CellBase):
+    _carry_cls = None  # GRUCarry or RNNCarry, set by subclasses
+
+    def _to_memcell_carry(self, carry):
+        if not hasattr(carry, "shape"):
+            raise TypeError(f"carry must be the hidden-state array of initialize_carry, got {type(carry).__name__}")
+        return self._carry_cls(carry)
+
+    def _from_memcell_carry(self, carry):
+        return carry.h
+
+
+class GRU(_SingleStateCell):
+    """memcell's GRU as a drop-in for ``nnx.GRUCell`` (carry ``h``).
+
+    Unlike ``nnx.GRUCell`` it has the recurrent bias ``b_hn`` inside ``r * (h U_n + b_hn)``,
+    as PyTorch and ``flax.linen.GRUCell`` do. Args as for ``LSTM`` (without ``forget_bias``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> rngs = nnx.Rngs(0)
+      >>> bi = nnx.Bidirectional(nnx.RNN(memcell.nnx.GRU(3, 8, rngs=rngs)), nnx.RNN(memcell.nnx.GRU(3, 8, rngs=rngs)))
+      >>> bi(jnp.ones((2, 6, 3))).shape
+      (2, 6, 16)
+    """
+
+    _carry_cls = GRUCarry
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        kernel_init="lecun_normal",
+        recurrent_kernel_init="orthogonal",
+        dtype=None,
+        param_dtype=jnp.float32,
+        carry_init=None,
+        rngs: nnx.Rngs,
+    ):
+        self.hidden_features = hidden_features
+        cell = gru(
+            hidden_features,
+            kernel_init=kernel_init,
+            recurrent_init=recurrent_kernel_init,
+            param_dtype=param_dtype,
+            dtype=dtype,
+        )
+        self._setup(cell, in_features, rngs, carry_init)
+
+
+class RNN(_SingleStateCell):
+    """memcell's Elman RNN as a drop-in for ``nnx.SimpleCell`` (carry ``h``).
+
+    Args as for ``LSTM``, plus ``activation`` (``"tanh"`` or ``"relu"``) instead of ``forget_bias``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> cell = memcell.nnx.RNN(3, 4, rngs=nnx.Rngs(0))
+      >>> carry = cell.initialize_carry((2, 3))
+      >>> carry, y = cell(carry, jnp.ones((2, 3)))
+      >>> y.shape
+      (2, 4)
+    """
+
+    _carry_cls = RNNCarry
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        activation: str = "tanh",
+        kernel_init="lecun_normal",
+        recurrent_kernel_init="orthogonal",
+        dtype=None,
+        param_dtype=jnp.float32,
+        carry_init=None,
+        rngs: nnx.Rngs,
+    ):
+        self.hidden_features = hidden_features
+        cell = rnn(
+            hidden_features,
+            activation=activation,
+            kernel_init=kernel_init,
+            recurrent_init=recurrent_kernel_init,
+            param_dtype=param_dtype,
+            dtype=dtype,
+        )
+        self._setup(cell, in_features, rngs, carry_init)
