@@ -1,0 +1,91 @@
+"""Benchmarks for recurrent cells: generators and loaders with a test split, a stated metric
+and baselines computed from the data.
+
+Long-term-dependency problems (``synthetic``): ``adding``, ``copy_memory``, ``temporal_order``.
+Small real data, nothing downloaded: ``digits`` (sequential and permuted 8x8 digits,
+scikit-learn), ``char_lm`` (Shakespeare, shipped), ``sunspots`` (statsmodels),
+``japanese_vowels`` (speech, shipped).
+
+Example:
+  >>> import memcell
+  >>> from memcell import tasks
+  >>> task = tasks.make("adding", length=20)
+  >>> model = tasks.sequence_model(memcell.lstm(16), task.output_size, task.readout)
+  >>> report = tasks.train_task(task, model, seeds=[0, 1], steps=100)
+  >>> sorted(report["summary"]["mse"])
+  ['max', 'mean', 'min', 'n', 'std']
+"""
+
+from memcell.tasks._base import (
+    CELLS,
+    Model,
+    ModelParams,
+    Task,
+    beats,
+    classification_loss,
+    cross_entropy,
+    eval_fn,
+    features,
+    loss_fn,
+    make_cell,
+    sequence_model,
+    train_task,
+)
+from memcell.tasks.digits import digits
+from memcell.tasks.sunspots import sunspots
+from memcell.tasks.synthetic import adding, copy_memory, temporal_order
+from memcell.tasks.text import char_lm, sample_text
+from memcell.tasks.vowels import japanese_vowels, read_ts
+
+# name -> (factory, the factory's "length" keyword or None when the length is fixed by the data)
+TASKS = {
+    "adding": (adding, "length"),
+    "copy": (copy_memory, "length"),
+    "temporal_order": (temporal_order, "length"),
+    "digits": (digits, None),
+    "permuted_digits": (lambda **kw: digits(permuted=True, **kw), None),
+    "char_lm": (char_lm, "length"),
+    "sunspots": (sunspots, "window"),
+    "vowels": (japanese_vowels, None),
+}
+
+
+def make(name: str, length: int | None = None, **options) -> Task:
+    """A task by name (``TASKS``); ``length`` is its sequence length where it has one
+    (the lag for copy, the window for sunspots) and is rejected where the data fixes it."""
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {name!r}")
+    factory, length_arg = TASKS[name]
+    if length is not None:
+        if length_arg is None:
+            raise ValueError(f"task {name!r} has a length fixed by its data; length must not be given, got {length!r}")
+        options[length_arg] = length
+    return factory(**options)
+
+
+__all__ = [
+    "CELLS",
+    "Model",
+    "ModelParams",
+    "TASKS",
+    "Task",
+    "adding",
+    "beats",
+    "char_lm",
+    "classification_loss",
+    "copy_memory",
+    "cross_entropy",
+    "digits",
+    "eval_fn",
+    "features",
+    "japanese_vowels",
+    "loss_fn",
+    "make",
+    "make_cell",
+    "read_ts",
+    "sample_text",
+    "sequence_model",
+    "sunspots",
+    "temporal_order",
+    "train_task",
+]

@@ -1,0 +1,306 @@
+"""What every task shares: the ``Task`` bundle, a sequence model with a dense readout, the
+loss and evaluation functions that join them, and ``train_task``, the loop the CLI and the
+experiments run."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any, Callable, NamedTuple, Sequence as SequenceOf
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from memcell import train as _train
+from memcell.cells import gru, lstm, rnn
+from memcell.scan import layer, stack
+from memcell.types import Array, Cell, Key, Layer, PyTree
+
+
+class Task(NamedTuple):
+    """A benchmark: a seeded batch sampler, a fixed test set, a loss and baselines.
+
+    Attributes:
+      name: the task's name.
+      input_size: features per step; for token inputs (``batch["xs"]`` integer ``[b, t]``)
+        the vocabulary size, and models see one-hot vectors.
+      output_size: outputs of the readout (classes, or regression targets).
+      readout: ``"last"``: one output per sequence, read at each sequence's last real step;
+        ``"all"``: one output per step.
+      sample: ``sample(key, batch_size) -> batch``, pure and jit-able. A batch is a dict with
+        ``"xs"`` and ``"ys"`` and, for variable lengths, ``"lengths"`` ``[b]``.
+      test: the fixed test (or validation) batch, NumPy arrays.
+      loss: ``loss(outputs, batch) -> (loss, metrics)``, jnp, mean over the batch.
+      metric: the task's stated metric (a key of ``metrics``), e.g. ``"mse"``, ``"accuracy"``.
+      mode: ``"min"`` or ``"max"``: which way ``metric`` is better.
+      baselines: ``{name: {metric: value}}``, every value computed from the data on the test set.
+      solved: the threshold on ``metric`` that counts as solved (None where the task has none).
+      info: protocol details (sequence length, split sizes, vocabulary, units, references).
+    """
+
+    name: str
+    input_size: int
+    output_size: int
+    readout: str
+    sample: Callable[[Key, int], dict]
+    test: dict
+    loss: Callable[[Array, dict], tuple[Array, dict]]
+    metric: str
+    mode: str
+    baselines: dict
+    solved: float | None
+    info: dict
+
+
+class Model(NamedTuple):
+    """A recurrent stack and a dense readout: ``init(key, input_size) -> params``,
+    ``apply(params, xs, *, lengths=None, key=None) -> outputs``."""
+
+    init: Callable[..., PyTree]
+    apply: Callable[..., Array]
+    layers: Layer  # the recurrent part (for sampling step by step)
+    readout: str
+
+
+class ModelParams(NamedTuple):
+    rnn: PyTree  # params of the recurrent Layer
+    w: Array  # [h, o] readout
+    b: Array  # [o]
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> tuple[Array, Array]:
+    """Mean cross-entropy (nats) and accuracy of integer ``labels`` under ``logits``, over ``mask``."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    hit = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    if mask is None:
+        return nll.mean(), hit.mean()
+    mask = mask.astype(jnp.float32)
+    denom = jnp.maximum(mask.sum(), 1.0)
+    return (nll * mask).sum() / denom, (hit * mask).sum() / denom
+
+
+def classification_loss(outputs, batch):
+    """Cross-entropy with accuracy, for one label per sequence."""
+    xent, acc = cross_entropy(outputs, batch["ys"])
+    return xent, {"xent": xent, "accuracy": acc}
+
+
+# ----------------------------------------------------------------------------- models
+
+CELLS = ("rnn", "irnn", "lstm", "gru")
+
+
+def make_cell(name: str, hidden_size: int, **options) -> Cell:
+    """A cell by name: ``"rnn"`` (tanh Elman), ``"irnn"`` (ReLU with identity recurrent init,
+    Le et al. 2015), ``"lstm"``, ``"gru"``; ``options`` go to the factory."""
+    if name not in CELLS:
+        raise ValueError(f"cell must be one of {list(CELLS)}, got {name!r}")
+    if name == "rnn":
+        return rnn(hidden_size, **options)
+    if name == "irnn":
+        options.setdefault("recurrent_init", "identity")
+        return rnn(hidden_size, activation="relu", **options)
+    if name == "lstm":
+        return lstm(hidden_size, **options)
+    return gru(hidden_size, **options)
+
+
+def sequence_model(layers: Cell | Layer | SequenceOf[Cell | Layer], output_size: int, readout: str = "last") -> Model:
+    """A recurrent stack followed by a dense readout.
+
+    Args:
+      layers: a ``Cell``, a ``Layer``, or a list of them (stacked with ``memcell.stack``).
+      output_size: outputs of the readout.
+      readout: ``"last"`` (one output per sequence, at each one's last real step, so padding
+        is never read) or ``"all"`` (one per step).
+
+    Returns:
+      A ``Model``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, memcell
+      >>> from memcell.tasks import sequence_model
+      >>> model = sequence_model(memcell.lstm(8), output_size=3)
+      >>> params = model.init(jax.random.key(0), input_size=2)
+      >>> model.apply(params, jnp.ones((4, 10, 2)), lengths=jnp.array([10, 5, 1, 7])).shape
+      (4, 3)
+    """
+    if readout not in ("last", "all"):
+        raise ValueError(f"readout must be 'last' or 'all', got {readout!r}")
+    if isinstance(layers, Cell):
+        lyr = layer(layers)
+    elif isinstance(layers, Layer):
+        lyr = layers
+    else:
+        lyr = stack(list(layers))
+    if isinstance(output_size, bool) or not isinstance(output_size, (int, np.integer)) or output_size < 1:
+        raise ValueError(f"output_size must be a positive int, got {output_size!r}")
+
+    def init(key, input_size: int) -> ModelParams:
+        k_rnn, k_out = jax.random.split(key)
+        p = lyr.init(k_rnn, input_size)
+        h = jax.eval_shape(lambda q: lyr.apply(q, jnp.zeros((1, input_size), jnp.float32))[1], p).shape[-1]
+        w = jax.random.normal(k_out, (h, output_size), jnp.float32) / math.sqrt(h)
+        return ModelParams(p, w, jnp.zeros((output_size,), jnp.float32))
+
+    def apply(params: ModelParams, xs, *, lengths=None, key=None):
+        _, ys = lyr.apply(params.rnn, xs, lengths=lengths, key=key)
+        if readout == "last":
+            T = ys.shape[-2]
+            last = (jnp.full(ys.shape[:-2], T - 1) if lengths is None else jnp.maximum(jnp.asarray(lengths) - 1, 0))
+            ys = jnp.take_along_axis(ys, last[..., None, None].astype(jnp.int32), axis=-2)[..., 0, :]
+        return ys @ params.w + params.b
+
+    return Model(init, apply, lyr, readout)
+
+
+def features(task: Task, xs: Array) -> Array:
+    """The model's inputs: token ids ``[*b, t]`` become one-hot ``[*b, t, task.input_size]``."""
+    xs = jnp.asarray(xs)
+    if jnp.issubdtype(xs.dtype, jnp.integer):
+        return jax.nn.one_hot(xs, task.input_size, dtype=jnp.float32)
+    return xs
+
+
+def loss_fn(task: Task, model: Model) -> Callable:
+    """``loss_fn(params, batch, key) -> (loss, metrics)`` of ``model`` on ``task``, for
+    ``memcell.train.make_train_step``."""
+
+    def f(params, batch, key):
+        out = model.apply(params, features(task, batch["xs"]), lengths=batch.get("lengths"), key=key)
+        return task.loss(out, batch)
+
+    return f
+
+
+def eval_fn(task: Task, model: Model, max_batch: int = 4096) -> Callable:
+    """``params -> metrics`` on the task's fixed test set (split into chunks of ``max_batch``
+    sequences, weighted by size), jit-able and vmap-able."""
+    test = jax.tree.map(jnp.asarray, task.test)
+    n = int(jax.tree.leaves(test)[0].shape[0])
+    f = loss_fn(task, model)
+    chunks = [(i, min(i + max_batch, n)) for i in range(0, n, max_batch)]
+
+    def evaluate(params):
+        total = None
+        for lo, hi in chunks:
+            part = jax.tree.map(lambda x: x[lo:hi], test)
+            loss, m = f(params, part, None)
+            m = {"loss": loss, **m}
+            m = {k: v * (hi - lo) / n for k, v in m.items()}
+            total = m if total is None else {k: total[k] + m[k] for k in total}
+        return total
+
+    return evaluate
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def beats(task: Task, value: float, baseline: str) -> bool:
+    """Whether ``value`` of ``task.metric`` is better than the named baseline."""
+    ref = task.baselines[baseline][task.metric]
+    return value < ref if task.mode == "min" else value > ref
+
+
+def train_task(
+    task: Task,
+    model: Model,
+    *,
+    seeds: SequenceOf[int] = (0,),
+    steps: int = 1000,
+    batch_size: int = 32,
+    learning_rate: float | SequenceOf[float] = 1e-3,
+    optimizer: str = "adam",
+    clip_norm: float | None = 1.0,
+    warmup_steps: int = 0,
+    decay: bool = False,
+    eval_every: int = 0,
+    stop_at_solved: bool = False,
+    patience: int | None = None,
+    out_dir=None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    config: dict | None = None,
+    progress: bool = False,
+    steps_per_call: int = 50,
+) -> dict:
+    """Trains ``model`` on ``task`` for every seed at once (``jax.vmap``) and reports against the baselines.
+
+    Args:
+      task, model: the task and a ``sequence_model`` whose readout matches ``task.readout``.
+      seeds: one independent model a seed (params, data stream).
+      steps, batch_size: updates and sequences per update.
+      learning_rate: one peak rate for all seeds, or one per seed (vmapped too).
+      optimizer, clip_norm, warmup_steps: as for ``memcell.train.optimizer``; ``decay``:
+        cosine decay to 0 at ``steps``.
+      eval_every: evaluate on the test set every this many steps (0: only at the end).
+      stop_at_solved: stop once every seed reaches ``task.solved`` (needs ``eval_every``).
+      patience: stop after this many evaluations without improvement of ``task.metric``.
+      out_dir: if set, ``metrics.jsonl`` and ``checkpoints/`` go there.
+      checkpoint_every, resume, config, progress, steps_per_call: as for ``memcell.train.fit``.
+
+    Returns:
+      A dict: ``final`` (per-seed test metrics), ``summary`` (mean/std/min/max over seeds of
+      each metric), ``baselines``, ``beats`` (per baseline: how many seeds beat it on
+      ``task.metric``), ``solved_step``, ``history``, ``stop_reason``, ``wall_time``, and
+      ``state`` (the final vmapped ``TrainState``).
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, got none")
+    if model.readout != task.readout:
+        raise ValueError(f"the model's readout must be {task.readout!r} for task {task.name!r}")
+    lrs = None if isinstance(learning_rate, (int, float)) else [float(x) for x in learning_rate]
+    peak = float(learning_rate) if lrs is None else lrs[0]
+    tx = _train.optimizer(peak, name=optimizer, clip_norm=clip_norm, warmup_steps=warmup_steps,
+                          decay_steps=steps if decay else None)
+    states = _train.init_states(seeds, lambda k: model.init(k, task.input_size), tx, learning_rates=lrs)
+    step = _train.make_train_step(loss_fn(task, model), tx)
+    sample = lambda key: task.sample(key, batch_size)
+    es = None
+    if stop_at_solved or patience is not None:
+        target = task.solved if stop_at_solved else None
+        if stop_at_solved and target is None:
+            raise ValueError(f"task {task.name!r} has no 'solved' threshold, so stop_at_solved cannot be used")
+        es = _train.EarlyStopping(metric=task.metric, mode=task.mode, target=target, patience=patience)
+    out = None if out_dir is None else pathlib.Path(out_dir)
+    result = _train.fit(
+        step, states, sample, steps=steps, eval_fn=eval_fn(task, model), eval_every=eval_every,
+        early_stopping=es,
+        checkpoint_dir=None if out is None else out / "checkpoints",
+        checkpoint_every=checkpoint_every, resume=resume, config=config,
+        log_path=None if out is None else out / "metrics.jsonl",
+        progress=progress, steps_per_call=steps_per_call,
+    )
+    final = result.history[-1]
+    metric_names = [k for k in final if k != "step"]
+    summary = {k: _train.summarize(final[k]) for k in metric_names}
+    solved = None
+    if task.solved is not None:
+        vals = np.asarray(final[task.metric])
+        solved = int(np.sum(vals <= task.solved if task.mode == "min" else vals >= task.solved))
+    return {
+        "task": task.name,
+        "seeds": seeds,
+        "steps": int(np.max(jax.device_get(result.state.step))),
+        "final": {k: final[k] for k in metric_names},
+        "summary": summary,
+        "metric": task.metric,
+        "baselines": task.baselines,
+        "beats": {b: sum(beats(task, v, b) for v in final[task.metric]) for b in task.baselines if task.metric in task.baselines[b]},
+        "solved_threshold": task.solved,
+        "n_solved": solved,
+        "solved_step": result.solved_step,
+        "skipped_steps": result.skipped_steps,
+        "history": result.history,
+        "stop_reason": result.stop_reason,
+        "wall_time": result.wall_time,
+        "state": result.state,
+    }
+

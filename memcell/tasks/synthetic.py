@@ -1,0 +1,237 @@
+"""The classic long-term-dependency problems: adding, copy memory, temporal order.
+
+Every generator is a pure JAX function of a key, so batches are drawn inside the jit-compiled
+train step; the test set is drawn once from a fixed key that training never uses, and each
+baseline is computed from a separate sample of training data, then scored on the test set.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from memcell.tasks._base import Task, classification_loss, cross_entropy
+
+__all__ = ["adding", "copy_memory", "temporal_order"]
+
+# Test sets and baseline-fitting samples come from these fixed keys, folded with the task's
+# seed; training draws its keys from the run's key, so the streams never coincide by design.
+_TEST, _BASELINE = 0x7E57, 0xBA5E
+
+
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- adding
+
+
+def _adding_sample(T: int):
+    half = T // 2
+
+    def sample(key, batch_size: int) -> dict:
+        kv, k1, k2 = jax.random.split(key, 3)
+        values = jax.random.uniform(kv, (batch_size, T))
+        # One marker in the first half, one in the second (Arjovsky et al. 2016).
+        p1 = jax.random.randint(k1, (batch_size,), 0, half)
+        p2 = jax.random.randint(k2, (batch_size,), half, T)
+        t = jnp.arange(T)
+        markers = ((t == p1[:, None]) | (t == p2[:, None])).astype(jnp.float32)
+        xs = jnp.stack([values, markers], axis=-1)
+        ys = (values * markers).sum(-1, keepdims=True)
+        return {"xs": xs, "ys": ys}
+
+    return sample
+
+
+def _mse_loss(outputs, batch):
+    mse = jnp.mean(jnp.square(outputs.astype(jnp.float32) - batch["ys"]))
+    return mse, {"mse": mse}
+
+
+def adding(length: int = 100, *, n_test: int = 1000, seed: int = 0) -> Task:
+    """The adding problem (Hochreiter and Schmidhuber 1997; the protocol of Le et al. 2015 and
+    Arjovsky et al. 2016).
+
+    Each step holds a value ``U(0, 1)`` and a marker; exactly two steps are marked, one in the
+    first half of the sequence and one in the second. The target is the sum of the two marked
+    values, read after the last step. Metric: MSE. Baseline: always predicting the mean target
+    (its MSE is the target variance, 1/6 ~ 0.167), fitted on training data. Solved: test MSE
+    below 0.01.
+
+    Args:
+      length: ``T``, the sequence length (>= 2).
+      n_test: test sequences.
+      seed: selects the test set.
+
+    Returns:
+      A ``Task`` with ``xs: [b, T, 2]`` (value, marker), ``ys: [b, 1]``.
+
+    Example:
+      >>> import jax
+      >>> from memcell.tasks import adding
+      >>> task = adding(50)
+      >>> batch = task.sample(jax.random.key(0), 8)
+      >>> batch["xs"].shape, batch["ys"].shape, round(task.baselines["mean"]["mse"], 2)
+      ((8, 50, 2), (8, 1), 0.17)
+    """
+    T = _check_int("length", length, 2)
+    n_test = _check_int("n_test", n_test, 1)
+    sample = _adding_sample(T)
+    base = jax.random.fold_in(jax.random.key(seed), T)
+    test = jax.device_get(sample(jax.random.fold_in(base, _TEST), n_test))
+    fit = jax.device_get(sample(jax.random.fold_in(base, _BASELINE), 10_000))
+    mean = float(np.mean(fit["ys"]))
+    baseline = float(np.mean((test["ys"] - mean) ** 2))
+    return Task(
+        name="adding", input_size=2, output_size=1, readout="last", sample=sample, test=test,
+        loss=_mse_loss, metric="mse", mode="min",
+        baselines={"mean": {"mse": baseline, "loss": baseline}},
+        solved=0.01,
+        info={"length": T, "n_test": n_test, "predict_mean": mean,
+              "protocol": "two marked U(0,1) values, one in each half; target their sum; solved: MSE < 0.01"},
+    )
+
+
+# ----------------------------------------------------------------------------- copy memory
+
+_COPY_SYMBOLS, _COPY_LEN = 8, 10
+_BLANK, _DELIM = 0, _COPY_SYMBOLS + 1
+
+
+def _copy_sample(T: int):
+    n = T + 2 * _COPY_LEN
+
+    def sample(key, batch_size: int) -> dict:
+        seq = jax.random.randint(key, (batch_size, _COPY_LEN), 1, _COPY_SYMBOLS + 1)
+        blanks = jnp.zeros((batch_size, T - 1), jnp.int32)
+        delim = jnp.full((batch_size, 1), _DELIM, jnp.int32)
+        tail = jnp.zeros((batch_size, _COPY_LEN), jnp.int32)
+        xs = jnp.concatenate([seq, blanks, delim, tail], axis=1)
+        ys = jnp.concatenate([jnp.zeros((batch_size, T + _COPY_LEN), jnp.int32), seq], axis=1)
+        assert xs.shape[1] == n and ys.shape[1] == n
+        return {"xs": xs, "ys": ys}
+
+    return sample
+
+
+def _copy_loss(outputs, batch):
+    xent, acc = cross_entropy(outputs, batch["ys"])
+    # Accuracy on the 10 recalled symbols only: the blanks are trivial.
+    _, recall = cross_entropy(outputs[:, -_COPY_LEN:], batch["ys"][:, -_COPY_LEN:])
+    return xent, {"xent": xent, "accuracy": acc, "recall_accuracy": recall}
+
+
+def copy_memory(length: int = 100, *, n_test: int = 1000, seed: int = 0) -> Task:
+    """The copy memory problem (Arjovsky et al. 2016).
+
+    Input, ``T + 20`` tokens: 10 symbols drawn from ``{1..8}``, ``T - 1`` blanks (0), a delimiter
+    (9), then 10 blanks. Target: blanks for the first ``T + 10`` steps, then the 10 symbols.
+    Metric: cross-entropy (nats) over all steps. Baseline: the best memoryless predictor, the
+    per-position distribution of targets estimated on training data; its loss is about
+    ``10 log 8 / (T + 20)``. Solved (our threshold): cross-entropy below 1% of that baseline.
+
+    Args:
+      length: ``T``, the lag (>= 1).
+      n_test: test sequences.
+      seed: selects the test set.
+
+    Returns:
+      A ``Task`` with token inputs ``xs: [b, T + 20]`` (10 classes) and ``ys: [b, T + 20]``.
+    """
+    T = _check_int("length", length, 1)
+    n_test = _check_int("n_test", n_test, 1)
+    sample = _copy_sample(T)
+    base = jax.random.fold_in(jax.random.key(seed + 1), T)
+    test = jax.device_get(sample(jax.random.fold_in(base, _TEST), n_test))
+    fit = jax.device_get(sample(jax.random.fold_in(base, _BASELINE), 10_000))
+    n_cls = _COPY_SYMBOLS + 2
+    counts = np.stack([np.bincount(col, minlength=n_cls) for col in fit["ys"].T]).astype(np.float64)
+    probs = (counts + 1e-3) / (counts + 1e-3).sum(-1, keepdims=True)  # [T+20, classes]
+    nll = -np.log(probs[np.arange(test["ys"].shape[1]), test["ys"]])
+    baseline = float(nll.mean())
+    return Task(
+        name="copy", input_size=n_cls, output_size=n_cls, readout="all", sample=sample, test=test,
+        loss=_copy_loss, metric="xent", mode="min",
+        baselines={"memoryless": {"xent": baseline, "loss": baseline}},
+        solved=0.01 * baseline,
+        info={"length": T, "n_test": n_test, "formula_baseline": _COPY_LEN * math.log(_COPY_SYMBOLS) / (T + 2 * _COPY_LEN),
+              "protocol": "10 symbols of 8, lag T, recall after a delimiter; solved: xent < 1% of the memoryless baseline"},
+    )
+
+
+# ----------------------------------------------------------------------------- temporal order
+
+# Symbols: distractors a, b, c, d; the relevant X, Y; start B and end E.
+_A, _X, _Y, _B, _E = 0, 4, 5, 6, 7
+_ORDER_SYMBOLS = 8
+
+
+def _order_layout(T: int) -> tuple[int, tuple[int, int], tuple[int, int]]:
+    lo = int(round(T * 10 / 11))  # lengths vary in [lo, T]: 100 to 110 for T = 110
+    return lo, (int(round(0.1 * lo)), int(round(0.2 * lo))), (int(round(0.5 * lo)), int(round(0.6 * lo)))
+
+
+def _order_sample(T: int):
+    lo, (a1, b1), (a2, b2) = _order_layout(T)
+
+    def sample(key, batch_size: int) -> dict:
+        kl, kd, k1, k2, ks = jax.random.split(key, 5)
+        lengths = jax.random.randint(kl, (batch_size,), lo, T + 1)
+        seq = jax.random.randint(kd, (batch_size, T), _A, _A + 4)
+        t1 = jax.random.randint(k1, (batch_size,), a1, b1 + 1)
+        t2 = jax.random.randint(k2, (batch_size,), a2, b2 + 1)
+        which = jax.random.bernoulli(ks, 0.5, (batch_size, 2)).astype(jnp.int32)  # 0: X, 1: Y
+        t = jnp.arange(T)
+        seq = jnp.where(t == t1[:, None], _X + which[:, :1], seq)
+        seq = jnp.where(t == t2[:, None], _X + which[:, 1:], seq)
+        seq = jnp.where(t == 0, _B, seq)
+        seq = jnp.where(t == lengths[:, None] - 1, _E, seq)
+        seq = jnp.where(t < lengths[:, None], seq, 0)  # padding; unroll never reads it
+        return {"xs": seq, "ys": 2 * which[:, 0] + which[:, 1], "lengths": lengths}
+
+    return sample
+
+
+def temporal_order(length: int = 110, *, n_test: int = 1000, seed: int = 0) -> Task:
+    """The temporal order problem (Hochreiter and Schmidhuber 1997, task 6a).
+
+    A sequence of ``L`` tokens, ``L`` uniform in ``[round(10 T / 11), T]`` (100 to 110 for the
+    paper's ``T = 110``): ``B`` first, ``E`` last, distractors ``a, b, c, d`` elsewhere except
+    at two steps ``t1`` in ``[0.1, 0.2]`` and ``t2`` in ``[0.5, 0.6]`` of the shortest length,
+    which hold ``X`` or ``Y``. The class is the order: ``XX, XY, YX, YY``. Lengths vary and go
+    through ``lengths``. Metric: accuracy. Baseline: the majority class of training data
+    (chance, ~0.25). Solved (our threshold): accuracy >= 0.99.
+
+    Args:
+      length: ``T``, the longest sequence (>= 11).
+      n_test: test sequences.
+      seed: selects the test set.
+
+    Returns:
+      A ``Task`` with token inputs ``xs: [b, T]`` (8 symbols), ``ys: [b]`` in ``0..3`` and
+      ``lengths: [b]``.
+    """
+    T = _check_int("length", length, 11)
+    n_test = _check_int("n_test", n_test, 1)
+    sample = _order_sample(T)
+    base = jax.random.fold_in(jax.random.key(seed + 2), T)
+    test = jax.device_get(sample(jax.random.fold_in(base, _TEST), n_test))
+    fit = jax.device_get(sample(jax.random.fold_in(base, _BASELINE), 10_000))
+    majority = int(np.bincount(fit["ys"], minlength=4).argmax())
+    baseline = float(np.mean(test["ys"] == majority))
+    lo, r1, r2 = _order_layout(T)
+    return Task(
+        name="temporal_order", input_size=_ORDER_SYMBOLS, output_size=4, readout="last", sample=sample, test=test,
+        loss=classification_loss, metric="accuracy", mode="max",
+        baselines={"majority": {"accuracy": baseline}},
+        solved=0.99,
+        info={"length": T, "min_length": lo, "t1_range": r1, "t2_range": r2, "n_test": n_test,
+              "symbols": "a b c d X Y B E", "classes": "XX XY YX YY",
+              "protocol": "classify the order of X/Y at two distant steps; solved: accuracy >= 0.99"},
+    )

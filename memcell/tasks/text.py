@@ -1,0 +1,145 @@
+"""Character-level language modelling on Shakespeare (seven plays, public domain, shipped
+with memcell), with unigram and bigram baselines and temperature sampling."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from memcell.tasks._base import Model, ModelParams, Task, cross_entropy
+
+__all__ = ["char_lm", "sample_text"]
+
+CORPUS = pathlib.Path(__file__).parent / "data" / "shakespeare.txt"
+_LN2 = math.log(2.0)
+
+
+def _ngram_bpc(train: np.ndarray, valid: np.ndarray, vocab: int) -> tuple[float, float]:
+    """Bits per character of add-one smoothed unigram and bigram models fitted on ``train``."""
+    uni = np.bincount(train, minlength=vocab).astype(np.float64) + 1.0
+    uni /= uni.sum()
+    unigram = -np.mean(np.log2(uni[valid]))
+    big = np.ones((vocab, vocab), np.float64)
+    np.add.at(big, (train[:-1], train[1:]), 1.0)
+    big /= big.sum(1, keepdims=True)
+    # The first validation character is scored by the last training one, like the model's windows.
+    prev = np.concatenate([train[-1:], valid[:-1]])
+    bigram = -np.mean(np.log2(big[prev, valid]))
+    return float(unigram), float(bigram)
+
+
+def _lm_loss(outputs, batch):
+    xent, acc = cross_entropy(outputs, batch["ys"])
+    return xent, {"xent": xent, "bpc": xent / _LN2, "accuracy": acc}
+
+
+def char_lm(length: int = 100, *, valid_fraction: float = 0.1, max_valid_chars: int | None = None,
+            corpus=None) -> Task:
+    """Next-character prediction on the shipped Shakespeare text.
+
+    The text is split by position: the first ``1 - valid_fraction`` for training (random
+    windows of ``length + 1`` characters), the rest for validation (consecutive windows of
+    ``length``, each predicting its next characters). Metric: validation bits per character.
+    Baselines: add-one smoothed unigram and bigram models fitted on the training part.
+
+    Args:
+      length: characters a training window reads (``T``).
+      valid_fraction: the share of the text, at its end, held out.
+      max_valid_chars: evaluate on at most this many validation characters (None: all).
+      corpus: another text file to use (ASCII or UTF-8).
+
+    Returns:
+      A ``Task`` with token inputs ``xs: [b, T]`` and targets ``ys: [b, T]``; ``info["vocab"]``
+      is the string of characters, indexed by token id.
+    """
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+        raise ValueError(f"length must be a positive int, got {length!r}")
+    if not 0.0 < valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must lie in (0, 1), got {valid_fraction!r}")
+    text = pathlib.Path(CORPUS if corpus is None else corpus).read_text(encoding="utf-8")
+    vocab = "".join(sorted(set(text)))
+    lut = {c: i for i, c in enumerate(vocab)}
+    ids = np.fromiter((lut[c] for c in text), np.int32, len(text))
+    split = int(len(ids) * (1.0 - valid_fraction))
+    train, valid = ids[:split], ids[split:]
+    if len(train) <= length + 1 or len(valid) <= length + 1:
+        raise ValueError(f"length={length} leaves no full window in a split of {len(train)} / {len(valid)} characters")
+    # Validation windows read (prev char, ...) and predict (..., next char): the context at
+    # the start of each window is cut, as in the training windows.
+    stream = np.concatenate([train[-1:], valid])
+    if max_valid_chars is not None:
+        stream = stream[: max_valid_chars + 1]
+    n_win = (len(stream) - 1) // length
+    xs = stream[: n_win * length].reshape(n_win, length)
+    ys = stream[1 : n_win * length + 1].reshape(n_win, length)
+    unigram, bigram = _ngram_bpc(train, ys.reshape(-1), len(vocab))
+    train_ids = jnp.asarray(train)
+
+    def sample(key, batch_size: int) -> dict:
+        start = jax.random.randint(key, (batch_size,), 0, train_ids.shape[0] - length - 1)
+        win = jax.vmap(lambda s: jax.lax.dynamic_slice(train_ids, (s,), (length + 1,)))(start)
+        return {"xs": win[:, :-1], "ys": win[:, 1:]}
+
+    return Task(
+        name="char_lm", input_size=len(vocab), output_size=len(vocab), readout="all", sample=sample,
+        test={"xs": xs, "ys": ys}, loss=_lm_loss, metric="bpc", mode="min",
+        baselines={"unigram": {"bpc": unigram}, "bigram": {"bpc": bigram}},
+        solved=None,
+        info={"length": length, "vocab": vocab, "n_train_chars": len(train), "n_valid_chars": int(ys.size),
+              "source": "Shakespeare, seven plays (memcell/tasks/data/README.md)"},
+    )
+
+
+def sample_text(task: Task, model: Model, params: ModelParams, key, *, prompt: str = "\n", length: int = 200,
+                temperature: float = 1.0) -> str:
+    """Generates ``length`` characters after ``prompt`` from a trained char-LM ``model``.
+
+    Each character is drawn from ``softmax(logits / temperature)``: below 1 the text is more
+    conservative, above 1 more random; ``temperature=0`` takes the most likely character.
+
+    Args:
+      task: the ``char_lm`` task (for its vocabulary).
+      model: a ``sequence_model(..., readout="all")``; params: its params (one model).
+      key: a ``jax.random.key``.
+      prompt: text to condition on (every character must be in the vocabulary).
+      length: characters to generate.
+      temperature: >= 0.
+
+    Returns:
+      The generated text (without the prompt).
+    """
+    vocab = task.info["vocab"]
+    bad = sorted({c for c in prompt if c not in vocab})
+    if not prompt or bad:
+        raise ValueError(f"prompt must be non-empty and use only the corpus' characters, got unknown {bad!r}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+        raise ValueError(f"length must be a positive int, got {length!r}")
+    V = len(vocab)
+    lyr = model.layers
+    prompt_ids = jnp.asarray([vocab.index(c) for c in prompt], jnp.int32)
+
+    @jax.jit
+    def generate(params, key):
+        carry, ys = lyr.apply(params.rnn, jax.nn.one_hot(prompt_ids, V))
+        logits = ys[-1] @ params.w + params.b
+
+        def body(state, k):
+            carry, logits = state
+            if temperature == 0:
+                c = jnp.argmax(logits)
+            else:
+                c = jax.random.categorical(k, logits / temperature)
+            carry, y = lyr.apply(params.rnn, jax.nn.one_hot(c, V)[None], carry)
+            return (carry, y[-1] @ params.w + params.b), c
+
+        _, out = jax.lax.scan(body, (carry, logits), jax.random.split(key, length))
+        return out
+
+    out = np.asarray(generate(params, key))
+    return "".join(vocab[i] for i in out)
