@@ -320,9 +320,13 @@ def test_jit_and_vmap_over_seeds_match_eager_loop():
         "loss": lambda p: J.loss_gradient_norms(cell, p, xs, lambda ys: jnp.sum(ys**2)),
     }
     for name, fn in fns.items():
-        batched = jax.jit(jax.vmap(fn))(params)
-        loop = np.stack([fn(jax.tree.map(lambda a, i=i: a[i], params)) for i in range(3)])
+        batched = jax.vmap(fn)(params)
+        one = jax.jit(fn)
+        loop = np.stack([one(jax.tree.map(lambda a, i=i: a[i], params)) for i in range(3)])
         np.testing.assert_allclose(batched, loop, rtol=1e-5, atol=1e-7, err_msg=name)
+    # jit == eager
+    p0 = jax.tree.map(lambda a: a[0], params)
+    np.testing.assert_allclose(jax.jit(fns["grad"])(p0), fns["grad"](p0), rtol=1e-6)
 
 
 def test_explicit_carry_and_float64_and_bfloat16_compute():
@@ -399,3 +403,68 @@ def test_bad_arguments_raise_clear_errors():
         J.loss_gradient_norms(cell, params, xs, "mse")
     with pytest.raises(ValueError, match=r"loss_fn must return a scalar, got shape \(6, 3\)"):
         J.loss_gradient_norms(cell, params, xs, lambda ys: ys)
+
+
+# ----------------------------------------------------------------------------- the story, measured on fixed seeds
+
+STORY_T, STORY_H = 200, 32
+
+
+def story_inputs():
+    return jax.random.normal(jax.random.key(1), (STORY_T, 1))
+
+
+def test_tanh_rnn_vanishes_geometrically_at_a_rate_set_by_its_recurrent_weights():
+    xs = story_inputs()
+    rates = {}
+    for radius in (0.5, 0.9, 1.0):
+        cell = memcell.rnn(STORY_H, recurrent_scale=radius)
+        params = cell.init(jax.random.key(0), 1)
+        log_g = np.asarray(J.gradient_norms_through_time(cell, params, xs, log=True))
+        # ||d h_T / d h_{T-k}|| <= ||U||^k = radius^k, since tanh' <= 1 (U is radius * orthogonal).
+        assert np.all(log_g <= np.arange(STORY_T) * math.log(radius) + 1e-4)
+        rates[radius] = float(J.decay_rate(log_g, log=True))
+        lyap = float(J.lyapunov_exponent(cell, params, xs, transient=20))
+        assert lyap == pytest.approx(rates[radius], rel=0.1)  # two measurements of one rate
+        if radius == 0.9:
+            assert log_g[100] - log_g[1] < math.log(1e-6)  # orders of magnitude lost over 100 steps
+    assert rates[0.5] < rates[0.9] < rates[1.0] < 0
+
+
+def lstm_forget_gates(cell, params, xs):
+    """log f_t along the trajectory, from the LSTM equations (gate blocks i, f, g, o), independent
+    of memcell.jacobian."""
+    _, ys = memcell.unroll(cell, params, xs)
+    h_prev = jnp.concatenate([jnp.zeros((1, STORY_H)), ys[:-1]])
+    z = xs @ params.w_x + h_prev @ params.w_h + params.b
+    return np.asarray(jax.nn.log_sigmoid(z[:, STORY_H : 2 * STORY_H]), np.float64)
+
+
+STORY_LSTMS = {
+    "forget_bias_0": dict(forget_bias=0.0),
+    "forget_bias_5": dict(forget_bias=5.0),
+    "chrono_1000": dict(init="chrono", max_timescale=1000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STORY_LSTMS))
+def test_lstm_cell_path_decays_at_the_rate_its_forget_gates_set(name):
+    xs = story_inputs()
+    cell = memcell.lstm(STORY_H, **STORY_LSTMS[name])
+    params = cell.init(jax.random.key(0), 1)
+    log_cell = np.asarray(J.product_norms(J.state_jacobians(cell, params, xs).c.c, log=True))
+    log_f = lstm_forget_gates(cell, params, xs)
+    # d c_T / d c_{T-k} along the cell path is prod diag(f): its spectral norm is the largest unit's product.
+    envelope = np.max(np.cumsum(log_f[::-1], axis=0), axis=1)  # envelope[k-1]: lag k
+    np.testing.assert_allclose(log_cell[1:], envelope[:-1], rtol=1e-4, atol=1e-3)
+    # The fitted rate matches the mean of log f (of the unit that keeps the most) along the trajectory.
+    rate = float(J.decay_rate(log_cell, log=True))
+    mean_log_f = float(np.max(log_f[1:].mean(axis=0)))
+    assert rate == pytest.approx(mean_log_f, rel=0.15)
+
+    log_h = np.asarray(J.gradient_norms_through_time(cell, params, xs, log=True))
+    if name == "forget_bias_0":  # f ~ 0.5: both paths lose more than 10 orders of magnitude by lag 100
+        assert log_cell[100] < math.log(1e-10) and log_h[100] < math.log(1e-10)
+    else:  # f near 1: the memory cell keeps the gradient at lag 100
+        assert log_cell[100] > math.log(0.5)
+        assert log_h[100] > math.log(1e-3)
