@@ -1,0 +1,471 @@
+"""memcell.convert: PyTorch and Flax weights both ways, with outputs compared to the real frameworks."""
+
+import subprocess
+import sys
+
+import flax.linen as fnn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import memcell
+from memcell import convert
+
+TOL = 1e-5  # float32 parity with PyTorch
+TORCH = {
+    "lstm": (torch.nn.LSTM, {}),
+    "gru": (torch.nn.GRU, {}),
+    "rnn_tanh": (torch.nn.RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (torch.nn.RNN, {"nonlinearity": "relu"}),
+}
+
+
+def torch_module(mode, d, h, *, num_layers=1, bidirectional=False, bias=True, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    cls, kw = TORCH[mode]
+    m = cls(d, h, num_layers=num_layers, bidirectional=bidirectional, bias=bias, batch_first=True, **kw)
+    m = m.to(dtype)
+    with torch.no_grad():  # nonzero, distinct biases so that bias handling is really tested
+        for name, p in m.named_parameters():
+            if name.startswith("bias"):
+                p.uniform_(-0.5, 0.5)
+    return m
+
+
+def state_dict_np(m):
+    return {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
+
+
+def run_torch(m, mode, x, lengths=None, hx=None):
+    """Torch outputs [B, T, dirs*H] (zeros in padding) and h_n (and c_n) as NumPy."""
+    with torch.no_grad():
+        if lengths is None:
+            y, out_h = m(x, hx)
+        else:
+            packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            y, out_h = m(packed, hx)
+            y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+    if mode == "lstm":
+        return y.numpy(), (out_h[0].numpy(), out_h[1].numpy())
+    return y.numpy(), out_h.numpy()
+
+
+def assert_close(a, b, tol=TOL):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    np.testing.assert_allclose(a, b, rtol=0, atol=tol)
+
+
+def check_parity(mode, d, h, num_layers, bidirectional, *, B=3, T=7, with_lengths=True, seed=0):
+    m = torch_module(mode, d, h, num_layers=num_layers, bidirectional=bidirectional, seed=seed)
+    layer, params = convert.from_torch(state_dict_np(m), mode=mode)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(B, T, d)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, size=B)
+    lengths[0] = T  # pack_padded_sequence needs one full-length sequence for total_length
+    for lens in (None, lengths) if with_lengths else (None,):
+        y_t, hn_t = run_torch(m, mode, torch.from_numpy(x), None if lens is None else torch.from_numpy(lens))
+        carries, ys = layer.apply(params, jnp.asarray(x), lengths=None if lens is None else jnp.asarray(lens))
+        assert ys.dtype == jnp.float32
+        assert_close(ys, y_t)
+        hn_m = convert.to_torch_carry(carries)
+        if mode == "lstm":
+            assert_close(hn_m[0], hn_t[0])
+            assert_close(hn_m[1], hn_t[1])
+        else:
+            assert_close(hn_m, hn_t)
+
+
+# --------------------------------------------------------------------------- from_torch parity
+
+
+@pytest.mark.parametrize("mode", list(TORCH))
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
+def test_from_torch_matches_torch_outputs_and_final_carries(mode, num_layers, bidirectional):
+    check_parity(mode, d=4, h=6, num_layers=num_layers, bidirectional=bidirectional)
+
+
+def test_from_torch_three_layers():
+    check_parity("lstm", d=2, h=3, num_layers=3, bidirectional=False, with_lengths=False)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    mode=st.sampled_from(list(TORCH)),
+    d=st.integers(1, 9),
+    h=st.integers(1, 9),
+    num_layers=st.integers(1, 2),
+    bidirectional=st.booleans(),
+    batch=st.integers(1, 4),
+    T=st.integers(1, 9),
+    seed=st.integers(0, 2**16),
+)
+def test_from_torch_parity_random_sizes(mode, d, h, num_layers, bidirectional, batch, T, seed):
+    check_parity(mode, d, h, num_layers, bidirectional, B=batch, T=T, seed=seed)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_from_torch_initial_state_via_from_torch_carry(mode):
+    m = torch_module(mode, 3, 5, num_layers=2, bidirectional=True)
+    layer, params = convert.from_torch(state_dict_np(m), mode=mode)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    h0 = rng.normal(size=(4, 2, 5)).astype(np.float32)
+    c0 = rng.normal(size=(4, 2, 5)).astype(np.float32)
+    hx_t = (torch.from_numpy(h0), torch.from_numpy(c0)) if mode == "lstm" else torch.from_numpy(h0)
+    y_t, hn_t = run_torch(m, mode, torch.from_numpy(x), hx=hx_t)
+    carry = convert.from_torch_carry((h0, c0) if mode == "lstm" else h0, mode=mode, bidirectional=True)
+    carries, ys = layer.apply(params, jnp.asarray(x), carry)
+    assert_close(ys, y_t)
+    hn_m = convert.to_torch_carry(carries)
+    assert_close(hn_m[0] if mode == "lstm" else hn_m, hn_t[0] if mode == "lstm" else hn_t)
+
+
+def test_from_torch_unbatched_input():
+    m = torch_module("lstm", 3, 4)
+    layer, params = convert.from_torch(state_dict_np(m), mode="lstm")
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    with torch.no_grad():
+        y_t, (h_t, c_t) = m(torch.from_numpy(x))
+    carries, ys = layer.apply(params, jnp.asarray(x))
+    assert_close(ys, y_t.numpy())
+    assert_close(convert.to_torch_carry(carries)[1], c_t.numpy())
+
+
+def test_from_torch_accepts_tensors_prefix_and_bias_false():
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Linear(2, 3)
+            self.rnn = torch.nn.GRU(3, 4, bias=False, batch_first=True)
+
+    model = Model()
+    sd = model.state_dict()  # torch tensors, whole model
+    layer, params = convert.from_torch(sd, mode="gru", prefix="rnn.")
+    assert not np.any(np.asarray(params[0].b_x)) and not np.any(np.asarray(params[0].b_h))
+    x = torch.randn(2, 5, 3)
+    y_t, _ = run_torch(model.rnn, "gru", x)
+    _, ys = layer.apply(params, jnp.asarray(x.numpy()))
+    assert_close(ys, y_t)
+    spec = convert.torch_spec(layer, params)
+    assert spec == convert.TorchSpec("gru", 3, 4, 1, False, bias=False)
+    sd2 = convert.to_torch(layer, params)
+    assert sorted(sd2) == ["weight_hh_l0", "weight_ih_l0"]
+    model.rnn.load_state_dict({k: torch.from_numpy(v) for k, v in sd2.items()})
+
+
+def test_from_torch_float64_keeps_dtype():
+    m = torch_module("lstm", 3, 4, num_layers=2, dtype=torch.float64)
+    with jax.enable_x64(True):
+        layer, params = convert.from_torch(state_dict_np(m), mode="lstm")
+        assert params[0].w_x.dtype == jnp.float64
+        x = np.random.default_rng(0).normal(size=(2, 6, 3))
+        y_t, _ = run_torch(m, "lstm", torch.from_numpy(x))
+        _, ys = layer.apply(params, jnp.asarray(x))
+        assert ys.dtype == jnp.float64
+        assert_close(ys, y_t, tol=1e-12)
+
+
+# --------------------------------------------------------------------------- to_torch
+
+
+@pytest.mark.parametrize("mode", list(TORCH))
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_round_trip_memcell_torch_memcell_is_exact(mode, bidirectional):
+    layer = convert.torch_layer(mode, 5, num_layers=2, bidirectional=bidirectional)
+    params = layer.init(jax.random.key(3), 4)
+    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(4), a.shape), params)  # nonzero biases
+    sd = convert.to_torch(layer, params)
+    layer2, params2 = convert.from_torch(sd, mode=mode)
+    assert jax.tree.structure(params2) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert a.dtype == b.dtype
+    # and the torch module built from the spec reproduces memcell's outputs
+    spec = convert.torch_spec(layer, params)
+    cls, _ = TORCH[mode]
+    m = cls(**spec.torch_kwargs(), batch_first=True)
+    assert list(m.state_dict()) == list(sd)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    x = np.random.default_rng(0).normal(size=(3, 6, 4)).astype(np.float32)
+    y_t, _ = run_torch(m, mode, torch.from_numpy(x))
+    _, ys = layer.apply(params, jnp.asarray(x))
+    assert_close(ys, y_t)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_round_trip_torch_memcell_torch_gives_same_module(mode):
+    m = torch_module(mode, 3, 4, num_layers=2, bidirectional=True)
+    sd = state_dict_np(m)
+    sd2 = convert.to_torch(*convert.from_torch(sd, mode=mode))
+    assert list(sd2) == list(sd)
+    for k in sd:
+        if k.startswith("weight") or mode == "gru":
+            np.testing.assert_array_equal(sd2[k], sd[k])
+        elif k.startswith("bias_ih"):  # the LSTM's two biases come back as their sum, in bias_ih
+            kh = k.replace("bias_ih", "bias_hh")
+            np.testing.assert_array_equal(sd2[k], sd[k] + sd[kh])
+            assert not np.any(sd2[kh])
+    m2 = torch_module(mode, 3, 4, num_layers=2, bidirectional=True, seed=9)
+    m2.load_state_dict({k: torch.from_numpy(v) for k, v in sd2.items()})
+    x = torch.randn(2, 5, 3)
+    assert_close(run_torch(m2, mode, x)[0], run_torch(m, mode, x)[0])
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_to_torch_on_a_plain_memcell_stack_probes_the_nonlinearity(activation):
+    cell = memcell.rnn(4, activation=activation)
+    layer = memcell.stack([memcell.bidirectional(cell, cell), memcell.bidirectional(cell, cell)])
+    params = layer.init(jax.random.key(0), 3)
+    params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(1), a.shape), params)
+    spec = convert.torch_spec(layer, params)
+    assert spec == convert.TorchSpec(f"rnn_{activation}", 3, 4, 2, True)
+    sd = convert.to_torch(layer, params)
+    m = torch.nn.RNN(**spec.torch_kwargs(), batch_first=True)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    _, ys = layer.apply(params, jnp.asarray(x))
+    assert_close(ys, run_torch(m, "rnn_tanh", torch.from_numpy(x))[0])
+
+
+def test_to_torch_single_layer_params_without_stack():
+    cell = memcell.gru(4)
+    layer = memcell.layer(cell)
+    params = cell.init(jax.random.key(0), 2)
+    sd = convert.to_torch(layer, params)
+    assert sorted(sd) == ["bias_hh_l0", "bias_ih_l0", "weight_hh_l0", "weight_ih_l0"]
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: memcell.layer(memcell.gru(4, reset_after=False)), "does not compute"),
+        (lambda: memcell.layer(memcell.lstm(4, input_activation=False)), "does not compute"),
+        (lambda: memcell.bidirectional(memcell.lstm(4), memcell.lstm(4), merge="sum"), "does not compute"),
+        (lambda: memcell.stack([memcell.gru(4), memcell.gru(4)], residual=True), "does not compute"),
+        (lambda: memcell.layer(memcell.lstm(4, peephole=True)), "peephole"),
+        (lambda: memcell.layer(memcell.lstm(4, layer_norm=True)), "layer-normalised"),
+        (lambda: memcell.layer(memcell.lstm(4, output_gate=False)), "gate blocks"),
+        (lambda: memcell.stack([memcell.lstm(4), memcell.gru(4)]), "torch layers are all alike"),
+    ],
+)
+def test_to_torch_refuses_layers_torch_cannot_express(make, match):
+    layer = make()
+    params = layer.init(jax.random.key(0), 4)
+    params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(1), a.shape), params)
+    with pytest.raises(ValueError, match=match):
+        convert.to_torch(layer, params)
+
+
+def test_to_torch_checks_params_against_a_known_layer():
+    layer = convert.torch_layer("lstm", 4, num_layers=2)
+    other = convert.torch_layer("lstm", 5, num_layers=2).init(jax.random.key(0), 3)
+    with pytest.raises(ValueError, match="params do not fit the layer"):
+        convert.to_torch(layer, other)
+    with pytest.raises(TypeError, match="layer must be a memcell.Layer"):
+        convert.to_torch(memcell.lstm(4), other)
+
+
+# --------------------------------------------------------------------------- from_torch errors
+
+
+def test_from_torch_bad_arguments():
+    sd = state_dict_np(torch_module("lstm", 3, 4, num_layers=2))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        convert.from_torch(sd, mode="LSTM")
+    with pytest.raises(TypeError, match="state_dict must be a mapping"):
+        convert.from_torch([1, 2], mode="lstm")
+    missing = dict(sd)
+    del missing["bias_hh_l1"]
+    with pytest.raises(ValueError, match="missing the key 'bias_hh_l1'"):
+        convert.from_torch(missing, mode="lstm")
+    bad = dict(sd, weight_hh_l1=np.zeros((16, 5), np.float32))
+    with pytest.raises(ValueError, match=r"weight_hh_l1 must have shape \(16, 4\).*got shape \(16, 5\)"):
+        convert.from_torch(bad, mode="lstm")
+    bad = dict(sd, weight_ih_l1=np.zeros((16, 3), np.float32))
+    with pytest.raises(ValueError, match=r"weight_ih_l1 must have shape \(16, 4\).*got shape \(16, 3\)"):
+        convert.from_torch(bad, mode="lstm")
+    bad = dict(sd, bias_ih_l0=np.zeros((15,), np.float32))
+    with pytest.raises(ValueError, match=r"bias_ih_l0 must have shape \(16,\).*got shape \(15,\)"):
+        convert.from_torch(bad, mode="lstm")
+    with pytest.raises(ValueError, match=r"weight_hh_l0 must have shape \[3 \* hidden_size"):
+        convert.from_torch(sd, mode="gru")  # LSTM weights read as a GRU
+    with pytest.raises(ValueError, match="not weights of a torch lstm module.*'fc.weight'"):
+        convert.from_torch(dict(sd, **{"fc.weight": np.zeros((2, 2), np.float32)}), mode="lstm")
+    with pytest.raises(ValueError, match="no keys under prefix 'enc.'"):
+        convert.from_torch(sd, mode="lstm", prefix="enc.")
+    with pytest.raises(TypeError, match="weight_ih_l0 must be a floating-point array, got dtype int64"):
+        convert.from_torch(dict(sd, weight_ih_l0=np.zeros((16, 3), np.int64)), mode="lstm")
+
+
+def test_from_torch_proj_size_is_not_supported():
+    m = torch.nn.LSTM(3, 8, proj_size=4, batch_first=True)
+    with pytest.raises(ValueError, match=r"weight_hr_l0: torch.nn.LSTM with proj_size > 0 is not supported.*\(4, 8\)"):
+        convert.from_torch(m.state_dict(), mode="lstm")
+
+
+def test_carry_helpers_bad_input():
+    with pytest.raises(TypeError, match=r"hx must be the pair \(h_0, c_0\)"):
+        convert.from_torch_carry(np.zeros((2, 1, 3), np.float32), mode="lstm")
+    with pytest.raises(ValueError, match="h_0's first axis must be num_layers \\* 2, got 3"):
+        convert.from_torch_carry(np.zeros((3, 1, 4), np.float32), mode="gru", bidirectional=True)
+    with pytest.raises(ValueError, match="h_0 and c_0 must have the same shape"):
+        convert.from_torch_carry((np.zeros((2, 1, 3), np.float32), np.zeros((2, 1, 4), np.float32)), mode="lstm")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        convert.torch_layer("transformer", 4)
+    with pytest.raises(ValueError, match="num_layers must be a positive int"):
+        convert.torch_layer("gru", 4, num_layers=0)
+
+
+# --------------------------------------------------------------------------- Flax
+
+
+def _flax_linen_cell(name, h):
+    return {"LSTMCell": fnn.LSTMCell, "OptimizedLSTMCell": fnn.OptimizedLSTMCell, "GRUCell": fnn.GRUCell, "SimpleCell": fnn.SimpleCell}[name](h)
+
+
+def _randomize(tree, seed):
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return treedef.unflatten([a + 0.3 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)])
+
+
+def _flax_carry_to_memcell(carry):
+    if isinstance(carry, tuple):  # Flax's LSTM carry is (c, h)
+        return memcell.LSTMCarry(h=carry[1], c=carry[0])
+    return carry
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "OptimizedLSTMCell", "GRUCell", "SimpleCell"])
+def test_from_flax_linen_matches_flax_over_a_sequence(name):
+    d, h = 3, 5
+    fcell = _flax_linen_cell(name, h)
+    xs = jax.random.normal(jax.random.key(0), (2, 7, d))
+    model = fnn.RNN(fcell, return_carry=True)
+    variables = _randomize(model.init(jax.random.key(1), xs), 2)  # nonzero biases
+    carry_f, ys_f = model.apply(variables, xs)
+    cell, params = convert.from_flax(variables["params"]["cell"])
+    carry_m, ys_m = memcell.unroll(cell, params, xs)
+    assert_close(ys_m, ys_f, 1e-6)
+    for a, b in zip(jax.tree.leaves(_flax_carry_to_memcell(carry_f)), jax.tree.leaves(carry_m)):
+        assert_close(a, b, 1e-6)
+    # and back: the Flax cell with to_flax's params reproduces memcell
+    back = convert.to_flax(cell, params)
+    _, ys_back = model.apply({"params": {"cell": back}}, xs)
+    assert_close(ys_back, ys_m, 1e-6)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(variables["params"]["cell"])):
+        assert a.shape == b.shape
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "OptimizedLSTMCell", "GRUCell", "SimpleCell"])
+def test_from_flax_nnx_cells_match_one_step(name):
+    d, h = 3, 4
+    fcell = getattr(nnx, name)(d, h, rngs=nnx.Rngs(0))
+    state = nnx.state(fcell, nnx.Param)
+    nnx.update(fcell, _randomize(state, 1))
+    x = jax.random.normal(jax.random.key(2), (2, d))
+    carry = fcell.initialize_carry((2, d), rngs=nnx.Rngs(3))
+    carry = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(4), a.shape), carry)
+    carry_f, y_f = fcell(carry, x)
+    cell, params = convert.from_flax(nnx.state(fcell, nnx.Param))
+    mem_carry = _flax_carry_to_memcell(carry)
+    if not isinstance(mem_carry, tuple):
+        mem_carry = cell.initial_carry(params, (2,))._replace(h=carry)
+    carry_m, y_m = cell.step(params, mem_carry, x)
+    assert_close(y_m, y_f, 1e-6)
+    optimized = name == "OptimizedLSTMCell"
+    back = convert.to_flax(cell, params, api="nnx", optimized=optimized)
+    if name == "GRUCell":  # nnx.GRUCell has no b_hn, so from_flax gave zeros there and to_flax accepts it
+        assert not np.any(np.asarray(params.b_h))
+    fresh = getattr(nnx, name)(d, h, rngs=nnx.Rngs(7))
+    nnx.update(fresh, back)
+    _, y_back = fresh(carry, x)
+    assert_close(y_back, y_m, 1e-6)
+
+
+def test_torch_memcell_flax_agree_on_the_same_inputs():
+    """A torch LSTM, its memcell conversion and the Flax cell made from it give the same outputs."""
+    m = torch_module("lstm", 3, 6)
+    layer, params = convert.from_torch(state_dict_np(m), mode="lstm")
+    x = np.random.default_rng(0).normal(size=(2, 8, 3)).astype(np.float32)
+    y_t, _ = run_torch(m, "lstm", torch.from_numpy(x))
+    _, y_m = layer.apply(params, jnp.asarray(x))
+    flax_params = convert.to_flax(memcell.lstm(6), params[0])
+    y_f = fnn.RNN(fnn.OptimizedLSTMCell(6)).apply({"params": {"cell": flax_params}}, jnp.asarray(x))
+    assert_close(y_m, y_t)
+    assert_close(y_f, y_t)
+
+
+def test_to_flax_refusals_and_errors():
+    params = memcell.gru(4, reset_after=False).init(jax.random.key(0), 3)
+    params = _randomize(params, 1)
+    with pytest.raises(ValueError, match="does not compute"):
+        convert.to_flax(memcell.gru(4, reset_after=False), params)
+    params = _randomize(memcell.gru(4).init(jax.random.key(0), 3), 1)
+    with pytest.raises(ValueError, match="nnx.GRUCell has no recurrent bias b_hn"):
+        convert.to_flax(memcell.gru(4), params, api="nnx")
+    with pytest.raises(ValueError, match="api must be one of"):
+        convert.to_flax(memcell.gru(4), params, api="haiku")
+    with pytest.raises(TypeError, match="cell must be a memcell.Cell"):
+        convert.to_flax("gru", params)
+    with pytest.raises(ValueError, match="peephole"):
+        convert.to_flax(memcell.lstm(4, peephole=True), memcell.lstm(4, peephole=True).init(jax.random.key(0), 3))
+    relu = memcell.rnn(4, activation="relu")
+    with pytest.raises(ValueError, match="does not compute"):
+        convert.to_flax(relu, _randomize(relu.init(jax.random.key(0), 3), 1))
+
+
+def test_from_flax_errors_name_the_key_and_shapes():
+    fcell = fnn.LSTMCell(4)
+    x = jnp.ones((1, 3))
+    p = fcell.init(jax.random.key(0), fcell.initialize_carry(jax.random.key(1), x.shape), x)["params"]
+    bad = dict(p, hg={"kernel": p["hg"]["kernel"], "bias": jnp.zeros(5)})
+    with pytest.raises(ValueError, match=r"hg/bias must have shape \(4,\).*got shape \(5,\)"):
+        convert.from_flax(bad)
+    missing = {k: v for k, v in p.items() if k != "ho"}
+    with pytest.raises(ValueError, match="not those of an LSTMCell"):
+        convert.from_flax(missing)
+    no_bias = dict(p, ho={"kernel": p["ho"]["kernel"]})
+    with pytest.raises(ValueError, match="missing the key 'ho/bias'"):
+        convert.from_flax(no_bias)
+    with pytest.raises(TypeError, match="must be a nested dict"):
+        convert.from_flax([1, 2])
+
+
+def test_to_dict_from_dict_round_trip_and_errors():
+    cell = memcell.lstm(3, layer_norm=True)
+    params = cell.init(jax.random.key(0), 2)
+    tree = convert.to_dict(params)
+    assert set(tree) == {"w_x", "w_h", "b", "norm"} and set(tree["norm"]) == set(memcell.LSTMNorm._fields)
+    back = convert.from_dict(tree, params)
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    stack = (params, memcell.DirectionPair(params, params))
+    assert jax.tree.structure(convert.from_dict(convert.to_dict(stack), stack)) == jax.tree.structure(stack)
+    with pytest.raises(ValueError, match="params is missing the key 'b'"):
+        convert.from_dict({k: v for k, v in tree.items() if k != "b"}, params)
+    with pytest.raises(ValueError, match=r"params/w_x must have shape \(2, 12\), got shape \(3, 12\)"):
+        convert.from_dict(dict(tree, w_x=np.zeros((3, 12))), params)
+    with pytest.raises(ValueError, match="unexpected keys \\['extra'\\]"):
+        convert.from_dict(dict(tree, extra=1), params)
+    with pytest.raises(ValueError, match="present but the cell has no 'p_i'"):
+        convert.from_dict(dict(tree, p_i=np.zeros(3)), params)
+
+
+def test_convert_imports_no_framework():
+    code = "import sys, memcell.convert; bad = [m for m in ('torch', 'flax') if m in sys.modules]; assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- slow
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(TORCH))
+def test_torch_parity_long_sequences(mode):
+    """Float32 error does not grow with T: T=1000, 2 bidirectional layers, still within 1e-5."""
+    check_parity(mode, d=8, h=32, num_layers=2, bidirectional=True, B=4, T=1000)
