@@ -19,6 +19,7 @@ bar, periodic evaluation, early stopping, and orbax checkpoints that resume bit-
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -272,7 +273,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation) -> Callab
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = _tree_finite(grads)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "skipped": 1.0 - finite.astype(jnp.float32)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "skipped": 1.0 - finite.astype(jnp.float32)}
         metrics.update(aux)
         return TrainState(params, opt_state, state.step + 1, state.key), metrics
 
@@ -456,6 +457,26 @@ def _better(a, b, mode) -> bool:
     return a < b if mode == "min" else a > b
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled_run(train_step: Callable, sample: Callable, multi: bool) -> Callable:
+    """``(state, n) -> (state, metrics of n steps)``, jit-compiled once per (step, sampler)
+    so that repeated and resumed ``fit`` calls reuse the compilation."""
+
+    def one_step(s, _):
+        data_key, _ = _step_keys(s)
+        return train_step(s, sample(data_key))
+
+    def run(s, n):
+        return jax.lax.scan(one_step, s, None, length=n)
+
+    return jax.jit(jax.vmap(run, in_axes=(0, None)) if multi else run, static_argnums=1)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_eval(eval_fn: Callable, multi: bool) -> Callable:
+    return jax.jit(jax.vmap(eval_fn) if multi else eval_fn)
+
+
 def fit(
     train_step: Callable,
     state: TrainState,
@@ -582,19 +603,8 @@ def fit(
             log_path.write_text("")
         log = open(log_path, "a")
 
-    # ------------------------------------------------------------------ compiled pieces
-    def one_step(s, _):
-        data_key, _ = _step_keys(s)
-        return train_step(s, sample(data_key))
-
-    def run(s, n):
-        return jax.lax.scan(one_step, s, None, length=n)
-
-    run_v = jax.vmap(run, in_axes=(0, None)) if multi else run
-    run_jit = jax.jit(run_v, static_argnums=1)
-    eval_jit = None
-    if eval_fn is not None:
-        eval_jit = jax.jit(jax.vmap(eval_fn) if multi else eval_fn)
+    run_jit = _compiled_run(train_step, sample, multi)
+    eval_jit = None if eval_fn is None else _compiled_eval(eval_fn, multi)
 
     bar, postfix = None, {}
     if progress:
