@@ -600,8 +600,7 @@ def _get(tree: Mapping, path: tuple[str, ...], shape: tuple | None = None):
 
 
 def _unwrap_variables(variables) -> Mapping:
-    if hasattr(variables, "to_pure_dict"):  # an nnx.State
-        variables = variables.to_pure_dict()
+    # An nnx.State is a Mapping too; its Variables are unwrapped leaf by leaf in _get.
     if not isinstance(variables, Mapping):
         raise TypeError(f"flax params must be a nested dict of arrays, got {type(variables).__name__}")
     if set(variables) == {"params"}:
@@ -702,7 +701,7 @@ def to_flax(cell: Cell, params, *, api: str = "linen", optimized: bool = False, 
         an LSTM variant) is refused rather than converted into wrong weights.
       params: its params.
       api: ``"linen"`` (``{"ii": {"kernel": ...}, ...}``, to be wrapped as
-        ``{"params": ...}``) or ``"nnx"`` (a pure dict for ``nnx.update(cell, nnx.State(...))``).
+        ``{"params": ...}``) or ``"nnx"`` (a pure dict for ``nnx.update(cell, ...)``).
       optimized: with ``api="nnx"``, the layout of ``nnx.OptimizedLSTMCell`` (fused
         ``dense_i``/``dense_h``) instead of ``nnx.LSTMCell``. linen's two LSTM cells share one layout.
       check: run the probe.

@@ -69,6 +69,7 @@ class _CellBase(nn.RNNCellBase):
     def __call__(self, carry, inputs: Array) -> tuple[Any, Array]:
         """One step: ``(carry, inputs[*b, d]) -> (carry, y[*b, h])``, ``cell.step`` on the module's params."""
         _check_inputs(inputs)
+        mem_carry = self._to_memcell_carry(carry)
         cell = self._memcell()
         d = inputs.shape[-1]
         template = jax.eval_shape(lambda k: cell.init(k, d), jax.random.key(0))
@@ -80,7 +81,7 @@ class _CellBase(nn.RNNCellBase):
             # shape on apply, and Orbax, optax masks and traverse_util see plain dicts.
             stored[name] = self.param(name, lambda key, name=name: convert.to_dict(getattr(cell.init(key, d), name)))
         params = convert.from_dict(stored, template, path=self.name or type(self).__name__)
-        new, y = cell.step(params, self._to_memcell_carry(carry), inputs)
+        new, y = cell.step(params, mem_carry, inputs)
         return self._from_memcell_carry(new), y
 
     @nn.nowrap

@@ -94,7 +94,7 @@ def test_from_torch_three_layers():
     check_parity("lstm", d=2, h=3, num_layers=3, bidirectional=False, with_lengths=False)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(
     mode=st.sampled_from(list(TORCH)),
     d=st.integers(1, 9),
@@ -175,8 +175,7 @@ def test_from_torch_float64_keeps_dtype():
 
 
 @pytest.mark.parametrize("mode", list(TORCH))
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_round_trip_memcell_torch_memcell_is_exact(mode, bidirectional):
+def test_round_trip_memcell_torch_memcell_is_exact(mode, bidirectional=True):
     layer = convert.torch_layer(mode, 5, num_layers=2, bidirectional=bidirectional)
     params = layer.init(jax.random.key(3), 4)
     params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(4), a.shape), params)  # nonzero biases
