@@ -29,7 +29,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 demo: $(STAMP)
-	$(PY) experiments/demo.py
+	$(PY) experiments/vanishing_gradients.py
 
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run.py
