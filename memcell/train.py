@@ -412,6 +412,12 @@ class _Checkpointer:
             raise ValueError(f"checkpoint {path} is corrupted or unreadable (its metadata): {type(e).__name__}: {e}") from e
         if not isinstance(meta, dict) or "fingerprint" not in meta:
             raise ValueError(f"checkpoint {path} is corrupted or was not written by memcell.train.fit (no fingerprint)")
+        if config is not None and meta.get("config") is not None and meta["config"] != config:
+            changed = sorted(k for k in set(config) | set(meta["config"]) if config.get(k) != meta["config"].get(k))
+            raise ValueError(
+                f"checkpoint {path} was written with a different configuration: "
+                + ", ".join(f"{k}: checkpoint {meta['config'].get(k)!r}, now {config.get(k)!r}" for k in changed)
+            )
         tree = _storable(template)
         expected = _fingerprint(tree)
         if meta["fingerprint"] != expected:
@@ -422,12 +428,6 @@ class _Checkpointer:
             raise ValueError(
                 f"checkpoint {path} does not match this run's state: the checkpoint holds {diff[0]}, "
                 f"this run expects {diff[1]} (different model, optimizer or number of seeds?)"
-            )
-        if config is not None and meta.get("config") is not None and meta["config"] != config:
-            changed = sorted(k for k in set(config) | set(meta["config"]) if config.get(k) != meta["config"].get(k))
-            raise ValueError(
-                f"checkpoint {path} was written with a different configuration: "
-                + ", ".join(f"{k}: checkpoint {meta['config'].get(k)!r}, now {config.get(k)!r}" for k in changed)
             )
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
         try:
@@ -451,6 +451,13 @@ def _chunk_size(steps_per_call: int, *intervals: int) -> int:
 
 def _to_host(tree):
     return jax.tree.map(lambda x: np.asarray(x).tolist(), jax.device_get(tree))
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _better(a, b, mode) -> bool:
@@ -596,8 +603,9 @@ def fit(
         log_path = pathlib.Path(log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if start > 0 and log_path.exists():
-            kept = [ln for ln in log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
-            # Eval lines at the checkpoint step were written before it was saved: keep them once.
+            # Every line up to the checkpoint was flushed before it was saved; later lines (and
+            # a last line cut by a kill) belong to the lost part of the run.
+            kept = [ln for ln in log_path.read_text().splitlines() if _logged_step(ln) <= start]
             log_path.write_text("".join(ln + "\n" for ln in kept))
         elif start == 0:
             log_path.write_text("")
@@ -646,6 +654,9 @@ def fit(
 
     def save(s):
         if ckpt is not None:
+            if log is not None:  # the log must never lag behind a checkpoint
+                log.flush()
+                os.fsync(log.fileno())
             ckpt.save(s, {"book": book, "config": config})
 
     # ------------------------------------------------------------------ the loop

@@ -1,0 +1,310 @@
+"""The ``memcell`` command line: train any cell on any task, for several seeds in one jit.
+
+    memcell train --task adding --cell lstm --length 200 --seeds 4 --steps 5000 --out runs/x
+    memcell train --task adding --cell lstm --length 200 --seeds 4 --steps 8000 --out runs/x --resume
+    memcell tasks                       # the tasks, their metric and baselines
+
+Bad input (an unknown task or option, a bad length, an unwritable output directory, a
+checkpoint that does not match) prints a message and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import sys
+from typing import Sequence
+
+__all__ = ["build_parser", "main"]
+
+TASK_NAMES = ("adding", "copy", "temporal_order", "digits", "permuted_digits", "char_lm", "sunspots", "vowels")
+CELL_NAMES = ("rnn", "irnn", "lstm", "gru")
+# What a resumed run must share with the run that wrote the checkpoint (steps may grow).
+_IDENTITY_KEYS = ("task", "length", "cell", "hidden", "layers", "seeds", "seed_offset", "batch_size", "lr",
+                  "optimizer", "clip", "warmup", "decay", "forget_bias", "lstm_init", "recurrent_init",
+                  "recurrent_scale", "reset_after", "layer_norm", "dtype")
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported with exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``memcell`` (subcommands ``train`` and ``tasks``)."""
+    p = argparse.ArgumentParser(prog="memcell", description="Recurrent cells as pure JAX functions: training and benchmarks.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,tasks}")
+
+    t = sub.add_parser("train", help="train a cell on a task, several seeds at once",
+                       description="Train a recurrent cell on a task; all seeds train together in one jit (jax.vmap).")
+    g = t.add_argument_group("task")
+    g.add_argument("--task", required=True, choices=TASK_NAMES)
+    g.add_argument("--length", type=_positive_int, default=None,
+                   help="sequence length T (adding, copy: the lag, temporal_order, char_lm; sunspots: the input window)")
+    g.add_argument("--batch-size", type=_positive_int, default=32)
+    g = t.add_argument_group("model")
+    g.add_argument("--cell", default="lstm", choices=CELL_NAMES,
+                   help="rnn: tanh Elman; irnn: ReLU with identity recurrent init (Le et al. 2015)")
+    g.add_argument("--hidden", type=_positive_int, default=128, help="hidden units a layer")
+    g.add_argument("--layers", type=_positive_int, default=1, help="stacked recurrent layers")
+    g.add_argument("--forget-bias", type=float, default=None, help="LSTM forget-gate bias (default 1.0)")
+    g.add_argument("--lstm-init", default="default", choices=("default", "chrono"),
+                   help="chrono: forget biases spread up to T steps (Tallec and Ollivier 2018)")
+    g.add_argument("--layer-norm", action="store_true", help="layer-normalised LSTM")
+    g.add_argument("--reset-after", default="true", choices=("true", "false"), help="GRU reset-gate placement")
+    g.add_argument("--recurrent-init", default=None,
+                   help="orthogonal (default), identity, lecun_normal, glorot_uniform, uniform")
+    g.add_argument("--recurrent-scale", type=_positive_float, default=1.0, help="spectral radius of the recurrent init")
+    g.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="matmul dtype (bfloat16 accumulates in float32; params stay float32)")
+    g = t.add_argument_group("optimisation")
+    g.add_argument("--steps", type=_positive_int, default=1000, help="total updates (a resumed run continues up to this)")
+    g.add_argument("--seeds", type=_positive_int, default=1, help="independent models, trained together with vmap")
+    g.add_argument("--seed-offset", type=_nonneg_int, default=0, help="seeds are offset, offset+1, ...")
+    g.add_argument("--lr", type=_positive_float, nargs="+", default=[1e-3],
+                   help="peak learning rate; or one per seed (vmapped too)")
+    g.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "rmsprop"))
+    g.add_argument("--clip", type=float, default=1.0, help="global-norm gradient clipping (0: none)")
+    g.add_argument("--warmup", type=_nonneg_int, default=0, help="linear warmup steps")
+    g.add_argument("--decay", action="store_true", help="cosine decay of the learning rate to 0 at --steps")
+    g = t.add_argument_group("loop")
+    g.add_argument("--eval-every", type=_nonneg_int, default=0, help="evaluate every N steps (0: at the end)")
+    g.add_argument("--stop-at-solved", action="store_true", help="stop when every seed reaches the task's 'solved' threshold")
+    g.add_argument("--patience", type=_positive_int, default=None, help="stop after N evaluations without improvement")
+    g.add_argument("--out", default=None, help="output directory: config, metrics.jsonl, checkpoints, report")
+    g.add_argument("--checkpoint-every", type=_nonneg_int, default=0, help="checkpoint every N steps (0: at the end)")
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    g.add_argument("--steps-per-call", type=_positive_int, default=50, help="updates per jit call")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    g = t.add_argument_group("char_lm")
+    g.add_argument("--sample-chars", type=_nonneg_int, default=0, help="after training, print this many sampled characters")
+    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
+    g.add_argument("--prompt", default="\n", help="text the sample continues")
+
+    sub.add_parser("tasks", help="list the tasks with their metric and baselines")
+    return p
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_out(out: str | None, resume: bool) -> pathlib.Path | None:
+    if out is None:
+        if resume:
+            raise UsageError("--resume needs --out (the directory holding the checkpoints)")
+        return None
+    path = pathlib.Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".memcell-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--out {out!r} is not a writable directory: {e.strerror or e}") from None
+    if resume and not (path / "checkpoints").exists():
+        raise UsageError(f"--resume: {out!r} holds no checkpoints to resume from")
+    return path
+
+
+def _build(args):
+    import jax.numpy as jnp
+
+    from memcell import tasks
+
+    if args.task in ("digits", "permuted_digits", "vowels") and args.length is not None:
+        raise UsageError(f"--length: task {args.task!r} has its length fixed by the data (64 for digits, 7-29 frames for vowels)")
+    if args.task == "temporal_order" and args.length is not None and args.length < 11:
+        raise UsageError(f"--length must be >= 11 for temporal_order, got {args.length}")
+    if args.task == "adding" and args.length is not None and args.length < 2:
+        raise UsageError(f"--length must be >= 2 for adding, got {args.length}")
+    if args.task == "sunspots" and args.length is not None and args.length < 2:
+        raise UsageError(f"--length (the input window) must be >= 2 for sunspots, got {args.length}")
+    if len(args.lr) not in (1, args.seeds):
+        raise UsageError(f"--lr takes one value or one per seed ({args.seeds}), got {len(args.lr)}")
+    if args.clip < 0:
+        raise UsageError(f"--clip must be >= 0, got {args.clip}")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.sample_chars and args.task != "char_lm":
+        raise UsageError("--sample-chars only applies to --task char_lm")
+    if args.stop_at_solved and not args.eval_every:
+        raise UsageError("--stop-at-solved needs --eval-every N to check the threshold during training")
+    if args.patience and not args.eval_every:
+        raise UsageError("--patience needs --eval-every N")
+    if args.checkpoint_every and args.out is None:
+        raise UsageError("--checkpoint-every needs --out")
+
+    try:
+        task = tasks.make(args.task, args.length)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    options: dict = {}
+    if args.dtype != "float32":
+        options["dtype"] = jnp.dtype(args.dtype)
+    if args.recurrent_init is not None:
+        options["recurrent_init"] = args.recurrent_init
+    if args.recurrent_scale != 1.0:
+        options["recurrent_scale"] = args.recurrent_scale
+    if args.cell == "lstm":
+        if args.lstm_init == "chrono":
+            options.update(init="chrono", max_timescale=float(max(_sequence_length(task), 3)))
+        if args.forget_bias is not None:
+            options["forget_bias"] = args.forget_bias
+        if args.layer_norm:
+            options["layer_norm"] = True
+    else:
+        if args.forget_bias is not None or args.lstm_init != "default" or args.layer_norm:
+            raise UsageError(f"--forget-bias, --lstm-init and --layer-norm apply to --cell lstm, not {args.cell!r}")
+    if args.cell == "gru":
+        options["reset_after"] = args.reset_after == "true"
+    elif args.reset_after != "true":
+        raise UsageError(f"--reset-after applies to --cell gru, not {args.cell!r}")
+    cells = [tasks.make_cell(args.cell, args.hidden, **options) for _ in range(args.layers)]
+    model = tasks.sequence_model(cells if args.layers > 1 else cells[0], task.output_size, task.readout)
+    return task, model
+
+
+def _sequence_length(task) -> int:
+    return int(task.test["xs"].shape[1])
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _table(report: dict, task) -> str:
+    # "loss" repeats one of the named metrics (mse, xent) in every task
+    metrics = [m for m in report["final"] if m != "loss"]
+    head = ["seed"] + metrics
+    rows = [[str(s)] + [_fmt(float(report["final"][m][i])) for m in metrics] for i, s in enumerate(report["seeds"])]
+    rows.append(["mean"] + [_fmt(report["summary"][m]["mean"]) for m in metrics])
+    rows.append(["std"] + [_fmt(report["summary"][m]["std"]) for m in metrics])
+    for name, vals in report["baselines"].items():
+        rows.append([f"{name} baseline"] + [_fmt(vals.get(m)) for m in metrics])
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows]
+    n = len(report["seeds"])
+    verdict = [f"task {report['task']}: metric {report['metric']} ({task.mode} is better), {report['steps']} steps, "
+               f"stopped: {report['stop_reason']}, {report['wall_time']:.1f} s"]
+    for name, k in report["beats"].items():
+        verdict.append(f"beats the {name} baseline: {k}/{n} seeds")
+    if report["solved_threshold"] is not None:
+        verdict.append(f"solved ({report['metric']} {'<=' if task.mode == 'min' else '>='} {report['solved_threshold']:.4g}): "
+                       f"{report['n_solved']}/{n} seeds")
+    return "\n".join(out + [""] + verdict)
+
+
+def _train(args) -> int:
+    out = _check_out(args.out, args.resume)
+    task, model = _build(args)
+    seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
+    config = {k: getattr(args, k) for k in _IDENTITY_KEYS}
+    config["length"] = _sequence_length(task) if args.length is None else args.length
+    from memcell import tasks
+
+    if out is not None:
+        (out / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    try:
+        report = tasks.train_task(
+            task, model, seeds=seeds, steps=args.steps, batch_size=args.batch_size,
+            learning_rate=args.lr[0] if len(args.lr) == 1 else args.lr, optimizer=args.optimizer,
+            clip_norm=args.clip or None, warmup_steps=args.warmup, decay=args.decay, eval_every=args.eval_every,
+            stop_at_solved=args.stop_at_solved, patience=args.patience, out_dir=out,
+            checkpoint_every=args.checkpoint_every, resume=args.resume, config=config,
+            progress=not args.no_progress, steps_per_call=args.steps_per_call,
+        )
+    except ValueError as e:
+        # Input the loop rejects (a mismatched or corrupted checkpoint, bad sizes): a usage error.
+        raise UsageError(str(e)) from None
+    state = report.pop("state")
+    report.pop("history")
+    text = None
+    if args.sample_chars:
+        import jax
+
+        from memcell.tasks import sample_text
+
+        params0 = jax.tree.map(lambda x: x[0], state.params)
+        text = sample_text(task, model, params0, jax.random.key(args.seed_offset), prompt=args.prompt,
+                           length=args.sample_chars, temperature=args.temperature)
+        report["sample"] = text
+    if out is not None:
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "report.md").write_text(_table(report, task) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_table(report, task))
+        if text is not None:
+            print(f"\nsample of seed {seeds[0]} (temperature {args.temperature}):\n{args.prompt}{text}")
+    return 0
+
+
+def _tasks() -> int:
+    from memcell import tasks
+
+    for name in TASK_NAMES:
+        try:
+            task = tasks.make(name)
+        except ImportError as e:
+            print(f"{name}: unavailable ({e})")
+            continue
+        base = "; ".join(f"{b}: " + ", ".join(f"{m} {v:.4g}" for m, v in vals.items()) for b, vals in task.baselines.items())
+        solved = "" if task.solved is None else f", solved at {task.metric} {task.solved:.4g}"
+        print(f"{name}: metric {task.metric} ({task.mode}){solved}; baselines {base}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit code (2 on bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 itself on unknown options and bad values
+    try:
+        if args.command == "train":
+            return _train(args)
+        return _tasks()
+    except UsageError as e:
+        parser.exit(2, f"memcell: error: {e}\n")
+    return 0  # unreachable: parser.exit raises SystemExit
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The memcell command line: a run end to end, a killed run resumed bit-identically, and
+bad input exiting with code 2 and a message."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from memcell import cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run_main(argv, capsys):
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ----------------------------------------------------------------------------- bad input, exit 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--task", "nope"], "invalid choice: 'nope'"),
+        (["train", "--task", "adding", "--cell", "lstmx"], "invalid choice: 'lstmx'"),
+        (["train", "--task", "adding", "--bogus", "1"], "unrecognized arguments: --bogus"),
+        (["train", "--task", "adding", "--length", "0"], "--length: expected a positive integer, got 0"),
+        (["train", "--task", "adding", "--length", "abc"], "--length: expected a positive integer, got 'abc'"),
+        (["train", "--task", "adding", "--length", "1"], "--length must be >= 2 for adding, got 1"),
+        (["train", "--task", "temporal_order", "--length", "5"], "--length must be >= 11 for temporal_order"),
+        (["train", "--task", "digits", "--length", "10"], "has its length fixed by the data"),
+        (["train", "--task", "adding", "--lr", "-1"], "--lr: expected a positive"),
+        (["train", "--task", "adding", "--seeds", "2", "--lr", "1e-3", "1e-2", "1e-1"], "--lr takes one value or one per seed (2), got 3"),
+        (["train", "--task", "adding", "--cell", "gru", "--forget-bias", "2"], "apply to --cell lstm, not 'gru'"),
+        (["train", "--task", "adding", "--resume"], "--resume needs --out"),
+        (["train", "--task", "adding", "--stop-at-solved"], "--stop-at-solved needs --eval-every"),
+        (["train", "--task", "adding", "--sample-chars", "10"], "--sample-chars only applies to --task char_lm"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(argv, message, capsys):
+    code, _, err = _run_main(argv, capsys)
+    assert code == 2
+    assert message in err
+
+
+def test_unwritable_output_directory_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = _run_main(["train", "--task", "adding", "--out", str(blocker / "run")], capsys)
+    assert code == 2 and "is not a writable directory" in err and str(blocker / "run") in err
+
+
+def test_resume_from_a_directory_without_checkpoints_exits_2(tmp_path, capsys):
+    code, _, err = _run_main(["train", "--task", "adding", "--out", str(tmp_path), "--resume"], capsys)
+    assert code == 2 and "holds no checkpoints" in err
+
+
+# ----------------------------------------------------------------------------- runs
+
+SMALL = ["--task", "adding", "--length", "10", "--cell", "gru", "--hidden", "16", "--seeds", "2",
+         "--batch-size", "16", "--lr", "1e-2", "--no-progress", "--steps-per-call", "20"]
+
+
+def test_train_writes_report_and_mismatched_resume_exits_2(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = _run_main(["train", *SMALL, "--steps", "40", "--eval-every", "20", "--out", str(out)], capsys)
+    assert code == 0
+    assert "| seed" in stdout and "mean baseline" in stdout and "beats the mean baseline" in stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 40 and report["seeds"] == [0, 1] and len(report["final"]["mse"]) == 2
+    assert report["baselines"]["mean"]["mse"] == pytest.approx(1 / 6, abs=0.03)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["split"] == "train"] == list(range(1, 41))
+    # the same directory again without --resume: refused, nothing overwritten
+    code, _, err = _run_main(["train", *SMALL, "--steps", "60", "--out", str(out)], capsys)
+    assert code == 2 and "already holds checkpoints" in err
+    # resuming with another hidden size: refused, naming the checkpoint and the change
+    bad = [a if a != "16" else "17" for a in SMALL]
+    code, _, err = _run_main(["train", *bad, "--steps", "60", "--out", str(out), "--resume"], capsys)
+    assert code == 2 and "different configuration" in err and "hidden: checkpoint 16, now 17" in err
+    assert str(out / "checkpoints" / "40") in err
+
+
+def test_char_lm_prints_a_sample(capsys):
+    code, stdout, _ = _run_main(["train", "--task", "char_lm", "--length", "20", "--hidden", "16", "--steps", "20",
+                                 "--steps-per-call", "20", "--no-progress", "--sample-chars", "30",
+                                 "--prompt", "ROMEO", "--temperature", "0.5"], capsys)
+    assert code == 0
+    assert "bigram baseline" in stdout and "unigram baseline" in stdout
+    sample = stdout.split("(temperature 0.5):\n", 1)[1]
+    assert sample.startswith("ROMEO") and len(sample.rstrip("\n")) >= 5 + 30 - sample.count("\n")
+
+
+def test_tasks_lists_every_task(capsys):
+    code, stdout, _ = _run_main(["tasks"], capsys)
+    assert code == 0
+    for name in cli.TASK_NAMES:
+        assert f"{name}: metric" in stdout
+
+
+def _cli(*args, **kw):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, "-m", "memcell", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_killed_run_resumes_bit_identical(tmp_path):
+    """A run is SIGKILLed after its first checkpoint, resumed with --resume, and must end with
+    the same metrics log and report as a run that was never interrupted."""
+    args = ["train", "--task", "adding", "--length", "60", "--cell", "lstm", "--hidden", "64", "--seeds", "2",
+            "--batch-size", "64", "--steps", "600", "--checkpoint-every", "100", "--eval-every", "100",
+            "--steps-per-call", "10", "--no-progress", "--json"]
+    killed_dir, full_dir = tmp_path / "killed", tmp_path / "full"
+    proc = _cli(*args, "--out", str(killed_dir))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (killed_dir / "checkpoints" / "100").is_dir():
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    report_path = killed_dir / "report.json"
+    assert not report_path.exists()
+
+    resumed = _cli(*args, "--out", str(killed_dir), "--resume")
+    full = _cli(*args, "--out", str(full_dir))
+    r_out, r_err = resumed.communicate(timeout=300)
+    f_out, f_err = full.communicate(timeout=300)
+    assert resumed.returncode == 0, r_err[-3000:]
+    assert full.returncode == 0, f_err[-3000:]
+    r, f = json.loads(r_out), json.loads(f_out)
+    assert r["final"] == f["final"] and r["steps"] == f["steps"] == 600
+    assert (killed_dir / "metrics.jsonl").read_text() == (full_dir / "metrics.jsonl").read_text()
