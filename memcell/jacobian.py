@@ -10,8 +10,8 @@ along ``d c_t / d c_{t-1} = diag(f_t)``, at a rate its forget gates set.
 
 The hidden part of a carry. A carry is any pytree; the "h-part" is found by name: the leaf
 that is the carry's field (NamedTuple field or dict key) called ``hidden`` (default ``"h"``,
-the field every memcell cell uses for its hidden output). A carry with a single leaf (a bare
-array, or a one-field NamedTuple) is its own hidden part. ``hidden`` may also be an int, the
+the field every memcell cell uses for its hidden output). With the default, a carry with a
+single leaf (a bare array, or a one-field NamedTuple) is its own hidden part. ``hidden`` may also be an int, the
 index of the leaf in ``jax.tree.leaves(carry)``. Derivatives "with respect to ``h_t``" perturb
 that leaf of ``c_t`` and hold the other leaves (the LSTM's ``c``) fixed at that step; later
 steps propagate the perturbation through every part of the carry.
@@ -89,9 +89,9 @@ def _hidden_index(cell, params, hidden) -> int:
     for i, (path, _) in enumerate(leaves):
         if len(path) == 1 and getattr(path[0], "name", getattr(path[0], "key", None)) == hidden:
             return i
-    if len(leaves) == 1:
+    if len(leaves) == 1 and hidden == "h":  # only the default falls back; a name the user gave must exist
         return 0
-    names = [jax.tree_util.keystr(path) for path, _ in leaves]
+    names = [jax.tree_util.keystr(path) or "<the carry itself>" for path, _ in leaves]
     raise ValueError(
         f"hidden={hidden!r} names no leaf of the carry, whose leaves are {names}; pass hidden= as the "
         "field name or the leaf index of the carry's hidden output"
@@ -132,7 +132,8 @@ def _trajectory(cell, params, xs: Array, carry0: PyTree) -> PyTree:
 
 
 def _log_norm(m: Array, norm: str) -> Array:
-    m = m.reshape(m.shape[0], -1)
+    # Norms in float32 at least: bfloat16 loses digits, and LAPACK has no bfloat16 SVD.
+    m = m.reshape(m.shape[0], -1).astype(jnp.promote_types(m.dtype, jnp.float32))
     if norm == "spectral":
         return jnp.log(jnp.linalg.svd(m, compute_uv=False)[0])
     return jnp.log(jnp.sqrt(jnp.sum(jnp.square(m))))
@@ -363,6 +364,7 @@ def product_norms(jacobians: Array, *, norm: str = "spectral", log: bool = False
     if jacobians.ndim < 3 or jacobians.shape[-1] != jacobians.shape[-2] or jacobians.shape[-3] < 1:
         raise ValueError(f"jacobians must have shape [..., T, n, n] with T >= 1, got shape {tuple(jacobians.shape)}")
     jacobians = jnp.asarray(jacobians)
+    jacobians = jacobians.astype(jnp.promote_types(jacobians.dtype, jnp.float32))  # products accumulate in float32+
     batch_shape, (T, n) = jacobians.shape[:-3], jacobians.shape[-3:-1]
 
     def one(js):

@@ -343,6 +343,33 @@ def test_explicit_carry_and_float64_and_bfloat16_compute():
     got_bf16 = J.gradient_norms_through_time(cell_bf16, params, xs, carry=carry)
     assert got_bf16.dtype == jnp.float32
     np.testing.assert_allclose(got_bf16, got, rtol=5e-2)
+    # bfloat16 params and inputs (a regression: the norms once ran a bfloat16 SVD, which LAPACK lacks):
+    # the same as float32 on the same rounded values, since bfloat16 products accumulate in float32.
+    lstm = memcell.lstm(H, param_dtype=jnp.bfloat16)
+    p_bf16 = lstm.init(jax.random.key(0), D)
+    xs_bf16 = xs.astype(jnp.bfloat16)
+    p_f32 = jax.tree.map(lambda a: a.astype(jnp.float32), p_bf16)
+    for fn in (J.gradient_norms_through_time, J.input_gradient_norms):
+        low, ref = fn(lstm, p_bf16, xs_bf16), fn(lstm, p_f32, xs_bf16.astype(jnp.float32))
+        assert low.dtype == jnp.float32
+        np.testing.assert_allclose(low, ref, rtol=1e-2, atol=1e-5)
+    jac_bf16 = J.state_jacobians(lstm, p_f32, xs).c.c.astype(jnp.bfloat16)
+    assert J.product_norms(jac_bf16).dtype == jnp.float32
+
+
+def test_bare_array_carry_is_its_own_hidden_part():
+    cell = Cell(
+        lambda key, d: {"w": jax.random.normal(key, (d, 3))},
+        lambda params, batch_shape=(): jnp.zeros(tuple(batch_shape) + (3,)),
+        lambda params, c, x: (jnp.tanh(0.5 * c + x @ params["w"]),) * 2,
+    )
+    params = cell.init(jax.random.key(0), D)
+    xs = jax.random.normal(jax.random.key(1), (T, D))
+    got = np.asarray(J.gradient_norms_through_time(cell, params, xs, norm="frobenius"))
+    # h_T = tanh(0.5 h_{T-1} + ...): each step multiplies by 0.5 diag(tanh'), at most 0.5 in norm.
+    assert got[0] == pytest.approx(math.sqrt(3)) and np.all(got[1:] <= math.sqrt(3) * 0.5 ** np.arange(1, T) + 1e-6)
+    with pytest.raises(ValueError, match=r"hidden='y' names no leaf.*<the carry itself>"):
+        J.gradient_norms_through_time(cell, params, xs, hidden="y")
 
 
 # ----------------------------------------------------------------------------- bad input
