@@ -509,8 +509,9 @@ def to_torch(layer: Layer, params, *, check: bool = True) -> dict[str, np.ndarra
     for li, entry in enumerate(_layers_of(params)):
         for rev, p in enumerate(entry if spec.bidirectional else (entry,)):
             sfx = f"_l{li}" + ("_reverse" if rev else "")
-            out["weight_ih" + sfx] = np.ascontiguousarray(np.asarray(p.w_x).T)
-            out["weight_hh" + sfx] = np.ascontiguousarray(np.asarray(p.w_h).T)
+            # Fresh, writable C-order copies: torch.from_numpy shares memory and warns on read-only arrays.
+            out["weight_ih" + sfx] = np.array(np.asarray(p.w_x).T, order="C")
+            out["weight_hh" + sfx] = np.array(np.asarray(p.w_h).T, order="C")
             if spec.mode == "gru":
                 b_ih, b_hh = np.asarray(p.b_x), np.asarray(p.b_h)
             else:

@@ -1,5 +1,8 @@
 """memcell.convert: PyTorch and Flax weights both ways, with outputs compared to the real frameworks."""
 
+import doctest
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -61,14 +64,14 @@ def assert_close(a, b, tol=TOL):
     np.testing.assert_allclose(a, b, rtol=0, atol=tol)
 
 
-def check_parity(mode, d, h, num_layers, bidirectional, *, B=3, T=7, with_lengths=True, seed=0):
+def check_parity(mode, d, h, num_layers, bidirectional, *, B=3, T=7, with_lengths=(False, True), seed=0):
     m = torch_module(mode, d, h, num_layers=num_layers, bidirectional=bidirectional, seed=seed)
     layer, params = convert.from_torch(state_dict_np(m), mode=mode)
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(B, T, d)).astype(np.float32)
     lengths = rng.integers(1, T + 1, size=B)
     lengths[0] = T  # pack_padded_sequence needs one full-length sequence for total_length
-    for lens in (None, lengths) if with_lengths else (None,):
+    for lens in [lengths if w else None for w in with_lengths]:
         y_t, hn_t = run_torch(m, mode, torch.from_numpy(x), None if lens is None else torch.from_numpy(lens))
         carries, ys = layer.apply(params, jnp.asarray(x), lengths=None if lens is None else jnp.asarray(lens))
         assert ys.dtype == jnp.float32
@@ -87,11 +90,12 @@ def check_parity(mode, d, h, num_layers, bidirectional, *, B=3, T=7, with_length
 @pytest.mark.parametrize("mode", list(TORCH))
 @pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
 def test_from_torch_matches_torch_outputs_and_final_carries(mode, num_layers, bidirectional):
-    check_parity(mode, d=4, h=6, num_layers=num_layers, bidirectional=bidirectional)
+    # without lengths: test_from_torch_parity_random_sizes and the round trips
+    check_parity(mode, d=4, h=6, num_layers=num_layers, bidirectional=bidirectional, with_lengths=(True,))
 
 
 def test_from_torch_three_layers():
-    check_parity("lstm", d=2, h=3, num_layers=3, bidirectional=False, with_lengths=False)
+    check_parity("lstm", d=2, h=3, num_layers=3, bidirectional=False, with_lengths=(False,))
 
 
 @settings(max_examples=4, deadline=None)
@@ -387,17 +391,23 @@ def test_from_flax_nnx_cells_match_one_step(name):
     assert_close(y_back, y_m, 1e-6)
 
 
-def test_torch_memcell_flax_agree_on_the_same_inputs():
-    """A torch LSTM, its memcell conversion and the Flax cell made from it give the same outputs."""
-    m = torch_module("lstm", 3, 6)
-    layer, params = convert.from_torch(state_dict_np(m), mode="lstm")
-    x = np.random.default_rng(0).normal(size=(2, 8, 3)).astype(np.float32)
-    y_t, _ = run_torch(m, "lstm", torch.from_numpy(x))
-    _, y_m = layer.apply(params, jnp.asarray(x))
-    flax_params = convert.to_flax(memcell.lstm(6), params[0])
-    y_f = fnn.RNN(fnn.OptimizedLSTMCell(6)).apply({"params": {"cell": flax_params}}, jnp.asarray(x))
+@pytest.mark.parametrize("mode, flax_cell", [("lstm", fnn.OptimizedLSTMCell), ("gru", fnn.GRUCell)])
+def test_torch_memcell_flax_agree_on_the_same_inputs(mode, flax_cell):
+    """A torch module, its memcell conversion and the Flax cell made from it agree, with lengths too."""
+    m = torch_module(mode, 3, 6)
+    layer, params = convert.from_torch(state_dict_np(m), mode=mode)
+    x = np.random.default_rng(0).normal(size=(3, 8, 3)).astype(np.float32)
+    lengths = np.array([8, 3, 5])
+    y_t, hn_t = run_torch(m, mode, torch.from_numpy(x), torch.from_numpy(lengths))
+    carries, y_m = layer.apply(params, jnp.asarray(x), lengths=jnp.asarray(lengths))
+    cell = memcell.lstm(6) if mode == "lstm" else memcell.gru(6)
+    flax_params = {"params": {"cell": convert.to_flax(cell, params[0])}}
+    carry_f, y_f = fnn.RNN(flax_cell(6), return_carry=True).apply(flax_params, jnp.asarray(x), seq_lengths=jnp.asarray(lengths))
+    valid = (np.arange(8) < lengths[:, None])[..., None]
     assert_close(y_m, y_t)
-    assert_close(y_f, y_t)
+    assert_close(np.where(valid, y_f, 0.0), y_t)  # nn.RNN leaves its own values in the padding
+    h_f = carry_f[1] if mode == "lstm" else carry_f
+    assert_close(h_f, hn_t[0][0] if mode == "lstm" else hn_t[0])
 
 
 def test_to_flax_refusals_and_errors():
@@ -453,6 +463,21 @@ def test_to_dict_from_dict_round_trip_and_errors():
         convert.from_dict(dict(tree, extra=1), params)
     with pytest.raises(ValueError, match="present but the cell has no 'p_i'"):
         convert.from_dict(dict(tree, p_i=np.zeros(3)), params)
+
+
+def test_docstring_examples():
+    failures, tried = doctest.testmod(convert, optionflags=doctest.ELLIPSIS)
+    assert tried > 0 and failures == 0
+
+
+DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "coming_from_flax_pytorch.md"
+
+
+def test_coming_from_flax_pytorch_examples_run():
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    assert len(blocks) >= 6
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{DOC.name}[{i}]", "exec"), {})
 
 
 def test_convert_imports_no_framework():

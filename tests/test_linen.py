@@ -1,5 +1,6 @@
 """memcell.linen: memcell cells inside flax.linen (nn.RNN, nn.Bidirectional), Recurrent, serialization, training."""
 
+import doctest
 import functools
 
 import flax
@@ -282,3 +283,8 @@ def test_bad_input():
         ml.Recurrent(memcell.lstm(H)).init(jax.random.key(0), jnp.ones((D,)))
     with pytest.raises(TypeError, match="module must be a memcell.linen cell or Recurrent"):
         ml.memcell_params(nn.Dense(3), {}, D)
+
+
+def test_docstring_examples():
+    failures, tried = doctest.testmod(ml, optionflags=doctest.ELLIPSIS)
+    assert tried > 0 and failures == 0

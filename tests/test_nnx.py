@@ -1,5 +1,6 @@
 """memcell.nnx: memcell cells inside flax.nnx (nnx.RNN, nnx.Bidirectional), jit/grad, state, training."""
 
+import doctest
 import functools
 
 import jax
@@ -175,3 +176,8 @@ def test_bad_input():
         mn.Cell(lambda h: None, D, H, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="input_shape must be"):
         cell.initialize_carry((2, 0))
+
+
+def test_docstring_examples():
+    failures, tried = doctest.testmod(mn, optionflags=doctest.ELLIPSIS)
+    assert tried > 0 and failures == 0
