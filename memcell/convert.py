@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memcell.cells import GRUParams, LSTMCarry, LSTMParams, RNNParams, gru, lstm, rnn
+from memcell.cells import GRUCarry, GRUParams, LSTMCarry, LSTMParams, RNNCarry, RNNParams, gru, lstm, rnn
+from memcell.cells._common import check_positive_int
 from memcell.scan import DirectionPair, bidirectional, stack
 from memcell.types import Array, Cell, Layer, PyTree
 
@@ -138,8 +139,6 @@ def torch_layer(
       (4, 5, 16)
     """
     _check_mode(mode)
-    from memcell.cells._common import check_positive_int  # shared argument checks
-
     hidden_size = check_positive_int("hidden_size", hidden_size)
     num_layers = check_positive_int("num_layers", num_layers)
     if not isinstance(bidirectional, (bool, np.bool_)):
@@ -556,8 +555,6 @@ def from_torch_carry(hx, *, mode: str, bidirectional: bool = False) -> tuple:
     Returns:
       A tuple with one carry (or ``DirectionPair``) per layer, for ``layer.apply(params, xs, carry)``.
     """
-    from memcell.cells import GRUCarry, RNNCarry
-
     _check_mode(mode)
     if mode == "lstm":
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):

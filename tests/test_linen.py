@@ -245,7 +245,7 @@ def test_small_flax_model_trains_with_optax():
         return optax.apply_updates(params, updates), opt_state, loss
 
     losses = []
-    for i in range(150):
+    for i in range(60):
         params, opt_state, loss = step(params, opt_state, jax.random.key(100 + i))
         losses.append(float(loss))
     tokens = batch(jax.random.key(7))
