@@ -49,6 +49,13 @@ def _check_input_shape(input_shape) -> tuple[int, ...]:
     return shape
 
 
+def _check_carry_structure(cell: PureCell, params, carry) -> None:
+    expected = jax.tree.structure(jax.eval_shape(lambda p: cell.initial_carry(p), params))
+    got = jax.tree.structure(carry)
+    if got != expected:
+        raise TypeError(f"carry must have the structure of initialize_carry's carry, {expected}, got {got}")
+
+
 class _CellBase(nn.RNNCellBase):
     """The wrapper's logic, shared by ``Cell``, ``LSTM``, ``GRU`` and ``RNN``.
 
@@ -73,6 +80,7 @@ class _CellBase(nn.RNNCellBase):
         cell = self._memcell()
         d = inputs.shape[-1]
         template = jax.eval_shape(lambda k: cell.init(k, d), jax.random.key(0))
+        _check_carry_structure(cell, template, mem_carry)
         stored = {}
         for name, t in zip(template._fields, template):
             if t is None:

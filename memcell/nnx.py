@@ -21,7 +21,7 @@ from flax import nnx
 from memcell import convert
 from memcell.cells import GRUCarry, LSTMCarry, RNNCarry, gru, lstm, rnn
 from memcell.cells._common import check_positive_int
-from memcell.linen import _check_input_shape, _check_inputs
+from memcell.linen import _check_carry_structure, _check_input_shape, _check_inputs
 from memcell.types import Array, Cell as PureCell, PyTree
 
 __all__ = ["GRU", "LSTM", "RNN", "Cell"]
@@ -78,7 +78,10 @@ class _CellBase(nnx.RNNCellBase):
                 f"inputs must have {self.in_features} features (in_features) on the last axis, "
                 f"got shape {tuple(inputs.shape)}"
             )
-        new, y = self.cell.step(self.memcell_params(), self._to_memcell_carry(carry), inputs)
+        mem_carry = self._to_memcell_carry(carry)
+        params = self.memcell_params()
+        _check_carry_structure(self.cell, params, mem_carry)
+        new, y = self.cell.step(params, mem_carry, inputs)
         return self._from_memcell_carry(new), y
 
     def initialize_carry(

@@ -269,6 +269,9 @@ def test_bad_input():
         mod.initialize_carry(jax.random.key(0), ())
     with pytest.raises(TypeError, match="carry must be the hidden-state array"):
         ml.GRU(H).apply({"params": {}}, (carry,), x)
+    generic = ml.Cell(memcell.lstm, H)
+    with pytest.raises(TypeError, match="carry must have the structure of initialize_carry's carry"):
+        generic.init(jax.random.key(0), carry, x)  # Flax's (c, h) pair given to memcell's LSTMCarry cell
     with pytest.raises(TypeError, match="cell_factory must return a memcell.Cell"):
         ml.Cell(lambda h: h, H).initialize_carry(jax.random.key(0), (2, D))
     with pytest.raises(ValueError, match="hidden_size must be a positive int"):

@@ -166,6 +166,8 @@ def test_bad_input():
         cell(carry[0], jnp.ones((2, D)))
     with pytest.raises(TypeError, match="carry must be the hidden-state array"):
         mn.GRU(D, H, rngs=nnx.Rngs(0))((carry,), jnp.ones((2, D)))
+    with pytest.raises(TypeError, match="carry must have the structure of initialize_carry's carry"):
+        mn.Cell(memcell.lstm, D, H, rngs=nnx.Rngs(0))(carry, jnp.ones((2, D)))
     with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
         mn.GRU(0, H, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="hidden_size must be a positive int"):
