@@ -215,7 +215,8 @@ def init_states(
     if keys.ndim != 1 or keys.shape[0] < 1:
         raise ValueError(f"keys must be a 1-d array of at least one key, got shape {keys.shape}")
     n = keys.shape[0]
-    states = jax.vmap(lambda k: init_state(k, init_params, tx))(keys)
+    # jit: an eager vmapped init dispatches every op on its own, which is slow on CPU
+    states = jax.jit(jax.vmap(lambda k: init_state(k, init_params, tx)))(keys)
     if learning_rates is not None:
         lrs = np.asarray(list(learning_rates), np.float32)
         if lrs.shape != (n,):

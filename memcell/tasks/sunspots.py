@@ -15,10 +15,10 @@ __all__ = ["load_sunspots", "sunspots"]
 def load_sunspots() -> tuple[np.ndarray, np.ndarray]:
     """``(years, values)`` of the yearly sunspot activity, 309 years."""
     try:
-        import statsmodels.api as sm
+        from statsmodels.datasets import sunspots as _data  # not statsmodels.api: 3x slower to import
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("the sunspots task needs statsmodels: pip install 'memcell[data]'") from e
-    df = sm.datasets.sunspots.load_pandas().data
+    df = _data.load_pandas().data
     return df["YEAR"].to_numpy(np.int32), df["SUNACTIVITY"].to_numpy(np.float64)
 
 

@@ -1,0 +1,329 @@
+"""memcell.tasks: every generator and loader (shapes, labels, baselines computed from data),
+the model's readout, sampling text, and a short real training run of each task beating its
+baseline. Longer science runs are marked slow."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import memcell
+from memcell import tasks
+from memcell.tasks import vowels as vowels_module
+from memcell.tasks.sunspots import load_sunspots
+
+KEY = jax.random.key(0)
+
+
+def _np(batch):
+    return jax.tree.map(np.asarray, batch)
+
+
+# ----------------------------------------------------------------------------- adding
+
+
+def test_adding_generator():
+    task = tasks.adding(20, n_test=500)
+    b = _np(task.sample(KEY, 64))
+    assert b["xs"].shape == (64, 20, 2) and b["ys"].shape == (64, 1) and b["xs"].dtype == np.float32
+    markers = b["xs"][..., 1]
+    assert np.all(markers.sum(1) == 2)
+    first, second = markers[:, :10].sum(1), markers[:, 10:].sum(1)
+    assert np.all(first == 1) and np.all(second == 1)  # one marker in each half
+    np.testing.assert_allclose(b["ys"][:, 0], (b["xs"][..., 0] * markers).sum(1), rtol=1e-6)
+    assert np.all((b["xs"][..., 0] >= 0) & (b["xs"][..., 0] < 1))
+    # seeded and deterministic
+    np.testing.assert_array_equal(_np(task.sample(KEY, 64))["xs"], b["xs"])
+    assert not np.array_equal(_np(task.sample(jax.random.key(1), 64))["xs"], b["xs"])
+    # the baseline: the MSE of predicting the training mean, on the test set; about Var = 1/6
+    ys = task.test["ys"]
+    assert task.baselines["mean"]["mse"] == pytest.approx(np.mean((ys - task.info["predict_mean"]) ** 2), rel=1e-6)
+    assert task.baselines["mean"]["mse"] == pytest.approx(1 / 6, abs=0.02)
+    assert task.info["predict_mean"] == pytest.approx(1.0, abs=0.02)
+    assert task.solved == 0.01 and task.metric == "mse" and task.mode == "min"
+
+
+# ----------------------------------------------------------------------------- copy
+
+
+def test_copy_generator():
+    T = 30
+    task = tasks.copy_memory(T, n_test=2000)
+    b = _np(task.sample(KEY, 16))
+    assert b["xs"].shape == (16, T + 20) == b["ys"].shape
+    assert b["xs"].dtype.kind == "i"
+    seq = b["xs"][:, :10]
+    assert np.all((seq >= 1) & (seq <= 8))
+    assert np.all(b["xs"][:, 10 : T + 9] == 0) and np.all(b["xs"][:, T + 9] == 9) and np.all(b["xs"][:, T + 10 :] == 0)
+    assert np.all(b["ys"][:, : T + 10] == 0)
+    np.testing.assert_array_equal(b["ys"][:, -10:], seq)  # the target recalls the symbols
+    # the memoryless baseline, fitted on training data, is about 10 log 8 / (T + 20)
+    assert task.baselines["memoryless"]["xent"] == pytest.approx(10 * math.log(8) / (T + 20), rel=0.01)
+    assert task.info["formula_baseline"] == pytest.approx(10 * math.log(8) / (T + 20))
+
+
+# ----------------------------------------------------------------------------- temporal order
+
+
+def test_temporal_order_generator():
+    task = tasks.temporal_order(110, n_test=2000)
+    b = _np(task.sample(KEY, 256))
+    assert b["xs"].shape == (256, 110) and b["ys"].shape == (256,) and b["lengths"].shape == (256,)
+    assert b["lengths"].min() >= 100 and b["lengths"].max() <= 110 and len(set(b["lengths"])) > 3
+    assert task.info["t1_range"] == (10, 20) and task.info["t2_range"] == (50, 60)  # the paper's protocol
+    for xs, y, n in zip(b["xs"], b["ys"], b["lengths"]):
+        assert xs[0] == 6 and xs[n - 1] == 7  # B first, E last
+        assert np.all(xs[n:] == 0)
+        where = np.flatnonzero((xs == 4) | (xs == 5))  # X or Y
+        assert len(where) == 2 and 10 <= where[0] <= 20 and 50 <= where[1] <= 60
+        middle = np.delete(xs[1 : n - 1], where - 1)
+        assert np.all(middle <= 3)  # distractors a-d elsewhere
+        assert y == 2 * (xs[where[0]] - 4) + (xs[where[1]] - 4)
+    counts = np.bincount(task.test["ys"], minlength=4)
+    assert task.baselines["majority"]["accuracy"] == pytest.approx(counts.max() / counts.sum(), abs=0.02)
+    assert task.baselines["majority"]["accuracy"] == pytest.approx(0.25, abs=0.03)
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def test_digits_sequential_and_permuted():
+    seq, perm = tasks.digits(), tasks.digits(permuted=True)
+    assert seq.test["xs"].shape == (359, 64, 1) and seq.info["n_train"] == 1438
+    assert 0.0 <= seq.test["xs"].min() and seq.test["xs"].max() <= 1.0
+    np.testing.assert_array_equal(seq.test["ys"], perm.test["ys"])
+    # the permuted images are the same pixels in one fixed order
+    assert not np.array_equal(seq.test["xs"], perm.test["xs"])
+    np.testing.assert_array_equal(np.sort(seq.test["xs"], axis=1), np.sort(perm.test["xs"], axis=1))
+    p2 = tasks.digits(permuted=True)
+    np.testing.assert_array_equal(perm.test["xs"], p2.test["xs"])
+    labels = seq.test["ys"]
+    maj = np.bincount(_np(seq.sample(KEY, 5000))["ys"]).argmax()
+    assert seq.baselines["majority"]["accuracy"] == pytest.approx(np.mean(labels == maj), abs=0.03)
+    assert seq.baselines["nearest_neighbour"]["accuracy"] > 0.95
+    b = _np(seq.sample(KEY, 8))
+    assert b["xs"].shape == (8, 64, 1) and b["ys"].dtype.kind == "i"
+
+
+# ----------------------------------------------------------------------------- char LM
+
+
+def test_char_lm_split_windows_and_baselines():
+    task = tasks.char_lm(50)
+    vocab = task.info["vocab"]
+    text = tasks.text.CORPUS.read_text()
+    assert len(vocab) == len(set(text)) and task.input_size == task.output_size == len(vocab)
+    b = _np(task.sample(KEY, 4))
+    assert b["xs"].shape == (4, 50) == b["ys"].shape
+    np.testing.assert_array_equal(b["xs"][:, 1:], b["ys"][:, :-1])  # next-character targets
+    decoded = "".join(vocab[i] for i in b["xs"][0])
+    assert decoded in text[: task.info["n_train_chars"]]
+    # validation windows are the end of the text, in order
+    valid = "".join(vocab[i] for i in task.test["ys"].reshape(-1))
+    assert valid == text[task.info["n_train_chars"] : task.info["n_train_chars"] + len(valid)]
+    assert task.info["n_train_chars"] == int(len(text) * 0.9)
+    uni, bi = task.baselines["unigram"]["bpc"], task.baselines["bigram"]["bpc"]
+    assert 3.0 < bi < uni < math.log2(len(vocab))
+
+
+def test_sample_text_is_seeded_and_checks_its_input():
+    task = tasks.char_lm(20, max_valid_chars=1000)
+    model = tasks.sequence_model(memcell.gru(8), task.output_size, "all")
+    params = model.init(KEY, task.input_size)
+    a = tasks.sample_text(task, model, params, jax.random.key(1), prompt="To be", length=40, temperature=1.0)
+    b = tasks.sample_text(task, model, params, jax.random.key(1), prompt="To be", length=40, temperature=1.0)
+    c = tasks.sample_text(task, model, params, jax.random.key(2), prompt="To be", length=40, temperature=1.0)
+    assert len(a) == 40 and a == b and a != c and set(a) <= set(task.info["vocab"])
+    g1 = tasks.sample_text(task, model, params, jax.random.key(1), prompt="To be", length=20, temperature=0.0)
+    g2 = tasks.sample_text(task, model, params, jax.random.key(9), prompt="To be", length=20, temperature=0.0)
+    assert g1 == g2  # greedy ignores the key
+    # the greedy first character is the model's argmax after the prompt
+    ids = jnp.asarray([task.info["vocab"].index(ch) for ch in "To be"])
+    logits = model.apply(params, jax.nn.one_hot(ids, task.input_size))
+    assert g1[0] == task.info["vocab"][int(jnp.argmax(logits[-1]))]
+    with pytest.raises(ValueError, match="unknown"):
+        tasks.sample_text(task, model, params, KEY, prompt="caf\u00e9")
+    with pytest.raises(ValueError, match="temperature must be >= 0, got -1"):
+        tasks.sample_text(task, model, params, KEY, temperature=-1.0)
+
+
+# ----------------------------------------------------------------------------- sunspots
+
+
+def test_sunspots_windows_and_baselines():
+    task = tasks.sunspots(window=10, horizon=3)
+    years, v = load_sunspots()
+    assert len(v) == 309 and years[0] == 1700 and years[-1] == 2008
+    mu, sd = task.info["mean"], task.info["std"]
+    split = int(round(309 * 0.75))
+    assert mu == pytest.approx(v[:split].mean()) and sd == pytest.approx(v[:split].std())
+    x, y = task.test["xs"][..., 0] * sd + mu, task.test["ys"] * sd + mu
+    # the first test window ends just before the first test year
+    np.testing.assert_allclose(x[0], v[split - 10 : split], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(y[0], v[split : split + 3], rtol=1e-4, atol=1e-3)
+    naive = np.sqrt(np.mean((y - x[:, -1:]) ** 2))
+    assert task.baselines["naive"]["rmse"] == pytest.approx(naive, rel=1e-4)
+    assert task.baselines["naive"]["rmse_1"] == pytest.approx(np.sqrt(np.mean((y[:, 0] - x[:, -1]) ** 2)), rel=1e-4)
+    assert task.baselines["linear"]["rmse_1"] < task.baselines["naive"]["rmse_1"]
+    b = _np(task.sample(KEY, 5))
+    assert b["xs"].shape == (5, 10, 1) and b["ys"].shape == (5, 3)
+
+
+# ----------------------------------------------------------------------------- vowels
+
+
+def test_japanese_vowels_loader():
+    task = tasks.japanese_vowels()
+    assert task.info["n_train"] == 270 and task.info["n_test"] == 370
+    assert task.test["xs"].shape == (370, 29, 12) and task.input_size == 12 and task.output_size == 9
+    lengths = task.test["lengths"]
+    assert lengths.min() >= 7 and lengths.max() <= 29 and task.info["min_length"] == 7
+    for xs, n in zip(task.test["xs"], lengths):
+        assert np.all(xs[n:] == 0) and np.any(xs[n - 1] != 0)
+    assert set(task.test["ys"]) == set(range(9))
+    series, labels, classes = tasks.read_ts(vowels_module.DATA / "JapaneseVowels_TRAIN.ts")
+    assert len(series) == 270 and classes == [str(i) for i in range(1, 10)]
+    assert np.all(np.bincount(labels) == 30)  # 30 utterances a speaker in the training set
+    assert 0.9 < task.baselines["nearest_neighbour"]["accuracy"] < 1.0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("@data\n1,2:1\n", "data before any '@classLabel"),
+        ("@classLabel true 1 2\n@data\n1,2:3,4:7\n", "label '7' is not among"),
+        ("@classLabel true 1 2\n@data\n1,x:3,4:1\n", "is not a number"),
+        ("@classLabel true 1 2\n@data\n1,2:3:1\n", "dimensions have different lengths"),
+        ("@classLabel true 1 2\n", "no '@data' section"),
+    ],
+)
+def test_read_ts_names_the_file_and_line(tmp_path, text, message):
+    path = tmp_path / "bad.ts"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as err:
+        tasks.read_ts(path)
+    assert "bad.ts" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- registry and model
+
+
+def test_make_checks_its_arguments():
+    with pytest.raises(ValueError, match="task must be one of .* got 'mnist'"):
+        tasks.make("mnist")
+    with pytest.raises(ValueError, match="length fixed by its data"):
+        tasks.make("vowels", 10)
+    with pytest.raises(ValueError, match="length must be an int >= 2, got 1"):
+        tasks.adding(1)
+    with pytest.raises(ValueError, match="length must be an int >= 11"):
+        tasks.temporal_order(5)
+    with pytest.raises(ValueError, match="window must be an int >= 2"):
+        tasks.sunspots(window=1)
+    with pytest.raises(ValueError, match="cell must be one of"):
+        tasks.make_cell("transformer", 8)
+    with pytest.raises(ValueError, match="readout must be 'last' or 'all'"):
+        tasks.sequence_model(memcell.gru(4), 2, "first")
+    with pytest.raises(ValueError, match="output_size must be a positive int"):
+        tasks.sequence_model(memcell.gru(4), 0)
+    with pytest.raises(ValueError, match="the model's readout must be 'all'"):
+        tasks.train_task(tasks.copy_memory(3, n_test=8), tasks.sequence_model(memcell.gru(4), 10, "last"), steps=1)
+
+
+def test_last_readout_reads_each_sequence_at_its_length():
+    cell = memcell.lstm(5)
+    model = tasks.sequence_model(cell, 3, "last")
+    params = model.init(KEY, 2)
+    xs = jax.random.normal(KEY, (3, 7, 2))
+    lengths = jnp.array([7, 4, 1])
+    out = model.apply(params, xs, lengths=lengths)
+    _, ys = memcell.unroll(cell, params.rnn, xs, lengths=lengths)
+    for i, n in enumerate([7, 4, 1]):
+        np.testing.assert_allclose(out[i], ys[i, n - 1] @ params.w + params.b, rtol=1e-5, atol=1e-6)
+    # and padding after the length changes nothing
+    out2 = model.apply(params, xs.at[1, 4:].set(1e3), lengths=lengths)
+    np.testing.assert_allclose(out2, out, rtol=1e-6)
+
+
+def test_irnn_is_relu_with_identity_recurrence():
+    params = tasks.make_cell("irnn", 4).init(KEY, 2)
+    np.testing.assert_array_equal(params.w_h, np.eye(4))
+
+
+def test_unroll_accepts_concrete_lengths_closed_over_in_jit():
+    # Regression test (core bug fixed in scan.py): lengths checked with np.min on a jax.Array
+    # that jit had closed over crashed with a ConcretizationTypeError.
+    cell = memcell.gru(3)
+    params = cell.init(KEY, 2)
+    lengths = jnp.array([2, 4])
+    f = jax.jit(lambda p: memcell.unroll(cell, p, jnp.ones((2, 4, 2)), lengths=lengths)[1])
+    np.testing.assert_allclose(f(params), memcell.unroll(cell, params, jnp.ones((2, 4, 2)), lengths=lengths)[1], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- short runs beat the baseline
+
+# (task, length, options, cell, hidden, steps, learning rate, baseline to beat)
+SHORT_RUNS = [
+    ("adding", 10, dict(n_test=200), "lstm", 16, 150, 1e-2, "mean"),
+    ("copy", 3, dict(n_test=200), "lstm", 32, 300, 2e-2, "memoryless"),
+    ("temporal_order", 15, dict(n_test=200), "lstm", 16, 200, 2e-2, "majority"),
+    ("digits", None, {}, "gru", 16, 100, 1e-2, "majority"),
+    ("permuted_digits", None, {}, "gru", 16, 100, 1e-2, "majority"),
+    ("char_lm", 20, dict(max_valid_chars=20000), "gru", 32, 100, 1e-2, "unigram"),
+    ("sunspots", None, {}, "gru", 16, 100, 1e-2, "naive"),
+    ("vowels", None, {}, "gru", 16, 100, 1e-2, "majority"),
+]
+
+
+@pytest.mark.parametrize("name, length, options, cell, hidden, steps, lr, baseline", SHORT_RUNS, ids=[r[0] for r in SHORT_RUNS])
+def test_short_run_beats_baseline(name, length, options, cell, hidden, steps, lr, baseline):
+    task = tasks.make(name, length, **options)
+    model = tasks.sequence_model(tasks.make_cell(cell, hidden), task.output_size, task.readout)
+    report = tasks.train_task(task, model, seeds=[0], steps=steps, batch_size=32, learning_rate=lr, steps_per_call=50)
+    value = report["final"][task.metric][0]
+    ref = task.baselines[baseline][task.metric]
+    assert tasks.beats(task, value, baseline), f"{name}: {task.metric} {value:.4f} vs {baseline} baseline {ref:.4f}"
+    assert report["beats"][baseline] == 1
+
+
+# ----------------------------------------------------------------------------- slow science checks
+
+
+@pytest.mark.slow
+def test_lstm_solves_adding_100_and_tanh_rnn_does_not():
+    task = tasks.adding(100, n_test=1000)
+    results = {}
+    for cell in ("lstm", "rnn"):
+        model = tasks.sequence_model(tasks.make_cell(cell, 64), 1, "last")
+        results[cell] = tasks.train_task(task, model, seeds=[0, 1], steps=2500, batch_size=50, learning_rate=2e-3,
+                                         eval_every=250, stop_at_solved=True)
+    assert results["lstm"]["n_solved"] == 2, results["lstm"]["final"]
+    assert results["rnn"]["n_solved"] == 0, results["rnn"]["final"]
+
+
+@pytest.mark.slow
+def test_lstm_solves_temporal_order_110():
+    task = tasks.temporal_order(110)
+    model = tasks.sequence_model(tasks.make_cell("lstm", 32), 4, "last")
+    r = tasks.train_task(task, model, seeds=[0], steps=3000, batch_size=32, learning_rate=1e-2, eval_every=250,
+                         stop_at_solved=True)
+    assert r["n_solved"] == 1, r["final"]
+
+
+@pytest.mark.slow
+def test_lstm_beats_copy_memory_baseline_at_lag_20():
+    task = tasks.copy_memory(20)
+    model = tasks.sequence_model(tasks.make_cell("lstm", 64), 10, "all")
+    r = tasks.train_task(task, model, seeds=[0], steps=3000, batch_size=64, learning_rate=5e-3)
+    assert r["final"]["xent"][0] < 0.5 * task.baselines["memoryless"]["xent"], r["final"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, baseline, steps", [("vowels", "nearest_neighbour", 1500), ("char_lm", "bigram", 1500),
+                                                   ("sunspots", "naive", 1500), ("digits", "majority", 1500)])
+def test_longer_runs_of_real_data(name, baseline, steps):
+    task = tasks.make(name)
+    model = tasks.sequence_model(tasks.make_cell("gru", 64), task.output_size, task.readout)
+    r = tasks.train_task(task, model, seeds=[0], steps=steps, batch_size=32, learning_rate=3e-3)
+    assert r["beats"][baseline] == 1, (r["final"][task.metric], task.baselines)
