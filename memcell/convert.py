@@ -228,7 +228,8 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, prefix: str = "") ->
         raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
     sd = {k[len(prefix) :]: v for k, v in state_dict.items() if isinstance(k, str) and k.startswith(prefix)}
     if not sd:
-        raise ValueError(f"state_dict has no keys under prefix {prefix!r}; its keys: {sorted(map(str, state_dict))[:8]}")
+        keys = sorted(map(str, state_dict))[:8]
+        raise ValueError(f"state_dict has no keys under prefix {prefix!r}; its first keys: {keys}")
     found: dict[tuple[int, bool], dict[str, np.ndarray]] = {}
     unexpected = []
     for key, value in sd.items():
@@ -276,7 +277,9 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, prefix: str = "") ->
                 if kind not in w:
                     raise ValueError(f"state_dict is missing the key {prefix + kind + sfx!r}")
             if not with_bias and {"bias_ih", "bias_hh"} & set(w):
-                raise ValueError(f"state_dict has biases for layer {li}{sfx[3+len(str(li)):]} but none for layer 0 ({prefix}bias_ih_l0)")
+                raise ValueError(
+                    f"state_dict has {prefix}bias_ih{sfx} but no {prefix}bias_ih_l0: biases in some layers only"
+                )
             w_ih = w["weight_ih"]
             d = w_ih.shape[1] if w_ih.ndim == 2 else -1
             if li == 0:
@@ -284,7 +287,8 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, prefix: str = "") ->
                 d_expected = input_size
             else:
                 d_expected = H * (2 if is_bi else 1)
-            _expect_shape(prefix + "weight_ih" + sfx, w_ih, (G, d_expected), f"[{n_gates} * hidden_size, input features]")
+            what = f"[{n_gates} * hidden_size, input features]"
+            _expect_shape(prefix + "weight_ih" + sfx, w_ih, (G, d_expected), what)
             _expect_shape(prefix + "weight_hh" + sfx, w["weight_hh"], (G, H), f"[{n_gates} * hidden_size, hidden_size]")
             if with_bias:
                 b_ih, b_hh = w["bias_ih"], w["bias_hh"]
@@ -353,7 +357,9 @@ def _infer_spec(params) -> TorchSpec:
             if mode is None:
                 mode, H, input_size = m, h, p.w_x.shape[0]
             elif m != mode or h != H:
-                raise ValueError(f"{where} is a {m} of {h} units but params[0] is a {mode} of {H}: torch layers are all alike")
+                raise ValueError(
+                    f"{where} is a {m} of {h} units but params[0] is a {mode} of {H}: torch layers are all alike"
+                )
             d_expected = input_size if li == 0 else H * (2 if is_bi else 1)
             if p.w_x.shape[0] != d_expected:
                 raise ValueError(f"{where}.w_x must have {d_expected} input rows, got shape {tuple(p.w_x.shape)}")
@@ -387,7 +393,8 @@ def _ref_layer(mode: str, params, xs: np.ndarray) -> np.ndarray:
     ys = xs
     for entry in _layers_of(params):
         outs = []
-        for direction, p in (("f", entry.forward), ("b", entry.backward)) if isinstance(entry, DirectionPair) else (("f", entry),):
+        is_pair = isinstance(entry, DirectionPair)
+        for direction, p in (("f", entry.forward), ("b", entry.backward)) if is_pair else (("f", entry),):
             H = p.w_h.shape[0]
             h = np.zeros(ys.shape[:-2] + (H,))
             c = np.zeros_like(h)
@@ -454,17 +461,13 @@ def torch_spec(layer: Layer, params, *, check: bool = True) -> TorchSpec:
     inferred = _infer_spec(params)
     known = _SPECS.get(layer.apply)
     if known is not None:
-        if (known.mode[:3], known.hidden_size, known.num_layers, known.bidirectional) != (
-            inferred.mode[:3],
-            inferred.hidden_size,
-            inferred.num_layers,
-            inferred.bidirectional,
-        ):
+        describe = lambda s: (  # noqa: E731
+            f"{s.num_layers} layer(s) of a {'bidirectional ' if s.bidirectional else ''}"
+            f"{'rnn' if s.mode.startswith('rnn') else s.mode} with hidden_size={s.hidden_size}"
+        )
+        if describe(known) != describe(inferred):
             raise ValueError(
-                f"params do not fit the layer: the layer is {known.num_layers} layer(s) of a "
-                f"{'bidirectional ' if known.bidirectional else ''}{known.mode} with hidden_size={known.hidden_size}, "
-                f"the params {inferred.num_layers} of a {'bidirectional ' if inferred.bidirectional else ''}"
-                f"{inferred.mode[:3] if inferred.mode.startswith('rnn') else inferred.mode} with hidden_size={inferred.hidden_size}"
+                f"params do not fit the layer: the layer is {describe(known)}, the params {describe(inferred)}"
             )
         return known._replace(input_size=inferred.input_size)
     if not check:
@@ -519,7 +522,9 @@ def to_torch(layer: Layer, params, *, check: bool = True) -> dict[str, np.ndarra
             if spec.bias:
                 out["bias_ih" + sfx], out["bias_hh" + sfx] = np.array(b_ih), np.array(b_hh)
             elif np.any(b_ih) or np.any(b_hh):
-                raise ValueError(f"the layer came from a torch module with bias=False but params[{li}] has nonzero biases")
+                raise ValueError(
+                    f"the layer came from a torch module with bias=False but params[{li}] has nonzero biases"
+                )
     return out
 
 
@@ -639,7 +644,8 @@ def from_flax(variables) -> tuple[Cell, PyTree]:
         f_name = "if" if "if" in keys else "if_"
         H = _get(p, ("hi", "kernel")).shape[0]
         D = _get(p, ("ii", "kernel")).shape[0]
-        w_x = np.concatenate([_get(p, ("i" + (f_name[1:] if g == "f" else g), "kernel"), (D, H)) for g in _LSTM_GATES], -1)
+        i_names = {g: f_name if g == "f" else "i" + g for g in _LSTM_GATES}
+        w_x = np.concatenate([_get(p, (i_names[g], "kernel"), (D, H)) for g in _LSTM_GATES], -1)
         w_h = np.concatenate([_get(p, ("h" + g, "kernel"), (H, H)) for g in _LSTM_GATES], -1)
         b = np.concatenate([_get(p, ("h" + g, "bias"), (H,)) for g in _LSTM_GATES], -1)
         return lstm(H, param_dtype=w_x.dtype), LSTMParams(jnp.asarray(w_x), jnp.asarray(w_h), jnp.asarray(b))
@@ -657,7 +663,8 @@ def from_flax(variables) -> tuple[Cell, PyTree]:
         H = _get(p, ("h", "kernel")).shape[0]
         D = _get(p, ("i", "kernel")).shape[0]
         w_x = _get(p, ("i", "kernel"), (D, H))
-        params = RNNParams(jnp.asarray(w_x), jnp.asarray(_get(p, ("h", "kernel"), (H, H))), jnp.asarray(_get(p, ("i", "bias"), (H,))))
+        w_h, b = _get(p, ("h", "kernel"), (H, H)), _get(p, ("i", "bias"), (H,))
+        params = RNNParams(jnp.asarray(w_x), jnp.asarray(w_h), jnp.asarray(b))
         return rnn(H, param_dtype=w_x.dtype), params
     if {"dense_i", "dense_h"} <= keys:
         k_h = _get(p, ("dense_h", "kernel"))

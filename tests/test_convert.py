@@ -329,7 +329,7 @@ def test_carry_helpers_bad_input():
 
 
 def _flax_linen_cell(name, h):
-    return {"LSTMCell": fnn.LSTMCell, "OptimizedLSTMCell": fnn.OptimizedLSTMCell, "GRUCell": fnn.GRUCell, "SimpleCell": fnn.SimpleCell}[name](h)
+    return getattr(fnn, name)(h)
 
 
 def _randomize(tree, seed):
@@ -402,7 +402,8 @@ def test_torch_memcell_flax_agree_on_the_same_inputs(mode, flax_cell):
     carries, y_m = layer.apply(params, jnp.asarray(x), lengths=jnp.asarray(lengths))
     cell = memcell.lstm(6) if mode == "lstm" else memcell.gru(6)
     flax_params = {"params": {"cell": convert.to_flax(cell, params[0])}}
-    carry_f, y_f = fnn.RNN(flax_cell(6), return_carry=True).apply(flax_params, jnp.asarray(x), seq_lengths=jnp.asarray(lengths))
+    flax_rnn = fnn.RNN(flax_cell(6), return_carry=True)
+    carry_f, y_f = flax_rnn.apply(flax_params, jnp.asarray(x), seq_lengths=jnp.asarray(lengths))
     valid = (np.arange(8) < lengths[:, None])[..., None]
     assert_close(y_m, y_t)
     assert_close(np.where(valid, y_f, 0.0), y_t)  # nn.RNN leaves its own values in the padding

@@ -210,7 +210,8 @@ def test_bfloat16_params_inside_nn_rnn():
     assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(variables))
     (c, h), ys = model.apply(variables, XS)
     assert c.dtype == jnp.float32 and ys.shape == (B, T, H)
-    ref = memcell.unroll(memcell.lstm(H), jax.tree.map(lambda a: a.astype(jnp.float32), ml.memcell_params(ml.LSTM(H), variables["params"]["cell"], D)), XS)[1]
+    params = ml.memcell_params(ml.LSTM(H), variables["params"]["cell"], D)
+    ref = memcell.unroll(memcell.lstm(H), jax.tree.map(lambda a: a.astype(jnp.float32), params), XS)[1]
     _close(ys, ref, 3e-2)
 
 
