@@ -302,6 +302,9 @@ def test_from_torch_bad_arguments():
         convert.from_torch(dict(sd, **{"fc.weight": np.zeros((2, 2), np.float32)}), mode="lstm")
     with pytest.raises(ValueError, match="no keys under prefix 'enc.'"):
         convert.from_torch(sd, mode="lstm", prefix="enc.")
+    partial = {k: v for k, v in sd.items() if not k.endswith("_l0") or k.startswith("weight")}
+    with pytest.raises(ValueError, match="has bias_ih_l1 but no bias_ih_l0"):
+        convert.from_torch(partial, mode="lstm")
     with pytest.raises(TypeError, match="weight_ih_l0 must be a floating-point array, got dtype int64"):
         convert.from_torch(dict(sd, weight_ih_l0=np.zeros((16, 3), np.int64)), mode="lstm")
 
