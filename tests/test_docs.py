@@ -8,7 +8,7 @@ import re
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DOCS = ["README.md", "docs/cells_and_unrolling.md"]
+DOCS = ["README.md", "docs/cells_and_unrolling.md", "docs/vanishing_gradients.md"]
 MODULES = ["memcell.cells.rnn", "memcell.cells.lstm", "memcell.cells.gru", "memcell.scan"]
 
 
