@@ -544,6 +544,12 @@ def to_torch_carry(carries) -> Array | tuple[Array, Array]:
     flat = []
     for entry in _layers_of(carries):
         flat.extend(entry if isinstance(entry, DirectionPair) else (entry,))
+    kinds = {type(c) for c in flat}
+    if not flat or len(kinds) != 1 or not kinds <= {LSTMCarry, GRUCarry, RNNCarry}:
+        raise TypeError(
+            "carries must be the per-layer carries of an LSTM, GRU or RNN stack (LSTMCarry, GRUCarry or "
+            f"RNNCarry, or DirectionPairs of them), got {sorted(k.__name__ for k in kinds)}"
+        )
     h_n = jnp.stack([c.h for c in flat])
     if isinstance(flat[0], LSTMCarry):
         return h_n, jnp.stack([c.c for c in flat])

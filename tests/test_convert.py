@@ -322,8 +322,17 @@ def test_carry_helpers_bad_input():
         convert.from_torch_carry(np.zeros((3, 1, 4), np.float32), mode="gru", bidirectional=True)
     with pytest.raises(ValueError, match="h_0 and c_0 must have the same shape"):
         convert.from_torch_carry((np.zeros((2, 1, 3), np.float32), np.zeros((2, 1, 4), np.float32)), mode="lstm")
+    with pytest.raises(TypeError, match="carries must be the per-layer carries"):
+        convert.to_torch_carry((np.zeros(3),))
     with pytest.raises(ValueError, match="mode must be one of"):
         convert.torch_layer("transformer", 4)
+    with pytest.raises(TypeError, match="bidirectional must be a bool, got 'yes'"):
+        convert.torch_layer("gru", 4, bidirectional="yes")
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        convert.from_torch({}, mode="gru", prefix=1)
+    rnn_layer = memcell.layer(memcell.rnn(3))
+    with pytest.raises(ValueError, match="nonlinearity is not in its params: use check=True"):
+        convert.torch_spec(rnn_layer, memcell.rnn(3).init(jax.random.key(0), 2), check=False)
     with pytest.raises(ValueError, match="num_layers must be a positive int"):
         convert.torch_layer("gru", 4, num_layers=0)
 
