@@ -1,6 +1,6 @@
 """Weights between memcell, PyTorch and Flax: plain arrays in, plain arrays out.
 
-No framework is imported here: PyTorch ``state_dict()``s come in as mappings of arrays
+Neither PyTorch nor Flax is imported here: PyTorch ``state_dict()``s come in as mappings of arrays
 (NumPy arrays, or CPU tensors, which NumPy reads), Flax params as nested dicts of arrays, and
 what goes out is NumPy (to PyTorch and Flax) or JAX (to memcell).
 
@@ -29,7 +29,8 @@ import numpy as np
 
 from memcell.cells import GRUCarry, GRUParams, LSTMCarry, LSTMParams, RNNCarry, RNNParams, gru, lstm, rnn
 from memcell.cells._common import check_positive_int
-from memcell.scan import DirectionPair, bidirectional, stack
+from memcell.scan import DirectionPair, stack
+from memcell.scan import bidirectional as _bidirectional  # `bidirectional` is an argument name below
 from memcell.types import Array, Cell, Layer, PyTree
 
 __all__ = [
@@ -152,7 +153,7 @@ def torch_layer(
 
 
 def _bidirectional_layer(cell: Cell) -> Layer:
-    return bidirectional(cell, cell, merge="concat")
+    return _bidirectional(cell, cell, merge="concat")
 
 
 # ----------------------------------------------------------------------------- array helpers
@@ -273,9 +274,15 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, prefix: str = "") ->
         for rev in (False, True) if is_bi else (False,):
             sfx = f"_l{li}" + ("_reverse" if rev else "")
             w = found.get((li, rev), {})
+            d_in = ("input_size" if input_size is None else input_size) if li == 0 else H * (2 if is_bi else 1)
+            shapes = {"weight_ih": (G, d_in), "weight_hh": (G, H), "bias_ih": (G,), "bias_hh": (G,)}
             for kind in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if with_bias else ()):
                 if kind not in w:
-                    raise ValueError(f"state_dict is missing the key {prefix + kind + sfx!r}")
+                    have = sorted(prefix + k for k in sd)
+                    raise ValueError(
+                        f"state_dict is missing the key {prefix + kind + sfx!r} (expected shape "
+                        f"{shapes[kind]} for a {mode} of hidden_size={H}); present: {have}"
+                    )
             if not with_bias and {"bias_ih", "bias_hh"} & set(w):
                 raise ValueError(
                     f"state_dict has {prefix}bias_ih{sfx} but no {prefix}bias_ih_l0: biases in some layers only"

@@ -285,7 +285,7 @@ def test_from_torch_bad_arguments():
         convert.from_torch([1, 2], mode="lstm")
     missing = dict(sd)
     del missing["bias_hh_l1"]
-    with pytest.raises(ValueError, match="missing the key 'bias_hh_l1'"):
+    with pytest.raises(ValueError, match=r"missing the key 'bias_hh_l1' \(expected shape \(16,\) for a lstm"):
         convert.from_torch(missing, mode="lstm")
     bad = dict(sd, weight_hh_l1=np.zeros((16, 5), np.float32))
     with pytest.raises(ValueError, match=r"weight_hh_l1 must have shape \(16, 4\).*got shape \(16, 5\)"):
