@@ -49,6 +49,12 @@ def _check_input_shape(input_shape) -> tuple[int, ...]:
     return shape
 
 
+def _param_names(template) -> tuple[str, ...] | None:
+    """Top-level names of a cell's params as ``convert.to_dict`` lays them out (None: a bare array)."""
+    tree = convert.to_dict(template)
+    return tuple(tree) if isinstance(tree, dict) else None
+
+
 def _check_carry_structure(cell: PureCell, params, carry) -> None:
     expected = jax.tree.structure(jax.eval_shape(lambda p: cell.initial_carry(p), params))
     got = jax.tree.structure(carry)
@@ -81,13 +87,16 @@ class _CellBase(nn.RNNCellBase):
         d = inputs.shape[-1]
         template = jax.eval_shape(lambda k: cell.init(k, d), jax.random.key(0))
         _check_carry_structure(cell, template, mem_carry)
-        stored = {}
-        for name, t in zip(template._fields, template):
-            if t is None:
-                continue
-            # Each field is its own Flax param (named as in the NamedTuple), so Flax checks its
-            # shape on apply, and Orbax, optax masks and traverse_util see plain dicts.
-            stored[name] = self.param(name, lambda key, name=name: convert.to_dict(getattr(cell.init(key, d), name)))
+        # Each field of the params NamedTuple (or key of a dict) is its own Flax param, named alike,
+        # so Flax checks its shape on apply, and Orbax, optax masks and traverse_util see dicts.
+        names = _param_names(template)
+        if names is None:  # params that are a single array
+            stored = self.param("params", lambda key: cell.init(key, d))
+        else:
+            stored = {
+                name: self.param(name, lambda key, name=name: convert.to_dict(cell.init(key, d))[name])
+                for name in names
+            }
         params = convert.from_dict(stored, template, path=self.name or type(self).__name__)
         new, y = cell.step(params, mem_carry, inputs)
         return self._from_memcell_carry(new), y

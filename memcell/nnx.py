@@ -42,12 +42,16 @@ class _CellBase(nnx.RNNCellBase):
         self.in_features = in_features
         self.carry_init = carry_init
         params = cell.init(rngs.params(), in_features)
-        # A NamedTuple of zeros with the params' structure (None fields kept): it says how to
-        # rebuild the NamedTuple from the attributes, and as plain ints it stays static.
+        # The params' structure with ints for leaves (None fields kept): it says how to rebuild
+        # the NamedTuple from the attributes, and as plain ints it stays static.
         self._structure = jax.tree.map(lambda _: 0, params)
-        self._names = tuple(f for f, v in zip(params._fields, params) if v is not None)
-        for name in self._names:
-            value = convert.to_dict(getattr(params, name))
+        tree = convert.to_dict(params)
+        if not isinstance(tree, dict):  # params that are a single array
+            tree = {"params": tree}
+        self._names = tuple(tree)
+        for name, value in tree.items():
+            if hasattr(self, name):
+                raise ValueError(f"the cell's params may not have a field named {name!r}: the module uses that name")
             if isinstance(value, dict):
                 setattr(self, name, nnx.data(jax.tree.map(nnx.Param, value)))
             else:
@@ -58,6 +62,8 @@ class _CellBase(nnx.RNNCellBase):
         stored = {
             name: jax.tree.map(lambda v: v[...], getattr(self, name), is_leaf=_is_var) for name in self._names
         }
+        if self._names == ("params",) and not isinstance(convert.to_dict(self._structure), dict):
+            stored = stored["params"]
         return convert.from_dict(stored, self._structure, path=type(self).__name__)
 
     def memcell_cell(self) -> PureCell:

@@ -34,6 +34,23 @@ CELLS = {
 }
 
 
+def leaky_cell(hidden_size):
+    """A user-defined cell with dict params and a bare-array carry: h' = a * h + tanh(x W)."""
+
+    def init(key, input_size):
+        w = jax.random.normal(key, (input_size, hidden_size)) / input_size**0.5
+        return {"w": w, "a": jnp.full((hidden_size,), 0.5)}
+
+    def initial_carry(params, batch_shape=()):
+        return jnp.zeros(tuple(batch_shape) + (params["w"].shape[1],))
+
+    def step(params, h, x):
+        h = params["a"] * h + jnp.tanh(x @ params["w"])
+        return h, h
+
+    return memcell.Cell(init, initial_carry, step)
+
+
 def _randomize(tree, seed=1):
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
@@ -120,6 +137,18 @@ def test_drop_in_for_optimized_lstm_cell():
     out_f = flax_model.apply(v_flax, XS, LENGTHS)
     out_m = mem_model.apply(v_mem, XS, LENGTHS)
     _close(jnp.where(VALID, out_f, 0.0), jnp.where(VALID, out_m, 0.0), 1e-6)
+
+
+def test_any_contract_cell_with_dict_params():
+    mod = ml.Cell(leaky_cell, H)
+    model = nn.RNN(mod, return_carry=True)
+    variables = model.init(jax.random.key(0), XS)
+    assert set(variables["params"]["cell"]) == {"w", "a"}
+    carry_f, ys_f = model.apply(variables, XS)
+    params = ml.memcell_params(mod, variables["params"]["cell"], D)
+    carry_m, ys_m = memcell.unroll(leaky_cell(H), params, XS)
+    _close(ys_f, ys_m)
+    _close(carry_f, carry_m)
 
 
 def test_jit_vmap_grad():

@@ -30,6 +30,23 @@ MAKERS = {
 }
 
 
+def leaky_cell(hidden_size):
+    """A user-defined cell with dict params and a bare-array carry: h' = a * h + tanh(x W)."""
+
+    def init(key, input_size):
+        w = jax.random.normal(key, (input_size, hidden_size)) / input_size**0.5
+        return {"w": w, "a": jnp.full((hidden_size,), 0.5)}
+
+    def initial_carry(params, batch_shape=()):
+        return jnp.zeros(tuple(batch_shape) + (params["w"].shape[1],))
+
+    def step(params, h, x):
+        h = params["a"] * h + jnp.tanh(x @ params["w"])
+        return h, h
+
+    return memcell.Cell(init, initial_carry, step)
+
+
 def _randomize(module, seed=1):
     state = nnx.state(module, nnx.Param)
     leaves, treedef = jax.tree.flatten(state)
@@ -83,6 +100,15 @@ def test_inside_nnx_bidirectional_with_seq_lengths():
     carry_m, ys_m = memcell.bidirectional(memcell.gru(H), memcell.gru(H)).apply(pair, XS, lengths=LENGTHS)
     _close(jnp.where(VALID, ys_f, 0.0), ys_m)
     _close((cf, cb), (carry_m.forward.h, carry_m.backward.h))
+
+
+def test_any_contract_cell_with_dict_params():
+    mod = mn.Cell(leaky_cell, D, H, rngs=nnx.Rngs(0))
+    assert set(nnx.to_pure_dict(nnx.state(mod, nnx.Param))) == {"w", "a"}
+    carry_f, ys_f = nnx.RNN(mod, return_carry=True)(XS)
+    carry_m, ys_m = memcell.unroll(leaky_cell(H), mod.memcell_params(), XS)
+    _close(ys_f, ys_m)
+    _close(carry_f, carry_m)
 
 
 def test_jit_and_grad_match_the_pure_functions():
