@@ -223,11 +223,11 @@ def test_round_trip_torch_memcell_torch_gives_same_module(mode):
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_to_torch_on_a_plain_memcell_stack_probes_the_nonlinearity(activation):
     cell = memcell.rnn(4, activation=activation)
-    layer = memcell.stack([memcell.bidirectional(cell, cell), memcell.bidirectional(cell, cell)])
+    layer = memcell.stack([memcell.bidirectional(cell, cell)])
     params = layer.init(jax.random.key(0), 3)
     params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(1), a.shape), params)
     spec = convert.torch_spec(layer, params)
-    assert spec == convert.TorchSpec(f"rnn_{activation}", 3, 4, 2, True)
+    assert spec == convert.TorchSpec(f"rnn_{activation}", 3, 4, 1, True)
     sd = convert.to_torch(layer, params)
     m = torch.nn.RNN(**spec.torch_kwargs(), batch_first=True)
     m.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
