@@ -146,6 +146,7 @@ def unroll(
     reverse: bool = False,
     unroll: int | bool = 1,
     remat: bool = False,
+    backend: str = "reference",
 ) -> tuple[PyTree, Outputs]:
     """Runs ``cell.step`` over the time axis of ``xs`` with ``jax.lax.scan``.
 
@@ -165,6 +166,12 @@ def unroll(
       unroll: passed to ``jax.lax.scan``.
       remat: rematerialise each step in the backward pass (``jax.checkpoint``): memory
         O(T * carry) instead of O(T * activations), for one more forward pass.
+      backend: ``"reference"`` (default) scans ``cell.step`` and is differentiable to any order;
+        ``"fused"`` runs ``memcell.fused`` (one input matmul for all steps, hand-written
+        first-order backward pass; same values and gradients) and raises a ``ValueError`` for a
+        cell or option it does not implement; ``"auto"`` runs the fused path where it applies and
+        the reference elsewhere. The fused path has no jvp: keep the reference for forward-mode
+        and higher-order derivatives.
 
     Returns:
       ``(carry, ys)``: the final carry and the outputs ``[*b, T, H]``.
@@ -178,6 +185,16 @@ def unroll(
       >>> bool((ys[1, 2:] == 0).all()), bool((carry.h[2] == 0).all())
       (True, True)
     """
+    if backend not in ("reference", "fused", "auto"):
+        raise ValueError(f"backend must be one of ['auto', 'fused', 'reference'], got {backend!r}")
+    if backend != "reference":
+        from memcell import fused  # fused builds on this module: imported here, not at the top
+
+        out = fused.unroll(
+            cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse, remat=remat, backend=backend
+        )
+        if out is not None:
+            return out
     xs = _check_xs(xs, params)
     batch_shape, T = tuple(xs.shape[:-2]), xs.shape[-2]
     lengths = _check_lengths(lengths, batch_shape, T)

@@ -100,4 +100,6 @@ def gru(
         h_new = ((1.0 - z) * n + z * h).astype(h.dtype)
         return GRUCarry(h_new), h_new
 
+    # What memcell.fused reads to decide whether it can run this cell (the Cell tuple stays as is).
+    step.spec = dict(cell="gru", dtype=dtype, reset_after=reset_after)
     return Cell(init, initial_carry, step)

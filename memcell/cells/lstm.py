@@ -224,5 +224,9 @@ def lstm(
         new = LSTMCarry(h=h_new.astype(carry.h.dtype), c=c_new.astype(carry.c.dtype))
         return new, new.h
 
+    # What memcell.fused reads to decide whether it can run this cell (the Cell tuple stays as is).
+    step.spec = dict(cell="lstm", dtype=dtype, peephole=peephole, cifg=cifg, layer_norm=layer_norm,
+                     input_gate=input_gate, forget_gate=forget_gate, output_gate=output_gate,
+                     input_activation=input_activation, output_activation=output_activation)
     return Cell(init, initial_carry, step)
 

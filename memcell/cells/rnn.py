@@ -84,4 +84,6 @@ def rnn(
         h = act(z).astype(carry.h.dtype)
         return RNNCarry(h), h
 
+    # What memcell.fused reads to decide whether it can run this cell (the Cell tuple stays as is).
+    step.spec = dict(cell="rnn", dtype=dtype, activation=activation)
     return Cell(init, initial_carry, step)

@@ -1,0 +1,569 @@
+"""Fused sequence layers with hand-written backpropagation through time (the fast path).
+
+``memcell.fused.lstm``, ``.gru`` and ``.rnn`` compute what ``memcell.unroll`` computes for the
+default cell of the same name, with the same params and shapes, organised the way cuDNN
+organises it:
+
+- the input projection ``xs @ W + b`` for all ``T`` steps is one large matmul before the
+  scan, so only the recurrent matmul ``h @ U`` and the gate nonlinearities run per step;
+- the backward pass is a ``jax.custom_vjp``: a reverse scan carries only what the
+  recurrence needs (``dz @ U^T`` and the memory-cell path) and emits the pre-activation
+  gradients ``dz`` of every step; the weight, bias and input gradients are then a few large
+  matmuls over all steps instead of ``T`` small ones inside the scan.
+
+The reference path (``memcell.unroll`` over ``cell.step``) stays the definition: every
+function here is tested equal to it, values and gradients. The custom VJP is first order
+only (no jvp, no second derivatives): jacobian studies and higher-order checks use the
+reference path.
+
+Options these functions do not implement (peepholes, layer norm, gate ablations, GRU
+``reset_after=False``, packed-sequence resets, remat) raise a ``ValueError`` here, and make
+``memcell.unroll(..., backend="auto")`` fall back to the reference path.
+"""
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from memcell import scan as _core
+from memcell.cells import _common as c
+from memcell.cells.gru import GRUCarry, GRUParams
+from memcell.cells.lstm import LSTMCarry, LSTMParams
+from memcell.cells.rnn import RNNCarry, RNNParams
+from memcell.types import Array, Cell, Lengths, Outputs, PyTree, Sequence
+
+__all__ = ["BACKENDS", "gru", "lstm", "rnn", "supports", "unroll"]
+
+BACKENDS = ("reference", "fused", "auto")
+
+# Steps per scan iteration (unrolled, see _scan): amortises XLA:CPU's while-loop overhead.
+_SCAN_UNROLL = 4
+
+
+def _mm(a: Array, b: Array, dtype) -> Array:
+    """``a @ b`` in ``dtype`` (None: the inputs'), accumulated in float32 or wider (the core's ``linear``)."""
+    return c.linear(a, b, dtype)
+
+
+# ----------------------------------------------------------------------------- the algorithm
+# All arrays inside are time-major on one flattened batch axis: xs [T, B, D], zx [T, B, G],
+# carry leaves [B, H], mask [T, B] or None.
+#
+# Forward: zx = xs W + b_x for all steps in one matmul; the scan runs only h U and the gates.
+# When differentiating, each step also stores the factors of its own derivative that do not
+# depend on the incoming gradient ("coefficients", a few h wide), computed from values the
+# step has at hand, so nothing is recomputed later.
+#
+# Backward: the reverse scan is a few multiply-adds and one ``dz @ U^T`` a step. Padded steps
+# (lengths) are folded into the coefficients: they make the step the identity on the carry
+# gradient and emit zero. After the scan, dW = inputs^T dz over all T * B rows at once, as
+# cuDNN does, instead of T small matmuls inside the scan.
+
+
+class _Kind(NamedTuple):
+    """One cell kind: its forward step and the pieces of its backward pass."""
+
+    n_gates: int
+    dtype: object  # matmul computation dtype (None: the inputs')
+    step: Callable  # (w_h, b_h, carry, zx_t, ok, keep) -> (carry', coefficients_t or None)
+    back: Callable  # (w_hT, dcarry, dy_t, coefficients_t) -> (dcarry', emitted_t)
+    finish: Callable  # (emitted, coefficients) -> (dzx, dzh): [T, B, G] each, vectorised
+
+
+def _split(a: Array, n: int) -> list[Array]:
+    H = a.shape[-1] // n
+    return [a[..., k * H : (k + 1) * H] for k in range(n)]
+
+
+def _fill(ok, a, value):
+    """``a`` on real steps, ``value`` on padded ones (ok: [B, 1] or None)."""
+    return a if ok is None else jnp.where(ok, a, jnp.full_like(a, value))
+
+
+def _passthrough(ok, like):
+    """1 on padded steps, where the carry gradient passes through unchanged; 0 elsewhere."""
+    return jnp.broadcast_to(jnp.where(ok, 0.0, 1.0).astype(like.dtype), like.shape)
+
+
+@functools.cache
+def _lstm_kind(dtype) -> _Kind:
+    def step(w_h, b_h, carry, zx, ok, keep):
+        h, cc = carry
+        i, f, g, o = _split(zx + _mm(h, w_h, dtype), 4)
+        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+        c_new = f * cc + i * g
+        tc = jnp.tanh(c_new)
+        new = ((o * tc).astype(h.dtype), c_new.astype(cc.dtype))
+        if not keep:
+            return new, None
+        # [a = d c'/d h' through h' = o tanh(c') | f | the four gates' pre-activation factors]
+        coef = [o * (1.0 - tc * tc), f, g * i * (1.0 - i), cc * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)]
+        fills = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+        coef = [_fill(ok, x, v) for x, v in zip(coef, fills)]
+        if ok is not None:
+            coef.append(_passthrough(ok, h))
+        return new, jnp.concatenate(coef, -1)
+
+    def back(w_hT, dcarry, dy, p):
+        dh, dc = dcarry
+        H = dh.shape[-1]
+        dh = dh + dy
+        dc = dc + dh * p[..., :H]
+        dz = jnp.concatenate([dc, dc, dc, dh], -1) * p[..., 2 * H : 6 * H]
+        dh_prev = _mm(dz, w_hT, dtype)
+        if p.shape[-1] > 6 * H:
+            dh_prev = dh_prev + dh * p[..., 6 * H :]
+        return (dh_prev.astype(dh.dtype), (dc * p[..., H : 2 * H]).astype(dc.dtype)), dz
+
+    def finish(dz, p):
+        return dz, dz
+
+    return _Kind(4, dtype, step, back, finish)
+
+
+@functools.cache
+def _gru_kind(dtype) -> _Kind:
+    def step(w_h, b_h, carry, zx, ok, keep):
+        (h,) = carry
+        xr, xz, xn = _split(zx, 3)
+        hr, hz, hn = _split(_mm(h, w_h, dtype) + b_h, 3)
+        r = jax.nn.sigmoid(xr + hr)
+        z = jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * hn)
+        new = (((1.0 - z) * n + z * h).astype(h.dtype),)
+        if not keep:
+            return new, None
+        kn = (1.0 - z) * (1.0 - n * n)  # d h' / d (pre-activation of n)
+        kr = kn * hn * r * (1.0 - r)
+        kz = (h - n) * z * (1.0 - z)
+        # [recurrent-side factors of the r, z, n blocks | direct path z | input-side factor of n];
+        # a padded step's direct path 1 passes the gradient through.
+        coef = [_fill(ok, kr, 0.0), _fill(ok, kz, 0.0), _fill(ok, kn * r, 0.0), _fill(ok, z, 1.0), _fill(ok, kn, 0.0)]
+        return new, jnp.concatenate(coef, -1)
+
+    def back(w_hT, dcarry, dy, p):
+        (dh,) = dcarry
+        H = dh.shape[-1]
+        dh = dh + dy
+        dzh = jnp.concatenate([dh, dh, dh], -1) * p[..., : 3 * H]
+        dh_prev = _mm(dzh, w_hT, dtype) + dh * p[..., 3 * H : 4 * H]
+        return (dh_prev.astype(dh.dtype),), dh
+
+    def finish(dh, p):
+        H = dh.shape[-1]
+        dzh = jnp.concatenate([dh, dh, dh], -1) * p[..., : 3 * H]
+        dzx = jnp.concatenate([dzh[..., : 2 * H], dh * p[..., 4 * H :]], -1)
+        return dzx, dzh
+
+    return _Kind(3, dtype, step, back, finish)
+
+
+@functools.cache
+def _rnn_kind(dtype, activation: str) -> _Kind:
+    act = jnp.tanh if activation == "tanh" else jax.nn.relu
+
+    def step(w_h, b_h, carry, zx, ok, keep):
+        (h,) = carry
+        h_new = act(zx + _mm(h, w_h, dtype))
+        new = (h_new.astype(h.dtype),)
+        if not keep:
+            return new, None
+        # relu'(z) is 0 at z = 0, as jax.nn.relu's gradient.
+        k = 1.0 - h_new * h_new if activation == "tanh" else (h_new > 0).astype(h_new.dtype)
+        coef = [_fill(ok, k, 0.0)]
+        if ok is not None:
+            coef.append(_passthrough(ok, h))
+        return new, jnp.concatenate(coef, -1)
+
+    def back(w_hT, dcarry, dy, p):
+        (dh,) = dcarry
+        H = dh.shape[-1]
+        dh = dh + dy
+        dz = dh * p[..., :H]
+        dh_prev = _mm(dz, w_hT, dtype)
+        if p.shape[-1] > H:
+            dh_prev = dh_prev + dh * p[..., H:]
+        return (dh_prev.astype(dh.dtype),), dz
+
+    def finish(dz, p):
+        return dz, dz
+
+    return _Kind(1, dtype, step, back, finish)
+
+
+def _cast(dtype, *arrays):
+    return arrays if dtype is None else tuple(a.astype(dtype) for a in arrays)
+
+
+def _block_size(T: int) -> int:
+    """The largest divisor of T up to ``_SCAN_UNROLL``: steps run per scan iteration."""
+    return max(k for k in range(1, min(_SCAN_UNROLL, T) + 1) if T % k == 0)
+
+
+def _scan(body: Callable, carry, xs, *, reverse: bool = False):
+    """``jax.lax.scan(body, carry, xs)`` that hands ``body`` slices read one iteration ahead.
+
+    XLA:CPU fuses the per-step ``dynamic-slice`` of a scanned input into the elementwise
+    kernels that consume it, and those fused kernels run several times slower than the same
+    arithmetic on a plain buffer (measured: an LSTM forward scan over precomputed gate inputs
+    took 1.6x the time of the reference scan, which does more work). Reading the next block
+    of ``k`` steps into the carry during this one materialises each slice once, in its own
+    kernel; the ``k`` steps of a block are unrolled with static indices.
+    """
+    T = jax.tree.leaves(xs)[0].shape[0]
+    k = _block_size(T)
+    blocks = jax.tree.map(lambda a: a.reshape((T // k, k) + a.shape[1:]), xs)
+    n = T // k
+    at = lambda j: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, j, keepdims=False), blocks)
+
+    def step(state, j):
+        carry, current = state
+        ahead = at(jnp.clip(j - 1 if reverse else j + 1, 0, n - 1))
+        ys = [None] * k
+        for i in reversed(range(k)) if reverse else range(k):
+            carry, ys[i] = body(carry, jax.tree.map(lambda a: a[i], current))
+        return (carry, ahead), jax.tree.map(lambda *y: jnp.stack(y), *ys)
+
+    (carry, _), ys = jax.lax.scan(step, (carry, at(n - 1 if reverse else 0)), jnp.arange(n), reverse=reverse)
+    return carry, jax.tree.map(lambda y: y.reshape((T,) + y.shape[2:]), ys)
+
+
+def _forward(kind: _Kind, w_x, w_h, b_x, b_h, xs, carry0, mask, keep: bool):
+    """xs: [B, T, D] -> (final carry, ys [B, T, H], what the backward pass needs or None)."""
+    xs_t = jnp.swapaxes(xs, 0, 1)  # transposing xs (d wide) is cheaper than transposing zx (g wide)
+    zx = _mm(xs_t, w_x, kind.dtype) + b_x
+
+    def body(carry, inputs):
+        zx_t, ok = inputs
+        ok = None if ok is None else ok[:, None]
+        new, coef = kind.step(w_h, b_h, carry, zx_t, ok, keep)
+        if ok is not None:
+            new = tuple(jnp.where(ok, a, b) for a, b in zip(new, carry))
+        return new, ((new[0], coef) if keep else new[0])
+
+    carry, out = _scan(body, carry0, (zx, mask))
+    hs, coef = out if keep else (out, None)
+    ys = hs if mask is None else jnp.where(mask[..., None], hs, jnp.zeros_like(hs))
+    # The h entering step t is the one left by step t - 1 (padding passes it through).
+    saved = (xs_t, jnp.concatenate([carry0[0][None], hs[:-1]]), coef) if keep else None
+    return carry, jnp.swapaxes(ys, 0, 1), saved
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused(kind: _Kind, w_x, w_h, b_x, b_h, xs, carry0, mask):
+    carry, ys, _ = _forward(kind, w_x, w_h, b_x, b_h, xs, carry0, mask, keep=False)
+    return carry, ys
+
+
+def _fused_fwd(kind, w_x, w_h, b_x, b_h, xs, carry0, mask):
+    carry, ys, saved = _forward(kind, w_x, w_h, b_x, b_h, xs, carry0, mask, keep=True)
+    return (carry, ys), (w_x, w_h, b_x, b_h, carry0, mask, saved)
+
+
+def _rows_t_dot(a: Array, b: Array, dtype) -> Array:
+    """``a^T b`` over all leading (time, batch) rows: [T, B, m], [T, B, n] -> [m, n], no transpose copy."""
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    acc = c.accumulation_dtype(a, b)
+    a, b = _cast(dtype, a, b)
+    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=acc)
+
+
+def _fused_bwd(kind, residuals, cotangents):
+    w_x, w_h, b_x, b_h, carry0, mask, (xs_t, h_prev, coef) = residuals
+    dcarry_T, dys = cotangents
+    dtype = kind.dtype
+    # A materialised U^T: XLA:CPU's small matmul with a transposed operand is ~1.5x slower.
+    w_hT = jax.lax.optimization_barrier(jnp.transpose(w_h if dtype is None else w_h.astype(dtype)))
+
+    def body(dcarry, inputs):
+        return kind.back(w_hT, dcarry, *inputs)
+
+    dys_t = jnp.swapaxes(dys, 0, 1).astype(coef.dtype)
+    if mask is not None:  # padded outputs are constant zeros: their cotangents go nowhere
+        dys_t = jnp.where(mask[..., None], dys_t, jnp.zeros_like(dys_t))
+    dcarry_0, emitted = _scan(body, tuple(dcarry_T), (dys_t, coef), reverse=True)
+    dzx, dzh = kind.finish(emitted, coef)
+    # The weight and input gradients: large matmuls over all T * B rows at once.
+    if dzx is dzh:  # one matmul [x, h_prev]^T dz gives both kernels' gradients
+        dw = _rows_t_dot(jnp.concatenate([xs_t, h_prev], -1), dzx, dtype)
+        dw_x, dw_h = dw[: xs_t.shape[-1]], dw[xs_t.shape[-1] :]
+    else:
+        dw_x = _rows_t_dot(xs_t, dzx, dtype)
+        dw_h = _rows_t_dot(h_prev, dzh, dtype)
+    w_xT = jax.lax.optimization_barrier(jnp.transpose(w_x if dtype is None else w_x.astype(dtype)))
+    dxs = jnp.swapaxes(_mm(dzx, w_xT, dtype), 0, 1)
+    db_x = dzx.sum((0, 1))
+    db_h = None if b_h is None else dzh.sum((0, 1)).astype(b_h.dtype)
+    return (
+        dw_x.astype(w_x.dtype),
+        dw_h.astype(w_h.dtype),
+        db_x.astype(b_x.dtype),
+        db_h,
+        dxs.astype(xs_t.dtype),
+        tuple(d.astype(a.dtype) for a, d in zip(carry0, dcarry_0)),
+        None,
+    )
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+# ----------------------------------------------------------------------------- the layers
+
+
+def _run(kind: _Kind, params, w_x, w_h, b_x, b_h, xs, carry, lengths, reverse, carry_type, initial_carry):
+    """Checks the arguments like ``memcell.unroll``, flattens the batch axes and runs the kernel."""
+    if not isinstance(reverse, bool):
+        raise TypeError(f"reverse must be a bool, got {reverse!r}")
+    xs = _core._check_xs(xs, params)
+    batch_shape, (T, D) = tuple(xs.shape[:-2]), xs.shape[-2:]
+    lengths = _core._check_lengths(lengths, batch_shape, T)
+    shape_only = Cell(init=None, initial_carry=initial_carry, step=None)
+    carry0 = _core._check_carry(shape_only, params, carry, batch_shape)
+    if not isinstance(carry0, carry_type):
+        carry0 = carry_type(*carry0)
+    H = w_h.shape[0]
+    B = 1
+    for n in batch_shape:
+        B *= n
+    if reverse:
+        xs = jnp.flip(xs, -2) if lengths is None else _core._reverse_within(xs, lengths, axis=-2)
+    flat_x = xs.reshape(B, T, D)
+    flat_c = tuple(leaf.reshape(B, H) for leaf in carry0)
+    mask = None
+    if lengths is not None:
+        valid = jnp.arange(T) < lengths.reshape(B, 1)  # [B, T]
+        # Zeroing padded inputs keeps garbage (inf, nan) in padding out of the gradients.
+        flat_x = jnp.where(valid[..., None], flat_x, jnp.zeros_like(flat_x))
+        mask = valid.T
+    if T == 0:  # nothing to run; the same answer as the reference's empty scan
+        ys = jnp.zeros(batch_shape + (0, H), carry0[0].dtype)
+        return carry0, ys
+    carry_T, ys = _fused(kind, w_x, w_h, b_x, b_h, flat_x, flat_c, mask)
+    ys = ys.reshape(batch_shape + (T, H))
+    if reverse:
+        ys = jnp.flip(ys, -2) if lengths is None else _core._reverse_within(ys, lengths, axis=-2)
+    return carry_type(*(leaf.reshape(batch_shape + (H,)) for leaf in carry_T)), ys
+
+
+def _check_params(name: str, params, cls, n_gates: int, bias_fields: tuple[str, ...], extra: dict) -> int:
+    """The fused layers take the default cell's params only; anything else is refused by name."""
+    if not isinstance(params, cls):
+        raise TypeError(f"params must be a memcell.{cls.__name__} for memcell.fused.{name}, got {type(params).__name__}")
+    for field, what in extra.items():
+        if getattr(params, field) is not None:
+            raise ValueError(
+                f"memcell.fused.{name} does not implement {what} (params.{field} is set); "
+                f"use memcell.unroll, or memcell.unroll(..., backend='auto'), which falls back to it"
+            )
+    w_x, w_h = params.w_x, params.w_h
+    if getattr(w_h, "ndim", None) != 2 or w_h.shape[1] != n_gates * w_h.shape[0]:
+        raise ValueError(
+            f"memcell.fused.{name} needs params.w_h of shape [h, {n_gates}h] (all {n_gates} gate blocks; "
+            f"gate ablations and cifg are not implemented), got shape {getattr(w_h, 'shape', None)}"
+        )
+    G = w_h.shape[1]
+    if getattr(w_x, "ndim", None) != 2 or w_x.shape[1] != G:
+        raise ValueError(f"params.w_x must have shape [d, {G}], got shape {getattr(w_x, 'shape', None)}")
+    for field in bias_fields:
+        b = getattr(params, field)
+        if getattr(b, "shape", None) != (G,):
+            raise ValueError(f"params.{field} must have shape ({G},), got shape {getattr(b, 'shape', None)}")
+    for field in ("w_x", "w_h") + bias_fields:
+        dt = getattr(params, field).dtype
+        if not jnp.issubdtype(dt, jnp.floating):
+            raise TypeError(f"params.{field} must be a floating-point array, got dtype {dt}")
+    return w_h.shape[0]
+
+
+def lstm(
+    params: LSTMParams,
+    xs: Sequence,
+    carry: LSTMCarry | None = None,
+    *,
+    lengths: Lengths | None = None,
+    reverse: bool = False,
+    dtype=None,
+) -> tuple[LSTMCarry, Outputs]:
+    """The LSTM over a sequence, fused: equal to ``memcell.unroll(memcell.lstm(h, dtype=dtype), ...)``.
+
+    Supports the default LSTM (gates ``i, f, g, o``, one bias; any init or ``forget_bias``,
+    since those only set the params). Peepholes, layer norm, cifg and gate or activation
+    ablations raise a ``ValueError``: run those with ``memcell.unroll``.
+
+    Args:
+      params: ``LSTMParams`` of ``memcell.lstm(h)`` (``w_x: [d, 4h]``, ``w_h: [h, 4h]``, ``b: [4h]``).
+      xs: ``[*b, T, D]``, batch-major (time just before features).
+      carry: initial ``LSTMCarry`` (default zeros); leaves broadcast to the batch axes.
+      lengths: ``[*b]`` integers in ``[0, T]``, as in ``memcell.unroll``: padded steps keep the
+        carry, output zeros and get zero gradients.
+      reverse: read each sequence backwards (from its own last real step with ``lengths``).
+      dtype: matmul computation dtype, the factory's ``dtype`` (bfloat16 accumulates in float32;
+        the carry stays float32).
+
+    Returns:
+      ``(carry, ys)``: the final ``LSTMCarry`` and ``ys: [*b, T, h]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, memcell
+      >>> from memcell import fused
+      >>> cell = memcell.lstm(16)
+      >>> params = cell.init(jax.random.key(0), input_size=4)
+      >>> xs = jnp.ones((2, 10, 4))
+      >>> carry, ys = fused.lstm(params, xs)
+      >>> bool(jnp.allclose(ys, memcell.unroll(cell, params, xs)[1], atol=1e-6))
+      True
+      >>> grads = jax.grad(lambda p: jnp.mean(fused.lstm(p, xs)[1] ** 2))(params)
+    """
+    dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
+    H = _check_params("lstm", params, LSTMParams, 4, ("b",),
+                      {"p_i": "peepholes", "p_f": "peepholes", "p_o": "peepholes", "norm": "layer norm"})
+    init = lambda p, batch_shape=(): LSTMCarry(*(c.zeros_carry(p.w_h, batch_shape),) * 2)
+    del H
+    return _run(_lstm_kind(dtype), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths, reverse,
+                LSTMCarry, init)
+
+
+def gru(
+    params: GRUParams,
+    xs: Sequence,
+    carry: GRUCarry | None = None,
+    *,
+    lengths: Lengths | None = None,
+    reverse: bool = False,
+    reset_after: bool = True,
+    dtype=None,
+) -> tuple[GRUCarry, Outputs]:
+    """The GRU over a sequence, fused: equal to ``memcell.unroll(memcell.gru(h, dtype=dtype), ...)``.
+
+    Only ``reset_after=True`` (the default, PyTorch's and cuDNN's) is fused: its three
+    recurrent blocks share one matmul. ``reset_after=False`` raises a ``ValueError``.
+
+    Args:
+      params: ``GRUParams`` (``w_x: [d, 3h]``, ``w_h: [h, 3h]``, ``b_x, b_h: [3h]``).
+      xs, carry, lengths, reverse, dtype: as for ``memcell.fused.lstm``.
+      reset_after: must be True; the keyword mirrors the factory's so a mismatch is refused.
+
+    Returns:
+      ``(carry, ys)``: the final ``GRUCarry`` and ``ys: [*b, T, h]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, memcell
+      >>> params = memcell.gru(8).init(jax.random.key(0), input_size=3)
+      >>> carry, ys = memcell.fused.gru(params, jnp.ones((5, 6, 3)))
+      >>> ys.shape
+      (5, 6, 8)
+    """
+    if reset_after is not True:
+        raise ValueError(
+            f"memcell.fused.gru implements reset_after=True only, got reset_after={reset_after!r}; use memcell.unroll"
+        )
+    dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
+    _check_params("gru", params, GRUParams, 3, ("b_x", "b_h"), {})
+    init = lambda p, batch_shape=(): GRUCarry(c.zeros_carry(p.w_h, batch_shape))
+    return _run(_gru_kind(dtype), params, params.w_x, params.w_h, params.b_x, params.b_h, xs, carry, lengths,
+                reverse, GRUCarry, init)
+
+
+def rnn(
+    params: RNNParams,
+    xs: Sequence,
+    carry: RNNCarry | None = None,
+    *,
+    lengths: Lengths | None = None,
+    reverse: bool = False,
+    activation: str = "tanh",
+    dtype=None,
+) -> tuple[RNNCarry, Outputs]:
+    """The Elman RNN over a sequence, fused: equal to ``memcell.unroll(memcell.rnn(h, activation=..., dtype=...), ...)``.
+
+    Args:
+      params: ``RNNParams`` (``w_x: [d, h]``, ``w_h: [h, h]``, ``b: [h]``).
+      xs, carry, lengths, reverse, dtype: as for ``memcell.fused.lstm``.
+      activation: ``"tanh"`` or ``"relu"``, as the factory's.
+
+    Returns:
+      ``(carry, ys)``: the final ``RNNCarry`` and ``ys: [*b, T, h]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, memcell
+      >>> params = memcell.rnn(8, activation="relu").init(jax.random.key(0), input_size=3)
+      >>> carry, ys = memcell.fused.rnn(params, jnp.ones((6, 3)), activation="relu")
+      >>> ys.shape, carry.h.shape
+      ((6, 8), (8,))
+    """
+    c.check_choice("activation", activation, {"tanh", "relu"})
+    dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
+    _check_params("rnn", params, RNNParams, 1, ("b",), {})
+    init = lambda p, batch_shape=(): RNNCarry(c.zeros_carry(p.w_h, batch_shape))
+    return _run(_rnn_kind(dtype, activation), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths,
+                reverse, RNNCarry, init)
+
+
+# ----------------------------------------------------------------------------- dispatch from unroll
+
+_LSTM_DEFAULTS = dict(peephole=False, cifg=False, layer_norm=False, input_gate=True, forget_gate=True,
+                      output_gate=True, input_activation=True, output_activation=True)
+
+
+def _plan(cell: Cell, *, resets=None, remat: bool = False):
+    """``(function, keyword args)`` that runs ``cell`` fused, or a string saying why it cannot."""
+    spec = getattr(getattr(cell, "step", None), "spec", None)
+    if not isinstance(spec, dict):
+        return "the cell does not come from memcell.lstm, memcell.gru or memcell.rnn"
+    if resets is not None:
+        return "resets (packed sequences) are not implemented by the fused path"
+    if remat:
+        return "remat=True is not implemented by the fused path"
+    kind = spec.get("cell")
+    if kind == "lstm":
+        off = sorted(k for k, v in _LSTM_DEFAULTS.items() if spec.get(k) != v)
+        if off:
+            return f"the fused LSTM implements the default cell only, this one sets {', '.join(off)}"
+        return lstm, dict(dtype=spec["dtype"])
+    if kind == "gru":
+        if spec.get("reset_after") is not True:
+            return "the fused GRU implements reset_after=True only"
+        return gru, dict(dtype=spec["dtype"])
+    if kind == "rnn":
+        return rnn, dict(dtype=spec["dtype"], activation=spec["activation"])
+    return f"no fused path for cell kind {kind!r}"
+
+
+def supports(cell: Cell, *, resets=None, remat: bool = False) -> bool:
+    """Whether ``memcell.unroll(cell, ..., backend="auto")`` would run the fused path for these options."""
+    return not isinstance(_plan(cell, resets=resets, remat=remat), str)
+
+
+def unroll(
+    cell: Cell,
+    params: PyTree,
+    xs: Sequence,
+    carry: PyTree | None = None,
+    *,
+    lengths: Lengths | None = None,
+    resets=None,
+    reverse: bool = False,
+    remat: bool = False,
+    backend: str = "fused",
+):
+    """``memcell.unroll`` on the fused path: what ``memcell.unroll(..., backend=...)`` calls.
+
+    Args:
+      cell, params, xs, carry, lengths, resets, reverse, remat: as for ``memcell.unroll``.
+      backend: ``"fused"`` raises a ``ValueError`` saying why when the cell or an option has
+        no fused implementation; ``"auto"`` returns None then, so the caller runs the reference.
+
+    Returns:
+      ``(carry, ys)``, or None (``backend="auto"`` only) when the fused path does not apply.
+    """
+    c.check_choice("backend", backend, {"fused", "auto"})
+    plan = _plan(cell, resets=resets, remat=remat)
+    if isinstance(plan, str):
+        if backend == "auto":
+            return None
+        raise ValueError(f"backend='fused' cannot run this unroll: {plan}; use backend='auto' or 'reference'")
+    fn, kwargs = plan
+    return fn(params, xs, carry, lengths=lengths, reverse=reverse, **kwargs)
