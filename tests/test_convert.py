@@ -220,6 +220,48 @@ def test_round_trip_torch_memcell_torch_gives_same_module(mode):
     assert_close(run_torch(m2, mode, x)[0], run_torch(m, mode, x)[0])
 
 
+@pytest.mark.parametrize("mode", list(TORCH))
+def test_torch_cells_both_ways(mode):
+    cls = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}.get(mode, torch.nn.RNNCell)
+    kw = {"nonlinearity": mode[4:]} if mode.startswith("rnn") else {}
+    torch.manual_seed(0)
+    tcell = cls(3, 5, **kw)
+    cell, params = convert.from_torch_cell(tcell.state_dict(), mode=mode)
+    rng = np.random.default_rng(0)
+    x, h, c = (rng.normal(size=(2, n)).astype(np.float32) for n in (3, 5, 5))
+    with torch.no_grad():
+        hx = (torch.from_numpy(h), torch.from_numpy(c)) if mode == "lstm" else torch.from_numpy(h)
+        out = tcell(torch.from_numpy(x), hx)
+    if mode == "lstm":
+        carry = memcell.LSTMCarry(h=jnp.asarray(h), c=jnp.asarray(c))
+    else:
+        carry = cell.initial_carry(params, (2,))._replace(h=jnp.asarray(h))
+    new, y = cell.step(params, carry, jnp.asarray(x))
+    if mode == "lstm":
+        assert_close(new.h, out[0].numpy())
+        assert_close(new.c, out[1].numpy())
+    else:
+        assert_close(y, out.numpy())
+    sd = convert.to_torch_cell(cell, params)
+    assert sorted(sd) == sorted(tcell.state_dict())
+    _, back = convert.from_torch_cell(sd, mode=mode)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_torch_cell_errors():
+    sd = torch.nn.LSTMCell(3, 4).state_dict()
+    with pytest.raises(ValueError, match="not weights of a torch lstm cell: \\['bias_hh_l0',.*use from_torch"):
+        convert.from_torch_cell(torch.nn.LSTM(3, 4).state_dict(), mode="lstm")
+    with pytest.raises(ValueError, match="missing the key 'bias_hh'"):
+        convert.from_torch_cell({k: v for k, v in sd.items() if k != "bias_hh"}, mode="lstm")
+    with pytest.raises(ValueError, match=r"weight_hh must have shape \[3 \* hidden_size"):
+        convert.from_torch_cell(sd, mode="gru")
+    with pytest.raises(ValueError, match="does not compute"):
+        cell = memcell.gru(4, reset_after=False)
+        convert.to_torch_cell(cell, _randomize(cell.init(jax.random.key(0), 3), 1))
+
+
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_to_torch_on_a_plain_memcell_stack_probes_the_nonlinearity(activation):
     cell = memcell.rnn(4, activation=activation)
