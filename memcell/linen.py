@@ -364,12 +364,12 @@ class Recurrent(nn.Module):
     Example:
       >>> import jax, jax.numpy as jnp, memcell
       >>> import memcell.linen
-      >>> model = memcell.linen.Recurrent(memcell.lstm(8), num_layers=2, bidirectional=True)
+      >>> model = memcell.linen.Recurrent(memcell.lstm(8), bidirectional=True)
       >>> xs = jnp.ones((3, 5, 4))
       >>> variables = model.init(jax.random.key(0), xs)
       >>> carry, ys = model.apply(variables, xs, lengths=jnp.array([5, 2, 0]))
-      >>> ys.shape, len(carry)
-      ((3, 5, 16), 2)
+      >>> ys.shape, type(carry[0]).__name__
+      ((3, 5, 16), 'DirectionPair')
     """
 
     cell: PureCell | SequenceOf[PureCell]
