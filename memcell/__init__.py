@@ -4,7 +4,7 @@ A cell is three pure functions, ``Cell(init, initial_carry, step)``; ``unroll`` 
 sequence with ``jax.lax.scan``; ``layer``, ``bidirectional`` and ``stack`` compose sequence layers.
 """
 
-from memcell import jacobian
+from memcell import convert, jacobian
 from memcell.cells import (
     LSTM_VARIANTS,
     GRUCarry,
@@ -36,6 +36,7 @@ __all__ = [
     "RNNCarry",
     "RNNParams",
     "bidirectional",
+    "convert",
     "gru",
     "jacobian",
     "layer",
