@@ -1,0 +1,339 @@
+"""The fused layers (memcell.fused) against the reference path (memcell.unroll over cell.step)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import memcell
+from memcell import fused
+from memcell.cells.lstm import LSTMNorm
+
+B, D, H = 3, 5, 8
+
+# name -> (factory of the reference cell, fused function with the matching options)
+KINDS = {
+    "lstm": (lambda **kw: memcell.lstm(H, **kw), fused.lstm),
+    "gru": (lambda **kw: memcell.gru(H, **kw), fused.gru),
+    "rnn_tanh": (lambda **kw: memcell.rnn(H, **kw), fused.rnn),
+    "rnn_relu": (
+        lambda **kw: memcell.rnn(H, activation="relu", **kw),
+        lambda *a, **kw: fused.rnn(*a, activation="relu", **kw),
+    ),
+}
+
+
+def _params(cell, key=0, scale=0.3):
+    """Params with every entry non-zero (biases included), so no gradient term hides behind a zero."""
+    params = cell.init(jax.random.key(key), D)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(key + 100), len(leaves))
+    noisy = [a + scale * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+    return jax.tree.unflatten(tree, noisy)
+
+
+def _carry(cell, params, batch_shape, key=7):
+    zeros = cell.initial_carry(params, batch_shape)
+    leaves, tree = jax.tree.flatten(zeros)
+    keys = jax.random.split(jax.random.key(key), len(leaves))
+    return jax.tree.unflatten(tree, [0.5 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)])
+
+
+def _loss(run):
+    """A loss reading every output and every leaf of the final carry, each with its own weight."""
+
+    def loss(params, xs, carry):
+        c_T, ys = run(params, xs, carry)
+        w = jnp.sin(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+        total = jnp.sum(w * ys) + jnp.sum(ys**2)
+        for i, leaf in enumerate(jax.tree.leaves(c_T)):
+            total = total + (i + 1.5) * jnp.sum(jnp.cos(leaf))
+        return total
+
+    return loss
+
+
+def _value_and_grads(run, params, xs, carry):
+    # Under jit: one compilation instead of op-by-op dispatch keeps the suite fast.
+    return jax.jit(jax.value_and_grad(_loss(run), argnums=(0, 1, 2)))(params, xs, carry)
+
+
+def _assert_close_in_norm(a, b, tol):
+    """Each leaf within ``tol`` of the reference in relative L2 norm: the bf16 comparison, where
+    the reference rounds every step's weight gradient to bf16 and the fused path accumulates
+    them in one float32 matmul, so single elements legitimately differ by a few bf16 ulps."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, y.shape, x.dtype, y.dtype)
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        err = np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-30)
+        assert err < tol, (err, x.shape)
+
+
+def _assert_close(a, b, rtol, atol):
+    """Leafwise ``|x - y| <= atol * scale + rtol * |y|`` with ``scale = max(1, max |y|)``.
+
+    The absolute term is relative to the leaf's largest entry: a weight gradient is a sum over
+    all steps and batch rows, and an entry where large terms cancel carries float32 rounding of
+    the order of the terms, not of the small result (both paths sum in different orders).
+    """
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(la, lb):
+        assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, y.shape, x.dtype, y.dtype)
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        scale = max(1.0, float(np.max(np.abs(y)))) if y.size else 1.0
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol * scale)
+
+
+OPTIONS = {
+    "plain": dict(),
+    "lengths_carry": dict(lengths=np.array([7, 3, 0]), carry=True),
+    "reverse": dict(reverse=True),
+    "reverse_lengths_carry": dict(reverse=True, lengths=np.array([2, 7, 5]), carry=True),
+}
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_values_and_gradients_match_reference_float32(kind, option):
+    make, run = KINDS[kind]
+    cell = make()
+    params = _params(cell)
+    # 8: blocks of 4 steps a scan iteration; 6: blocks of 3; 7: blocks of 1
+    T = {"plain": 8, "reverse": 6}.get(option, 7)
+    xs = jax.random.normal(jax.random.key(1), (B, T, D))
+    kw = dict(OPTIONS[option])
+    carry = _carry(cell, params, (B,)) if kw.pop("carry", False) else None
+    kw = {k: (jnp.asarray(v) if k == "lengths" else v) for k, v in kw.items()}
+    got = _value_and_grads(lambda p, x, c: run(p, x, c, **kw), params, xs, carry)
+    want = _value_and_grads(lambda p, x, c: memcell.unroll(cell, p, x, c, **kw), params, xs, carry)
+    _assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_match_reference_float64(kind):
+    make, run = KINDS[kind]
+    with jax.enable_x64(True):
+        cell = make(param_dtype=jnp.float64)
+        params = _params(cell)
+        xs = jax.random.normal(jax.random.key(1), (B, 6, D), jnp.float64)
+        carry = _carry(cell, params, (B,))
+        lengths = jnp.array([6, 2, 4])
+        got = _value_and_grads(lambda p, x, c: run(p, x, c, lengths=lengths), params, xs, carry)
+        want = _value_and_grads(lambda p, x, c: memcell.unroll(cell, p, x, c, lengths=lengths), params, xs, carry)
+        assert jax.tree.leaves(got)[0].dtype == jnp.float64
+        _assert_close(got, want, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bfloat16_compute_matches_reference_in_bfloat16(kind):
+    make, run = KINDS[kind]
+    cell = make(dtype=jnp.bfloat16)
+    params = _params(cell, scale=0.1)
+    xs = jax.random.normal(jax.random.key(1), (B, 8, D))
+    got = _value_and_grads(lambda p, x, c: run(p, x, c, dtype=jnp.bfloat16), params, xs, None)
+    want = _value_and_grads(lambda p, x, c: memcell.unroll(cell, p, x, c), params, xs, None)
+    # The carry and the accumulation stay float32 on both paths: same dtypes, bf16-level agreement.
+    assert got[0].dtype == jnp.float32
+    _assert_close_in_norm(got, want, 2e-2)
+    # ...and the bf16 run really differs from float32, so the tolerance above is not vacuous.
+    f32 = _value_and_grads(lambda p, x, c: run(p, x, c), params, xs, None)
+    assert float(jnp.abs(f32[0] - got[0])) > 0
+
+
+def test_bfloat16_params_and_inputs():
+    cell = memcell.lstm(H, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
+    params = _params(cell, scale=0.1)
+    xs = jax.random.normal(jax.random.key(1), (B, 8, D)).astype(jnp.bfloat16)
+    (c1, y1), (c2, y2) = fused.lstm(params, xs, dtype=jnp.bfloat16), memcell.unroll(cell, params, xs)
+    assert y1.dtype == y2.dtype == jnp.float32 and c1.c.dtype == jnp.float32
+    _assert_close_in_norm((c1, y1), (c2, y2), 2e-2)
+    g1 = jax.jit(jax.grad(lambda p: jnp.sum(fused.lstm(p, xs, dtype=jnp.bfloat16)[1] ** 2)))(params)
+    g2 = jax.jit(jax.grad(lambda p: jnp.sum(memcell.unroll(cell, p, xs)[1] ** 2)))(params)
+    assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(g1))
+    _assert_close_in_norm(g1, g2, 3e-2)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_batch_shapes_jit_and_vmap(kind):
+    make, run = KINDS[kind]
+    cell = make()
+    params = _params(cell)
+    xs = jax.random.normal(jax.random.key(1), (2, 3, 6, D))  # two batch axes
+    lengths = jnp.array([[6, 1, 0], [3, 6, 2]])
+    want = jax.jit(lambda x, n: memcell.unroll(cell, params, x, lengths=n))(xs, lengths)
+    jitted = jax.jit(lambda p, x, n: run(p, x, lengths=n))(params, xs, lengths)
+    _assert_close(jitted, want, 1e-5, 1e-5)
+    vmapped = jax.jit(jax.vmap(jax.vmap(lambda x, n: run(params, x, lengths=n))))(xs, lengths)
+    _assert_close(vmapped, want, 1e-5, 1e-5)
+    # one unbatched sequence [T, D], eagerly (jit == eager)
+    _assert_close(run(params, xs[0, 0]), memcell.unroll(cell, params, xs[0, 0]), 1e-5, 1e-5)
+    # gradients through vmap of the fused path == batched reference gradients
+    g_vmap = jax.jit(jax.grad(lambda p: jnp.sum(jax.vmap(lambda x: run(p, x)[1])(xs[0]) ** 2)))(params)
+    g_ref = jax.jit(jax.grad(lambda p: jnp.sum(memcell.unroll(cell, p, xs[0])[1] ** 2)))(params)
+    _assert_close(g_vmap, g_ref, 1e-5, 1e-5)
+
+
+def test_unbatched_carry_broadcasts_and_gets_summed_gradient():
+    cell = memcell.lstm(H)
+    params = _params(cell)
+    xs = jax.random.normal(jax.random.key(1), (B, 5, D))
+    carry = _carry(cell, params, ())  # leaves [H], broadcast over the batch
+    got = _value_and_grads(lambda p, x, c: fused.lstm(p, x, c), params, xs, carry)
+    want = _value_and_grads(lambda p, x, c: memcell.unroll(cell, p, x, c), params, xs, carry)
+    assert got[1][2].h.shape == (H,)
+    _assert_close(got, want, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
+def test_garbage_in_padding_does_not_reach_outputs_or_gradients(kind):
+    make, run = KINDS[kind]
+    cell = make()
+    params = _params(cell)
+    lengths = jnp.array([6, 2, 4])
+    xs = jax.random.normal(jax.random.key(1), (B, 6, D))
+    pad = jnp.arange(6)[None, :, None] >= lengths[:, None, None]
+    dirty = jnp.where(pad, jnp.nan, xs)
+    got = _value_and_grads(lambda p, x, c: run(p, x, c, lengths=lengths), params, dirty, None)
+    want = _value_and_grads(lambda p, x, c: memcell.unroll(cell, p, x, c, lengths=lengths), params, xs, None)
+    assert all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(got))
+    _assert_close(got, want, 1e-5, 1e-5)
+
+
+def test_zero_length_sequences_return_the_initial_carry():
+    cell = memcell.gru(H)
+    params = _params(cell)
+    xs = jax.random.normal(jax.random.key(1), (B, 4, D))
+    carry = _carry(cell, params, (B,))
+    c_T, ys = fused.gru(params, xs, carry, lengths=jnp.zeros((B,), jnp.int32))
+    np.testing.assert_array_equal(c_T.h, carry.h)
+    np.testing.assert_array_equal(ys, 0.0)
+    c0, y0 = fused.gru(params, jnp.zeros((B, 0, D)), carry)  # T = 0
+    np.testing.assert_array_equal(c0.h, carry.h)
+    assert y0.shape == (B, 0, H)
+
+
+def test_no_retracing_on_a_second_call():
+    params = _params(memcell.lstm(H))
+    f = jax.jit(jax.grad(lambda p, x: jnp.sum(fused.lstm(p, x)[1])))
+    xs = jnp.ones((B, 5, D))
+    f(params, xs)
+    f(params, xs + 1.0)
+    assert f._cache_size() == 1
+
+
+def test_forward_mode_is_refused_clearly():
+    # The custom VJP is first order; jvp (jacobian studies) belongs to the reference path.
+    params = _params(memcell.lstm(H))
+    xs = jnp.ones((B, 5, D))
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda x: fused.lstm(params, x)[1], (xs,), (xs,))
+
+
+# ----------------------------------------------------------------------------- dispatch from unroll
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unroll_backends_agree(kind):
+    make, _ = KINDS[kind]
+    cell = make()
+    params = _params(cell)
+    xs = jax.random.normal(jax.random.key(1), (B, 6, D))
+    lengths = jnp.array([6, 1, 3])
+    runs = {
+        b: _value_and_grads(
+            lambda p, x, c, b=b: memcell.unroll(cell, p, x, c, lengths=lengths, reverse=True, backend=b),
+            params, xs, None,
+        )
+        for b in ("reference", "fused", "auto")
+    }
+    _assert_close(runs["fused"], runs["reference"], 1e-5, 1e-5)
+    _assert_close(runs["auto"], runs["fused"], 0, 0)  # auto took the fused path
+
+
+UNSUPPORTED = {
+    "peephole": (memcell.lstm(H, peephole=True), {}),
+    "layer_norm": (memcell.lstm(H, layer_norm=True), {}),
+    "cifg": (memcell.lstm(H, cifg=True), {}),
+    "no_output_gate": (memcell.lstm(H, output_gate=False), {}),
+    "no_output_activation": (memcell.lstm(H, output_activation=False), {}),
+    "gru_reset_before": (memcell.gru(H, reset_after=False), {}),
+    "resets": (memcell.lstm(H), dict(resets=jnp.array([False, False, True, False, False]))),
+    "remat": (memcell.rnn(H), dict(remat=True)),
+    "user_cell": (memcell.Cell(memcell.rnn(H).init, memcell.rnn(H).initial_carry, lambda p, c, x: memcell.rnn(H).step(p, c, x)), {}),
+}
+
+
+@pytest.mark.parametrize("case", UNSUPPORTED)
+def test_unsupported_options_fall_back_with_auto_and_raise_with_fused(case):
+    cell, kw = UNSUPPORTED[case]
+    params = _params(cell)
+    xs = jax.random.normal(jax.random.key(1), (B, 5, D))
+    assert not fused.supports(cell, resets=kw.get("resets"), remat=kw.get("remat", False))
+    auto = memcell.unroll(cell, params, xs, backend="auto", **kw)
+    ref = memcell.unroll(cell, params, xs, **kw)
+    _assert_close(auto, ref, 0, 0)  # the reference path itself, bit for bit
+    with pytest.raises(ValueError, match="backend='fused' cannot run"):
+        memcell.unroll(cell, params, xs, backend="fused", **kw)
+
+
+def test_supported_cells():
+    for cell in (memcell.lstm(H, forget_bias=2.0, init="default"), memcell.lstm(H, init="chrono", max_timescale=10),
+                 memcell.gru(H), memcell.rnn(H, activation="relu"), memcell.lstm(H, dtype=jnp.bfloat16)):
+        assert fused.supports(cell)
+
+
+def test_unroll_rejects_an_unknown_backend():
+    cell = memcell.rnn(H)
+    with pytest.raises(ValueError, match=r"backend must be one of .*got 'cuda'"):
+        memcell.unroll(cell, cell.init(jax.random.key(0), D), jnp.ones((4, D)), backend="cuda")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_params_of_unsupported_variants_are_refused_by_name():
+    xs = jnp.ones((B, 4, D))
+    with pytest.raises(ValueError, match="peepholes"):
+        fused.lstm(memcell.lstm(H, peephole=True).init(jax.random.key(0), D), xs)
+    with pytest.raises(ValueError, match="layer norm"):
+        fused.lstm(memcell.lstm(H, layer_norm=True).init(jax.random.key(0), D), xs)
+    with pytest.raises(ValueError, match=r"w_h of shape \[h, 4h\].*got shape \(8, 24\)"):
+        fused.lstm(memcell.lstm(H, cifg=True).init(jax.random.key(0), D), xs)
+    with pytest.raises(TypeError, match="params must be a memcell.LSTMParams.*got GRUParams"):
+        fused.lstm(memcell.gru(H).init(jax.random.key(0), D), xs)
+    with pytest.raises(ValueError, match="reset_after=True only, got reset_after=False"):
+        fused.gru(memcell.gru(H).init(jax.random.key(0), D), xs, reset_after=False)
+    with pytest.raises(ValueError, match="activation must be one of.*got 'gelu'"):
+        fused.rnn(memcell.rnn(H).init(jax.random.key(0), D), xs, activation="gelu")
+    bad = memcell.lstm(H).init(jax.random.key(0), D)._replace(b=jnp.zeros((3,)))
+    with pytest.raises(ValueError, match=r"params.b must have shape \(32,\), got shape \(3,\)"):
+        fused.lstm(bad, xs)
+
+
+def test_bad_arguments_are_named():
+    params = memcell.lstm(H).init(jax.random.key(0), D)
+    xs = jnp.ones((B, 4, D))
+    with pytest.raises(ValueError, match=f"xs must have {D} features.*got shape"):
+        fused.lstm(params, jnp.ones((B, 4, D + 1)))
+    with pytest.raises(ValueError, match=r"xs must have shape \[..., T, D\]"):
+        fused.lstm(params, jnp.ones((D,)))
+    with pytest.raises(TypeError, match="xs must be a floating-point array, got dtype int32"):
+        fused.lstm(params, jnp.ones((B, 4, D), jnp.int32))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=4\].*max 5"):
+        fused.lstm(params, xs, lengths=jnp.array([1, 5, 2]))
+    with pytest.raises(ValueError, match=r"lengths must have shape \(3,\).*got shape \(2,\)"):
+        fused.lstm(params, xs, lengths=jnp.array([1, 2]))
+    with pytest.raises(TypeError, match="lengths must be an integer array, got dtype float32"):
+        fused.lstm(params, xs, lengths=jnp.array([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="carry leaves must have shape"):
+        fused.lstm(params, xs, memcell.LSTMCarry(jnp.zeros((2, H)), jnp.zeros((2, H))))
+    with pytest.raises(ValueError, match="carry must have the structure"):
+        fused.lstm(params, xs, (jnp.zeros((B, H)),))
+    with pytest.raises(TypeError, match="reverse must be a bool, got 1"):
+        fused.lstm(params, xs, reverse=1)
+    with pytest.raises(TypeError, match="dtype must be a floating dtype, got int32"):
+        fused.lstm(params, xs, dtype=jnp.int32)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fused.unroll(memcell.lstm(H), params, xs, backend="reference")
