@@ -1,0 +1,312 @@
+"""LSTM speed benchmark: memcell (reference and fused) against the layers a user would pick instead.
+
+Measures, in one process and side by side, one training step (forward + backward of the mean
+squared outputs with respect to all params, batch-major inputs) and the forward pass alone, at
+a few shapes, for:
+
+- memcell reference (``memcell.unroll`` over ``memcell.lstm``), memcell fused (``memcell.fused.lstm``);
+- torch.nn.LSTM (CPU; and cuDNN when a GPU is present);
+- flax linen ``nn.RNN(nn.OptimizedLSTMCell)``, equinox ``LSTMCell`` + ``lax.scan``,
+  haiku ``hk.LSTM`` + ``hk.dynamic_unroll``;
+- on a GPU only: ``jax.experimental.rnn.lstm`` (cuDNN).
+
+Timings are interleaved (each round calls every implementation once) and the minimum over rounds
+is kept, so a machine shared with other work slows every implementation alike and the ratios
+stay meaningful. Also reported: compile time of the JAX training steps, their peak temporary
+memory from XLA's memory analysis, and the fraction of the matmul-bound floor
+``3 x 2 B T (D + H) 4H`` FLOPs at the machine's measured 2048 x 2048 float32 matmul rate.
+
+Usage: ``python benchmarks/run.py [--quick] [--rounds N] [--out docs/benchmarks.md]``
+(``make bench`` runs it with the defaults and rewrites docs/benchmarks.md).
+"""
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import memcell
+from memcell import fused
+
+SHAPES = [  # (B, T, D, H)
+    (16, 200, 64, 128),
+    (32, 128, 128, 256),
+    (64, 100, 512, 512),
+    (16, 1000, 64, 128),  # long sequence: per-step overhead dominates
+    (16, 100, 256, 1024),  # wide hidden state: the recurrent matmul dominates
+]
+QUICK_SHAPES = [(16, 200, 64, 128), (32, 128, 128, 256)]
+
+
+@dataclasses.dataclass
+class Impl:
+    name: str
+    train: object  # () -> None, blocks until done
+    forward: object
+    compile_s: float | None = None
+    temp_mb: float | None = None
+
+
+def _block(x):
+    return jax.block_until_ready(x)
+
+
+def _jax_impl(name, loss_fn, fwd_fn, params, xs):
+    """Jitted training step (grad of loss_fn w.r.t. params) and forward; compile time and memory."""
+    grad = jax.jit(jax.grad(loss_fn))
+    t0 = time.perf_counter()
+    compiled = grad.lower(params, xs).compile()
+    compile_s = time.perf_counter() - t0
+    temp_mb = None
+    try:
+        mem = compiled.memory_analysis()
+        temp_mb = mem.temp_size_in_bytes / 2**20
+    except Exception:  # memory analysis is not offered by every backend
+        pass
+    fwd = jax.jit(fwd_fn)
+    return Impl(name, lambda: _block(compiled(params, xs)), lambda: _block(fwd(params, xs)), compile_s, temp_mb)
+
+
+def memcell_impls(B, T, D, H, xs):
+    cell = memcell.lstm(H)
+    params = cell.init(jax.random.key(0), D)
+    ref = lambda p, x: memcell.unroll(cell, p, x)[1]
+    fast = lambda p, x: fused.lstm(p, x)[1]
+    return [
+        _jax_impl("memcell reference", lambda p, x: jnp.mean(ref(p, x) ** 2), ref, params, xs),
+        _jax_impl("memcell fused", lambda p, x: jnp.mean(fast(p, x) ** 2), fast, params, xs),
+    ]
+
+
+def flax_impl(B, T, D, H, xs):
+    import flax.linen as nn
+
+    model = nn.RNN(nn.OptimizedLSTMCell(H))
+    params = model.init(jax.random.key(0), xs)
+    run = lambda p, x: model.apply(p, x)
+    return _jax_impl("flax OptimizedLSTMCell", lambda p, x: jnp.mean(run(p, x) ** 2), run, params, xs)
+
+
+def equinox_impl(B, T, D, H, xs):
+    import equinox as eqx
+
+    cell = eqx.nn.LSTMCell(D, H, key=jax.random.key(0))
+    params, static = eqx.partition(cell, eqx.is_array)
+
+    def run(p, x):
+        c = eqx.combine(p, static)
+
+        def one(seq):
+            def step(carry, xt):
+                carry = c(xt, carry)
+                return carry, carry[0]
+
+            zeros = jnp.zeros((H,), x.dtype)
+            return jax.lax.scan(step, (zeros, zeros), seq)[1]
+
+        return jax.vmap(one)(x)
+
+    return _jax_impl("equinox LSTMCell", lambda p, x: jnp.mean(run(p, x) ** 2), run, params, xs)
+
+
+def haiku_impl(B, T, D, H, xs):
+    import haiku as hk
+
+    def forward(x):
+        core = hk.LSTM(H)
+        ys, _ = hk.dynamic_unroll(core, jnp.swapaxes(x, 0, 1), core.initial_state(x.shape[0]))
+        return jnp.swapaxes(ys, 0, 1)
+
+    model = hk.without_apply_rng(hk.transform(forward))
+    params = model.init(jax.random.key(0), xs)
+    run = model.apply
+    return _jax_impl("haiku LSTM", lambda p, x: jnp.mean(run(p, x) ** 2), run, params, xs)
+
+
+def cudnn_impl(B, T, D, H, xs):
+    """jax.experimental.rnn's cuDNN LSTM (GPU only)."""
+    from jax.experimental import rnn
+
+    weights = rnn.init_lstm_weight(jax.random.key(0), D, H, 1, False)
+    lengths = jnp.full((B,), T, jnp.int32)
+
+    def run(w, x):
+        h0 = jnp.zeros((1, B, H), x.dtype)
+        return rnn.lstm(x, h0, h0, w, lengths, D, H, 1, 0.0, False)[0]
+
+    return _jax_impl("jax cuDNN (experimental.rnn)", lambda w, x: jnp.mean(run(w, x) ** 2), run, weights, xs)
+
+
+def torch_impl(B, T, D, H, xs_np, device):
+    import torch
+
+    model = torch.nn.LSTM(D, H, batch_first=True).to(device)
+    x = torch.from_numpy(xs_np).to(device)
+    sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
+
+    def train():
+        model.zero_grad(set_to_none=True)
+        y, _ = model(x)
+        (y**2).mean().backward()
+        sync()
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+        sync()
+
+    return Impl("torch.nn.LSTM" + (" (cuDNN)" if device == "cuda" else ""), train, forward)
+
+
+def race(fns: dict, rounds: int) -> dict:
+    """Min wall time of each function over ``rounds`` interleaved rounds (after one warm-up call each)."""
+    for f in fns.values():
+        f()
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def matmul_rate(rounds: int) -> float:
+    """float32 FLOP/s of one 2048 x 2048 matmul under XLA on this machine."""
+    a = jax.random.normal(jax.random.key(0), (2048, 2048))
+    mm = jax.jit(lambda a: a @ a)
+    t = race({"mm": lambda: _block(mm(a))}, max(rounds, 3))["mm"]
+    return 2 * 2048**3 / t
+
+
+def floor_seconds(B, T, D, H, rate) -> float:
+    return 3 * 2 * B * T * (D + H) * 4 * H / rate
+
+
+def bench_shape(shape, rounds, gpu: bool):
+    B, T, D, H = shape
+    xs_np = np.random.default_rng(0).standard_normal((B, T, D)).astype(np.float32)
+    xs = jnp.asarray(xs_np)
+    impls = memcell_impls(B, T, D, H, xs)
+    impls += [torch_impl(B, T, D, H, xs_np, "cpu")]
+    for make in (flax_impl, equinox_impl, haiku_impl):
+        impls.append(make(B, T, D, H, xs))
+    if gpu:
+        impls.append(cudnn_impl(B, T, D, H, xs))
+        impls.append(torch_impl(B, T, D, H, xs_np, "cuda"))
+    train = race({i.name: i.train for i in impls}, rounds)
+    fwd = race({i.name: i.forward for i in impls}, rounds)
+    return impls, train, fwd
+
+
+def _ms(s):
+    return f"{1e3 * s:.1f}"
+
+
+def render(results, rate, args, elapsed) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [
+        "# Benchmarks: one LSTM layer, memcell against its peers",
+        "",
+        f"Written by `benchmarks/run.py{' --quick' if args.quick else ''}` "
+        f"on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC in {elapsed:.0f} s. "
+        f"Machine: {cpu}, {os.cpu_count()} CPU cores, JAX {jax.__version__} on {jax.default_backend()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads). Matmul rate (2048^2, float32, XLA): "
+        f"{rate / 1e9:.0f} GFLOP/s.",
+        "",
+        "One training step = forward + backward of `mean(ys**2)` with respect to all params, float32, "
+        "batch-major inputs `[B, T, D]`, one LSTM layer of `H` units. Times are the minimum over "
+        f"{args.rounds} interleaved rounds (every implementation once a round), in ms. "
+        "`x torch` and `x flax` are speed-ups (their time / this time: above 1 is faster). "
+        "`floor` is the matmul-bound time `3 x 2 B T (D+H) 4H` FLOPs at the measured matmul rate; "
+        "`% floor` is floor / time.",
+        "",
+    ]
+    for shape, impls, train, fwd in results:
+        B, T, D, H = shape
+        fl = floor_seconds(B, T, D, H, rate)
+        t_torch = train.get("torch.nn.LSTM")
+        t_flax = train.get("flax OptimizedLSTMCell")
+        lines += [
+            f"## B={B}, T={T}, D={D}, H={H} (floor {_ms(fl)} ms)",
+            "",
+            "| implementation | train step (ms) | x torch | x flax | % floor | forward (ms) | compile (s) | temp memory (MiB) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for i in impls:
+            t = train[i.name]
+            lines.append(
+                f"| {i.name} | {_ms(t)} | {t_torch / t:.2f} | {t_flax / t:.2f} | {100 * fl / t:.0f}% | "
+                f"{_ms(fwd[i.name])} | {'' if i.compile_s is None else f'{i.compile_s:.2f}'} | "
+                f"{'' if i.temp_mb is None else f'{i.temp_mb:.1f}'} |"
+            )
+        lines.append("")
+    if jax.default_backend() != "gpu":
+        lines += [
+            "GPU rows (jax.experimental.rnn cuDNN, torch cuDNN) run only when a GPU is present; "
+            "they were not measured here.",
+            "",
+        ]
+    lines += [
+        "Compile time and temporary memory come from XLA (`jit(...).lower(...).compile()` and its "
+        "`memory_analysis().temp_size_in_bytes`); torch has neither. See the notes in "
+        "docs/benchmarks.md's history (git) and the fused path's docstring (`memcell/fused.py`) "
+        "for what the fused path does.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two small shapes, 3 rounds (about a minute)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 5, quick 3)")
+    parser.add_argument("--out", default="docs/benchmarks.md", help="markdown file to write ('' to skip)")
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    gpu = jax.default_backend() == "gpu"
+    start = time.perf_counter()
+    rate = matmul_rate(args.rounds)
+    print(f"matmul rate: {rate / 1e9:.0f} GFLOP/s", flush=True)
+    results = []
+    for shape in QUICK_SHAPES if args.quick else SHAPES:
+        impls, train, fwd = bench_shape(shape, args.rounds, gpu)
+        results.append((shape, impls, train, fwd))
+        fl = floor_seconds(*shape, rate)
+        print(f"\nB, T, D, H = {shape}  floor {_ms(fl)} ms", flush=True)
+        for i in impls:
+            print(
+                f"  {i.name:30s} train {_ms(train[i.name]):>8s} ms  x torch "
+                f"{train['torch.nn.LSTM'] / train[i.name]:5.2f}  x flax "
+                f"{train['flax OptimizedLSTMCell'] / train[i.name]:5.2f}  floor {100 * fl / train[i.name]:4.0f}%"
+                f"  fwd {_ms(fwd[i.name]):>8s} ms"
+                + ("" if i.compile_s is None else f"  compile {i.compile_s:5.2f} s  temp {i.temp_mb or 0:7.1f} MiB"),
+                flush=True,
+            )
+    text = render(results, rate, args, time.perf_counter() - start)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
