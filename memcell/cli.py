@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", type=_nonneg_int, default=0, help="checkpoint every N steps (0: at the end)")
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     g.add_argument("--steps-per-call", type=_positive_int, default=50, help="updates per jit call")
+    g.add_argument("--gradient-flow", action="store_true",
+                   help="log ||dL/dh_t|| at the first step vs its peak at every evaluation (one layer only)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     g = t.add_argument_group("char_lm")
@@ -164,6 +166,8 @@ def _build(args):
         raise UsageError("--stop-at-solved needs --eval-every N to check the threshold during training")
     if args.patience and not args.eval_every:
         raise UsageError("--patience needs --eval-every N")
+    if args.gradient_flow and args.layers > 1:
+        raise UsageError(f"--gradient-flow needs a single recurrent layer, got --layers {args.layers}")
     if args.checkpoint_every and args.out is None:
         raise UsageError("--checkpoint-every needs --out")
 
@@ -249,7 +253,7 @@ def _train(args) -> int:
             clip_norm=args.clip or None, warmup_steps=args.warmup, decay=args.decay, eval_every=args.eval_every,
             stop_at_solved=args.stop_at_solved, patience=args.patience, out_dir=out,
             checkpoint_every=args.checkpoint_every, resume=args.resume, config=config,
-            progress=not args.no_progress, steps_per_call=args.steps_per_call,
+            progress=not args.no_progress, steps_per_call=args.steps_per_call, gradient_flow=args.gradient_flow,
         )
     except ValueError as e:
         # Input the loop rejects (a mismatched or corrupted checkpoint, bad sizes): a usage error.

@@ -215,14 +215,16 @@ def init_states(
     if keys.ndim != 1 or keys.shape[0] < 1:
         raise ValueError(f"keys must be a 1-d array of at least one key, got shape {keys.shape}")
     n = keys.shape[0]
-    # jit: an eager vmapped init dispatches every op on its own, which is slow on CPU
-    states = jax.jit(jax.vmap(lambda k: init_state(k, init_params, tx)))(keys)
+    lrs = None
     if learning_rates is not None:
         lrs = np.asarray(list(learning_rates), np.float32)
         if lrs.shape != (n,):
             raise ValueError(f"learning_rates must hold one value a model ({n}), got shape {lrs.shape}")
         if not (np.all(lrs > 0) and np.all(np.isfinite(lrs))):
             raise ValueError(f"learning_rates must be positive and finite, got {lrs.tolist()}")
+    # jit: an eager vmapped init dispatches every op on its own, which is slow on CPU
+    states = jax.jit(jax.vmap(lambda k: init_state(k, init_params, tx)))(keys)
+    if lrs is not None:
         states = states._replace(opt_state=_set_learning_rate(states.opt_state, jnp.asarray(lrs)))
     return states
 

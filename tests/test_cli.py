@@ -45,6 +45,7 @@ def _run_main(argv, capsys):
         (["train", "--task", "adding", "--resume"], "--resume needs --out"),
         (["train", "--task", "adding", "--stop-at-solved"], "--stop-at-solved needs --eval-every"),
         (["train", "--task", "adding", "--sample-chars", "10"], "--sample-chars only applies to --task char_lm"),
+        (["train", "--task", "adding", "--layers", "2", "--gradient-flow"], "--gradient-flow needs a single recurrent layer"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )
@@ -74,7 +75,8 @@ SMALL = ["--task", "adding", "--length", "10", "--cell", "gru", "--hidden", "16"
 
 def test_train_writes_report_and_mismatched_resume_exits_2(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, _ = _run_main(["train", *SMALL, "--steps", "40", "--eval-every", "20", "--out", str(out)], capsys)
+    code, stdout, _ = _run_main(["train", *SMALL, "--steps", "40", "--eval-every", "20", "--out", str(out),
+                                 "--gradient-flow"], capsys)
     assert code == 0
     assert "| seed" in stdout and "mean baseline" in stdout and "beats the mean baseline" in stdout
     report = json.loads((out / "report.json").read_text())
@@ -82,6 +84,8 @@ def test_train_writes_report_and_mismatched_resume_exits_2(tmp_path, capsys):
     assert report["baselines"]["mean"]["mse"] == pytest.approx(1 / 6, abs=0.03)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["split"] == "train"] == list(range(1, 41))
+    evals = [r for r in lines if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [20, 40] and all(len(r["grad_flow_log10"]) == 2 for r in evals)
     # the same directory again without --resume: refused, nothing overwritten
     code, _, err = _run_main(["train", *SMALL, "--steps", "60", "--out", str(out)], capsys)
     assert code == 2 and "already holds checkpoints" in err
@@ -119,7 +123,7 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     """A run is SIGKILLed after its first checkpoint, resumed with --resume, and must end with
     the same metrics log and report as a run that was never interrupted."""
     args = ["train", "--task", "adding", "--length", "60", "--cell", "lstm", "--hidden", "64", "--seeds", "2",
-            "--batch-size", "64", "--steps", "600", "--checkpoint-every", "100", "--eval-every", "100",
+            "--batch-size", "64", "--steps", "300", "--checkpoint-every", "100", "--eval-every", "100",
             "--steps-per-call", "10", "--no-progress", "--json"]
     killed_dir, full_dir = tmp_path / "killed", tmp_path / "full"
     proc = _cli(*args, "--out", str(killed_dir))
@@ -140,5 +144,5 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     assert resumed.returncode == 0, r_err[-3000:]
     assert full.returncode == 0, f_err[-3000:]
     r, f = json.loads(r_out), json.loads(f_out)
-    assert r["final"] == f["final"] and r["steps"] == f["steps"] == 600
+    assert r["final"] == f["final"] and r["steps"] == f["steps"] == 300
     assert (killed_dir / "metrics.jsonl").read_text() == (full_dir / "metrics.jsonl").read_text()

@@ -246,6 +246,23 @@ def test_last_readout_reads_each_sequence_at_its_length():
     np.testing.assert_allclose(out2, out, rtol=1e-6)
 
 
+def test_gradient_flow_metrics_match_the_jacobian_module():
+    from memcell.jacobian import loss_gradient_norms
+
+    task = tasks.adding(12, n_test=40)
+    model = tasks.sequence_model(memcell.rnn(8), 1, "last")
+    params = model.init(KEY, 2)
+    m = jax.jit(tasks.eval_fn(task, model, gradient_flow=True))(params)
+    xs = jnp.asarray(task.test["xs"][:32])
+    batch = {"xs": xs, "ys": jnp.asarray(task.test["ys"][:32])}
+    g = loss_gradient_norms(model.cell, params.rnn, xs, lambda ys: task.loss(model.head(params, ys), batch)[0]).mean(0)
+    assert float(m["grad_h_first"]) == pytest.approx(float(g[0]), rel=1e-4)
+    assert float(m["grad_flow_log10"]) == pytest.approx(float(np.log10(g[0] / g.max())), abs=1e-4)
+    assert float(m["grad_flow_log10"]) < 0  # the gradient is largest near the readout
+    with pytest.raises(ValueError, match="single Cell"):
+        tasks.gradient_flow_fn(task, tasks.sequence_model([memcell.rnn(4), memcell.rnn(4)], 1))
+
+
 def test_irnn_is_relu_with_identity_recurrence():
     params = tasks.make_cell("irnn", 4).init(KEY, 2)
     np.testing.assert_array_equal(params.w_h, np.eye(4))

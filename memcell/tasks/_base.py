@@ -61,6 +61,8 @@ class Model(NamedTuple):
     apply: Callable[..., Array]
     layers: Layer  # the recurrent part (for sampling step by step)
     readout: str
+    cell: Cell | None = None  # the cell, when the recurrent part is a single Cell
+    head: Callable[..., Array] | None = None  # head(params, ys, lengths=None): the readout alone
 
 
 class ModelParams(NamedTuple):
@@ -132,6 +134,7 @@ def sequence_model(layers: Cell | Layer | SequenceOf[Cell | Layer], output_size:
     """
     if readout not in ("last", "all"):
         raise ValueError(f"readout must be 'last' or 'all', got {readout!r}")
+    single = layers if isinstance(layers, Cell) else None
     if isinstance(layers, Cell):
         lyr = layer(layers)
     elif isinstance(layers, Layer):
@@ -140,6 +143,7 @@ def sequence_model(layers: Cell | Layer | SequenceOf[Cell | Layer], output_size:
         lyr = stack(list(layers))
     if isinstance(output_size, bool) or not isinstance(output_size, (int, np.integer)) or output_size < 1:
         raise ValueError(f"output_size must be a positive int, got {output_size!r}")
+    head = _read(readout)
 
     def init(key, input_size: int) -> ModelParams:
         k_rnn, k_out = jax.random.split(key)
@@ -150,13 +154,21 @@ def sequence_model(layers: Cell | Layer | SequenceOf[Cell | Layer], output_size:
 
     def apply(params: ModelParams, xs, *, lengths=None, key=None):
         _, ys = lyr.apply(params.rnn, xs, lengths=lengths, key=key)
+        return head(params, ys, lengths)
+
+    return Model(init, apply, lyr, readout, single, head)
+
+
+def _read(readout: str):
+    def head(params: ModelParams, ys: Array, lengths=None) -> Array:
+        """The dense readout of the recurrent outputs ``ys: [*b, t, h]``."""
         if readout == "last":
             T = ys.shape[-2]
             last = (jnp.full(ys.shape[:-2], T - 1) if lengths is None else jnp.maximum(jnp.asarray(lengths) - 1, 0))
             ys = jnp.take_along_axis(ys, last[..., None, None].astype(jnp.int32), axis=-2)[..., 0, :]
         return ys @ params.w + params.b
 
-    return Model(init, apply, lyr, readout)
+    return head
 
 
 def features(task: Task, xs: Array) -> Array:
@@ -178,13 +190,42 @@ def loss_fn(task: Task, model: Model) -> Callable:
     return f
 
 
-def eval_fn(task: Task, model: Model, max_batch: int = 4096) -> Callable:
+def gradient_flow_fn(task: Task, model: Model, n: int = 32) -> Callable:
+    """``params -> metrics`` on how far the loss gradient reaches back in time, on ``n`` test sequences.
+
+    With ``g_t = mean over sequences of ||dL / dh_t||`` (``memcell.jacobian.loss_gradient_norms``):
+    ``grad_h_first`` is ``g_0``, ``grad_h_max`` is ``max_t g_t`` and ``grad_flow_log10`` is
+    ``log10(g_0 / max_t g_t)``: 0 when the first step gets as much gradient as any, very
+    negative when the gradient vanishes before it reaches the start. Needs a model whose
+    recurrent part is one ``Cell``.
+    """
+    from memcell.jacobian import loss_gradient_norms  # the jacobian module sits beside training
+
+    if model.cell is None:
+        raise ValueError("gradient_flow_fn needs a sequence_model built from a single Cell, got a stack or a Layer")
+    batch = jax.tree.map(lambda x: jnp.asarray(x[:n]), task.test)
+    xs = features(task, batch["xs"])
+    lengths = batch.get("lengths")
+
+    def flow(params):
+        loss_of_ys = lambda ys: task.loss(model.head(params, ys, lengths), batch)[0]
+        g = loss_gradient_norms(model.cell, params.rnn, xs, loss_of_ys).mean(0)  # [T]
+        peak = jnp.max(g)
+        return {"grad_h_first": g[0], "grad_h_max": peak,
+                "grad_flow_log10": jnp.log10(jnp.maximum(g[0], 1e-38) / jnp.maximum(peak, 1e-38))}
+
+    return flow
+
+
+def eval_fn(task: Task, model: Model, max_batch: int = 4096, *, gradient_flow: bool = False) -> Callable:
     """``params -> metrics`` on the task's fixed test set (split into chunks of ``max_batch``
-    sequences, weighted by size), jit-able and vmap-able."""
+    sequences, weighted by size), jit-able and vmap-able. With ``gradient_flow=True`` the
+    metrics of ``gradient_flow_fn`` are added, so ``fit`` logs them at every evaluation."""
     test = jax.tree.map(jnp.asarray, task.test)
     n = int(jax.tree.leaves(test)[0].shape[0])
     f = loss_fn(task, model)
     chunks = [(i, min(i + max_batch, n)) for i in range(0, n, max_batch)]
+    flow = gradient_flow_fn(task, model) if gradient_flow else None
 
     def evaluate(params):
         total = None
@@ -194,6 +235,8 @@ def eval_fn(task: Task, model: Model, max_batch: int = 4096) -> Callable:
             m = {"loss": loss, **m}
             m = {k: v * (hi - lo) / n for k, v in m.items()}
             total = m if total is None else {k: total[k] + m[k] for k in total}
+        if flow is not None:
+            total.update(flow(params))
         return total
 
     return evaluate
@@ -229,6 +272,7 @@ def train_task(
     config: dict | None = None,
     progress: bool = False,
     steps_per_call: int = 50,
+    gradient_flow: bool = False,
 ) -> dict:
     """Trains ``model`` on ``task`` for every seed at once (``jax.vmap``) and reports against the baselines.
 
@@ -244,6 +288,8 @@ def train_task(
       patience: stop after this many evaluations without improvement of ``task.metric``.
       out_dir: if set, ``metrics.jsonl`` and ``checkpoints/`` go there.
       checkpoint_every, resume, config, progress, steps_per_call: as for ``memcell.train.fit``.
+      gradient_flow: log how far the loss gradient reaches back in time at every evaluation
+        (``gradient_flow_fn``; single-cell models).
 
     Returns:
       A dict: ``final`` (per-seed test metrics), ``summary`` (mean/std/min/max over seeds of
@@ -271,7 +317,8 @@ def train_task(
         es = _train.EarlyStopping(metric=task.metric, mode=task.mode, target=target, patience=patience)
     out = None if out_dir is None else pathlib.Path(out_dir)
     result = _train.fit(
-        step, states, sample, steps=steps, eval_fn=eval_fn(task, model), eval_every=eval_every,
+        step, states, sample, steps=steps, eval_fn=eval_fn(task, model, gradient_flow=gradient_flow),
+        eval_every=eval_every,
         early_stopping=es,
         checkpoint_dir=None if out is None else out / "checkpoints",
         checkpoint_every=checkpoint_every, resume=resume, config=config,
