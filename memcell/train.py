@@ -331,10 +331,12 @@ class EarlyStopping(NamedTuple):
     Attributes:
       metric: the key of the evaluation metrics to watch (e.g. ``"loss"``, ``"accuracy"``).
       mode: ``"min"`` or ``"max"``: which way is better.
-      target: stop once the metric reaches this value (``<=`` for min, ``>=`` for max).
+      target: stop once the metric is at or past this value (``<=`` for min, ``>=`` for max)
+        at an evaluation.
       patience: stop after this many evaluations without improving on the best value.
 
-    With several models trained together the run stops when every model has met the rule.
+    With several models trained together the run stops when, at one evaluation, every model
+    meets the target or has run out of patience.
     """
 
     metric: str = "loss"
@@ -586,7 +588,7 @@ def fit(
     n_models = int(np.shape(state.step)[0]) if multi else 1
 
     # ------------------------------------------------------------------ loop bookkeeping
-    book = {"history": [], "best": [None] * n_models, "bad_evals": [0] * n_models,
+    book = {"history": [], "best": [None] * n_models, "bad_evals": [0] * n_models, "meets_target": [False] * n_models,
             "solved_step": [None] * n_models, "skipped": [0] * n_models, "nonfinite_run": [0] * n_models}
     ckpt = None
     if checkpoint_dir is not None:
@@ -652,7 +654,10 @@ def fit(
             hit = es.target is not None and (v <= es.target if es.mode == "min" else v >= es.target)
             if hit and book["solved_step"][i] is None:
                 book["solved_step"][i] = step
-            done.append(book["solved_step"][i] is not None or (es.patience is not None and book["bad_evals"][i] >= es.patience))
+            # A model is done while it meets the target now (not merely once: a model that met
+            # it and drifted off keeps training) or once its patience has run out.
+            done.append(hit or (es.patience is not None and book["bad_evals"][i] >= es.patience))
+            book["meets_target"][i] = bool(hit)
         return all(done)
 
     def save(s):
@@ -687,7 +692,7 @@ def fit(
             if eval_jit is not None and eval_every and step % eval_every == 0:
                 stop = do_eval(state)
                 if stop:
-                    stop_reason = "target" if all(s is not None for s in book["solved_step"]) else "patience"
+                    stop_reason = "target" if all(book["meets_target"]) else "patience"
             if all(r >= max_nonfinite for r in book["nonfinite_run"]):
                 stop, stop_reason = True, "diverged"
             if stop:
@@ -696,7 +701,7 @@ def fit(
                 save(state)
         if eval_jit is not None and (not book["history"] or book["history"][-1]["step"] != step):
             if do_eval(state) and stop_reason == "steps":
-                stop_reason = "target" if all(s is not None for s in book["solved_step"]) else "patience"
+                stop_reason = "target" if all(book["meets_target"]) else "patience"
         save(state)
     finally:
         if bar is not None:
