@@ -49,7 +49,8 @@ def _mm(a: Array, b: Array, dtype) -> Array:
 
 # ----------------------------------------------------------------------------- the algorithm
 # All arrays inside are time-major on one flattened batch axis: xs [T, B, D], zx [T, B, G],
-# carry leaves [B, H], mask [T, B] or None.
+# carry leaves [B, H], mask [B, T] or None. Inputs stay batch-major ([B, T, ...]); what the
+# scan produces (coefficients, gradients) is time-major.
 #
 # Forward: zx = xs W + b_x for all steps in one matmul; the scan runs only h U and the gates.
 # When differentiating, each step also stores the factors of its own derivative that do not
@@ -67,7 +68,7 @@ class _Kind(NamedTuple):
 
     n_gates: int
     dtype: object  # matmul computation dtype (None: the inputs')
-    step: Callable  # (w_h, b_h, carry, zx_t, ok, keep) -> (carry', coefficients_t or None)
+    step: Callable  # (w_h, b_x, b_h, carry, zx_t, ok, keep) -> (carry', coefficients_t or None)
     back: Callable  # (w_hT, dcarry, dy_t, coefficients_t) -> (dcarry', emitted_t)
     finish: Callable  # (emitted, coefficients) -> (dzx, dzh): [T, B, G] each, vectorised
 
@@ -89,9 +90,9 @@ def _passthrough(ok, like):
 
 @functools.cache
 def _lstm_kind(dtype) -> _Kind:
-    def step(w_h, b_h, carry, zx, ok, keep):
+    def step(w_h, b_x, b_h, carry, zx, ok, keep):
         h, cc = carry
-        i, f, g, o = _split(zx + _mm(h, w_h, dtype), 4)
+        i, f, g, o = _split(zx + _mm(h, w_h, dtype) + b_x, 4)
         i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
         c_new = f * cc + i * g
         tc = jnp.tanh(c_new)
@@ -125,9 +126,9 @@ def _lstm_kind(dtype) -> _Kind:
 
 @functools.cache
 def _gru_kind(dtype) -> _Kind:
-    def step(w_h, b_h, carry, zx, ok, keep):
+    def step(w_h, b_x, b_h, carry, zx, ok, keep):
         (h,) = carry
-        xr, xz, xn = _split(zx, 3)
+        xr, xz, xn = _split(zx + b_x, 3)
         hr, hz, hn = _split(_mm(h, w_h, dtype) + b_h, 3)
         r = jax.nn.sigmoid(xr + hr)
         z = jax.nn.sigmoid(xz + hz)
@@ -164,9 +165,9 @@ def _gru_kind(dtype) -> _Kind:
 def _rnn_kind(dtype, activation: str) -> _Kind:
     act = jnp.tanh if activation == "tanh" else jax.nn.relu
 
-    def step(w_h, b_h, carry, zx, ok, keep):
+    def step(w_h, b_x, b_h, carry, zx, ok, keep):
         (h,) = carry
-        h_new = act(zx + _mm(h, w_h, dtype))
+        h_new = act(zx + _mm(h, w_h, dtype) + b_x)
         new = (h_new.astype(h.dtype),)
         if not keep:
             return new, None
@@ -202,7 +203,7 @@ def _block_size(T: int) -> int:
     return max(k for k in range(1, min(_SCAN_UNROLL, T) + 1) if T % k == 0)
 
 
-def _scan(body: Callable, carry, xs, *, reverse: bool = False):
+def _scan(body: Callable, carry, xs, *, reverse: bool = False, axis: int = 0):
     """``jax.lax.scan(body, carry, xs)`` that hands ``body`` slices read one iteration ahead.
 
     XLA:CPU fuses the per-step ``dynamic-slice`` of a scanned input into the elementwise
@@ -210,20 +211,21 @@ def _scan(body: Callable, carry, xs, *, reverse: bool = False):
     arithmetic on a plain buffer (measured: an LSTM forward scan over precomputed gate inputs
     took 1.6x the time of the reference scan, which does more work). Reading the next block
     of ``k`` steps into the carry during this one materialises each slice once, in its own
-    kernel; the ``k`` steps of a block are unrolled with static indices.
+    kernel; the ``k`` steps of a block are unrolled with static indices. Time is ``axis`` of
+    every leaf of ``xs`` (1: batch-major inputs are read in place, without a transpose).
     """
-    T = jax.tree.leaves(xs)[0].shape[0]
+    T = jax.tree.leaves(xs)[0].shape[axis]
     k = _block_size(T)
-    blocks = jax.tree.map(lambda a: a.reshape((T // k, k) + a.shape[1:]), xs)
     n = T // k
-    at = lambda j: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, j, keepdims=False), blocks)
+    blocks = jax.tree.map(lambda a: a.reshape(a.shape[:axis] + (n, k) + a.shape[axis + 1 :]), xs)
+    at = lambda j: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, j, axis, keepdims=False), blocks)
 
     def step(state, j):
         carry, current = state
         ahead = at(jnp.clip(j - 1 if reverse else j + 1, 0, n - 1))
         ys = [None] * k
         for i in reversed(range(k)) if reverse else range(k):
-            carry, ys[i] = body(carry, jax.tree.map(lambda a: a[i], current))
+            carry, ys[i] = body(carry, jax.tree.map(lambda a: jax.lax.index_in_dim(a, i, axis, False), current))
         return (carry, ahead), jax.tree.map(lambda *y: jnp.stack(y), *ys)
 
     (carry, _), ys = jax.lax.scan(step, (carry, at(n - 1 if reverse else 0)), jnp.arange(n), reverse=reverse)
@@ -232,22 +234,25 @@ def _scan(body: Callable, carry, xs, *, reverse: bool = False):
 
 def _forward(kind: _Kind, w_x, w_h, b_x, b_h, xs, carry0, mask, keep: bool):
     """xs: [B, T, D] -> (final carry, ys [B, T, H], what the backward pass needs or None)."""
-    xs_t = jnp.swapaxes(xs, 0, 1)  # transposing xs (d wide) is cheaper than transposing zx (g wide)
-    zx = _mm(xs_t, w_x, kind.dtype) + b_x
+    # One matmul over all B * T rows, batch-major as given: no transpose of xs or of zx, and the
+    # bias is added inside the step (a separate pass over the [B, T, g] array costs as much as
+    # the matmul on CPU).
+    B, T, D = xs.shape
+    zx = _mm(xs.reshape(B * T, D), w_x, kind.dtype).reshape(B, T, -1)
 
     def body(carry, inputs):
         zx_t, ok = inputs
         ok = None if ok is None else ok[:, None]
-        new, coef = kind.step(w_h, b_h, carry, zx_t, ok, keep)
+        new, coef = kind.step(w_h, b_x, b_h, carry, zx_t, ok, keep)
         if ok is not None:
             new = tuple(jnp.where(ok, a, b) for a, b in zip(new, carry))
         return new, ((new[0], coef) if keep else new[0])
 
-    carry, out = _scan(body, carry0, (zx, mask))
+    carry, out = _scan(body, carry0, (zx, mask), axis=1)
     hs, coef = out if keep else (out, None)
-    ys = hs if mask is None else jnp.where(mask[..., None], hs, jnp.zeros_like(hs))
+    ys = hs if mask is None else jnp.where(mask.T[..., None], hs, jnp.zeros_like(hs))
     # The h entering step t is the one left by step t - 1 (padding passes it through).
-    saved = (xs_t, jnp.concatenate([carry0[0][None], hs[:-1]]), coef) if keep else None
+    saved = (xs, jnp.concatenate([carry0[0][None], hs[:-1]]), coef) if keep else None
     return carry, jnp.swapaxes(ys, 0, 1), saved
 
 
@@ -271,7 +276,8 @@ def _rows_t_dot(a: Array, b: Array, dtype) -> Array:
 
 
 def _fused_bwd(kind, residuals, cotangents):
-    w_x, w_h, b_x, b_h, carry0, mask, (xs_t, h_prev, coef) = residuals
+    w_x, w_h, b_x, b_h, carry0, mask, (xs, h_prev, coef) = residuals
+    xs_t = jnp.swapaxes(xs, 0, 1)  # d wide: cheaper to transpose than dz (g wide)
     dcarry_T, dys = cotangents
     dtype = kind.dtype
     # A materialised U^T: XLA:CPU's small matmul with a transposed operand is ~1.5x slower.
@@ -282,7 +288,7 @@ def _fused_bwd(kind, residuals, cotangents):
 
     dys_t = jnp.swapaxes(dys, 0, 1).astype(coef.dtype)
     if mask is not None:  # padded outputs are constant zeros: their cotangents go nowhere
-        dys_t = jnp.where(mask[..., None], dys_t, jnp.zeros_like(dys_t))
+        dys_t = jnp.where(mask.T[..., None], dys_t, jnp.zeros_like(dys_t))
     dcarry_0, emitted = _scan(body, tuple(dcarry_T), (dys_t, coef), reverse=True)
     dzx, dzh = kind.finish(emitted, coef)
     # The weight and input gradients: large matmuls over all T * B rows at once.
@@ -337,7 +343,7 @@ def _run(kind: _Kind, params, w_x, w_h, b_x, b_h, xs, carry, lengths, reverse, c
         valid = jnp.arange(T) < lengths.reshape(B, 1)  # [B, T]
         # Zeroing padded inputs keeps garbage (inf, nan) in padding out of the gradients.
         flat_x = jnp.where(valid[..., None], flat_x, jnp.zeros_like(flat_x))
-        mask = valid.T
+        mask = valid
     if T == 0:  # nothing to run; the same answer as the reference's empty scan
         ys = jnp.zeros(batch_shape + (0, H), carry0[0].dtype)
         return carry0, ys
