@@ -222,8 +222,9 @@ def init_states(
             raise ValueError(f"learning_rates must hold one value a model ({n}), got shape {lrs.shape}")
         if not (np.all(lrs > 0) and np.all(np.isfinite(lrs))):
             raise ValueError(f"learning_rates must be positive and finite, got {lrs.tolist()}")
-    # jit: an eager vmapped init dispatches every op on its own, which is slow on CPU
-    states = jax.jit(jax.vmap(lambda k: init_state(k, init_params, tx)))(keys)
+    # Not jit-compiled: jax.jit(jax.vmap(init)) of an LSTM model (orthogonal init, so QR via
+    # LAPACK) hung XLA:CPU within 50 calls here (jax 0.10.2); the eager vmap did not in 300.
+    states = jax.vmap(lambda k: init_state(k, init_params, tx))(keys)
     if lrs is not None:
         states = states._replace(opt_state=_set_learning_rate(states.opt_state, jnp.asarray(lrs)))
     return states
