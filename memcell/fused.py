@@ -71,6 +71,7 @@ class _Kind(NamedTuple):
     step: Callable  # (w_h, b_x, b_h, carry, zx_t, ok, keep) -> (carry', coefficients_t or None)
     back: Callable  # (w_hT, dcarry, dy_t, coefficients_t) -> (dcarry', emitted_t)
     finish: Callable  # (emitted, coefficients) -> (dzx, dzh): [T, B, G] each, vectorised
+    inplace: bool  # emitted_t has the shape of coefficients_t[0]: the backward writes it there
 
 
 def _split(a: Array, n: int) -> list[Array]:
@@ -99,29 +100,28 @@ def _lstm_kind(dtype) -> _Kind:
         new = ((o * tc).astype(h.dtype), c_new.astype(cc.dtype))
         if not keep:
             return new, None
-        # [a = d c'/d h' through h' = o tanh(c') | f | the four gates' pre-activation factors]
-        coef = [o * (1.0 - tc * tc), f, g * i * (1.0 - i), cc * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)]
-        fills = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
-        coef = [_fill(ok, x, v) for x, v in zip(coef, fills)]
+        # k: the four gates' pre-activation factors; rest: [a = d c'/d h' through h' = o tanh(c') | f]
+        k = jnp.concatenate([g * i * (1.0 - i), cc * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)], -1)
+        rest = [_fill(ok, o * (1.0 - tc * tc), 0.0), _fill(ok, f, 1.0)]
         if ok is not None:
-            coef.append(_passthrough(ok, h))
-        return new, jnp.concatenate(coef, -1)
+            rest.append(_passthrough(ok, h))
+        return new, (_fill(ok, k, 0.0), jnp.concatenate(rest, -1))
 
     def back(w_hT, dcarry, dy, p):
-        dh, dc = dcarry
+        (k, rest), (dh, dc) = p, dcarry
         H = dh.shape[-1]
         dh = dh + dy
-        dc = dc + dh * p[..., :H]
-        dz = jnp.concatenate([dc, dc, dc, dh], -1) * p[..., 2 * H : 6 * H]
+        dc = dc + dh * rest[..., :H]
+        dz = jnp.concatenate([dc, dc, dc, dh], -1) * k
         dh_prev = _mm(dz, w_hT, dtype)
-        if p.shape[-1] > 6 * H:
-            dh_prev = dh_prev + dh * p[..., 6 * H :]
-        return (dh_prev.astype(dh.dtype), (dc * p[..., H : 2 * H]).astype(dc.dtype)), dz
+        if rest.shape[-1] > 2 * H:
+            dh_prev = dh_prev + dh * rest[..., 2 * H :]
+        return (dh_prev.astype(dh.dtype), (dc * rest[..., H : 2 * H]).astype(dc.dtype)), dz
 
     def finish(dz, p):
         return dz, dz
 
-    return _Kind(4, dtype, step, back, finish)
+    return _Kind(4, dtype, step, back, finish, True)
 
 
 @functools.cache
@@ -141,24 +141,24 @@ def _gru_kind(dtype) -> _Kind:
         kz = (h - n) * z * (1.0 - z)
         # [recurrent-side factors of the r, z, n blocks | direct path z | input-side factor of n];
         # a padded step's direct path 1 passes the gradient through.
-        coef = [_fill(ok, kr, 0.0), _fill(ok, kz, 0.0), _fill(ok, kn * r, 0.0), _fill(ok, z, 1.0), _fill(ok, kn, 0.0)]
-        return new, jnp.concatenate(coef, -1)
+        k = _fill(ok, jnp.concatenate([kr, kz, kn * r], -1), 0.0)
+        return new, (k, jnp.concatenate([_fill(ok, z, 1.0), _fill(ok, kn, 0.0)], -1))
 
     def back(w_hT, dcarry, dy, p):
-        (dh,) = dcarry
+        (k, rest), (dh,) = p, dcarry
         H = dh.shape[-1]
         dh = dh + dy
-        dzh = jnp.concatenate([dh, dh, dh], -1) * p[..., : 3 * H]
-        dh_prev = _mm(dzh, w_hT, dtype) + dh * p[..., 3 * H : 4 * H]
+        dzh = jnp.concatenate([dh, dh, dh], -1) * k
+        dh_prev = _mm(dzh, w_hT, dtype) + dh * rest[..., :H]
         return (dh_prev.astype(dh.dtype),), dh
 
     def finish(dh, p):
-        H = dh.shape[-1]
-        dzh = jnp.concatenate([dh, dh, dh], -1) * p[..., : 3 * H]
-        dzx = jnp.concatenate([dzh[..., : 2 * H], dh * p[..., 4 * H :]], -1)
+        (k, rest), H = p, dh.shape[-1]
+        dzh = jnp.concatenate([dh, dh, dh], -1) * k
+        dzx = jnp.concatenate([dzh[..., : 2 * H], dh * rest[..., H:]], -1)
         return dzx, dzh
 
-    return _Kind(3, dtype, step, back, finish)
+    return _Kind(3, dtype, step, back, finish, False)
 
 
 @functools.cache
@@ -173,25 +173,21 @@ def _rnn_kind(dtype, activation: str) -> _Kind:
             return new, None
         # relu'(z) is 0 at z = 0, as jax.nn.relu's gradient.
         k = 1.0 - h_new * h_new if activation == "tanh" else (h_new > 0).astype(h_new.dtype)
-        coef = [_fill(ok, k, 0.0)]
-        if ok is not None:
-            coef.append(_passthrough(ok, h))
-        return new, jnp.concatenate(coef, -1)
+        return new, (_fill(ok, k, 0.0), None if ok is None else _passthrough(ok, h))
 
     def back(w_hT, dcarry, dy, p):
-        (dh,) = dcarry
-        H = dh.shape[-1]
+        (k, rest), (dh,) = p, dcarry
         dh = dh + dy
-        dz = dh * p[..., :H]
+        dz = dh * k
         dh_prev = _mm(dz, w_hT, dtype)
-        if p.shape[-1] > H:
-            dh_prev = dh_prev + dh * p[..., H:]
+        if rest is not None:
+            dh_prev = dh_prev + dh * rest
         return (dh_prev.astype(dh.dtype),), dz
 
     def finish(dz, p):
         return dz, dz
 
-    return _Kind(1, dtype, step, back, finish)
+    return _Kind(1, dtype, step, back, finish, True)
 
 
 def _cast(dtype, *arrays):
@@ -230,6 +226,36 @@ def _scan(body: Callable, carry, xs, *, reverse: bool = False, axis: int = 0):
 
     (carry, _), ys = jax.lax.scan(step, (carry, at(n - 1 if reverse else 0)), jnp.arange(n), reverse=reverse)
     return carry, jax.tree.map(lambda y: y.reshape((T,) + y.shape[2:]), ys)
+
+
+def _reverse_scan_into(body: Callable, carry, dys, k, rest):
+    """The backward scan of the in-place kinds: step t's output (dz_t) overwrites k_t.
+
+    The same reverse scan as ``_scan(body, carry, (dys, (k, rest)), reverse=True)``, but each
+    block of outputs is written over the block of ``k`` it has just consumed, in place, so the
+    backward pass holds no [T, B, g] array beyond the coefficients it was given.
+    """
+    T = k.shape[0]
+    kk = _block_size(T)
+    n = T // kk
+    blocked = lambda a: None if a is None else a.reshape((n, kk) + a.shape[1:])
+    dys_b, k_b, rest_b = blocked(dys), blocked(k), blocked(rest)
+    read = lambda kb, j: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, j, keepdims=False), (dys_b, kb, rest_b))
+
+    def step(state, j):
+        carry, kb, current = state
+        outs = [None] * kk
+        for i in reversed(range(kk)):
+            dy, k_t, rest_t = jax.tree.map(lambda a: a[i], current)
+            carry, outs[i] = body(carry, (dy, (k_t, rest_t)))
+        kb = jax.lax.dynamic_update_index_in_dim(kb, jnp.stack(outs), j, 0)
+        # Read the next block from the updated buffer: the read then depends on the write, and
+        # XLA updates the buffer in place instead of copying all of it to protect the read.
+        ahead = read(kb, jnp.maximum(j - 1, 0))
+        return (carry, kb, ahead), None
+
+    (carry, k_b, _), _ = jax.lax.scan(step, (carry, k_b, read(k_b, n - 1)), jnp.arange(n), reverse=True)
+    return carry, k_b.reshape(k.shape)
 
 
 def _forward(kind: _Kind, w_x, w_h, b_x, b_h, xs, carry0, mask, keep: bool):
@@ -286,10 +312,13 @@ def _fused_bwd(kind, residuals, cotangents):
     def body(dcarry, inputs):
         return kind.back(w_hT, dcarry, *inputs)
 
-    dys_t = jnp.swapaxes(dys, 0, 1).astype(coef.dtype)
+    dys_t = jnp.swapaxes(dys, 0, 1).astype(coef[0].dtype)
     if mask is not None:  # padded outputs are constant zeros: their cotangents go nowhere
         dys_t = jnp.where(mask.T[..., None], dys_t, jnp.zeros_like(dys_t))
-    dcarry_0, emitted = _scan(body, tuple(dcarry_T), (dys_t, coef), reverse=True)
+    if kind.inplace:
+        dcarry_0, emitted = _reverse_scan_into(body, tuple(dcarry_T), dys_t, *coef)
+    else:
+        dcarry_0, emitted = _scan(body, tuple(dcarry_T), (dys_t, coef), reverse=True)
     dzx, dzh = kind.finish(emitted, coef)
     # The weight and input gradients: large matmuls over all T * B rows at once.
     if dzx is dzh:  # one matmul [x, h_prev]^T dz gives both kernels' gradients
