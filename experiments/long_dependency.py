@@ -60,7 +60,9 @@ def main(config: Config) -> dict:
     lines = [f"Metric: test {metric}; solved means {metric} {'<=' if task.mode == 'min' else '>='} "
              f"{'threshold' if task.solved is None else f'{task.solved:.4g}'} (for copy: 1% of the memoryless baseline) "
              f"within {config.steps} updates (batch {config.batch_size}, Adam lr {config.lr}, clip 1.0, "
-             f"{config.hidden} hidden units, evaluated every {config.eval_every} steps, stopped once every seed solved).",
+             f"{config.hidden} hidden units, evaluated every {config.eval_every} steps, stopped at the first evaluation "
+             f"where every seed meets the threshold). 'k/n' counts seeds meeting it at the end; 'by step s': the "
+             f"evaluation at which the last seed first met it.",
              "", "Seeds solved, and the final " + metric + " (mean ± std over seeds):", "", head,
              "|" + "---|" * (len(config.lengths) + 1)]
     for cell in config.cells:

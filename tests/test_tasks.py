@@ -329,11 +329,17 @@ def test_lstm_solves_temporal_order_110():
 
 
 @pytest.mark.slow
-def test_lstm_beats_copy_memory_baseline_at_lag_20():
+def test_lstm_beats_copy_memory_baseline_at_lag_20_and_tanh_rnn_does_not():
+    # The recorded sweep (docs/tasks.md): after 2000 steps the LSTM is at 0.82x the memoryless
+    # baseline and the tanh RNN at 1.00x.
     task = tasks.copy_memory(20)
-    model = tasks.sequence_model(tasks.make_cell("lstm", 64), 10, "all")
-    r = tasks.train_task(task, model, seeds=[0], steps=3000, batch_size=64, learning_rate=5e-3)
-    assert r["final"]["xent"][0] < 0.5 * task.baselines["memoryless"]["xent"], r["final"]
+    final = {}
+    for cell in ("lstm", "rnn"):
+        model = tasks.sequence_model(tasks.make_cell(cell, 64), 10, "all")
+        final[cell] = tasks.train_task(task, model, seeds=[0], steps=2000, batch_size=50, learning_rate=2e-3)["final"]
+    base = task.baselines["memoryless"]["xent"]
+    assert final["lstm"]["xent"][0] < 0.9 * base, final
+    assert final["rnn"]["xent"][0] > 0.97 * base, final
 
 
 @pytest.mark.slow
