@@ -4,8 +4,8 @@
 default cell of the same name, with the same params and shapes, organised the way cuDNN
 organises it:
 
-- the input projection ``xs @ W + b`` for all ``T`` steps is one large matmul before the
-  scan, so only the recurrent matmul ``h @ U`` and the gate nonlinearities run per step;
+- the input projection ``xs @ W`` for all ``T`` steps is one large matmul before the scan,
+  so only the recurrent matmul ``h @ U`` and the gate nonlinearities run per step;
 - the backward pass is a ``jax.custom_vjp``: a reverse scan carries only what the
   recurrence needs (``dz @ U^T`` and the memory-cell path) and emits the pre-activation
   gradients ``dz`` of every step; the weight, bias and input gradients are then a few large
@@ -48,11 +48,11 @@ def _mm(a: Array, b: Array, dtype) -> Array:
 
 
 # ----------------------------------------------------------------------------- the algorithm
-# All arrays inside are time-major on one flattened batch axis: xs [T, B, D], zx [T, B, G],
-# carry leaves [B, H], mask [B, T] or None. Inputs stay batch-major ([B, T, ...]); what the
-# scan produces (coefficients, gradients) is time-major.
+# Everything works on one flattened batch axis: xs [B, T, D], zx [B, T, G], carry leaves
+# [B, H], mask [B, T] or None. Inputs stay batch-major as given; what the scans produce
+# (coefficients, gradients) is time-major [T, B, ...].
 #
-# Forward: zx = xs W + b_x for all steps in one matmul; the scan runs only h U and the gates.
+# Forward: zx = xs W for all steps in one matmul; the scan runs only h U, the bias and the gates.
 # When differentiating, each step also stores the factors of its own derivative that do not
 # depend on the incoming gradient ("coefficients", a few h wide), computed from values the
 # step has at hand, so nothing is recomputed later.

@@ -7,7 +7,6 @@ import pytest
 
 import memcell
 from memcell import fused
-from memcell.cells.lstm import LSTMNorm
 
 B, D, H = 3, 5, 8
 
