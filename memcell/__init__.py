@@ -4,7 +4,7 @@ A cell is three pure functions, ``Cell(init, initial_carry, step)``; ``unroll`` 
 sequence with ``jax.lax.scan``; ``layer``, ``bidirectional`` and ``stack`` compose sequence layers.
 """
 
-from memcell import convert, jacobian
+from memcell import convert, fused, jacobian
 from memcell.cells import (
     LSTM_VARIANTS,
     GRUCarry,
@@ -37,6 +37,7 @@ __all__ = [
     "RNNParams",
     "bidirectional",
     "convert",
+    "fused",
     "gru",
     "jacobian",
     "layer",
