@@ -4,7 +4,6 @@ A cell is three pure functions, ``Cell(init, initial_carry, step)``; ``unroll`` 
 sequence with ``jax.lax.scan``; ``layer``, ``bidirectional`` and ``stack`` compose sequence layers.
 """
 
-from memcell import convert, fused, jacobian
 from memcell.cells import (
     LSTM_VARIANTS,
     GRUCarry,
@@ -20,6 +19,11 @@ from memcell.cells import (
 )
 from memcell.scan import DirectionPair, bidirectional, layer, stack, unroll
 from memcell.types import Cell, Layer
+
+# Modules that build on the core, reached as memcell.jacobian.*, memcell.train.* and so on.
+# The Flax wrappers (memcell.linen, memcell.nnx) are imported explicitly, so that
+# `import memcell` does not import flax.
+from memcell import convert, fused, jacobian, tasks, train  # noqa: E402  (after the core)
 
 __version__ = "0.1.0"
 
@@ -44,5 +48,7 @@ __all__ = [
     "lstm",
     "rnn",
     "stack",
+    "tasks",
+    "train",
     "unroll",
 ]
