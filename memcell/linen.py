@@ -62,6 +62,25 @@ def _check_carry_structure(cell: PureCell, params, carry) -> None:
         raise TypeError(f"carry must have the structure of initialize_carry's carry, {expected}, got {got}")
 
 
+# Flax's carry layouts, shared with memcell.nnx: its LSTM cells carry the pair (c, h), its
+# GRUCell and SimpleCell the hidden-state array alone.
+def _lstm_carry_from_flax(carry) -> LSTMCarry:
+    if not (isinstance(carry, (tuple, list)) and len(carry) == 2):
+        raise TypeError(f"carry must be the pair (c, h) of initialize_carry, got {type(carry).__name__}")
+    c, h = carry
+    return LSTMCarry(h=h, c=c)
+
+
+def _lstm_carry_to_flax(carry: LSTMCarry) -> tuple[Array, Array]:
+    return (carry.c, carry.h)
+
+
+def _single_carry_from_flax(carry_cls, carry):
+    if not hasattr(carry, "shape"):
+        raise TypeError(f"carry must be the hidden-state array of initialize_carry, got {type(carry).__name__}")
+    return carry_cls(carry)
+
+
 class _CellBase(nn.RNNCellBase):
     """The wrapper's logic, shared by ``Cell``, ``LSTM``, ``GRU`` and ``RNN``.
 
@@ -212,13 +231,10 @@ class LSTM(_CellBase):
         )
 
     def _to_memcell_carry(self, carry):
-        if not (isinstance(carry, (tuple, list)) and len(carry) == 2):
-            raise TypeError(f"carry must be the pair (c, h) of initialize_carry, got {type(carry).__name__}")
-        c, h = carry
-        return LSTMCarry(h=h, c=c)
+        return _lstm_carry_from_flax(carry)
 
     def _from_memcell_carry(self, carry):
-        return (carry.c, carry.h)
+        return _lstm_carry_to_flax(carry)
 
 
 class _SingleStateCell(_CellBase):
@@ -227,9 +243,7 @@ class _SingleStateCell(_CellBase):
     _carry_cls = None  # set by subclasses (GRUCarry, RNNCarry); not a dataclass field
 
     def _to_memcell_carry(self, carry):
-        if not hasattr(carry, "shape"):
-            raise TypeError(f"carry must be the hidden-state array of initialize_carry, got {type(carry).__name__}")
-        return self._carry_cls(carry)
+        return _single_carry_from_flax(self._carry_cls, carry)
 
     def _from_memcell_carry(self, carry):
         return carry.h

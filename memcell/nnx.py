@@ -21,7 +21,14 @@ from flax import nnx
 from memcell import convert
 from memcell.cells import GRUCarry, LSTMCarry, RNNCarry, gru, lstm, rnn
 from memcell.cells._common import check_positive_int
-from memcell.linen import _check_carry_structure, _check_input_shape, _check_inputs
+from memcell.linen import (
+    _check_carry_structure,
+    _check_input_shape,
+    _check_inputs,
+    _lstm_carry_from_flax,
+    _lstm_carry_to_flax,
+    _single_carry_from_flax,
+)
 from memcell.types import Array, Cell as PureCell, PyTree
 
 __all__ = ["GRU", "LSTM", "RNN", "Cell"]
@@ -201,22 +208,17 @@ class LSTM(_CellBase):
         self._setup(cell, in_features, rngs, carry_init)
 
     def _to_memcell_carry(self, carry):
-        if not (isinstance(carry, (tuple, list)) and len(carry) == 2):
-            raise TypeError(f"carry must be the pair (c, h) of initialize_carry, got {type(carry).__name__}")
-        c, h = carry
-        return LSTMCarry(h=h, c=c)
+        return _lstm_carry_from_flax(carry)
 
     def _from_memcell_carry(self, carry):
-        return (carry.c, carry.h)
+        return _lstm_carry_to_flax(carry)
 
 
 class _SingleStateCell(_CellBase):
     _carry_cls = None  # GRUCarry or RNNCarry, set by subclasses
 
     def _to_memcell_carry(self, carry):
-        if not hasattr(carry, "shape"):
-            raise TypeError(f"carry must be the hidden-state array of initialize_carry, got {type(carry).__name__}")
-        return self._carry_cls(carry)
+        return _single_carry_from_flax(self._carry_cls, carry)
 
     def _from_memcell_carry(self, carry):
         return carry.h
