@@ -187,6 +187,15 @@ def _expect_shape(name: str, arr: np.ndarray, shape: tuple, what: str) -> None:
 _TORCH_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 
 
+def _under_prefix(state_dict, prefix: str) -> dict:
+    """The entries of a torch state_dict whose names start with ``prefix``, the prefix removed."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if isinstance(k, str) and k.startswith(prefix)}
+
+
 def from_torch(state_dict: Mapping[str, Any], *, mode: str, prefix: str = "") -> tuple[Layer, tuple]:
     """Reads a ``torch.nn.RNN``/``LSTM``/``GRU`` ``state_dict()`` into a memcell layer and its params.
 
@@ -225,11 +234,7 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, prefix: str = "") ->
       ((2, 5, 4), (2, 4))
     """
     _check_mode(mode)
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
-    if not isinstance(prefix, str):
-        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
-    sd = {k[len(prefix) :]: v for k, v in state_dict.items() if isinstance(k, str) and k.startswith(prefix)}
+    sd = _under_prefix(state_dict, prefix)
     if not sd:
         keys = sorted(map(str, state_dict))[:8]
         raise ValueError(f"state_dict has no keys under prefix {prefix!r}; its first keys: {keys}")
@@ -564,11 +569,7 @@ def from_torch_cell(state_dict: Mapping[str, Any], *, mode: str, prefix: str = "
       (3, 12)
     """
     _check_mode(mode)
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
-    if not isinstance(prefix, str):
-        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
-    sd = {k[len(prefix) :]: v for k, v in state_dict.items() if isinstance(k, str) and k.startswith(prefix)}
+    sd = _under_prefix(state_dict, prefix)
     unexpected = sorted(prefix + k for k in sd if k not in _CELL_KEYS)
     if unexpected:
         raise ValueError(
