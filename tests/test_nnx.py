@@ -13,6 +13,7 @@ from flax import nnx
 import memcell
 import memcell.nnx as mn
 from memcell import convert
+from user_cells import leaky_cell
 
 D, H, B, T = 3, 5, 3, 7
 XS = jax.random.normal(jax.random.key(0), (B, T, D))
@@ -28,23 +29,6 @@ MAKERS = {
         lambda c: c,
     ),
 }
-
-
-def leaky_cell(hidden_size):
-    """A user-defined cell with dict params and a bare-array carry: h' = a * h + tanh(x W)."""
-
-    def init(key, input_size):
-        w = jax.random.normal(key, (input_size, hidden_size)) / input_size**0.5
-        return {"w": w, "a": jnp.full((hidden_size,), 0.5)}
-
-    def initial_carry(params, batch_shape=()):
-        return jnp.zeros(tuple(batch_shape) + (params["w"].shape[1],))
-
-    def step(params, h, x):
-        h = params["a"] * h + jnp.tanh(x @ params["w"])
-        return h, h
-
-    return memcell.Cell(init, initial_carry, step)
 
 
 def _randomize(module, seed=1):
