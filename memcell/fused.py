@@ -38,8 +38,15 @@ __all__ = ["BACKENDS", "gru", "lstm", "rnn", "supports", "unroll"]
 
 BACKENDS = ("reference", "fused", "auto")
 
-# Steps per scan iteration (unrolled, see _scan): amortises XLA:CPU's while-loop overhead.
+# Steps per scan iteration (unrolled, see _forward): amortises XLA:CPU's while-loop overhead.
+# Measured on the 2-core CPU: 8 was slower than 4 at H = 128 (16.5 against 12.9 ms a step).
 _SCAN_UNROLL = 4
+
+# From this hidden size on, the per-step recurrent matmuls take their weight operand transposed
+# (``h @ (U^T)^T`` forward, ``dz @ U^T`` without materialising ``U^T`` backward). XLA:CPU picks a
+# different kernel for that layout: at H = 1024 (B = 16) the training step measured 292 ms against
+# 346 ms, at H = 512 (B = 64) 295 against 307; at H = 128 it was slower (15.7 against 12.8 ms).
+_TRANSPOSED_FROM_H = 512
 
 
 def _mm(a: Array, b: Array, dtype) -> Array:
@@ -47,20 +54,38 @@ def _mm(a: Array, b: Array, dtype) -> Array:
     return c.linear(a, b, dtype)
 
 
+def _recurrent_matmul(w_h: Array, dtype, *, transposed: bool) -> Callable:
+    """``h -> h @ U`` (or ``dz -> dz @ U^T`` when ``transposed``), its weight in the layout that runs fastest.
+
+    Any transposed copy of ``U`` sits behind an optimization barrier, so XLA computes it once,
+    outside the scan, instead of folding the transpose back into every step's matmul.
+    """
+    w = w_h if dtype is None else w_h.astype(dtype)
+    acc = c.accumulation_dtype(w_h)
+    swap = w_h.shape[0] >= _TRANSPOSED_FROM_H  # contract against the weight's second axis
+    if swap != transposed:
+        w = jax.lax.optimization_barrier(jnp.transpose(w))
+    dims = (((1,), (1 if swap else 0,)), ((), ()))
+    return lambda a: jax.lax.dot_general(a if dtype is None else a.astype(dtype), w, dims, preferred_element_type=acc)
+
+
 # ----------------------------------------------------------------------------- the algorithm
-# Everything works on one flattened batch axis: xs [B, T, D], zx [B, T, G], carry leaves
-# [B, H], mask [B, T] or None. Inputs stay batch-major as given; what the scans produce
-# (coefficients, gradients) is time-major [T, B, ...].
+# Everything works batch-major on one flattened batch axis: xs [B, T, D], zx [B, T, G], carry
+# leaves [B, H], mask [B, T] or None, and every per-step array the scans write is [B, T, ...],
+# so nothing is transposed and the weight gradients read xs as given.
 #
 # Forward: zx = xs W for all steps in one matmul; the scan runs only h U, the bias and the gates.
-# When differentiating, each step also stores the factors of its own derivative that do not
-# depend on the incoming gradient ("coefficients", a few h wide), computed from values the
-# step has at hand, so nothing is recomputed later.
+# When differentiating, each step also computes the factors of its own derivative that do not
+# depend on the incoming gradient ("coefficients"), from values the step has at hand, so
+# nothing is recomputed later. The first coefficient array is G wide, as zx, and is written
+# over zx's own buffer block by block once a block has been read: the forward pass allocates
+# no [B, T, G] array beyond zx. The rest (a few h wide) go to buffers of their own.
 #
-# Backward: the reverse scan is a few multiply-adds and one ``dz @ U^T`` a step. Padded steps
-# (lengths) are folded into the coefficients: they make the step the identity on the carry
-# gradient and emit zero. After the scan, dW = inputs^T dz over all T * B rows at once, as
-# cuDNN does, instead of T small matmuls inside the scan.
+# Backward: the reverse scan is a few multiply-adds and one ``dz @ U^T`` a step, and writes
+# each step's pre-activation gradient (G wide) over that step's coefficients, in place. Padded
+# steps (lengths) are folded into the coefficients: they make the step the identity on the
+# carry gradient and emit zero. After the scan, dW = [xs, h_prev]^T dz over all B * T rows at
+# once, as cuDNN does, instead of T small matmuls inside the scan.
 
 
 class _Kind(NamedTuple):
@@ -68,10 +93,9 @@ class _Kind(NamedTuple):
 
     n_gates: int
     dtype: object  # matmul computation dtype (None: the inputs')
-    step: Callable  # (w_h, b_x, b_h, carry, zx_t, ok, keep) -> (carry', coefficients_t or None)
-    back: Callable  # (w_hT, dcarry, dy_t, coefficients_t) -> (dcarry', emitted_t)
-    finish: Callable  # (emitted, coefficients) -> (dzx, dzh): [T, B, G] each, vectorised
-    inplace: bool  # emitted_t has the shape of coefficients_t[0]: the backward writes it there
+    step: Callable  # (rec, b_x, b_h, carry, zx_t, ok, keep) -> (carry', (k_t [B, G], rest_t or None) or None)
+    back: Callable  # (rec_t, dcarry, dy_t, (k_t, rest_t)) -> (dcarry', dzx_t [B, G])
+    finish: Callable  # (dzx, rest) -> dzh: [B, T, G], vectorised; dzx itself when the two are equal
 
 
 def _split(a: Array, n: int) -> list[Array]:
@@ -89,11 +113,15 @@ def _passthrough(ok, like):
     return jnp.broadcast_to(jnp.where(ok, 0.0, 1.0).astype(like.dtype), like.shape)
 
 
+def _same(dzx, rest):
+    return dzx
+
+
 @functools.cache
 def _lstm_kind(dtype) -> _Kind:
-    def step(w_h, b_x, b_h, carry, zx, ok, keep):
+    def step(rec, b_x, b_h, carry, zx, ok, keep):
         h, cc = carry
-        i, f, g, o = _split(zx + _mm(h, w_h, dtype) + b_x, 4)
+        i, f, g, o = _split(zx + rec(h) + b_x, 4)
         i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
         c_new = f * cc + i * g
         tc = jnp.tanh(c_new)
@@ -107,29 +135,26 @@ def _lstm_kind(dtype) -> _Kind:
             rest.append(_passthrough(ok, h))
         return new, (_fill(ok, k, 0.0), jnp.concatenate(rest, -1))
 
-    def back(w_hT, dcarry, dy, p):
+    def back(rec_t, dcarry, dy, p):
         (k, rest), (dh, dc) = p, dcarry
         H = dh.shape[-1]
         dh = dh + dy
         dc = dc + dh * rest[..., :H]
         dz = jnp.concatenate([dc, dc, dc, dh], -1) * k
-        dh_prev = _mm(dz, w_hT, dtype)
+        dh_prev = rec_t(dz)
         if rest.shape[-1] > 2 * H:
             dh_prev = dh_prev + dh * rest[..., 2 * H :]
         return (dh_prev.astype(dh.dtype), (dc * rest[..., H : 2 * H]).astype(dc.dtype)), dz
 
-    def finish(dz, p):
-        return dz, dz
-
-    return _Kind(4, dtype, step, back, finish, True)
+    return _Kind(4, dtype, step, back, _same)
 
 
 @functools.cache
 def _gru_kind(dtype) -> _Kind:
-    def step(w_h, b_x, b_h, carry, zx, ok, keep):
+    def step(rec, b_x, b_h, carry, zx, ok, keep):
         (h,) = carry
         xr, xz, xn = _split(zx + b_x, 3)
-        hr, hz, hn = _split(_mm(h, w_h, dtype) + b_h, 3)
+        hr, hz, hn = _split(rec(h) + b_h, 3)
         r = jax.nn.sigmoid(xr + hr)
         z = jax.nn.sigmoid(xz + hz)
         n = jnp.tanh(xn + r * hn)
@@ -139,35 +164,37 @@ def _gru_kind(dtype) -> _Kind:
         kn = (1.0 - z) * (1.0 - n * n)  # d h' / d (pre-activation of n)
         kr = kn * hn * r * (1.0 - r)
         kz = (h - n) * z * (1.0 - z)
-        # [recurrent-side factors of the r, z, n blocks | direct path z | input-side factor of n];
-        # a padded step's direct path 1 passes the gradient through.
-        k = _fill(ok, jnp.concatenate([kr, kz, kn * r], -1), 0.0)
-        return new, (k, jnp.concatenate([_fill(ok, z, 1.0), _fill(ok, kn, 0.0)], -1))
+        # k: the input-side pre-activation factors of the r, z, n blocks (the recurrent side's n
+        # block is r times the input side's); rest: [direct path z | r]. A padded step's direct
+        # path 1 passes the gradient through.
+        k = _fill(ok, jnp.concatenate([kr, kz, kn], -1), 0.0)
+        return new, (k, jnp.concatenate([_fill(ok, z, 1.0), _fill(ok, r, 0.0)], -1))
 
-    def back(w_hT, dcarry, dy, p):
+    def recurrent_side(dzx, r):
+        H = r.shape[-1]
+        return jnp.concatenate([dzx[..., : 2 * H], dzx[..., 2 * H :] * r], -1)
+
+    def back(rec_t, dcarry, dy, p):
         (k, rest), (dh,) = p, dcarry
         H = dh.shape[-1]
         dh = dh + dy
-        dzh = jnp.concatenate([dh, dh, dh], -1) * k
-        dh_prev = _mm(dzh, w_hT, dtype) + dh * rest[..., :H]
-        return (dh_prev.astype(dh.dtype),), dh
+        dzx = jnp.concatenate([dh, dh, dh], -1) * k
+        dh_prev = rec_t(recurrent_side(dzx, rest[..., H:])) + dh * rest[..., :H]
+        return (dh_prev.astype(dh.dtype),), dzx
 
-    def finish(dh, p):
-        (k, rest), H = p, dh.shape[-1]
-        dzh = jnp.concatenate([dh, dh, dh], -1) * k
-        dzx = jnp.concatenate([dzh[..., : 2 * H], dh * rest[..., H:]], -1)
-        return dzx, dzh
+    def finish(dzx, rest):
+        return recurrent_side(dzx, rest[..., rest.shape[-1] // 2 :])
 
-    return _Kind(3, dtype, step, back, finish, False)
+    return _Kind(3, dtype, step, back, finish)
 
 
 @functools.cache
 def _rnn_kind(dtype, activation: str) -> _Kind:
     act = jnp.tanh if activation == "tanh" else jax.nn.relu
 
-    def step(w_h, b_x, b_h, carry, zx, ok, keep):
+    def step(rec, b_x, b_h, carry, zx, ok, keep):
         (h,) = carry
-        h_new = act(zx + _mm(h, w_h, dtype) + b_x)
+        h_new = act(zx + rec(h) + b_x)
         new = (h_new.astype(h.dtype),)
         if not keep:
             return new, None
@@ -175,19 +202,16 @@ def _rnn_kind(dtype, activation: str) -> _Kind:
         k = 1.0 - h_new * h_new if activation == "tanh" else (h_new > 0).astype(h_new.dtype)
         return new, (_fill(ok, k, 0.0), None if ok is None else _passthrough(ok, h))
 
-    def back(w_hT, dcarry, dy, p):
+    def back(rec_t, dcarry, dy, p):
         (k, rest), (dh,) = p, dcarry
         dh = dh + dy
         dz = dh * k
-        dh_prev = _mm(dz, w_hT, dtype)
+        dh_prev = rec_t(dz)
         if rest is not None:
             dh_prev = dh_prev + dh * rest
         return (dh_prev.astype(dh.dtype),), dz
 
-    def finish(dz, p):
-        return dz, dz
-
-    return _Kind(1, dtype, step, back, finish, True)
+    return _Kind(1, dtype, step, back, _same)
 
 
 def _cast(dtype, *arrays):
@@ -199,87 +223,67 @@ def _block_size(T: int) -> int:
     return max(k for k in range(1, min(_SCAN_UNROLL, T) + 1) if T % k == 0)
 
 
-def _scan(body: Callable, carry, xs, *, reverse: bool = False, axis: int = 0):
-    """``jax.lax.scan(body, carry, xs)`` that hands ``body`` slices read one iteration ahead.
-
-    XLA:CPU fuses the per-step ``dynamic-slice`` of a scanned input into the elementwise
-    kernels that consume it, and those fused kernels run several times slower than the same
-    arithmetic on a plain buffer (measured: an LSTM forward scan over precomputed gate inputs
-    took 1.6x the time of the reference scan, which does more work). Reading the next block
-    of ``k`` steps into the carry during this one materialises each slice once, in its own
-    kernel; the ``k`` steps of a block are unrolled with static indices. Time is ``axis`` of
-    every leaf of ``xs`` (1: batch-major inputs are read in place, without a transpose).
-    """
-    T = jax.tree.leaves(xs)[0].shape[axis]
+def _blocks(T: int):
+    """``(k, n, read)``: k steps per scan iteration, n iterations, ``read(a, j)`` = block j of a [B, T, ...]."""
     k = _block_size(T)
-    n = T // k
-    blocks = jax.tree.map(lambda a: a.reshape(a.shape[:axis] + (n, k) + a.shape[axis + 1 :]), xs)
-    at = lambda j: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, j, axis, keepdims=False), blocks)
-
-    def step(state, j):
-        carry, current = state
-        ahead = at(jnp.clip(j - 1 if reverse else j + 1, 0, n - 1))
-        ys = [None] * k
-        for i in reversed(range(k)) if reverse else range(k):
-            carry, ys[i] = body(carry, jax.tree.map(lambda a: jax.lax.index_in_dim(a, i, axis, False), current))
-        return (carry, ahead), jax.tree.map(lambda *y: jnp.stack(y), *ys)
-
-    (carry, _), ys = jax.lax.scan(step, (carry, at(n - 1 if reverse else 0)), jnp.arange(n), reverse=reverse)
-    return carry, jax.tree.map(lambda y: y.reshape((T,) + y.shape[2:]), ys)
+    return k, T // k, lambda a, j: None if a is None else jax.lax.dynamic_slice_in_dim(a, j * k, k, 1)
 
 
-def _reverse_scan_into(body: Callable, carry, dys, k, rest):
-    """The backward scan of the in-place kinds: step t's output (dz_t) overwrites k_t.
-
-    The same reverse scan as ``_scan(body, carry, (dys, (k, rest)), reverse=True)``, but each
-    block of outputs is written over the block of ``k`` it has just consumed, in place, so the
-    backward pass holds no [T, B, g] array beyond the coefficients it was given.
-    """
-    T = k.shape[0]
-    kk = _block_size(T)
-    n = T // kk
-    blocked = lambda a: None if a is None else a.reshape((n, kk) + a.shape[1:])
-    dys_b, k_b, rest_b = blocked(dys), blocked(k), blocked(rest)
-    read = lambda kb, j: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, j, keepdims=False), (dys_b, kb, rest_b))
-
-    def step(state, j):
-        carry, kb, current = state
-        outs = [None] * kk
-        for i in reversed(range(kk)):
-            dy, k_t, rest_t = jax.tree.map(lambda a: a[i], current)
-            carry, outs[i] = body(carry, (dy, (k_t, rest_t)))
-        kb = jax.lax.dynamic_update_index_in_dim(kb, jnp.stack(outs), j, 0)
-        # Read the next block from the updated buffer: the read then depends on the write, and
-        # XLA updates the buffer in place instead of copying all of it to protect the read.
-        ahead = read(kb, jnp.maximum(j - 1, 0))
-        return (carry, kb, ahead), None
-
-    (carry, k_b, _), _ = jax.lax.scan(step, (carry, k_b, read(k_b, n - 1)), jnp.arange(n), reverse=True)
-    return carry, k_b.reshape(k.shape)
+def _write(buf: Array, j, k: int, items: list) -> Array:
+    """``buf`` [B, T, ...] with block j replaced by the k per-step arrays ``items`` (in place)."""
+    return jax.lax.dynamic_update_slice_in_dim(buf, jnp.stack(items, 1).astype(buf.dtype), j * k, 1)
 
 
 def _forward(kind: _Kind, w_x, w_h, b_x, b_h, xs, carry0, mask, keep: bool):
-    """xs: [B, T, D] -> (final carry, ys [B, T, H], what the backward pass needs or None)."""
-    # One matmul over all B * T rows, batch-major as given: no transpose of xs or of zx, and the
-    # bias is added inside the step (a separate pass over the [B, T, g] array costs as much as
-    # the matmul on CPU).
+    """xs: [B, T, D] -> (final carry, ys [B, T, H], what the backward pass needs or None).
+
+    The scan reads each block of ``k`` steps of zx one iteration ahead, into its carry: XLA:CPU
+    would otherwise fuse the per-step ``dynamic-slice`` into the elementwise kernels that consume
+    it, and those fused kernels run several times slower than the same arithmetic on a plain
+    buffer (measured: a forward scan over precomputed gate inputs took 1.6x the reference's
+    time). When differentiating, the block is read after the previous one's coefficients were
+    written over zx, so the read depends on the write and XLA updates zx in place instead of
+    copying it.
+    """
+    # One matmul over all B * T rows, batch-major as given; the bias is added inside the step
+    # (a separate pass over the [B, T, G] array costs as much as the matmul on CPU).
     B, T, D = xs.shape
     zx = _mm(xs.reshape(B * T, D), w_x, kind.dtype).reshape(B, T, -1)
+    rec = _recurrent_matmul(w_h, kind.dtype, transposed=False)
+    k, n, read = _blocks(T)
+    ok0 = None if mask is None else mask[:, 0, None]
+    shapes = jax.eval_shape(lambda *a: kind.step(rec, b_x, b_h, *a, keep), carry0, zx[:, 0], ok0)[1]
+    rest_buf = None
+    if keep and shapes[1] is not None:
+        rest_buf = jnp.zeros((B, T) + shapes[1].shape[1:], shapes[1].dtype)
+    hs = jnp.zeros((B, T) + carry0[0].shape[1:], carry0[0].dtype)
 
-    def body(carry, inputs):
-        zx_t, ok = inputs
-        ok = None if ok is None else ok[:, None]
-        new, coef = kind.step(w_h, b_x, b_h, carry, zx_t, ok, keep)
-        if ok is not None:
-            new = tuple(jnp.where(ok, a, b) for a, b in zip(new, carry))
-        return new, ((new[0], coef) if keep else new[0])
+    def step(state, j):
+        carry, buf, hs, rest_buf, current = state
+        oks = read(mask, j)
+        h_out, coefs, rests = [], [], []
+        for i in range(k):
+            ok = None if oks is None else oks[:, i, None]
+            new, coef = kind.step(rec, b_x, b_h, carry, current[:, i], ok, keep)
+            carry = new if ok is None else tuple(jnp.where(ok, a, b) for a, b in zip(new, carry))
+            h_out.append(carry[0])
+            if keep:
+                coefs.append(coef[0])
+                rests.append(coef[1])
+        hs = _write(hs, j, k, h_out)
+        if keep:
+            buf = _write(buf, j, k, coefs)
+            rest_buf = None if rest_buf is None else _write(rest_buf, j, k, rests)
+        return (carry, buf, hs, rest_buf, read(buf, jnp.minimum(j + 1, n - 1))), None
 
-    carry, out = _scan(body, carry0, (zx, mask), axis=1)
-    hs, coef = out if keep else (out, None)
-    ys = hs if mask is None else jnp.where(mask.T[..., None], hs, jnp.zeros_like(hs))
+    state = (carry0, zx, hs, rest_buf, read(zx, 0))
+    (carry, coef, hs, rest_buf, _), _ = jax.lax.scan(step, state, jnp.arange(n))
+    ys = hs if mask is None else jnp.where(mask[..., None], hs, jnp.zeros_like(hs))
+    if not keep:
+        return carry, ys, None
     # The h entering step t is the one left by step t - 1 (padding passes it through).
-    saved = (xs, jnp.concatenate([carry0[0][None], hs[:-1]]), coef) if keep else None
-    return carry, jnp.swapaxes(ys, 0, 1), saved
+    h_prev = jnp.concatenate([carry0[0][:, None], hs[:, :-1]], 1)
+    return carry, ys, (xs, h_prev, coef, rest_buf)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -294,7 +298,7 @@ def _fused_fwd(kind, w_x, w_h, b_x, b_h, xs, carry0, mask):
 
 
 def _rows_t_dot(a: Array, b: Array, dtype) -> Array:
-    """``a^T b`` over all leading (time, batch) rows: [T, B, m], [T, B, n] -> [m, n], no transpose copy."""
+    """``a^T b`` over all leading (batch, time) rows: [B, T, m], [B, T, n] -> [m, n], no transpose copy."""
     a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
     acc = c.accumulation_dtype(a, b)
     a, b = _cast(dtype, a, b)
@@ -302,33 +306,39 @@ def _rows_t_dot(a: Array, b: Array, dtype) -> Array:
 
 
 def _fused_bwd(kind, residuals, cotangents):
-    w_x, w_h, b_x, b_h, carry0, mask, (xs, h_prev, coef) = residuals
-    xs_t = jnp.swapaxes(xs, 0, 1)  # d wide: cheaper to transpose than dz (g wide)
+    w_x, w_h, b_x, b_h, carry0, mask, (xs, h_prev, coef, rest) = residuals
     dcarry_T, dys = cotangents
     dtype = kind.dtype
-    # A materialised U^T: XLA:CPU's small matmul with a transposed operand is ~1.5x slower.
-    w_hT = jax.lax.optimization_barrier(jnp.transpose(w_h if dtype is None else w_h.astype(dtype)))
-
-    def body(dcarry, inputs):
-        return kind.back(w_hT, dcarry, *inputs)
-
-    dys_t = jnp.swapaxes(dys, 0, 1).astype(coef[0].dtype)
+    rec_t = _recurrent_matmul(w_h, dtype, transposed=True)
+    dys = dys.astype(coef.dtype)
     if mask is not None:  # padded outputs are constant zeros: their cotangents go nowhere
-        dys_t = jnp.where(mask.T[..., None], dys_t, jnp.zeros_like(dys_t))
-    if kind.inplace:
-        dcarry_0, emitted = _reverse_scan_into(body, tuple(dcarry_T), dys_t, *coef)
-    else:
-        dcarry_0, emitted = _scan(body, tuple(dcarry_T), (dys_t, coef), reverse=True)
-    dzx, dzh = kind.finish(emitted, coef)
-    # The weight and input gradients: large matmuls over all T * B rows at once.
+        dys = jnp.where(mask[..., None], dys, jnp.zeros_like(dys))
+    k, n, read = _blocks(xs.shape[1])
+
+    def step(state, j):
+        dcarry, buf, (coefs, dy, rests) = state
+        out = [None] * k
+        for i in reversed(range(k)):
+            dcarry, out[i] = kind.back(rec_t, dcarry, dy[:, i], (coefs[:, i], None if rests is None else rests[:, i]))
+        buf = _write(buf, j, k, out)
+        # Read the next block from the updated buffer: the read then depends on the write, and
+        # XLA updates the buffer in place instead of copying all of it to protect the read.
+        j = jnp.maximum(j - 1, 0)
+        return (dcarry, buf, (read(buf, j), read(dys, j), read(rest, j))), None
+
+    state = (tuple(dcarry_T), coef, (read(coef, n - 1), read(dys, n - 1), read(rest, n - 1)))
+    (dcarry_0, dzx, _), _ = jax.lax.scan(step, state, jnp.arange(n), reverse=True)
+    dzh = kind.finish(dzx, rest)
+    # The weight and input gradients: large matmuls over all B * T rows at once.
+    D = xs.shape[-1]
     if dzx is dzh:  # one matmul [x, h_prev]^T dz gives both kernels' gradients
-        dw = _rows_t_dot(jnp.concatenate([xs_t, h_prev], -1), dzx, dtype)
-        dw_x, dw_h = dw[: xs_t.shape[-1]], dw[xs_t.shape[-1] :]
+        dw = _rows_t_dot(jnp.concatenate([xs, h_prev], -1), dzx, dtype)
+        dw_x, dw_h = dw[:D], dw[D:]
     else:
-        dw_x = _rows_t_dot(xs_t, dzx, dtype)
+        dw_x = _rows_t_dot(xs, dzx, dtype)
         dw_h = _rows_t_dot(h_prev, dzh, dtype)
     w_xT = jax.lax.optimization_barrier(jnp.transpose(w_x if dtype is None else w_x.astype(dtype)))
-    dxs = jnp.swapaxes(_mm(dzx, w_xT, dtype), 0, 1)
+    dxs = _mm(dzx, w_xT, dtype)
     db_x = dzx.sum((0, 1))
     db_h = None if b_h is None else dzh.sum((0, 1)).astype(b_h.dtype)
     return (
@@ -336,7 +346,7 @@ def _fused_bwd(kind, residuals, cotangents):
         dw_h.astype(w_h.dtype),
         db_x.astype(b_x.dtype),
         db_h,
-        dxs.astype(xs_t.dtype),
+        dxs.astype(xs.dtype),
         tuple(d.astype(a.dtype) for a, d in zip(carry0, dcarry_0)),
         None,
     )

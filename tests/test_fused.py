@@ -126,6 +126,36 @@ def test_gradients_match_reference_float64(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_transposed_weight_layout_matches_reference_float64(kind, monkeypatch):
+    """From ``_TRANSPOSED_FROM_H`` hidden units on, the per-step matmuls read U in the other layout.
+
+    The threshold is lowered to 1 so this H = 8 cell takes that path; float64, lengths, reverse
+    and an initial carry, held to the same tight tolerance as the default layout.
+    """
+    make, run = KINDS[kind]
+    monkeypatch.setattr(fused, "_TRANSPOSED_FROM_H", 1)
+    with jax.enable_x64(True):
+        cell = make(param_dtype=jnp.float64)
+        params = _params(cell)
+        xs = jax.random.normal(jax.random.key(1), (B, 8, D), jnp.float64)
+        carry = _carry(cell, params, (B,))
+        kw = dict(lengths=jnp.array([8, 3, 5]), reverse=True)
+        got = _value_and_grads(lambda p, x, c: run(p, x, c, **kw), params, xs, carry)
+        want = _value_and_grads(lambda p, x, c: memcell.unroll(cell, p, x, c, **kw), params, xs, carry)
+        _assert_close(got, want, rtol=1e-11, atol=1e-12)
+
+
+def test_transposed_weight_layout_at_its_real_size():
+    """An LSTM of ``_TRANSPOSED_FROM_H`` units (the size where the layout switches), float32."""
+    cell = memcell.lstm(fused._TRANSPOSED_FROM_H)
+    params = cell.init(jax.random.key(0), D)
+    xs = jax.random.normal(jax.random.key(1), (2, 5, D))
+    got = _value_and_grads(lambda p, x, c: fused.lstm(p, x, c), params, xs, None)
+    want = _value_and_grads(lambda p, x, c: memcell.unroll(cell, p, x, c), params, xs, None)
+    _assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_bfloat16_compute_matches_reference_in_bfloat16(kind):
     make, run = KINDS[kind]
     cell = make(dtype=jnp.bfloat16)
