@@ -325,8 +325,9 @@ def render(results, matmuls, rate, args, elapsed) -> str:
         "torch's CPU GEMM (the table above): that ratio bounds what any JAX LSTM reaches against "
         "torch on this machine at the shapes where they dominate. The fused path already does "
         "nothing else per step but the gates.",
-        "- From H = 512 the per-step matmuls read `U` transposed (`fused._TRANSPOSED_FROM_H`): "
-        "XLA:CPU picks a faster kernel for that layout at large H and a slower one at small H.",
+        "- From H = 512 the fused path runs feature-major (`fused._FEATURE_MAJOR_FROM_H`): per-step "
+        "arrays are `[H, B]` and the recurrent matmuls put the weight on the left (`U^T h`, `U dz`), "
+        "for which XLA:CPU runs a much faster kernel when 4H is large next to B; at small H it is slower.",
         "- XLA:CPU fuses a scan's per-step `dynamic-slice` into the elementwise kernels that consume "
         "it, and those kernels run several times slower; the fused path reads each block of steps "
         "one iteration ahead into the carry instead, and unrolls 4 steps per iteration.",

@@ -42,11 +42,14 @@ BACKENDS = ("reference", "fused", "auto")
 # Measured on the 2-core CPU: 8 was slower than 4 at H = 128 (16.5 against 12.9 ms a step).
 _SCAN_UNROLL = 4
 
-# From this hidden size on, the per-step recurrent matmuls take their weight operand transposed
-# (``h @ (U^T)^T`` forward, ``dz @ U^T`` without materialising ``U^T`` backward). XLA:CPU picks a
-# different kernel for that layout: at H = 1024 (B = 16) the training step measured 292 ms against
-# 346 ms, at H = 512 (B = 64) 295 against 307; at H = 128 it was slower (15.7 against 12.8 ms).
-_TRANSPOSED_FROM_H = 512
+# From this hidden size on, the algorithm runs feature-major: per-step arrays are [h, B] instead
+# of [B, h], and the recurrent matmuls put the weight on the left (``U^T h^T`` forward, ``U dz^T``
+# backward). XLA:CPU's kernel is much faster for that operand shape when 4h is large next to B:
+# a loop of the recurrent matmuls alone measured, batch-major against feature-major, at
+# B = 16, H = 1024 173 against 294 GFLOP/s forward and 132 against 276 backward; at B = 64,
+# H = 512 293 against 347 forward; at B = 32, H = 256 221 against 186 (slower); at H = 128 171
+# against 159. The transposes into and out of the layout cost one pass over xs, ys and dxs.
+_FEATURE_MAJOR_FROM_H = 512
 
 
 def _mm(a: Array, b: Array, dtype) -> Array:
@@ -54,57 +57,68 @@ def _mm(a: Array, b: Array, dtype) -> Array:
     return c.linear(a, b, dtype)
 
 
-def _recurrent_matmul(w_h: Array, dtype, *, transposed: bool) -> Callable:
-    """``h -> h @ U`` (or ``dz -> dz @ U^T`` when ``transposed``), its weight in the layout that runs fastest.
+def _axis(H: int) -> int:
+    """The feature axis of the per-step arrays: -1 batch-major ([B, h]), 0 feature-major ([h, B])."""
+    return 0 if H >= _FEATURE_MAJOR_FROM_H else -1
 
-    Any transposed copy of ``U`` sits behind an optimization barrier, so XLA computes it once,
-    outside the scan, instead of folding the transpose back into every step's matmul.
+
+def _recurrent_matmul(w_h: Array, dtype, *, transposed: bool, axis: int) -> Callable:
+    """The per-step ``h -> h U`` (or ``dz -> dz U^T`` when ``transposed``) in the layout of ``axis``.
+
+    Batch-major: ``h @ U`` and ``dz @ U^T``; feature-major: ``U^T @ h`` and ``U @ dz`` (per-step
+    arrays [h, B]). A transposed copy of ``U`` sits behind an optimization barrier, so XLA
+    computes it once, outside the scan, instead of folding the transpose into every step.
     """
     w = w_h if dtype is None else w_h.astype(dtype)
+    cast = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype))
     acc = c.accumulation_dtype(w_h)
-    swap = w_h.shape[0] >= _TRANSPOSED_FROM_H  # contract against the weight's second axis
-    if swap != transposed:
+    dims = (((1,), (0,)), ((), ()))
+    if transposed != (axis == 0):  # batch-major backward or feature-major forward: U^T
         w = jax.lax.optimization_barrier(jnp.transpose(w))
-    dims = (((1,), (1 if swap else 0,)), ((), ()))
-    return lambda a: jax.lax.dot_general(a if dtype is None else a.astype(dtype), w, dims, preferred_element_type=acc)
+    if axis == 0:
+        return lambda a: jax.lax.dot_general(w, cast(a), dims, preferred_element_type=acc)
+    return lambda a: jax.lax.dot_general(cast(a), w, dims, preferred_element_type=acc)
 
 
 # ----------------------------------------------------------------------------- the algorithm
-# Everything works batch-major on one flattened batch axis: xs [B, T, D], zx [B, T, G], carry
-# leaves [B, H], mask [B, T] or None, and every per-step array the scans write is [B, T, ...],
-# so nothing is transposed and the weight gradients read xs as given.
+# Everything works on one flattened batch axis, in one of two layouts with time as axis 1:
+# batch-major, xs [B, T, D], zx [B, T, G], per-step arrays [B, h]; or feature-major (large h,
+# see _FEATURE_MAJOR_FROM_H), xs [D, T, B], zx [G, T, B], per-step arrays [h, B]. The custom VJP
+# takes and returns batch-major arrays either way; the cells' steps below only name the
+# feature axis. Batch-major, nothing is transposed and the weight gradients read xs as given.
 #
 # Forward: zx = xs W for all steps in one matmul; the scan runs only h U, the bias and the gates.
 # When differentiating, each step also computes the factors of its own derivative that do not
 # depend on the incoming gradient ("coefficients"), from values the step has at hand, so
 # nothing is recomputed later. The first coefficient array is G wide, as zx, and is written
 # over zx's own buffer block by block once a block has been read: the forward pass allocates
-# no [B, T, G] array beyond zx. The rest (a few h wide) go to buffers of their own.
+# no second [B, T, G] array. The rest (a few h wide) go to a buffer of their own.
 #
-# Backward: the reverse scan is a few multiply-adds and one ``dz @ U^T`` a step, and writes
-# each step's pre-activation gradient (G wide) over that step's coefficients, in place. Padded
-# steps (lengths) are folded into the coefficients: they make the step the identity on the
-# carry gradient and emit zero. After the scan, dW = [xs, h_prev]^T dz over all B * T rows at
-# once, as cuDNN does, instead of T small matmuls inside the scan.
+# Backward: the reverse scan is a few multiply-adds and one ``dz U^T`` a step, and writes each
+# step's pre-activation gradient (G wide) over that step's coefficients, in place. Padded steps
+# (lengths) are folded into the coefficients: they make the step the identity on the carry
+# gradient and emit zero. After the scan, dW = [xs, h_prev]^T dz over all B * T rows at once,
+# as cuDNN does, instead of T small matmuls inside the scan.
 
 
 class _Kind(NamedTuple):
-    """One cell kind: its forward step and the pieces of its backward pass."""
+    """One cell kind in one layout: its forward step and the pieces of its backward pass."""
 
     n_gates: int
     dtype: object  # matmul computation dtype (None: the inputs')
-    step: Callable  # (rec, b_x, b_h, carry, zx_t, ok, keep) -> (carry', (k_t [B, G], rest_t or None) or None)
-    back: Callable  # (rec_t, dcarry, dy_t, (k_t, rest_t)) -> (dcarry', dzx_t [B, G])
-    finish: Callable  # (dzx, rest) -> dzh: [B, T, G], vectorised; dzx itself when the two are equal
+    axis: int  # feature axis of the per-step arrays (see _axis)
+    step: Callable  # (rec, b_x, b_h, carry, zx_t, ok, keep) -> (carry', (k_t [.., G], rest_t or None) or None)
+    back: Callable  # (rec_t, dcarry, dy_t, (k_t, rest_t)) -> (dcarry', dzx_t, G wide)
+    finish: Callable  # (dzx, rest) -> dzh, G wide over all steps; dzx itself when the two are equal
 
 
-def _split(a: Array, n: int) -> list[Array]:
-    H = a.shape[-1] // n
-    return [a[..., k * H : (k + 1) * H] for k in range(n)]
+def _split(a: Array, n: int, axis: int) -> list[Array]:
+    H = a.shape[axis] // n
+    return [jax.lax.slice_in_dim(a, k * H, (k + 1) * H, axis=axis) for k in range(n)]
 
 
 def _fill(ok, a, value):
-    """``a`` on real steps, ``value`` on padded ones (ok: [B, 1] or None)."""
+    """``a`` on real steps, ``value`` on padded ones (ok: [B, 1] or [1, B], or None)."""
     return a if ok is None else jnp.where(ok, a, jnp.full_like(a, value))
 
 
@@ -118,10 +132,12 @@ def _same(dzx, rest):
 
 
 @functools.cache
-def _lstm_kind(dtype) -> _Kind:
+def _lstm_kind(dtype, axis: int) -> _Kind:
+    cat = functools.partial(jnp.concatenate, axis=axis)
+
     def step(rec, b_x, b_h, carry, zx, ok, keep):
         h, cc = carry
-        i, f, g, o = _split(zx + rec(h) + b_x, 4)
+        i, f, g, o = _split(zx + rec(h) + b_x, 4, axis)
         i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
         c_new = f * cc + i * g
         tc = jnp.tanh(c_new)
@@ -129,32 +145,34 @@ def _lstm_kind(dtype) -> _Kind:
         if not keep:
             return new, None
         # k: the four gates' pre-activation factors; rest: [a = d c'/d h' through h' = o tanh(c') | f]
-        k = jnp.concatenate([g * i * (1.0 - i), cc * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)], -1)
+        k = cat([g * i * (1.0 - i), cc * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)])
         rest = [_fill(ok, o * (1.0 - tc * tc), 0.0), _fill(ok, f, 1.0)]
         if ok is not None:
             rest.append(_passthrough(ok, h))
-        return new, (_fill(ok, k, 0.0), jnp.concatenate(rest, -1))
+        return new, (_fill(ok, k, 0.0), cat(rest))
 
     def back(rec_t, dcarry, dy, p):
         (k, rest), (dh, dc) = p, dcarry
-        H = dh.shape[-1]
+        a, f, *passthrough = _split(rest, rest.shape[axis] // dh.shape[axis], axis)
         dh = dh + dy
-        dc = dc + dh * rest[..., :H]
-        dz = jnp.concatenate([dc, dc, dc, dh], -1) * k
+        dc = dc + dh * a
+        dz = cat([dc, dc, dc, dh]) * k
         dh_prev = rec_t(dz)
-        if rest.shape[-1] > 2 * H:
-            dh_prev = dh_prev + dh * rest[..., 2 * H :]
-        return (dh_prev.astype(dh.dtype), (dc * rest[..., H : 2 * H]).astype(dc.dtype)), dz
+        if passthrough:
+            dh_prev = dh_prev + dh * passthrough[0]
+        return (dh_prev.astype(dh.dtype), (dc * f).astype(dc.dtype)), dz
 
-    return _Kind(4, dtype, step, back, _same)
+    return _Kind(4, dtype, axis, step, back, _same)
 
 
 @functools.cache
-def _gru_kind(dtype) -> _Kind:
+def _gru_kind(dtype, axis: int) -> _Kind:
+    cat = functools.partial(jnp.concatenate, axis=axis)
+
     def step(rec, b_x, b_h, carry, zx, ok, keep):
         (h,) = carry
-        xr, xz, xn = _split(zx + b_x, 3)
-        hr, hz, hn = _split(rec(h) + b_h, 3)
+        xr, xz, xn = _split(zx + b_x, 3, axis)
+        hr, hz, hn = _split(rec(h) + b_h, 3, axis)
         r = jax.nn.sigmoid(xr + hr)
         z = jax.nn.sigmoid(xz + hz)
         n = jnp.tanh(xn + r * hn)
@@ -167,29 +185,29 @@ def _gru_kind(dtype) -> _Kind:
         # k: the input-side pre-activation factors of the r, z, n blocks (the recurrent side's n
         # block is r times the input side's); rest: [direct path z | r]. A padded step's direct
         # path 1 passes the gradient through.
-        k = _fill(ok, jnp.concatenate([kr, kz, kn], -1), 0.0)
-        return new, (k, jnp.concatenate([_fill(ok, z, 1.0), _fill(ok, r, 0.0)], -1))
+        k = _fill(ok, cat([kr, kz, kn]), 0.0)
+        return new, (k, cat([_fill(ok, z, 1.0), _fill(ok, r, 0.0)]))
 
     def recurrent_side(dzx, r):
-        H = r.shape[-1]
-        return jnp.concatenate([dzx[..., : 2 * H], dzx[..., 2 * H :] * r], -1)
+        d_r, d_z, d_n = _split(dzx, 3, axis)
+        return cat([d_r, d_z, d_n * r])
 
     def back(rec_t, dcarry, dy, p):
         (k, rest), (dh,) = p, dcarry
-        H = dh.shape[-1]
+        z, r = _split(rest, 2, axis)
         dh = dh + dy
-        dzx = jnp.concatenate([dh, dh, dh], -1) * k
-        dh_prev = rec_t(recurrent_side(dzx, rest[..., H:])) + dh * rest[..., :H]
+        dzx = cat([dh, dh, dh]) * k
+        dh_prev = rec_t(recurrent_side(dzx, r)) + dh * z
         return (dh_prev.astype(dh.dtype),), dzx
 
     def finish(dzx, rest):
-        return recurrent_side(dzx, rest[..., rest.shape[-1] // 2 :])
+        return recurrent_side(dzx, _split(rest, 2, axis)[1])
 
-    return _Kind(3, dtype, step, back, finish)
+    return _Kind(3, dtype, axis, step, back, finish)
 
 
 @functools.cache
-def _rnn_kind(dtype, activation: str) -> _Kind:
+def _rnn_kind(dtype, activation: str, axis: int) -> _Kind:
     act = jnp.tanh if activation == "tanh" else jax.nn.relu
 
     def step(rec, b_x, b_h, carry, zx, ok, keep):
@@ -211,7 +229,7 @@ def _rnn_kind(dtype, activation: str) -> _Kind:
             dh_prev = dh_prev + dh * rest
         return (dh_prev.astype(dh.dtype),), dz
 
-    return _Kind(1, dtype, step, back, _same)
+    return _Kind(1, dtype, axis, step, back, _same)
 
 
 def _cast(dtype, *arrays):
@@ -224,14 +242,24 @@ def _block_size(T: int) -> int:
 
 
 def _blocks(T: int):
-    """``(k, n, read)``: k steps per scan iteration, n iterations, ``read(a, j)`` = block j of a [B, T, ...]."""
+    """``(k, n, read)``: k steps per scan iteration, n iterations, ``read(a, j)`` = block j of a [., T, .]."""
     k = _block_size(T)
     return k, T // k, lambda a, j: None if a is None else jax.lax.dynamic_slice_in_dim(a, j * k, k, 1)
 
 
 def _write(buf: Array, j, k: int, items: list) -> Array:
-    """``buf`` [B, T, ...] with block j replaced by the k per-step arrays ``items`` (in place)."""
+    """``buf`` [., T, .] with block j replaced by the k per-step arrays ``items`` (in place)."""
     return jax.lax.dynamic_update_slice_in_dim(buf, jnp.stack(items, 1).astype(buf.dtype), j * k, 1)
+
+
+def _to_layout(axis: int, a: Array | None) -> Array | None:
+    """A batch-major [B, T, .] or [B, .] array in the layout of ``axis`` (feature-major: reversed axes)."""
+    return a if a is None or axis != 0 else jnp.transpose(a)
+
+
+def _step_mask(axis: int, mask):
+    """mask [B, T] as [B, T, 1] (batch-major) or [1, T, B] (feature-major): a step's slice broadcasts."""
+    return None if mask is None else _to_layout(axis, mask[..., None])
 
 
 def _forward(kind: _Kind, w_x, w_h, b_x, b_h, xs, carry0, mask, keep: bool):
@@ -245,25 +273,32 @@ def _forward(kind: _Kind, w_x, w_h, b_x, b_h, xs, carry0, mask, keep: bool):
     written over zx, so the read depends on the write and XLA updates zx in place instead of
     copying it.
     """
-    # One matmul over all B * T rows, batch-major as given; the bias is added inside the step
-    # (a separate pass over the [B, T, G] array costs as much as the matmul on CPU).
+    # One matmul over all B * T rows; the bias is added inside the step (a separate pass over
+    # the [B, T, G] array costs as much as the matmul on CPU).
     B, T, D = xs.shape
-    zx = _mm(xs.reshape(B * T, D), w_x, kind.dtype).reshape(B, T, -1)
-    rec = _recurrent_matmul(w_h, kind.dtype, transposed=False)
+    ax, dtype = kind.axis, kind.dtype
+    if ax == 0:
+        xs = _to_layout(ax, xs)  # [D, T, B]
+        w_xT = jax.lax.optimization_barrier(jnp.transpose(w_x if dtype is None else w_x.astype(dtype)))
+        zx = _mm(w_xT, xs.reshape(D, T * B), dtype).reshape(-1, T, B)
+        b_x, b_h = b_x[:, None], None if b_h is None else b_h[:, None]
+    else:
+        zx = _mm(xs.reshape(B * T, D), w_x, dtype).reshape(B, T, -1)
+    carry0 = tuple(_to_layout(ax, a) for a in carry0)
+    mask = _step_mask(ax, mask)
+    rec = _recurrent_matmul(w_h, dtype, transposed=False, axis=ax)
     k, n, read = _blocks(T)
-    ok0 = None if mask is None else mask[:, 0, None]
+    ok0 = None if mask is None else mask[:, 0]
     shapes = jax.eval_shape(lambda *a: kind.step(rec, b_x, b_h, *a, keep), carry0, zx[:, 0], ok0)[1]
-    rest_buf = None
-    if keep and shapes[1] is not None:
-        rest_buf = jnp.zeros((B, T) + shapes[1].shape[1:], shapes[1].dtype)
-    hs = jnp.zeros((B, T) + carry0[0].shape[1:], carry0[0].dtype)
+    per_step = lambda a: jnp.zeros((a.shape[0], T) + a.shape[1:], a.dtype)
+    rest_buf = per_step(shapes[1]) if keep and shapes[1] is not None else None
 
     def step(state, j):
         carry, buf, hs, rest_buf, current = state
         oks = read(mask, j)
         h_out, coefs, rests = [], [], []
         for i in range(k):
-            ok = None if oks is None else oks[:, i, None]
+            ok = None if oks is None else oks[:, i]
             new, coef = kind.step(rec, b_x, b_h, carry, current[:, i], ok, keep)
             carry = new if ok is None else tuple(jnp.where(ok, a, b) for a, b in zip(new, carry))
             h_out.append(carry[0])
@@ -276,9 +311,10 @@ def _forward(kind: _Kind, w_x, w_h, b_x, b_h, xs, carry0, mask, keep: bool):
             rest_buf = None if rest_buf is None else _write(rest_buf, j, k, rests)
         return (carry, buf, hs, rest_buf, read(buf, jnp.minimum(j + 1, n - 1))), None
 
-    state = (carry0, zx, hs, rest_buf, read(zx, 0))
+    state = (carry0, zx, per_step(carry0[0]), rest_buf, read(zx, 0))
     (carry, coef, hs, rest_buf, _), _ = jax.lax.scan(step, state, jnp.arange(n))
-    ys = hs if mask is None else jnp.where(mask[..., None], hs, jnp.zeros_like(hs))
+    ys = hs if mask is None else jnp.where(mask, hs, jnp.zeros_like(hs))
+    carry, ys = tuple(_to_layout(ax, a) for a in carry), _to_layout(ax, ys)
     if not keep:
         return carry, ys, None
     # The h entering step t is the one left by step t - 1 (padding passes it through).
@@ -297,23 +333,28 @@ def _fused_fwd(kind, w_x, w_h, b_x, b_h, xs, carry0, mask):
     return (carry, ys), (w_x, w_h, b_x, b_h, carry0, mask, saved)
 
 
-def _rows_t_dot(a: Array, b: Array, dtype) -> Array:
-    """``a^T b`` over all leading (batch, time) rows: [B, T, m], [B, T, n] -> [m, n], no transpose copy."""
-    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+def _steps_dot(a: Array, b: Array, axis: int, dtype) -> Array:
+    """``a^T b`` summed over all (batch, time) positions: [B, T, m], [B, T, n] (or [m, T, B],
+    [n, T, B] feature-major) -> [m, n], without a transpose copy."""
+    if axis == 0:
+        a, b, contract = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1), 1
+    else:
+        a, b, contract = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]), 0
     acc = c.accumulation_dtype(a, b)
     a, b = _cast(dtype, a, b)
-    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=acc)
+    return jax.lax.dot_general(a, b, (((contract,), (contract,)), ((), ())), preferred_element_type=acc)
 
 
 def _fused_bwd(kind, residuals, cotangents):
     w_x, w_h, b_x, b_h, carry0, mask, (xs, h_prev, coef, rest) = residuals
     dcarry_T, dys = cotangents
-    dtype = kind.dtype
-    rec_t = _recurrent_matmul(w_h, dtype, transposed=True)
-    dys = dys.astype(coef.dtype)
+    ax, dtype = kind.axis, kind.dtype
+    rec_t = _recurrent_matmul(w_h, dtype, transposed=True, axis=ax)
+    dys = _to_layout(ax, dys.astype(coef.dtype))
+    mask = _step_mask(ax, mask)
     if mask is not None:  # padded outputs are constant zeros: their cotangents go nowhere
-        dys = jnp.where(mask[..., None], dys, jnp.zeros_like(dys))
-    k, n, read = _blocks(xs.shape[1])
+        dys = jnp.where(mask, dys, jnp.zeros_like(dys))
+    k, n, read = _blocks(dys.shape[1])
 
     def step(state, j):
         dcarry, buf, (coefs, dy, rests) = state
@@ -326,28 +367,34 @@ def _fused_bwd(kind, residuals, cotangents):
         j = jnp.maximum(j - 1, 0)
         return (dcarry, buf, (read(buf, j), read(dys, j), read(rest, j))), None
 
-    state = (tuple(dcarry_T), coef, (read(coef, n - 1), read(dys, n - 1), read(rest, n - 1)))
+    dcarry_T = tuple(_to_layout(ax, a) for a in dcarry_T)
+    state = (dcarry_T, coef, (read(coef, n - 1), read(dys, n - 1), read(rest, n - 1)))
     (dcarry_0, dzx, _), _ = jax.lax.scan(step, state, jnp.arange(n), reverse=True)
     dzh = kind.finish(dzx, rest)
-    # The weight and input gradients: large matmuls over all B * T rows at once.
-    D = xs.shape[-1]
-    if dzx is dzh:  # one matmul [x, h_prev]^T dz gives both kernels' gradients
-        dw = _rows_t_dot(jnp.concatenate([xs, h_prev], -1), dzx, dtype)
+    # The weight and input gradients: large matmuls over all B * T positions at once.
+    D = w_x.shape[0]
+    if dzx is dzh and ax != 0:  # one matmul [x, h_prev]^T dz gives both kernels' gradients
+        dw = _steps_dot(jnp.concatenate([xs, h_prev], ax), dzx, ax, dtype)
         dw_x, dw_h = dw[:D], dw[D:]
     else:
-        dw_x = _rows_t_dot(xs, dzx, dtype)
-        dw_h = _rows_t_dot(h_prev, dzh, dtype)
-    w_xT = jax.lax.optimization_barrier(jnp.transpose(w_x if dtype is None else w_x.astype(dtype)))
-    dxs = _mm(dzx, w_xT, dtype)
-    db_x = dzx.sum((0, 1))
-    db_h = None if b_h is None else dzh.sum((0, 1)).astype(b_h.dtype)
+        dw_x = _steps_dot(xs, dzx, ax, dtype)
+        dw_h = _steps_dot(h_prev, dzh, ax, dtype)
+    if ax == 0:  # dxs [D, T, B] = W_x dz, the weight on the left as in the forward projection
+        G, T, B = dzx.shape
+        dxs = _mm(w_x, dzx.reshape(G, T * B), dtype).reshape(D, T, B)
+    else:
+        w_xT = jax.lax.optimization_barrier(jnp.transpose(w_x if dtype is None else w_x.astype(dtype)))
+        dxs = _mm(dzx, w_xT, dtype)
+    over_steps = (1, 2) if ax == 0 else (0, 1)
+    db_x = dzx.sum(over_steps)
+    db_h = None if b_h is None else dzh.sum(over_steps).astype(b_h.dtype)
     return (
         dw_x.astype(w_x.dtype),
         dw_h.astype(w_h.dtype),
         db_x.astype(b_x.dtype),
         db_h,
-        dxs.astype(xs.dtype),
-        tuple(d.astype(a.dtype) for a, d in zip(carry0, dcarry_0)),
+        _to_layout(ax, dxs).astype(xs.dtype),
+        tuple(_to_layout(ax, d).astype(a.dtype) for a, d in zip(carry0, dcarry_0)),
         None,
     )
 
@@ -466,8 +513,7 @@ def lstm(
     H = _check_params("lstm", params, LSTMParams, 4, ("b",),
                       {"p_i": "peepholes", "p_f": "peepholes", "p_o": "peepholes", "norm": "layer norm"})
     init = lambda p, batch_shape=(): LSTMCarry(*(c.zeros_carry(p.w_h, batch_shape),) * 2)
-    del H
-    return _run(_lstm_kind(dtype), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths, reverse,
+    return _run(_lstm_kind(dtype, _axis(H)), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths, reverse,
                 LSTMCarry, init)
 
 
@@ -506,9 +552,9 @@ def gru(
             f"memcell.fused.gru implements reset_after=True only, got reset_after={reset_after!r}; use memcell.unroll"
         )
     dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
-    _check_params("gru", params, GRUParams, 3, ("b_x", "b_h"), {})
+    H = _check_params("gru", params, GRUParams, 3, ("b_x", "b_h"), {})
     init = lambda p, batch_shape=(): GRUCarry(c.zeros_carry(p.w_h, batch_shape))
-    return _run(_gru_kind(dtype), params, params.w_x, params.w_h, params.b_x, params.b_h, xs, carry, lengths,
+    return _run(_gru_kind(dtype, _axis(H)), params, params.w_x, params.w_h, params.b_x, params.b_h, xs, carry, lengths,
                 reverse, GRUCarry, init)
 
 
@@ -541,9 +587,9 @@ def rnn(
     """
     c.check_choice("activation", activation, {"tanh", "relu"})
     dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
-    _check_params("rnn", params, RNNParams, 1, ("b",), {})
+    H = _check_params("rnn", params, RNNParams, 1, ("b",), {})
     init = lambda p, batch_shape=(): RNNCarry(c.zeros_carry(p.w_h, batch_shape))
-    return _run(_rnn_kind(dtype, activation), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths,
+    return _run(_rnn_kind(dtype, activation, _axis(H)), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths,
                 reverse, RNNCarry, init)
 
 

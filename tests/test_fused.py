@@ -22,6 +22,15 @@ KINDS = {
 }
 
 
+@pytest.fixture(params=["batch_major", "feature_major"])
+def layout(request, monkeypatch):
+    """Both layouts of the fused path: from ``fused._FEATURE_MAJOR_FROM_H`` hidden units on it runs
+    feature-major ([h, B] per step); the threshold is lowered to 1 so these H = 8 cells take it."""
+    if request.param == "feature_major":
+        monkeypatch.setattr(fused, "_FEATURE_MAJOR_FROM_H", 1)
+    return request.param
+
+
 def _params(cell, key=0, scale=0.3):
     """Params with every entry non-zero (biases included), so no gradient term hides behind a zero."""
     params = cell.init(jax.random.key(key), D)
@@ -95,7 +104,7 @@ OPTIONS = {
 
 @pytest.mark.parametrize("option", OPTIONS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_values_and_gradients_match_reference_float32(kind, option):
+def test_values_and_gradients_match_reference_float32(kind, option, layout):
     make, run = KINDS[kind]
     cell = make()
     params = _params(cell)
@@ -111,7 +120,7 @@ def test_values_and_gradients_match_reference_float32(kind, option):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_gradients_match_reference_float64(kind):
+def test_gradients_match_reference_float64(kind, layout):
     make, run = KINDS[kind]
     with jax.enable_x64(True):
         cell = make(param_dtype=jnp.float64)
@@ -125,29 +134,9 @@ def test_gradients_match_reference_float64(kind):
         _assert_close(got, want, rtol=1e-11, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_transposed_weight_layout_matches_reference_float64(kind, monkeypatch):
-    """From ``_TRANSPOSED_FROM_H`` hidden units on, the per-step matmuls read U in the other layout.
-
-    The threshold is lowered to 1 so this H = 8 cell takes that path; float64, lengths, reverse
-    and an initial carry, held to the same tight tolerance as the default layout.
-    """
-    make, run = KINDS[kind]
-    monkeypatch.setattr(fused, "_TRANSPOSED_FROM_H", 1)
-    with jax.enable_x64(True):
-        cell = make(param_dtype=jnp.float64)
-        params = _params(cell)
-        xs = jax.random.normal(jax.random.key(1), (B, 8, D), jnp.float64)
-        carry = _carry(cell, params, (B,))
-        kw = dict(lengths=jnp.array([8, 3, 5]), reverse=True)
-        got = _value_and_grads(lambda p, x, c: run(p, x, c, **kw), params, xs, carry)
-        want = _value_and_grads(lambda p, x, c: memcell.unroll(cell, p, x, c, **kw), params, xs, carry)
-        _assert_close(got, want, rtol=1e-11, atol=1e-12)
-
-
-def test_transposed_weight_layout_at_its_real_size():
-    """An LSTM of ``_TRANSPOSED_FROM_H`` units (the size where the layout switches), float32."""
-    cell = memcell.lstm(fused._TRANSPOSED_FROM_H)
+def test_feature_major_layout_at_its_real_size():
+    """An LSTM of ``_FEATURE_MAJOR_FROM_H`` units, where the layout switches on its own, float32."""
+    cell = memcell.lstm(fused._FEATURE_MAJOR_FROM_H)
     params = cell.init(jax.random.key(0), D)
     xs = jax.random.normal(jax.random.key(1), (2, 5, D))
     got = _value_and_grads(lambda p, x, c: fused.lstm(p, x, c), params, xs, None)
@@ -156,7 +145,7 @@ def test_transposed_weight_layout_at_its_real_size():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_bfloat16_compute_matches_reference_in_bfloat16(kind):
+def test_bfloat16_compute_matches_reference_in_bfloat16(kind, layout):
     make, run = KINDS[kind]
     cell = make(dtype=jnp.bfloat16)
     params = _params(cell, scale=0.1)
@@ -185,7 +174,7 @@ def test_bfloat16_params_and_inputs():
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_batch_shapes_jit_and_vmap(kind):
+def test_batch_shapes_jit_and_vmap(kind, layout):
     make, run = KINDS[kind]
     cell = make()
     params = _params(cell)
