@@ -197,11 +197,13 @@ def recurrent_matmul_rates(B, T, H, rounds: int) -> dict:
 
     u = (np.random.default_rng(0).standard_normal((H, 4 * H)) / np.sqrt(H)).astype(np.float32)
     h0 = np.ones((B, H), np.float32)
-    rec = fused._recurrent_matmul(jnp.asarray(u), None, transposed=False)
+    axis = fused._axis(H)  # the layout the fused path uses at this size: [B, H] or [H, B] per step
+    rec = fused._recurrent_matmul(jnp.asarray(u), None, transposed=False, axis=axis)
 
     @jax.jit
     def xla_loop(h):
-        return jax.lax.scan(lambda h, _: (jnp.tanh(rec(h)[:, :H]), None), h, None, length=T, unroll=4)[0]
+        step = lambda h, _: (jnp.tanh(jax.lax.slice_in_dim(rec(h), 0, H, axis=axis)), None)
+        return jax.lax.scan(step, h, None, length=T, unroll=4)[0]
 
     ut, ht = torch.from_numpy(u), torch.from_numpy(h0)
 
@@ -211,7 +213,7 @@ def recurrent_matmul_rates(B, T, H, rounds: int) -> dict:
             h = torch.tanh(torch.mm(h, ut)[:, :H])
         return h
 
-    h0j = jnp.asarray(h0)
+    h0j = jnp.asarray(h0 if axis == -1 else h0.T)
     best = race({"xla": lambda: _block(xla_loop(h0j)), "torch": torch_loop}, rounds)
     flops = 2 * B * H * 4 * H * T
     return {k: flops / v for k, v in best.items()}
