@@ -338,6 +338,18 @@ def render(results, matmuls, rate, args, elapsed) -> str:
         "and no second `[B, T, 4H]` array is allocated.",
         "- The forward pass alone gains little over the reference: the input projection saves small "
         "per-step matmuls but writes and reads a `[B, T, 4H]` array. The gain is in the backward pass.",
+        "- Tried and not adopted (training step, measured side by side on the development machine, "
+        "2026-11-24): XLA flags through `jax.jit(..., compiler_options=...)`: "
+        "`xla_cpu_experimental_ynn_fusion_type=\"\"` (Eigen instead of YNNPACK for dots) was faster "
+        "only at B=16, H=1024 (285.7 against 334.5 ms, before the feature-major layout) and slower "
+        "everywhere else (92.1 against 74.2 ms at B=32, H=256); YNNPACK elementwise fusion was slower "
+        "at every shape (98.7 against 74.2 ms); the oneDNN and XNNPACK flags changed nothing. Eight "
+        "steps per scan iteration instead of four: 16.5 against 12.9 ms at B=16, H=128. Splitting "
+        "each recurrent matmul into two half-batch matmuls: no gain (74.4 against 74.1 ms at B=32, "
+        "H=256), slower at large H. All four gates in one tanh pass (sigmoid(x) = tanh(x/2)/2 + 1/2): "
+        "within noise (0-5%), and it would move the fused path's sigmoid off the reference's. Larger "
+        "glibc malloc thresholds (`MALLOC_MMAP_THRESHOLD_`, fewer page faults on fresh buffers) sped "
+        "torch up more than memcell (B=64, H=512: torch 304 to 239 ms, fused 309 to 296).",
         "- Timings on a CPU shared with other jobs are noisy, torch's above all (its threads spin "
         "while waiting for a busy core); the rounds are interleaved so every implementation meets the "
         "same load, and the minimum is kept. Re-run on a quiet machine for final numbers.",
