@@ -25,7 +25,7 @@ CELL_NAMES = ("rnn", "irnn", "lstm", "gru")
 # What a resumed run must share with the run that wrote the checkpoint (steps may grow).
 _IDENTITY_KEYS = ("task", "length", "cell", "hidden", "layers", "seeds", "seed_offset", "batch_size", "lr",
                   "optimizer", "clip", "warmup", "decay", "forget_bias", "lstm_init", "recurrent_init",
-                  "recurrent_scale", "reset_after", "layer_norm", "dtype")
+                  "recurrent_scale", "reset_after", "layer_norm", "dtype", "backend")
 
 
 class UsageError(Exception):
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--recurrent-init", default=None,
                    help="orthogonal (default), identity, lecun_normal, glorot_uniform, uniform")
     g.add_argument("--recurrent-scale", type=_positive_float, default=1.0, help="spectral radius of the recurrent init")
+    g.add_argument("--backend", default="reference", choices=("reference", "fused", "auto"),
+                   help="how the cells are unrolled: 'auto' trains the default LSTM, GRU and RNN on the "
+                        "fused path (memcell.fused), 'fused' refuses the options it does not implement")
     g.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="matmul dtype (bfloat16 accumulates in float32; params stay float32)")
     g = t.add_argument_group("optimisation")
@@ -144,7 +147,7 @@ def _check_out(out: str | None, resume: bool) -> pathlib.Path | None:
 def _build(args):
     import jax.numpy as jnp
 
-    from memcell import tasks
+    from memcell import fused, tasks
 
     if args.task in ("digits", "permuted_digits", "vowels") and args.length is not None:
         raise UsageError(f"--length: task {args.task!r} has its length fixed by the data (64 for digits, 7-29 frames for vowels)")
@@ -197,7 +200,10 @@ def _build(args):
     elif args.reset_after != "true":
         raise UsageError(f"--reset-after applies to --cell gru, not {args.cell!r}")
     cells = [tasks.make_cell(args.cell, args.hidden, **options) for _ in range(args.layers)]
-    model = tasks.sequence_model(cells if args.layers > 1 else cells[0], task.output_size, task.readout)
+    if args.backend == "fused" and not fused.supports(cells[0]):
+        raise UsageError(f"--backend fused cannot run this cell: {fused._plan(cells[0])}; use --backend auto or reference")
+    model = tasks.sequence_model(cells if args.layers > 1 else cells[0], task.output_size, task.readout,
+                                 backend=args.backend)
     return task, model
 
 

@@ -185,8 +185,7 @@ def unroll(
       >>> bool((ys[1, 2:] == 0).all()), bool((carry.h[2] == 0).all())
       (True, True)
     """
-    if backend not in ("reference", "fused", "auto"):
-        raise ValueError(f"backend must be one of ['auto', 'fused', 'reference'], got {backend!r}")
+    _check_backend(backend)
     if backend != "reference":
         from memcell import fused  # fused builds on this module: imported here, not at the top
 
@@ -233,23 +232,33 @@ def unroll(
     return carry, ys
 
 
+def _check_backend(backend) -> None:
+    if backend not in ("reference", "fused", "auto"):
+        raise ValueError(f"backend must be one of ['auto', 'fused', 'reference'], got {backend!r}")
+
+
 _unroll = unroll  # `unroll` is also an argument name in the layer factories below
 
 
 # ----------------------------------------------------------------------------- layers
 
 
-def layer(cell: Cell, *, reverse: bool = False, unroll: int | bool = 1, remat: bool = False) -> Layer:
+def layer(
+    cell: Cell, *, reverse: bool = False, unroll: int | bool = 1, remat: bool = False, backend: str = "reference"
+) -> Layer:
     """Lifts a cell to a sequence ``Layer``: ``apply(params, xs, carry=None, *, lengths=None,
-    resets=None, key=None) -> (carry, ys)`` is ``memcell.unroll`` (``key`` is unused: cells are
-    deterministic)."""
+    resets=None, key=None) -> (carry, ys)`` is ``memcell.unroll`` with these options (``key`` is
+    unused: cells are deterministic). ``backend="auto"`` trains the default LSTM, GRU and RNN on
+    the fused path (see ``memcell.unroll``)."""
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a memcell.Cell, got {type(cell).__name__}")
+    _check_backend(backend)
 
     def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None):
         del key
         return _unroll(
-            cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse, unroll=unroll, remat=remat
+            cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse, unroll=unroll, remat=remat,
+            backend=backend,
         )
 
     return Layer(cell.init, apply)
@@ -277,13 +286,15 @@ def bidirectional(
     merge: str | Callable[[Array, Array], Array] = "concat",
     unroll: int | bool = 1,
     remat: bool = False,
+    backend: str = "reference",
 ) -> Layer:
     """A bidirectional layer: ``forward`` reads each sequence left to right, ``backward`` right
     to left from the sequence's own last real step (so padding never reaches it first).
 
     Params and carry are ``DirectionPair(forward, backward)``. ``merge`` combines the two
     outputs, aligned by time step: ``"concat"`` (``[*b, T, 2H]``), ``"sum"``, ``"mean"``,
-    ``"mul"`` or a function ``(ys_forward, ys_backward) -> ys``.
+    ``"mul"`` or a function ``(ys_forward, ys_backward) -> ys``. ``unroll``, ``remat`` and
+    ``backend`` are ``memcell.unroll``'s, for both directions.
     """
     for name, cell in (("forward", forward), ("backward", backward)):
         if not isinstance(cell, Cell):
@@ -291,6 +302,7 @@ def bidirectional(
     if not callable(merge) and merge not in _MERGES:
         raise ValueError(f"merge must be one of {sorted(_MERGES)} or a callable, got {merge!r}")
     merge_fn = merge if callable(merge) else _MERGES[merge]
+    _check_backend(backend)
 
     def init(key, input_size: int) -> DirectionPair:
         kf, kb = jax.random.split(key)
@@ -299,7 +311,7 @@ def bidirectional(
     def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None):
         del key
         carry = DirectionPair(None, None) if carry is None else carry
-        kw = dict(lengths=lengths, resets=resets, unroll=unroll, remat=remat)
+        kw = dict(lengths=lengths, resets=resets, unroll=unroll, remat=remat, backend=backend)
         cf, yf = _unroll(forward, params.forward, xs, carry.forward, **kw)
         cb, yb = _unroll(backward, params.backward, xs, carry.backward, reverse=True, **kw)
         return DirectionPair(cf, cb), merge_fn(yf, yb)

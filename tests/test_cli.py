@@ -46,6 +46,9 @@ def _run_main(argv, capsys):
         (["train", "--task", "adding", "--stop-at-solved"], "--stop-at-solved needs --eval-every"),
         (["train", "--task", "adding", "--sample-chars", "10"], "--sample-chars only applies to --task char_lm"),
         (["train", "--task", "adding", "--layers", "2", "--gradient-flow"], "--gradient-flow needs a single recurrent layer"),
+        (["train", "--task", "adding", "--backend", "fast"], "invalid choice: 'fast'"),
+        (["train", "--task", "adding", "--layer-norm", "--backend", "fused"],
+         "--backend fused cannot run this cell: the fused LSTM implements the default cell only"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )
@@ -94,6 +97,19 @@ def test_train_writes_report_and_mismatched_resume_exits_2(tmp_path, capsys):
     code, _, err = _run_main(["train", *bad, "--steps", "60", "--out", str(out), "--resume"], capsys)
     assert code == 2 and "different configuration" in err and "hidden: checkpoint 16, now 17" in err
     assert str(out / "checkpoints" / "40") in err
+
+
+def test_backend_auto_trains_like_the_reference(tmp_path, capsys):
+    """``--backend auto`` runs the GRU on the fused path: the same run, up to float32 rounding."""
+    finals = {}
+    for backend in ("reference", "auto"):
+        out = tmp_path / backend
+        code, _, _ = _run_main(["train", *SMALL, "--steps", "20", "--backend", backend, "--out", str(out)], capsys)
+        assert code == 0
+        assert json.loads((out / "config.json").read_text())["backend"] == backend
+        finals[backend] = json.loads((out / "report.json").read_text())["final"]["mse"]
+    assert finals["auto"] == pytest.approx(finals["reference"], rel=1e-3)
+    assert finals["auto"] != finals["reference"]  # the fused path ran: its rounding differs
 
 
 def test_char_lm_prints_a_sample(capsys):

@@ -270,6 +270,36 @@ def test_unroll_backends_agree(kind):
     _assert_close(runs["auto"], runs["fused"], 0, 0)  # auto took the fused path
 
 
+def test_layers_and_models_take_the_backend():
+    """``layer``, ``bidirectional`` and ``tasks.sequence_model`` pass ``backend`` to ``unroll``."""
+    from memcell import tasks
+
+    cell = memcell.lstm(H)
+    xs = jax.random.normal(jax.random.key(1), (B, 6, D))
+    lengths = jnp.array([6, 2, 4])
+    pairs = [
+        (memcell.layer(cell), memcell.layer(cell, backend="fused")),
+        (memcell.bidirectional(cell, memcell.gru(H)), memcell.bidirectional(cell, memcell.gru(H), backend="fused")),
+    ]
+    for ref, fast in pairs:
+        params = ref.init(jax.random.key(0), D)
+        run = lambda lyr: lambda p, x, c: lyr.apply(p, x, lengths=lengths)
+        got, want = _value_and_grads(run(fast), params, xs, None), _value_and_grads(run(ref), params, xs, None)
+        _assert_close(got, want, 1e-5, 1e-5)
+    # The fused path really runs: its jaxpr has the custom VJP, the reference's does not.
+    jaxpr = lambda lyr: str(jax.make_jaxpr(lambda p: lyr.apply(p, xs)[1])(pairs[0][0].init(jax.random.key(0), D)))
+    assert "custom_vjp" in jaxpr(pairs[0][1]) and "custom_vjp" not in jaxpr(pairs[0][0])
+    model_ref = tasks.sequence_model([cell, memcell.gru(H)], output_size=2)
+    model_auto = tasks.sequence_model([cell, memcell.gru(H)], output_size=2, backend="auto")
+    params = model_ref.init(jax.random.key(0), D)
+    loss = lambda model: jax.jit(jax.value_and_grad(lambda p: jnp.sum(model.apply(p, xs, lengths=lengths) ** 2)))
+    _assert_close(loss(model_auto)(params), loss(model_ref)(params), 1e-5, 1e-5)
+    with pytest.raises(ValueError, match=r"backend must be one of .*got 'fast'"):
+        memcell.layer(cell, backend="fast")
+    with pytest.raises(ValueError, match=r"backend must be one of .*got 'fast'"):
+        memcell.bidirectional(cell, cell, backend="fast")
+
+
 UNSUPPORTED = {
     "peephole": (memcell.lstm(H, peephole=True), {}),
     "layer_norm": (memcell.lstm(H, layer_norm=True), {}),

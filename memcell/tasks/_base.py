@@ -112,7 +112,10 @@ def make_cell(name: str, hidden_size: int, **options) -> Cell:
     return gru(hidden_size, **options)
 
 
-def sequence_model(layers: Cell | Layer | SequenceOf[Cell | Layer], output_size: int, readout: str = "last") -> Model:
+def sequence_model(
+    layers: Cell | Layer | SequenceOf[Cell | Layer], output_size: int, readout: str = "last", *,
+    backend: str = "reference",
+) -> Model:
     """A recurrent stack followed by a dense readout.
 
     Args:
@@ -120,6 +123,8 @@ def sequence_model(layers: Cell | Layer | SequenceOf[Cell | Layer], output_size:
       output_size: outputs of the readout.
       readout: ``"last"`` (one output per sequence, at each one's last real step, so padding
         is never read) or ``"all"`` (one per step).
+      backend: how the ``Cell``s in ``layers`` are unrolled (``memcell.unroll``'s ``backend``):
+        ``"auto"`` trains the default LSTM, GRU and RNN on the fused path. ``Layer``s keep their own.
 
     Returns:
       A ``Model``.
@@ -135,12 +140,11 @@ def sequence_model(layers: Cell | Layer | SequenceOf[Cell | Layer], output_size:
     if readout not in ("last", "all"):
         raise ValueError(f"readout must be 'last' or 'all', got {readout!r}")
     single = layers if isinstance(layers, Cell) else None
-    if isinstance(layers, Cell):
-        lyr = layer(layers)
-    elif isinstance(layers, Layer):
-        lyr = layers
+    lift = lambda c: layer(c, backend=backend) if isinstance(c, Cell) else c
+    if isinstance(layers, (Cell, Layer)):
+        lyr = lift(layers)
     else:
-        lyr = stack(list(layers))
+        lyr = stack([lift(c) for c in layers])
     if isinstance(output_size, bool) or not isinstance(output_size, (int, np.integer)) or output_size < 1:
         raise ValueError(f"output_size must be a positive int, got {output_size!r}")
     head = _read(readout)
