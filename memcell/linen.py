@@ -368,7 +368,8 @@ class Recurrent(nn.Module):
       merge: ``"concat"``, ``"sum"``, ``"mean"`` or ``"mul"``.
       residual, dropout: as for ``memcell.stack``; dropout runs when ``deterministic=False``
         and takes the ``"dropout"`` rng.
-      unroll, remat: as for ``memcell.unroll``.
+      unroll, remat, backend: as for ``memcell.unroll`` (``backend="auto"``: the default LSTM,
+        GRU and RNN run on the fused path, ``memcell.fused``).
 
     ``__call__(xs, carry=None, *, lengths=None, resets=None, deterministic=True)`` returns
     ``(carry, ys)`` as ``Layer.apply`` does: ``carry`` is a tuple with one entry per layer
@@ -394,6 +395,7 @@ class Recurrent(nn.Module):
     dropout: float = 0.0
     unroll: int = 1
     remat: bool = False
+    backend: str = "reference"
 
     @nn.nowrap
     def memcell_layer(self):
@@ -410,7 +412,7 @@ class Recurrent(nn.Module):
                 raise ValueError(f"num_layers={self.num_layers} contradicts the {len(cells)} cells given")
         if self.merge not in _MERGES:
             raise ValueError(f"merge must be one of {list(_MERGES)}, got {self.merge!r}")
-        kw = dict(unroll=self.unroll, remat=self.remat)
+        kw = dict(unroll=self.unroll, remat=self.remat, backend=self.backend)
         if self.bidirectional:
             layers = [bidirectional_layer(c, c, merge=self.merge, **kw) for c in cells]
         else:

@@ -190,6 +190,22 @@ def test_recurrent_equals_memcell_stack():
     assert bool(jnp.all(ys_f[1, 2:] == 0))  # memcell zeroes the padding
 
 
+def test_recurrent_backend_auto_matches_the_reference():
+    """``Recurrent(backend="auto")`` runs the fused path: same values and gradients, same params."""
+    model = ml.Recurrent(memcell.lstm(H), num_layers=2, bidirectional=True)
+    fast = ml.Recurrent(memcell.lstm(H), num_layers=2, bidirectional=True, backend="auto")
+    variables = _randomize(model.init(jax.random.key(0), XS))
+    loss = lambda m: jax.jit(jax.value_and_grad(lambda v: jnp.sum(m.apply(v, XS, lengths=LENGTHS)[1] ** 2)))
+    (l_ref, g_ref), (l_fast, g_fast) = loss(model)(variables), loss(fast)(variables)
+    np.testing.assert_allclose(l_fast, l_ref, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(lambda v: fast.apply(v, XS)[1])(variables))
+    assert "custom_vjp" in jaxpr
+    with pytest.raises(ValueError, match=r"backend must be one of .*got 'gpu'"):
+        ml.Recurrent(memcell.lstm(H), backend="gpu").init(jax.random.key(0), XS)
+
+
 def test_recurrent_list_of_cells_residual_dropout():
     model = ml.Recurrent([memcell.lstm(4), memcell.rnn(4)], residual=True, dropout=0.5)
     xs = jax.random.normal(jax.random.key(0), (2, 6, 4))
