@@ -39,16 +39,19 @@ __all__ = ["BACKENDS", "gru", "lstm", "rnn", "supports", "unroll"]
 BACKENDS = ("reference", "fused", "auto")
 
 # Steps per scan iteration (unrolled, see _forward): amortises XLA:CPU's while-loop overhead.
-# Measured on the 2-core CPU: 8 was slower than 4 at H = 128 (16.5 against 12.9 ms a step).
+# Measured on the 2-core CPU: 8 was slower than 4 at B = 16, H = 128 (16.5 against 12.9 ms a
+# training step).
 _SCAN_UNROLL = 4
 
 # From this hidden size on, the algorithm runs feature-major: per-step arrays are [h, B] instead
 # of [B, h], and the recurrent matmuls put the weight on the left (``U^T h^T`` forward, ``U dz^T``
 # backward). XLA:CPU's kernel is much faster for that operand shape when 4h is large next to B:
-# a loop of the recurrent matmuls alone measured, batch-major against feature-major, at
-# B = 16, H = 1024 173 against 294 GFLOP/s forward and 132 against 276 backward; at B = 64,
-# H = 512 293 against 347 forward; at B = 32, H = 256 221 against 186 (slower); at H = 128 171
-# against 159. The transposes into and out of the layout cost one pass over xs, ys and dxs.
+# a loop of the recurrent matmuls alone measured, batch-major (the faster of its two weight
+# layouts) against feature-major, at B = 16, H = 1024 173 against 294 GFLOP/s forward and 132
+# against 276 backward; at B = 64, H = 512 293 against 347 forward; at B = 32, H = 256 221
+# against 186 (slower); at B = 16, H = 128 171 against 159. Training steps: B = 16, H = 1024
+# 216.5 against 286.7 ms; B = 64, H = 512 within 3%. The transposes into and out of the layout
+# cost one pass over xs, ys and dxs.
 _FEATURE_MAJOR_FROM_H = 512
 
 
