@@ -372,6 +372,9 @@ def render(results, matmuls, rate, args, elapsed) -> str:
         "- From H = 512 the fused path runs feature-major (`fused._FEATURE_MAJOR_FROM_H`): per-step "
         "arrays are `[H, B]` and the recurrent matmuls put the weight on the left (`U^T h`, `U dz`), "
         "for which XLA:CPU runs a much faster kernel when 4H is large next to B; at small H it is slower.",
+        "- From H = 256 (batch-major, B >= 16) each scan step runs the batch as two independent "
+        "halves (`fused._GROUPS_FROM_H`): their small matmuls and gate kernels then run on both "
+        "cores at once instead of one after another (0.82x to 0.95x the time at H = 256).",
         "- XLA:CPU fuses a scan's per-step `dynamic-slice` into the elementwise kernels that consume "
         "it, and those kernels run several times slower; the fused path reads each block of steps "
         "one iteration ahead into the carry instead, and unrolls 4 steps per iteration.",
@@ -387,8 +390,9 @@ def render(results, matmuls, rate, args, elapsed) -> str:
         "everywhere else (92.1 against 74.2 ms at B=32, H=256); YNNPACK elementwise fusion was slower "
         "at every shape (98.7 against 74.2 ms); the oneDNN and XNNPACK flags changed nothing. Eight "
         "steps per scan iteration instead of four: 16.5 against 12.9 ms at B=16, H=128. Splitting "
-        "each recurrent matmul into two half-batch matmuls: no gain (74.4 against 74.1 ms at B=32, "
-        "H=256), slower at large H. All four gates in one tanh pass (sigmoid(x) = tanh(x/2)/2 + 1/2): "
+        "each recurrent matmul into two half-batch matmuls that rejoin before the gates: no gain "
+        "(74.4 against 74.1 ms at B=32, H=256; the two independent half-batch recurrences above "
+        "are what helps), slower at large H. All four gates in one tanh pass (sigmoid(x) = tanh(x/2)/2 + 1/2): "
         "within noise (0-5%), and it would move the fused path's sigmoid off the reference's. Larger "
         "glibc malloc thresholds (`MALLOC_MMAP_THRESHOLD_`, fewer page faults on fresh buffers) sped "
         "torch up more than memcell (B=64, H=512: torch 304 to 239 ms, fused 309 to 296).",

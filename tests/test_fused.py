@@ -22,12 +22,17 @@ KINDS = {
 }
 
 
-@pytest.fixture(params=["batch_major", "feature_major"])
+@pytest.fixture(params=["batch_major", "batch_major_grouped", "feature_major"])
 def layout(request, monkeypatch):
-    """Both layouts of the fused path: from ``fused._FEATURE_MAJOR_FROM_H`` hidden units on it runs
-    feature-major ([h, B] per step); the threshold is lowered to 1 so these H = 8 cells take it."""
+    """Every layout of the fused path, on these small cells: from ``fused._FEATURE_MAJOR_FROM_H``
+    hidden units on it runs feature-major ([h, B] per step); from ``fused._GROUPS_FROM_H`` on
+    (batch-major) each step runs the batch as two independent groups. The thresholds are lowered
+    so these H = 8 cells take each path; with B = 3 the groups are uneven (2 and 1)."""
     if request.param == "feature_major":
         monkeypatch.setattr(fused, "_FEATURE_MAJOR_FROM_H", 1)
+    if request.param == "batch_major_grouped":
+        monkeypatch.setattr(fused, "_GROUPS_FROM_H", 1)
+        monkeypatch.setattr(fused, "_GROUPS_MIN_B", 2)
     return request.param
 
 
