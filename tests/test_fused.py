@@ -303,6 +303,8 @@ def test_layers_and_models_take_the_backend():
         memcell.layer(cell, backend="fast")
     with pytest.raises(ValueError, match=r"backend must be one of .*got 'fast'"):
         memcell.bidirectional(cell, cell, backend="fast")
+    with pytest.raises(ValueError, match=r"backend must be one of .*got 'fast'"):  # even with no Cell to lift
+        tasks.sequence_model(memcell.layer(cell), output_size=2, backend="fast")
 
 
 UNSUPPORTED = {

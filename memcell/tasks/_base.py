@@ -14,7 +14,7 @@ import numpy as np
 
 from memcell import train as _train
 from memcell.cells import gru, lstm, rnn
-from memcell.scan import layer, stack
+from memcell.scan import _check_backend, layer, stack
 from memcell.types import Array, Cell, Key, Layer, PyTree
 
 
@@ -139,6 +139,7 @@ def sequence_model(
     """
     if readout not in ("last", "all"):
         raise ValueError(f"readout must be 'last' or 'all', got {readout!r}")
+    _check_backend(backend)
     single = layers if isinstance(layers, Cell) else None
     lift = lambda c: layer(c, backend=backend) if isinstance(c, Cell) else c
     if isinstance(layers, (Cell, Layer)):
