@@ -74,6 +74,12 @@ def _axis(H: int) -> int:
     return 0 if H >= _FEATURE_MAJOR_FROM_H else -1
 
 
+def _transposed(w: Array, dtype) -> Array:
+    """``w^T`` in ``dtype`` (None: its own), behind an optimization barrier so XLA materialises it once
+    instead of folding the transpose into the matmuls that read it (slower on XLA:CPU)."""
+    return jax.lax.optimization_barrier(jnp.transpose(w if dtype is None else w.astype(dtype)))
+
+
 def _recurrent_matmul(w_h: Array, dtype, *, transposed: bool, axis: int) -> Callable:
     """The per-step ``h -> h U`` (or ``dz -> dz U^T`` when ``transposed``) in the layout of ``axis``.
 
@@ -81,12 +87,11 @@ def _recurrent_matmul(w_h: Array, dtype, *, transposed: bool, axis: int) -> Call
     arrays [h, B]). A transposed copy of ``U`` sits behind an optimization barrier, so XLA
     computes it once, outside the scan, instead of folding the transpose into every step.
     """
-    w = w_h if dtype is None else w_h.astype(dtype)
     cast = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype))
     acc = c.accumulation_dtype(w_h)
     dims = (((1,), (0,)), ((), ()))
-    if transposed != (axis == 0):  # batch-major backward or feature-major forward: U^T
-        w = jax.lax.optimization_barrier(jnp.transpose(w))
+    # batch-major backward or feature-major forward read U^T
+    w = _transposed(w_h, dtype) if transposed != (axis == 0) else cast(w_h)
     if axis == 0:
         return lambda a: jax.lax.dot_general(w, cast(a), dims, preferred_element_type=acc)
     return lambda a: jax.lax.dot_general(cast(a), w, dims, preferred_element_type=acc)
@@ -322,8 +327,7 @@ def _forward(kind: _Kind, w_x, w_h, b_x, b_h, xs, carry0, mask, keep: bool):
     ax, dtype = kind.axis, kind.dtype
     if ax == 0:
         xs = _to_layout(ax, xs)  # [D, T, B]
-        w_xT = jax.lax.optimization_barrier(jnp.transpose(w_x if dtype is None else w_x.astype(dtype)))
-        zx = _mm(w_xT, xs.reshape(D, T * B), dtype).reshape(-1, T, B)
+        zx = _mm(_transposed(w_x, dtype), xs.reshape(D, T * B), dtype).reshape(-1, T, B)
         b_x, b_h = b_x[:, None], None if b_h is None else b_h[:, None]
     else:
         zx = _mm(xs.reshape(B * T, D), w_x, dtype).reshape(B, T, -1)
@@ -331,10 +335,12 @@ def _forward(kind: _Kind, w_x, w_h, b_x, b_h, xs, carry0, mask, keep: bool):
     mask = _step_mask(ax, mask)
     rec = _recurrent_matmul(w_h, dtype, transposed=False, axis=ax)
     k, n, read = _blocks(T)
-    ok0 = None if mask is None else mask[:, 0]
-    shapes = jax.eval_shape(lambda *a: kind.step(rec, b_x, b_h, *a, keep), carry0, zx[:, 0], ok0)[1]
     per_step = lambda a: jnp.zeros((a.shape[0], T) + a.shape[1:], a.dtype)
-    rest_buf = per_step(shapes[1]) if keep and shapes[1] is not None else None
+    rest_buf = None
+    if keep:  # the rest coefficients' shape, from tracing one step
+        ok0 = None if mask is None else mask[:, 0]
+        rest = jax.eval_shape(lambda *a: kind.step(rec, b_x, b_h, *a, True), carry0, zx[:, 0], ok0)[1][1]
+        rest_buf = None if rest is None else per_step(rest)
 
     grp = _groups(B, w_h.shape[0], ax)
 
@@ -445,8 +451,7 @@ def _fused_bwd(kind, residuals, cotangents):
         G, T, B = dzx.shape
         dxs = _mm(w_x, dzx.reshape(G, T * B), dtype).reshape(D, T, B)
     else:
-        w_xT = jax.lax.optimization_barrier(jnp.transpose(w_x if dtype is None else w_x.astype(dtype)))
-        dxs = _mm(dzx, w_xT, dtype)
+        dxs = _mm(dzx, _transposed(w_x, dtype), dtype)
     over_steps = (1, 2) if ax == 0 else (0, 1)
     db_x = dzx.sum(over_steps)
     db_h = None if b_h is None else dzh.sum(over_steps).astype(b_h.dtype)
