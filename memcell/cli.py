@@ -18,10 +18,14 @@ import pathlib
 import sys
 from typing import Sequence
 
+from memcell import fused, tasks
+from memcell.types import BACKENDS
+
 __all__ = ["build_parser", "main"]
 
-TASK_NAMES = ("adding", "copy", "temporal_order", "digits", "permuted_digits", "char_lm", "sunspots", "vowels")
-CELL_NAMES = ("rnn", "irnn", "lstm", "gru")
+# The names the CLI offers are memcell.tasks' own lists, not copies of them.
+TASK_NAMES = tuple(tasks.TASKS)
+CELL_NAMES = tasks.CELLS
 # What a resumed run must share with the run that wrote the checkpoint (steps may grow).
 _IDENTITY_KEYS = ("task", "length", "cell", "hidden", "layers", "seeds", "seed_offset", "batch_size", "lr",
                   "optimizer", "clip", "warmup", "decay", "forget_bias", "lstm_init", "recurrent_init",
@@ -78,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--recurrent-init", default=None,
                    help="orthogonal (default), identity, lecun_normal, glorot_uniform, uniform")
     g.add_argument("--recurrent-scale", type=_positive_float, default=1.0, help="spectral radius of the recurrent init")
-    g.add_argument("--backend", default="reference", choices=("reference", "fused", "auto"),
+    g.add_argument("--backend", default="reference", choices=BACKENDS,
                    help="how the cells are unrolled: 'auto' trains the default LSTM, GRU and RNN on the "
                         "fused path (memcell.fused), 'fused' refuses the options it does not implement")
     g.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
@@ -138,7 +142,6 @@ def _check_out(out: str | None, resume: bool) -> pathlib.Path | None:
 def _build(args):
     import jax.numpy as jnp
 
-    from memcell import fused, tasks
 
     if args.task in ("digits", "permuted_digits", "vowels") and args.length is not None:
         raise UsageError(f"--length: task {args.task!r} has its length fixed by the data (64 for digits, 7-29 frames for vowels)")
@@ -191,8 +194,9 @@ def _build(args):
     elif args.reset_after != "true":
         raise UsageError(f"--reset-after applies to --cell gru, not {args.cell!r}")
     cells = [tasks.make_cell(args.cell, args.hidden, **options) for _ in range(args.layers)]
-    if args.backend == "fused" and not fused.supports(cells[0]):
-        raise UsageError(f"--backend fused cannot run this cell: {fused._plan(cells[0])}; use --backend auto or reference")
+    reason = fused.why_not(cells[0]) if args.backend == "fused" else None
+    if reason is not None:
+        raise UsageError(f"--backend fused cannot run this cell: {reason}; use --backend auto or reference")
     model = tasks.sequence_model(cells if args.layers > 1 else cells[0], task.output_size, task.readout,
                                  backend=args.backend)
     return task, model
@@ -239,7 +243,6 @@ def _train(args) -> int:
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     config = {k: getattr(args, k) for k in _IDENTITY_KEYS}
     config["length"] = _sequence_length(task) if args.length is None else args.length
-    from memcell import tasks
 
     if out is not None:
         (out / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
@@ -280,7 +283,6 @@ def _train(args) -> int:
 
 
 def _tasks() -> int:
-    from memcell import tasks
 
     for name in TASK_NAMES:
         try:

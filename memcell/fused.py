@@ -21,22 +21,19 @@ Options these functions do not implement (peepholes, layer norm, gate ablations,
 ``memcell.unroll(..., backend="auto")`` fall back to the reference path.
 """
 
+import dataclasses
 import functools
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from memcell import scan as _core
-from memcell.cells import _common as c
-from memcell.cells.gru import GRUCarry, GRUParams
-from memcell.cells.lstm import LSTMCarry, LSTMParams
-from memcell.cells.rnn import RNNCarry, RNNParams
-from memcell.types import Array, Cell, Lengths, Outputs, PyTree, Sequence
+from memcell import _checks, _numerics
+from memcell._sequence import flat_batch_size, reverse_within
+from memcell.cells import GRUCarry, GRUParams, GRUSpec, LSTMCarry, LSTMParams, LSTMSpec, RNNCarry, RNNParams, RNNSpec
+from memcell.types import BACKENDS, Array, Cell, Lengths, Outputs, PyTree, Sequence
 
-__all__ = ["BACKENDS", "gru", "lstm", "rnn", "supports", "unroll"]
-
-BACKENDS = ("reference", "fused", "auto")
+__all__ = ["BACKENDS", "gru", "lstm", "rnn", "supports", "unroll", "why_not"]
 
 # Steps per scan iteration (unrolled, see _forward): amortises XLA:CPU's while-loop overhead.
 # Measured on the 2-core CPU: 8 was slower than 4 at B = 16, H = 128 (16.5 against 12.9 ms a
@@ -66,7 +63,7 @@ _GROUPS_MIN_B = 16
 
 def _mm(a: Array, b: Array, dtype) -> Array:
     """``a @ b`` in ``dtype`` (None: the inputs'), accumulated in float32 or wider (the core's ``linear``)."""
-    return c.linear(a, b, dtype)
+    return _numerics.linear(a, b, dtype)
 
 
 def _axis(H: int) -> int:
@@ -88,7 +85,7 @@ def _recurrent_matmul(w_h: Array, dtype, *, transposed: bool, axis: int) -> Call
     computes it once, outside the scan, instead of folding the transpose into every step.
     """
     cast = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype))
-    acc = c.accumulation_dtype(w_h)
+    acc = _numerics.accumulation_dtype(w_h)
     dims = (((1,), (0,)), ((), ()))
     # batch-major backward or feature-major forward read U^T
     w = _transposed(w_h, dtype) if transposed != (axis == 0) else cast(w_h)
@@ -399,7 +396,7 @@ def _steps_dot(a: Array, b: Array, axis: int, dtype) -> Array:
         a, b, contract = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1), 1
     else:
         a, b, contract = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]), 0
-    acc = c.accumulation_dtype(a, b)
+    acc = _numerics.accumulation_dtype(a, b)
     a, b = _cast(dtype, a, b)
     return jax.lax.dot_general(a, b, (((contract,), (contract,)), ((), ())), preferred_element_type=acc)
 
@@ -474,21 +471,18 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 def _run(kind: _Kind, params, w_x, w_h, b_x, b_h, xs, carry, lengths, reverse, carry_type, initial_carry):
     """Checks the arguments like ``memcell.unroll``, flattens the batch axes and runs the kernel."""
-    if not isinstance(reverse, bool):
-        raise TypeError(f"reverse must be a bool, got {reverse!r}")
-    xs = _core._check_xs(xs, params)
+    reverse = _checks.check_bool("reverse", reverse)
+    xs = _checks.check_xs(xs, params)
     batch_shape, (T, D) = tuple(xs.shape[:-2]), xs.shape[-2:]
-    lengths = _core._check_lengths(lengths, batch_shape, T)
+    lengths = _checks.check_lengths(lengths, batch_shape, T)
     shape_only = Cell(init=None, initial_carry=initial_carry, step=None)
-    carry0 = _core._check_carry(shape_only, params, carry, batch_shape)
+    carry0 = _checks.check_carry(shape_only, params, carry, batch_shape)
     if not isinstance(carry0, carry_type):
         carry0 = carry_type(*carry0)
     H = w_h.shape[0]
-    B = 1
-    for n in batch_shape:
-        B *= n
+    B = flat_batch_size(batch_shape)
     if reverse:
-        xs = jnp.flip(xs, -2) if lengths is None else _core._reverse_within(xs, lengths, axis=-2)
+        xs = jnp.flip(xs, -2) if lengths is None else reverse_within(xs, lengths, axis=-2)
     flat_x = xs.reshape(B, T, D)
     flat_c = tuple(leaf.reshape(B, H) for leaf in carry0)
     mask = None
@@ -503,7 +497,7 @@ def _run(kind: _Kind, params, w_x, w_h, b_x, b_h, xs, carry, lengths, reverse, c
     carry_T, ys = _fused(kind, w_x, w_h, b_x, b_h, flat_x, flat_c, mask)
     ys = ys.reshape(batch_shape + (T, H))
     if reverse:
-        ys = jnp.flip(ys, -2) if lengths is None else _core._reverse_within(ys, lengths, axis=-2)
+        ys = jnp.flip(ys, -2) if lengths is None else reverse_within(ys, lengths, axis=-2)
     return carry_type(*(leaf.reshape(batch_shape + (H,)) for leaf in carry_T)), ys
 
 
@@ -576,10 +570,10 @@ def lstm(
       True
       >>> grads = jax.grad(lambda p: jnp.mean(fused.lstm(p, xs)[1] ** 2))(params)
     """
-    dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
+    dtype = _checks.check_float_dtype("dtype", dtype, allow_none=True)
     H = _check_params("lstm", params, LSTMParams, 4, ("b",),
                       {"p_i": "peepholes", "p_f": "peepholes", "p_o": "peepholes", "norm": "layer norm"})
-    init = lambda p, batch_shape=(): LSTMCarry(*(c.zeros_carry(p.w_h, batch_shape),) * 2)
+    init = lambda p, batch_shape=(): LSTMCarry(*(_numerics.zeros_carry(p.w_h, batch_shape),) * 2)
     return _run(_lstm_kind(dtype, _axis(H)), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths, reverse,
                 LSTMCarry, init)
 
@@ -618,9 +612,9 @@ def gru(
         raise ValueError(
             f"memcell.fused.gru implements reset_after=True only, got reset_after={reset_after!r}; use memcell.unroll"
         )
-    dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
+    dtype = _checks.check_float_dtype("dtype", dtype, allow_none=True)
     H = _check_params("gru", params, GRUParams, 3, ("b_x", "b_h"), {})
-    init = lambda p, batch_shape=(): GRUCarry(c.zeros_carry(p.w_h, batch_shape))
+    init = lambda p, batch_shape=(): GRUCarry(_numerics.zeros_carry(p.w_h, batch_shape))
     return _run(_gru_kind(dtype, _axis(H)), params, params.w_x, params.w_h, params.b_x, params.b_h, xs, carry, lengths,
                 reverse, GRUCarry, init)
 
@@ -652,42 +646,53 @@ def rnn(
       >>> ys.shape, carry.h.shape
       ((6, 8), (8,))
     """
-    c.check_choice("activation", activation, {"tanh", "relu"})
-    dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
+    _checks.check_choice("activation", activation, {"tanh", "relu"})
+    dtype = _checks.check_float_dtype("dtype", dtype, allow_none=True)
     H = _check_params("rnn", params, RNNParams, 1, ("b",), {})
-    init = lambda p, batch_shape=(): RNNCarry(c.zeros_carry(p.w_h, batch_shape))
+    init = lambda p, batch_shape=(): RNNCarry(_numerics.zeros_carry(p.w_h, batch_shape))
     return _run(_rnn_kind(dtype, activation, _axis(H)), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths,
                 reverse, RNNCarry, init)
 
 
 # ----------------------------------------------------------------------------- dispatch from unroll
 
-_LSTM_DEFAULTS = dict(peephole=False, cifg=False, layer_norm=False, input_gate=True, forget_gate=True,
-                      output_gate=True, input_activation=True, output_activation=True)
+_LSTM_DEFAULTS = LSTMSpec(step=None)  # the default options: the only LSTM the fused kernel implements
 
 
 def _plan(cell: Cell, *, resets=None, remat: bool = False):
-    """``(function, keyword args)`` that runs ``cell`` fused, or a string saying why it cannot."""
-    spec = getattr(getattr(cell, "step", None), "spec", None)
-    if not isinstance(spec, dict):
-        return "the cell does not come from memcell.lstm, memcell.gru or memcell.rnn"
+    """``(function, keyword args)`` that runs ``cell`` fused, or a string saying why it cannot.
+
+    Only the cell's declared spec decides (see ``memcell.CellSpec``): a cell without one, or whose
+    spec was made for another step function (a wrapped, partial or replaced step), runs the reference.
+    """
+    spec = getattr(cell, "spec", None) if isinstance(cell, Cell) else None
+    if spec is None:
+        return "the cell declares no fast path (only memcell.lstm, memcell.gru and memcell.rnn cells do)"
+    if not spec.describes(cell):
+        return "the cell's spec was made for another step function (its step was wrapped or replaced)"
     if resets is not None:
         return "resets (packed sequences) are not implemented by the fused path"
     if remat:
         return "remat=True is not implemented by the fused path"
-    kind = spec.get("cell")
-    if kind == "lstm":
-        off = sorted(k for k, v in _LSTM_DEFAULTS.items() if spec.get(k) != v)
+    if isinstance(spec, LSTMSpec):
+        off = sorted(f.name for f in dataclasses.fields(LSTMSpec)
+                     if f.name not in ("step", "dtype") and getattr(spec, f.name) != getattr(_LSTM_DEFAULTS, f.name))
         if off:
             return f"the fused LSTM implements the default cell only, this one sets {', '.join(off)}"
-        return lstm, dict(dtype=spec["dtype"])
-    if kind == "gru":
-        if spec.get("reset_after") is not True:
+        return lstm, dict(dtype=spec.dtype)
+    if isinstance(spec, GRUSpec):
+        if spec.reset_after is not True:
             return "the fused GRU implements reset_after=True only"
-        return gru, dict(dtype=spec["dtype"])
-    if kind == "rnn":
-        return rnn, dict(dtype=spec["dtype"], activation=spec["activation"])
-    return f"no fused path for cell kind {kind!r}"
+        return gru, dict(dtype=spec.dtype)
+    if isinstance(spec, RNNSpec):
+        return rnn, dict(dtype=spec.dtype, activation=spec.activation)
+    return f"no fused path for a cell with a {type(spec).__name__}"
+
+
+def why_not(cell: Cell, *, resets=None, remat: bool = False) -> str | None:
+    """Why ``memcell.unroll(cell, ..., backend="fused")`` would refuse these options, or None if it runs."""
+    plan = _plan(cell, resets=resets, remat=remat)
+    return plan if isinstance(plan, str) else None
 
 
 def supports(cell: Cell, *, resets=None, remat: bool = False) -> bool:
@@ -717,7 +722,7 @@ def unroll(
     Returns:
       ``(carry, ys)``, or None (``backend="auto"`` only) when the fused path does not apply.
     """
-    c.check_choice("backend", backend, {"fused", "auto"})
+    _checks.check_choice("backend", backend, {"fused", "auto"})
     plan = _plan(cell, resets=resets, remat=remat)
     if isinstance(plan, str):
         if backend == "auto":

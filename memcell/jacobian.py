@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from memcell.scan import _as_array, _check_carry, _check_xs
+from memcell import _checks
+from memcell._checks import as_array as _as_array, check_carry as _check_carry, check_xs as _check_xs
 from memcell.types import Array, Cell, Key, PyTree, Sequence
 
 __all__ = [
@@ -53,8 +54,7 @@ _NORMS = ("spectral", "frobenius")
 
 
 def _check_cell(cell) -> None:
-    if not isinstance(cell, Cell):
-        raise TypeError(f"cell must be a memcell.Cell, got {type(cell).__name__}")
+    _checks.check_cell(cell)
 
 
 def _check_norm(norm) -> None:
@@ -63,13 +63,13 @@ def _check_norm(norm) -> None:
 
 
 def _check_bool(name: str, value) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    _checks.check_bool(name, value)
 
 
 def _prepare(cell, params, xs, carry) -> tuple[Array, tuple, PyTree]:
     _check_cell(cell)
     xs = _check_xs(xs, params)
+    _checks.check_params(cell, params, xs.shape[-1])
     if xs.shape[-2] < 1:
         raise ValueError(f"xs must hold at least one time step, got shape {tuple(xs.shape)}")
     batch_shape = tuple(xs.shape[:-2])

@@ -9,14 +9,18 @@ Axis letters, used in every shape comment and alias of the package:
 Sequences are batch-major with time just before features: ``xs: [*b, t, d]``.
 """
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from typing import Any, Callable, Literal, NamedTuple
 
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 __all__ = [
     "Array",
     "ArrayLike",
+    "BACKENDS",
+    "Backend",
     "Cell",
+    "CellSpec",
     "Key",
     "Lengths",
     "Layer",
@@ -33,6 +37,34 @@ Outputs = Float[Array, "*b t h"]
 Lengths = Int[ArrayLike, "*b"]
 Resets = Bool[ArrayLike, "*b t"]
 
+# The one list of unroll backends: "reference" scans cell.step (the definition, differentiable to
+# any order); "fused" runs memcell.fused and refuses what it cannot run; "auto" runs the fused path
+# where the cell's spec allows it and the reference elsewhere.
+Backend = Literal["reference", "fused", "auto"]
+BACKENDS: tuple[str, ...] = Backend.__args__
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+    """What a built-in cell declares about itself, so that a fast path may run it instead of its step.
+
+    Fast paths read only this, never attributes of functions. A spec vouches for one step
+    function, held in ``step`` and compared by identity: a ``Cell`` whose ``step`` is any other
+    object (a wrapped, partial or replaced step, a user's own) is not described by it and runs
+    the reference path. Each cell kind subclasses this with its options as typed fields.
+
+    Attributes:
+      step: the exact step function the spec describes.
+      dtype: the matmul computation dtype the factory was given (None: that of the inputs).
+    """
+
+    step: Callable = dataclasses.field(repr=False, compare=False)
+    dtype: Any = None
+
+    def describes(self, cell) -> bool:
+        """Whether this spec describes ``cell``: the cell's step is the very function it was made for."""
+        return getattr(cell, "step", None) is self.step
+
 
 class Cell(NamedTuple):
     """A recurrent cell: a bundle of three pure functions (like optax's GradientTransformation).
@@ -43,11 +75,15 @@ class Cell(NamedTuple):
         carry's shape with leading ``batch_shape``.
       step: ``step(params, carry, x) -> (carry, y)`` for ``x: [*b, d]``; the order
         ``jax.lax.scan`` expects.
+      spec: a ``CellSpec`` the built-in factories fill in, saying which fast path may run the
+        cell; None (the default, and what a user's cell has) runs the reference path. A spec
+        whose ``step`` is not this cell's ``step`` is ignored.
     """
 
     init: Callable[..., PyTree]
     initial_carry: Callable[..., PyTree]
     step: Callable[..., tuple[PyTree, Array]]
+    spec: CellSpec | None = None
 
 
 class Layer(NamedTuple):

@@ -1,20 +1,24 @@
 """Cell factories and their params/carry NamedTuples."""
 
-from memcell.cells.gru import GRUCarry, GRUParams, gru
-from memcell.cells.lstm import LSTM_VARIANTS, LSTMCarry, LSTMNorm, LSTMParams, lstm
-from memcell.cells.rnn import RNNCarry, RNNParams, rnn
-from memcell.types import Cell
+from memcell.cells.gru import GRUCarry, GRUParams, GRUSpec, gru
+from memcell.cells.lstm import LSTM_VARIANTS, LSTMCarry, LSTMNorm, LSTMParams, LSTMSpec, lstm
+from memcell.cells.rnn import RNNCarry, RNNParams, RNNSpec, rnn
+from memcell.types import Cell, CellSpec
 
 __all__ = [
     "Cell",
+    "CellSpec",
     "GRUCarry",
     "GRUParams",
+    "GRUSpec",
     "LSTMCarry",
     "LSTMNorm",
     "LSTMParams",
+    "LSTMSpec",
     "LSTM_VARIANTS",
     "RNNCarry",
     "RNNParams",
+    "RNNSpec",
     "gru",
     "lstm",
     "rnn",

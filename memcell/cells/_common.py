@@ -1,4 +1,4 @@
-"""Pieces the cell factories share: argument checks, initialisers, matmuls with float32 accumulation."""
+"""Pieces the cell factories share: initialisers, and (re-exported) argument checks and float32-accumulating matmuls."""
 
 import math
 from typing import Callable
@@ -7,32 +7,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from memcell._checks import check_bool, check_choice, check_float_dtype, check_positive_int
+from memcell._numerics import accumulation_dtype, carry_dtype, linear, zeros_carry
 from memcell.types import Array
 
+__all__ = [  # the checks and numerics are re-exported so that each cell module reads ``c.<name>``
+    "Initializer", "accumulation_dtype", "block_matrix", "carry_dtype", "check_bool", "check_choice",
+    "check_float_dtype", "check_input_size", "check_positive_int", "linear", "resolve_init", "zeros_carry",
+]
+
 Initializer = Callable[[Array, tuple[int, ...], jnp.dtype], Array]
-
-
-def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
-
-
-def check_float_dtype(name: str, value, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    try:
-        dtype = jnp.dtype(value)
-    except TypeError as e:
-        raise TypeError(f"{name} must be a floating dtype, got {value!r}") from e
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{name} must be a floating dtype, got {dtype}")
-    return dtype
 
 
 def _uniform(bound: float) -> Initializer:
@@ -79,29 +63,6 @@ def block_matrix(key, init: Initializer, rows: int, hidden: int, n_blocks: int, 
     draw_dtype = jnp.promote_types(dtype, jnp.float32)
     blocks = [init(k, (rows, hidden), draw_dtype) for k in keys]
     return (scale * jnp.concatenate(blocks, axis=-1)).astype(dtype)
-
-
-def accumulation_dtype(*arrays) -> jnp.dtype:
-    # bfloat16 and float16 compute accumulates in float32; float64 stays float64.
-    return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
-
-
-def linear(x: Array, w: Array, dtype) -> Array:
-    """``x @ w`` computed in ``dtype`` (None: the inputs' dtype) and accumulated in float32 or wider."""
-    acc = accumulation_dtype(x, w)
-    if dtype is not None:
-        x, w = x.astype(dtype), w.astype(dtype)
-    return jnp.matmul(x, w, preferred_element_type=acc)
-
-
-def carry_dtype(w_h: Array) -> jnp.dtype:
-    """The carry is float32 even for bfloat16 params (the state accumulates over many steps)."""
-    return jnp.promote_types(w_h.dtype, jnp.float32)
-
-
-def zeros_carry(w_h: Array, batch_shape) -> Array:
-    batch_shape = tuple(batch_shape)
-    return jnp.zeros(batch_shape + (w_h.shape[0],), carry_dtype(w_h))
 
 
 def check_input_size(input_size) -> int:

@@ -1,12 +1,13 @@
 """The GRU (Cho et al. 2014)."""
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from memcell.cells import _common as c
-from memcell.types import Array, Cell
+from memcell.types import Array, Cell, CellSpec
 
 
 class GRUParams(NamedTuple):
@@ -20,6 +21,13 @@ class GRUParams(NamedTuple):
 
 class GRUCarry(NamedTuple):
     h: Array  # [*b, h]
+
+
+@dataclasses.dataclass(frozen=True)
+class GRUSpec(CellSpec):
+    """What ``memcell.gru`` declares for fast paths: the options its step was built with."""
+
+    reset_after: bool = True
 
 
 def gru(
@@ -63,6 +71,7 @@ def gru(
       (6, 8)
     """
     hidden_size = c.check_positive_int("hidden_size", hidden_size)
+    reset_after = c.check_bool("reset_after", reset_after)
     param_dtype = c.check_float_dtype("param_dtype", param_dtype)
     dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
     k_init = c.resolve_init("kernel_init", kernel_init, hidden_size)
@@ -100,6 +109,4 @@ def gru(
         h_new = ((1.0 - z) * n + z * h).astype(h.dtype)
         return GRUCarry(h_new), h_new
 
-    # What memcell.fused reads to decide whether it can run this cell (the Cell tuple stays as is).
-    step.spec = dict(cell="gru", dtype=dtype, reset_after=reset_after)
-    return Cell(init, initial_carry, step)
+    return Cell(init, initial_carry, step, GRUSpec(step=step, dtype=dtype, reset_after=reset_after))

@@ -1,12 +1,13 @@
 """The LSTM with memory cell, input, forget and output gates, and its variants."""
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from memcell.cells import _common as c
-from memcell.types import Array, Cell
+from memcell.types import Array, Cell, CellSpec
 
 _LN_EPS = 1e-5
 
@@ -36,6 +37,20 @@ class LSTMParams(NamedTuple):
 class LSTMCarry(NamedTuple):
     h: Array  # [*b, h] hidden output
     c: Array  # [*b, h] memory cell
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMSpec(CellSpec):
+    """What ``memcell.lstm`` declares for fast paths: the options its step was built with."""
+
+    peephole: bool = False
+    cifg: bool = False
+    layer_norm: bool = False
+    input_gate: bool = True
+    forget_gate: bool = True
+    output_gate: bool = True
+    input_activation: bool = True
+    output_activation: bool = True
 
 
 # Greff et al. 2017, "LSTM: A Search Space Odyssey": their "vanilla" LSTM has peepholes;
@@ -133,6 +148,10 @@ def lstm(
     """
     hidden_size = c.check_positive_int("hidden_size", hidden_size)
     c.check_choice("init", init, {"default", "chrono"})
+    flags = dict(peephole=peephole, cifg=cifg, layer_norm=layer_norm, input_gate=input_gate,
+                 forget_gate=forget_gate, output_gate=output_gate, input_activation=input_activation,
+                 output_activation=output_activation)
+    flags = {name: c.check_bool(name, value) for name, value in flags.items()}
     scheme = init  # the name `init` is taken by the Cell's init function below
     if scheme == "chrono":
         if forget_bias is not None:
@@ -224,9 +243,5 @@ def lstm(
         new = LSTMCarry(h=h_new.astype(carry.h.dtype), c=c_new.astype(carry.c.dtype))
         return new, new.h
 
-    # What memcell.fused reads to decide whether it can run this cell (the Cell tuple stays as is).
-    step.spec = dict(cell="lstm", dtype=dtype, peephole=peephole, cifg=cifg, layer_norm=layer_norm,
-                     input_gate=input_gate, forget_gate=forget_gate, output_gate=output_gate,
-                     input_activation=input_activation, output_activation=output_activation)
-    return Cell(init, initial_carry, step)
+    return Cell(init, initial_carry, step, LSTMSpec(step=step, dtype=dtype, **flags))
 

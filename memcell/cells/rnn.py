@@ -1,12 +1,13 @@
 """The Elman RNN."""
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from memcell.cells import _common as c
-from memcell.types import Array, Cell
+from memcell.types import Array, Cell, CellSpec
 
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
@@ -19,6 +20,13 @@ class RNNParams(NamedTuple):
 
 class RNNCarry(NamedTuple):
     h: Array  # [*b, h]
+
+
+@dataclasses.dataclass(frozen=True)
+class RNNSpec(CellSpec):
+    """What ``memcell.rnn`` declares for fast paths: the options its step was built with."""
+
+    activation: str = "tanh"
 
 
 def rnn(
@@ -84,6 +92,4 @@ def rnn(
         h = act(z).astype(carry.h.dtype)
         return RNNCarry(h), h
 
-    # What memcell.fused reads to decide whether it can run this cell (the Cell tuple stays as is).
-    step.spec = dict(cell="rnn", dtype=dtype, activation=activation)
-    return Cell(init, initial_carry, step)
+    return Cell(init, initial_carry, step, RNNSpec(step=step, dtype=dtype, activation=activation))

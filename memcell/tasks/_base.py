@@ -14,7 +14,8 @@ import numpy as np
 
 from memcell import train as _train
 from memcell.cells import gru, lstm, rnn
-from memcell.scan import _check_backend, layer, stack
+from memcell._checks import check_backend as _check_backend
+from memcell.scan import layer, stack
 from memcell.types import Array, Cell, Key, Layer, PyTree
 
 
