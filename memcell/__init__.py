@@ -8,17 +8,20 @@ from memcell.cells import (
     LSTM_VARIANTS,
     GRUCarry,
     GRUParams,
+    GRUSpec,
     LSTMCarry,
     LSTMNorm,
     LSTMParams,
+    LSTMSpec,
     RNNCarry,
     RNNParams,
+    RNNSpec,
     gru,
     lstm,
     rnn,
 )
 from memcell.scan import DirectionPair, bidirectional, layer, stack, unroll
-from memcell.types import Cell, Layer
+from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer
 
 # Modules that build on the core, reached as memcell.jacobian.*, memcell.train.* and so on.
 # The Flax wrappers (memcell.linen, memcell.nnx) are imported explicitly, so that
@@ -28,17 +31,23 @@ from memcell import convert, fused, jacobian, tasks, train  # noqa: E402  (after
 __version__ = "0.1.0"
 
 __all__ = [
+    "BACKENDS",
+    "Backend",
     "Cell",
+    "CellSpec",
     "DirectionPair",
     "GRUCarry",
     "GRUParams",
+    "GRUSpec",
     "LSTMCarry",
     "LSTMNorm",
     "LSTMParams",
+    "LSTMSpec",
     "LSTM_VARIANTS",
     "Layer",
     "RNNCarry",
     "RNNParams",
+    "RNNSpec",
     "bidirectional",
     "convert",
     "fused",

@@ -729,4 +729,6 @@ def unroll(
             return None
         raise ValueError(f"backend='fused' cannot run this unroll: {plan}; use backend='auto' or 'reference'")
     fn, kwargs = plan
+    xs = _checks.check_xs(xs, params)
+    _checks.check_params(cell, params, xs.shape[-1])  # the kernel would run any consistent params
     return fn(params, xs, carry, lengths=lengths, reverse=reverse, **kwargs)
