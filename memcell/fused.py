@@ -722,7 +722,7 @@ def unroll(
     Returns:
       ``(carry, ys)``, or None (``backend="auto"`` only) when the fused path does not apply.
     """
-    _checks.check_choice("backend", backend, {"fused", "auto"})
+    _checks.check_backend(backend, ("fused", "auto"))
     plan = _plan(cell, resets=resets, remat=remat)
     if isinstance(plan, str):
         if backend == "auto":
