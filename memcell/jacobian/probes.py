@@ -1,0 +1,118 @@
+"""Loss gradients with respect to every step's hidden part, through probes added to it."""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from memcell.jacobian._common import (
+    as_array,
+    hidden_index,
+    leaf,
+    prepare,
+    replace_leaf,
+)
+from memcell.types import Array, Cell, PyTree, Sequence
+
+# ----------------------------------------------------------------------------- loss gradients
+
+
+def unroll_with_probes(
+    cell: Cell,
+    params: PyTree,
+    xs: Sequence,
+    probes: Array,
+    carry: PyTree | None = None,
+    *,
+    hidden: str | int = "h",
+) -> tuple[PyTree, Array]:
+    """``memcell.unroll`` with ``probes[..., t, :]`` added to the hidden part after each step.
+
+    With zero probes the values are those of ``unroll``; the gradient of a loss with respect to
+    the probes is ``dL / dh_t`` for every ``t`` (the total derivative, through all later
+    steps), obtained in the same backward pass as the params' gradient. When the step returns
+    its carry's hidden part as its output (every memcell cell does), the probe reaches the
+    output too.
+
+    Args:
+      cell, params, xs, carry, hidden: as for ``gradient_norms_through_time``.
+      probes: ``[*b, T, *h_shape]``, normally zeros.
+
+    Returns:
+      ``(carry, ys)`` as ``memcell.unroll`` returns them.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, memcell
+      >>> from memcell.jacobian import unroll_with_probes
+      >>> cell = memcell.gru(4)
+      >>> params = cell.init(jax.random.key(0), input_size=1)
+      >>> xs, probes = jnp.ones((20, 1)), jnp.zeros((20, 4))
+      >>> loss = lambda p, z: unroll_with_probes(cell, p, xs, z)[1][-1].sum()
+      >>> grads, dl_dh = jax.grad(loss, argnums=(0, 1))(params, probes)
+      >>> dl_dh.shape
+      (20, 4)
+    """
+    xs, batch_shape, carry0 = prepare(cell, params, xs, carry)
+    hi = hidden_index(cell, params, hidden)
+    h_shape = jax.eval_shape(lambda p: leaf(cell.initial_carry(p, ()), hi), params).shape
+    probes = as_array(probes)
+    expected = batch_shape + (xs.shape[-2],) + tuple(h_shape)
+    if not jnp.issubdtype(probes.dtype, jnp.floating):
+        raise TypeError(f"probes must be a floating-point array, got dtype {probes.dtype}")
+    if tuple(probes.shape) != expected:
+        raise ValueError(f"probes must have shape {expected} (batch, time, hidden), got shape {tuple(probes.shape)}")
+
+    def body(c, inputs):
+        x, p = inputs
+        new, y = cell.step(params, c, x)
+        h = leaf(new, hi)
+        h_probed = h + p.astype(h.dtype)
+        # Identity, not equality: the probe reaches y only where y is the carry's own h leaf.
+        y = h_probed if y is h else y
+        return replace_leaf(new, hi, h_probed), y
+
+    n_b = len(batch_shape)
+    time_major = lambda a: jnp.moveaxis(a, n_b, 0)
+    c, ys = jax.lax.scan(body, carry0, (time_major(xs), time_major(jnp.asarray(probes))))
+    return c, jnp.moveaxis(ys, 0, n_b)
+
+
+def loss_gradient_norms(
+    cell: Cell,
+    params: PyTree,
+    xs: Sequence,
+    loss_fn: Callable[[Array], Array],
+    *,
+    carry: PyTree | None = None,
+    hidden: str | int = "h",
+) -> Array:
+    """Euclidean norms of ``dL / dh_t`` for every step, for a loss ``L = loss_fn(ys)`` on the outputs.
+
+    One forward and one backward pass (zero probes, see ``unroll_with_probes``), so it is cheap
+    enough to log during training; to get the params' gradient in the same pass, differentiate
+    ``unroll_with_probes`` with respect to both.
+
+    Args:
+      cell, params, xs, carry, hidden: as for ``gradient_norms_through_time``.
+      loss_fn: ``ys [*b, T, H] -> scalar``.
+
+    Returns:
+      ``[*b, T]``: ``||dL / dh_t||`` per sequence and step.
+    """
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (ys -> scalar), got {type(loss_fn).__name__}")
+    xs, batch_shape, carry0 = prepare(cell, params, xs, carry)
+    hi = hidden_index(cell, params, hidden)
+    h_leaf = jax.eval_shape(lambda p: leaf(cell.initial_carry(p, batch_shape), hi), params)
+    T = xs.shape[-2]
+    probes = jnp.zeros(batch_shape + (T,) + h_leaf.shape[len(batch_shape) :], h_leaf.dtype)
+
+    def loss(z):
+        value = loss_fn(unroll_with_probes(cell, params, xs, z, carry0, hidden=hidden)[1])
+        if jnp.shape(value) != ():
+            raise ValueError(f"loss_fn must return a scalar, got shape {jnp.shape(value)}")
+        return value
+
+    g = jax.grad(loss)(probes)
+    h_axes = tuple(range(len(batch_shape) + 1, g.ndim))
+    return jnp.sqrt(jnp.sum(jnp.square(g), axis=h_axes))
