@@ -5,7 +5,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from memcell._checks import check_bool, check_choice, check_float_dtype, check_positive_int
 from memcell._numerics import accumulation_dtype, carry_dtype, linear, zeros_carry

@@ -152,7 +152,25 @@ def lstm(
                  forget_gate=forget_gate, output_gate=output_gate, input_activation=input_activation,
                  output_activation=output_activation)
     flags = {name: c.check_bool(name, value) for name, value in flags.items()}
-    scheme = init  # the name `init` is taken by the Cell's init function below
+    forget_bias = _check_init_options(init, forget_bias, max_timescale, **flags)
+    options = LSTMSpec(step=None, dtype=c.check_float_dtype("dtype", dtype, allow_none=True), **flags)
+    init_fn = _make_init(
+        options, hidden_size, init, forget_bias, max_timescale,
+        c.resolve_init("kernel_init", kernel_init, hidden_size),
+        c.resolve_init("recurrent_init", recurrent_init, hidden_size),
+        recurrent_scale, c.check_float_dtype("param_dtype", param_dtype),
+    )
+
+    def initial_carry(params: LSTMParams, batch_shape=()) -> LSTMCarry:
+        zeros = c.zeros_carry(params.w_h, batch_shape)
+        return LSTMCarry(h=zeros, c=zeros)
+
+    step = _make_step(options)
+    return Cell(init_fn, initial_carry, step, dataclasses.replace(options, step=step))
+
+
+def _check_init_options(scheme, forget_bias, max_timescale, *, cifg, forget_gate, input_gate, **_) -> float:
+    """Refuses contradicting init and gate options; returns the forget bias to use."""
     if scheme == "chrono":
         if forget_bias is not None:
             raise ValueError("forget_bias cannot be set with init='chrono', which sets the forget bias itself")
@@ -162,20 +180,23 @@ def lstm(
             raise ValueError("init='chrono' initialises the forget gate, so it needs forget_gate=True")
     elif max_timescale is not None:
         raise ValueError("max_timescale is only used with init='chrono'")
-    forget_bias = 1.0 if forget_bias is None else float(forget_bias)
     if cifg and not forget_gate:
         raise ValueError("cifg=True couples the input gate to the forget gate, so it needs forget_gate=True")
     if cifg and not input_gate:
         raise ValueError("cifg=True replaces the input gate by 1 - f; input_gate=False contradicts it")
-    param_dtype = c.check_float_dtype("param_dtype", param_dtype)
-    dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
-    k_init = c.resolve_init("kernel_init", kernel_init, hidden_size)
-    r_init = c.resolve_init("recurrent_init", recurrent_init, hidden_size)
+    return 1.0 if forget_bias is None else float(forget_bias)
 
-    has_i = input_gate and not cifg
-    gates = tuple(name for name, on in (("i", has_i), ("f", forget_gate), ("g", True), ("o", output_gate)) if on)
+
+def _gates(spec: LSTMSpec) -> tuple[str, ...]:
+    """The gate blocks a variant has weights for, in PyTorch's order ``i, f, g, o``."""
+    has_i = spec.input_gate and not spec.cifg
+    return tuple(name for name, on in (("i", has_i), ("f", spec.forget_gate), ("g", True), ("o", spec.output_gate)) if on)
+
+
+def _make_init(spec: LSTMSpec, H: int, scheme: str, forget_bias: float, max_timescale, k_init, r_init,
+               recurrent_scale: float, param_dtype):
+    gates = _gates(spec)
     n = len(gates)
-    H = hidden_size
 
     def init(key, input_size: int) -> LSTMParams:
         input_size = c.check_input_size(input_size)
@@ -188,9 +209,9 @@ def lstm(
                     b["i"] = -b["f"]
             else:
                 b["f"] = jnp.full((H,), forget_bias, param_dtype)
-        peep = (lambda on: jnp.zeros((H,), param_dtype) if (peephole and on) else None)
+        peep = (lambda on: jnp.zeros((H,), param_dtype) if (spec.peephole and on) else None)
         norm = None
-        if layer_norm:
+        if spec.layer_norm:
             norm = LSTMNorm(
                 x_scale=jnp.ones((n * H,), param_dtype),
                 h_scale=jnp.ones((n * H,), param_dtype),
@@ -201,47 +222,48 @@ def lstm(
             w_x=c.block_matrix(kx, k_init, input_size, H, n, param_dtype),
             w_h=c.block_matrix(kh, r_init, H, H, n, param_dtype, recurrent_scale),
             b=jnp.concatenate([b[name] for name in gates]),
-            p_i=peep(has_i),
-            p_f=peep(forget_gate),
-            p_o=peep(output_gate),
+            p_i=peep("i" in gates),
+            p_f=peep(spec.forget_gate),
+            p_o=peep(spec.output_gate),
             norm=norm,
         )
 
-    def initial_carry(params: LSTMParams, batch_shape=()) -> LSTMCarry:
-        zeros = c.zeros_carry(params.w_h, batch_shape)
-        return LSTMCarry(h=zeros, c=zeros)
+    return init
+
+
+def _make_step(spec: LSTMSpec):
+    gates = _gates(spec)
+    n = len(gates)
 
     def step(params: LSTMParams, carry: LSTMCarry, x: Array) -> tuple[LSTMCarry, Array]:
-        zx = c.linear(x, params.w_x, dtype)
-        zh = c.linear(carry.h, params.w_h, dtype)
+        zx = c.linear(x, params.w_x, spec.dtype)
+        zh = c.linear(carry.h, params.w_h, spec.dtype)
         if params.norm is not None:
             zx = _layer_norm(zx, n, params.norm.x_scale)
             zh = _layer_norm(zh, n, params.norm.h_scale)
-        z = zx + zh + params.b
-        blocks = dict(zip(gates, jnp.split(z, n, axis=-1)))
+        blocks = dict(zip(gates, jnp.split(zx + zh + params.b, n, axis=-1)))
         c_prev = carry.c
         if params.p_f is not None:
             blocks["f"] = blocks["f"] + params.p_f * c_prev
         if params.p_i is not None:
             blocks["i"] = blocks["i"] + params.p_i * c_prev
-        f = jax.nn.sigmoid(blocks["f"]) if forget_gate else 1.0
-        if cifg:
+        f = jax.nn.sigmoid(blocks["f"]) if spec.forget_gate else 1.0
+        if spec.cifg:
             i = 1.0 - f
-        elif has_i:
+        elif "i" in gates:
             i = jax.nn.sigmoid(blocks["i"])
         else:
             i = 1.0
-        g = jnp.tanh(blocks["g"]) if input_activation else blocks["g"]
+        g = jnp.tanh(blocks["g"]) if spec.input_activation else blocks["g"]
         c_new = f * c_prev + i * g
-        if output_gate:
+        if spec.output_gate:
             zo = blocks["o"] if params.p_o is None else blocks["o"] + params.p_o * c_new
             o = jax.nn.sigmoid(zo)
         else:
             o = 1.0
         c_out = c_new if params.norm is None else _layer_norm(c_new, 1, params.norm.c_scale, params.norm.c_bias)
-        h_new = o * (jnp.tanh(c_out) if output_activation else c_out)
+        h_new = o * (jnp.tanh(c_out) if spec.output_activation else c_out)
         new = LSTMCarry(h=h_new.astype(carry.h.dtype), c=c_new.astype(carry.c.dtype))
         return new, new.h
 
-    return Cell(init, initial_carry, step, LSTMSpec(step=step, dtype=dtype, **flags))
-
+    return step
