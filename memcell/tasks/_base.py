@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import pathlib
-from typing import Any, Callable, NamedTuple, Sequence as SequenceOf
+from typing import Callable, NamedTuple, Sequence as SequenceOf
 
 import jax
 import jax.numpy as jnp
