@@ -82,6 +82,12 @@ def unroll(
     lengths = _checks.check_lengths(lengths, batch_shape, T)
     resets = _checks.check_resets(resets, batch_shape, T)
     carry0 = _checks.check_carry(cell, params, carry, batch_shape)
+    return _reference(cell, params, xs, carry0, lengths, resets, reverse, unroll, remat)
+
+
+def _reference(cell, params, xs, carry0, lengths, resets, reverse: bool, unroll, remat: bool):
+    """The reference path on checked arguments: ``jax.lax.scan`` over ``cell.step``."""
+    T = xs.shape[-2]
     step = jax.checkpoint(cell.step) if remat else cell.step
 
     scan_reverse = False

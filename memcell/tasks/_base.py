@@ -315,12 +315,7 @@ def train_task(
     states = _train.init_states(seeds, lambda k: model.init(k, task.input_size), tx, learning_rates=lrs)
     step = _train.make_train_step(loss_fn(task, model), tx)
     sample = lambda key: task.sample(key, batch_size)
-    es = None
-    if stop_at_solved or patience is not None:
-        target = task.solved if stop_at_solved else None
-        if stop_at_solved and target is None:
-            raise ValueError(f"task {task.name!r} has no 'solved' threshold, so stop_at_solved cannot be used")
-        es = _train.EarlyStopping(metric=task.metric, mode=task.mode, target=target, patience=patience)
+    es = _early_stopping(task, stop_at_solved, patience)
     out = None if out_dir is None else pathlib.Path(out_dir)
     result = _train.fit(
         step, states, sample, steps=steps, eval_fn=eval_fn(task, model, gradient_flow=gradient_flow),
@@ -331,6 +326,21 @@ def train_task(
         log_path=None if out is None else out / "metrics.jsonl",
         progress=progress, steps_per_call=steps_per_call,
     )
+    return _report(task, seeds, result)
+
+
+def _early_stopping(task: Task, stop_at_solved: bool, patience: int | None):
+    """The ``EarlyStopping`` rule of ``train_task``'s options, or None for a fixed number of steps."""
+    if not (stop_at_solved or patience is not None):
+        return None
+    target = task.solved if stop_at_solved else None
+    if stop_at_solved and target is None:
+        raise ValueError(f"task {task.name!r} has no 'solved' threshold, so stop_at_solved cannot be used")
+    return _train.EarlyStopping(metric=task.metric, mode=task.mode, target=target, patience=patience)
+
+
+def _report(task: Task, seeds: list[int], result) -> dict:
+    """``train_task``'s report: the final test metrics per seed, their summary, and the baselines beaten."""
     final = result.history[-1]
     metric_names = [k for k in final if k != "step"]
     summary = {k: _train.summarize(final[k]) for k in metric_names}
@@ -356,4 +366,3 @@ def train_task(
         "wall_time": result.wall_time,
         "state": result.state,
     }
-
