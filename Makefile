@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install test test-slow demo bench clean
+.PHONY: install test test-slow demo bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,12 @@ $(STAMP): pyproject.toml | $(PY)
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(PY) -m pip install -q -e ".[dev,bench]"
+	touch $@
+
+# The docs tools only read the source (griffe parses it, nothing is imported), so the docs
+# extra does not need the dev extra.
+$(DOCS_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[docs]"
 	touch $@
 
 install: $(STAMP)
@@ -34,5 +41,10 @@ demo: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run.py
 
+# The API reference site, into site/. Strict: a broken link, a missing page or an unresolved
+# reference fails the build.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache site
