@@ -30,7 +30,7 @@ def read_ts(path) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
       indices into ``classes`` (as declared by ``@classLabel``).
 
     Raises:
-      ValueError naming the file and line on anything malformed.
+      ValueError: naming the file and line on anything malformed.
     """
     path = pathlib.Path(path)
     classes, series, labels, in_data = None, [], [], False
