@@ -418,7 +418,7 @@ def test_steps_reject_bad_loss_functions():
         "a vector loss": (lambda p, b, k: (jnp.zeros(3) + LOSS(p, b, k)[0], {}), ValueError, r"loss_fn must return a scalar loss, got shape \(3,\)"),
         "an integer loss": (lambda p, b, k: (jnp.int32(1), {}), TypeError, "loss_fn must return a floating-point loss, got dtype int32"),
     }
-    for what, (fn, err, msg) in bad.items():
+    for fn, err, msg in bad.values():
         with pytest.raises(err, match=msg):
             train.make_train_step(fn, TX)(state, batch)
         with pytest.raises(err, match=msg):

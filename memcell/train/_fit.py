@@ -8,10 +8,23 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from memcell._checks import check_bool
-from memcell.train._args import check_callable, check_config, check_count, check_optional_callable, check_path
+from memcell.train._args import (
+    check_callable,
+    check_config,
+    check_count,
+    check_optional_callable,
+    check_path,
+)
 from memcell.train._checkpoint import Checkpointer
 from memcell.train._early_stopping import EarlyStopping
-from memcell.train._loop import Record, Run, chunk_size, compiled_eval, compiled_run, run_loop
+from memcell.train._loop import (
+    Record,
+    Run,
+    chunk_size,
+    compiled_eval,
+    compiled_run,
+    run_loop,
+)
 from memcell.train._metrics_log import MetricsLog
 from memcell.train._state import TrainState, check_state, current_step
 from memcell.types import Key, PyTree
