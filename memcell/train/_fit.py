@@ -103,6 +103,13 @@ def _progress_bar(progress: bool, steps: int, start: int):
     return tqdm(total=steps, initial=start, dynamic_ncols=True, leave=True)
 
 
+def _result(state: TrainState, record: Record, stop_reason: str, multi: bool, wall_time: float) -> FitResult:
+    pick = (lambda v: v) if multi else (lambda v: v[0])
+    return FitResult(state=state, history=record.history, stop_reason=stop_reason,
+                     solved_step=pick(list(record.stopping.solved_step)), skipped_steps=pick(record.skipped),
+                     wall_time=wall_time)
+
+
 def fit(
     train_step: Callable,
     state: TrainState,
@@ -170,14 +177,13 @@ def fit(
     config, n = _check_args(train_step, state, sample, steps, eval_fn, eval_every, early_stopping, checkpoint_dir,
                             checkpoint_every, resume, config, log_path, progress, steps_per_call, max_nonfinite)
     t0 = time.perf_counter()
-    multi, n_models = n is not None, n or 1
     checkpointer = None if checkpoint_dir is None else Checkpointer(checkpoint_dir)
-    state, record = _resume(checkpointer, state, config, resume, n_models)
+    state, record = _resume(checkpointer, state, config, resume, n or 1)
     start = current_step(state)
     run = Run(
-        run_jit=compiled_run(train_step, sample, multi),
-        eval_jit=None if eval_fn is None else compiled_eval(eval_fn, multi),
-        multi=multi, record=record, log=MetricsLog(log_path, start), bar=_progress_bar(progress, steps, start),
+        run_jit=compiled_run(train_step, sample, n is not None),
+        eval_jit=None if eval_fn is None else compiled_eval(eval_fn, n is not None),
+        multi=n is not None, record=record, log=MetricsLog(log_path, start), bar=_progress_bar(progress, steps, start),
         checkpointer=checkpointer, early_stopping=early_stopping, config=config,
     )
     try:
@@ -186,7 +192,4 @@ def fit(
                                       checkpoint_every=checkpoint_every, max_nonfinite=max_nonfinite)
     finally:
         run.close()
-    pick = (lambda v: v) if multi else (lambda v: v[0])
-    return FitResult(state=state, history=record.history, stop_reason=stop_reason,
-                     solved_step=pick(list(record.stopping.solved_step)), skipped_steps=pick(record.skipped),
-                     wall_time=time.perf_counter() - t0)
+    return _result(state, record, stop_reason, n is not None, time.perf_counter() - t0)
