@@ -3,7 +3,8 @@
 For plain tanh RNNs of several recurrent spectral radii (Bengio et al. 1994, Pascanu et al.
 2013), LSTMs with forget bias 0 and 1, chrono init (Tallec and Ollivier 2018) and no forget gate,
 and a GRU: the norm of d h_T / d h_{T-k} against the lag k, up to k = 1000, at initialisation and
-after training on a small adding problem (Hochreiter and Schmidhuber 1997). Every number comes
+after training on a small adding problem (Hochreiter and Schmidhuber 1997; memcell.tasks.adding,
+trained with memcell.train.fit). Every number comes
 from memcell.jacobian (gradient_norms_through_time, decay_rate, lyapunov_exponent, product_norms
 of the LSTM's cell-path Jacobians, loss_gradient_norms through unroll_with_probes).
 
@@ -11,29 +12,34 @@ Writes under ``out_dir``: report.md, results.json (the raw numbers), and PNG fig
 report (as docs/vanishing_gradients.md) and the figures (docs/figures/) into ``docs_dir``.
 
     python experiments/vanishing_gradients.py                       # CPU-sized defaults (make demo)
-    python experiments/vanishing_gradients.py --hidden_size 64 --train_steps 2000
+    python experiments/vanishing_gradients.py --hidden-size 64 --train-steps 2000
 """
 
-import argparse
 import dataclasses
 import json
 import math
 import pathlib
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import memcell
 from memcell import jacobian as J
+from memcell import tasks, train
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _common import parse_config  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Config:
+    """Gradient norm through time of tanh RNNs, LSTMs and a GRU, at init and after training on the adding problem."""
+
     hidden_size: int = 32
     eval_len: int = 1001  # steps of the measured sequences: lags 0 .. 1000
     eval_seqs: int = 4  # sequences the log-norms are averaged over (a geometric mean of the norms)
@@ -48,13 +54,6 @@ class Config:
     out_dir: str = "results/vanishing_gradients"
     docs_dir: str = "docs"  # "" writes nothing under docs/
     dpi: int = 100
-
-
-def parse_config() -> Config:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name}", type=field.type, default=field.default)
-    return Config(**vars(parser.parse_args()))
 
 
 # ----------------------------------------------------------------------------- cells and task
@@ -81,56 +80,35 @@ def make_cell(name: str, cfg: Config) -> tuple[memcell.Cell, str]:
     return table[name]
 
 
-def adding_batch(key, batch: int, T: int):
-    """The adding problem: two channels (a value in [0, 1], a marker); the target is the sum of the
-    two marked values, one marked in each half. Predicting 1 always gives an MSE of 1/6."""
-    kv, k1, k2 = jax.random.split(key, 3)
-    values = jax.random.uniform(kv, (batch, T))
-    i1 = jax.random.randint(k1, (batch,), 0, T // 2)
-    i2 = jax.random.randint(k2, (batch,), T // 2, T)
-    rows = jnp.arange(batch)
-    marks = jnp.zeros((batch, T)).at[rows, i1].set(1.0).at[rows, i2].set(1.0)
-    return jnp.stack([values, marks], axis=-1), jnp.sum(values * marks, axis=-1)
+BASELINE_MSE = 1.0 / 6.0  # predicting the mean target of the adding problem: the target's variance
 
 
-BASELINE_MSE = 1.0 / 6.0
-
-
-def train(cell, cell_params, cfg: Config, key):
-    """Adam on the adding problem from ``cell_params``, a linear readout of h_T. Returns the cell
-    params, the MSE history and ||dL/dh_t|| of the first and last batch (through zero probes, in
-    the same backward pass as the params' gradient)."""
-    k_out, k_data = jax.random.split(key)
-    params = {
-        "cell": cell_params,
-        "w": jax.random.normal(k_out, (cfg.hidden_size,)) / math.sqrt(cfg.hidden_size),
-        "b": jnp.ones(()),  # start at the mean target
-    }
-    opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adam(cfg.learning_rate))
-    opt_state = opt.init(params)
-
-    def loss_fn(p, probes, xs, y):
-        _, hs = J.unroll_with_probes(cell, p["cell"], xs, probes)
-        pred = hs[:, -1] @ p["w"] + p["b"]
-        return jnp.mean(jnp.square(pred - y))
+def loss_profile_fn(task, model):
+    """``params -> ||dL/dh_t||`` for every step t, averaged over the task's test sequences (zero
+    probes: ``memcell.jacobian.loss_gradient_norms``), compiled once for all the params it gets."""
+    batch = jax.tree.map(jnp.asarray, task.test)
 
     @jax.jit
-    def step(p, opt_state, key):
-        xs, y = adding_batch(key, cfg.batch_size, cfg.train_len)
-        probes = jnp.zeros((cfg.batch_size, cfg.train_len, cfg.hidden_size))
-        loss, (g, dl_dh) = jax.value_and_grad(loss_fn, argnums=(0, 1))(p, probes, xs, y)
-        updates, opt_state = opt.update(g, opt_state, p)
-        dl_dh_norm = jnp.mean(jnp.linalg.norm(dl_dh, axis=-1), axis=0)  # [train_len]
-        return optax.apply_updates(p, updates), opt_state, loss, dl_dh_norm
+    def profile(params):
+        loss_of_ys = lambda ys: task.loss(model.head(params, ys), batch)[0]
+        return J.loss_gradient_norms(model.cell, params.rnn, batch["xs"], loss_of_ys).mean(0)
 
-    losses, profiles = [], {}
-    for i, k in enumerate(jax.random.split(k_data, cfg.train_steps)):
-        params, opt_state, loss, dl_dh = step(params, opt_state, k)
-        losses.append(float(loss))
-        if i == 0:
-            profiles["first"] = np.asarray(dl_dh)
-    profiles["last"] = np.asarray(dl_dh)
-    return params["cell"], losses, profiles
+    return lambda params: np.asarray(profile(params))
+
+
+def train_model(task, model, state, cfg: Config, log_path: pathlib.Path):
+    """``cfg.train_steps`` updates of ``memcell.train.fit`` (Adam, clipping) on ``task``, a linear
+    readout of h_T. Returns the trained params, the training MSE of every step (read back from
+    the JSONL log) and ||dL/dh_t|| on the test sequences before and after training."""
+    tx = train.optimizer(cfg.learning_rate, clip_norm=cfg.clip_norm)
+    step = train.make_train_step(tasks.loss_fn(task, model), tx)
+    result = train.fit(step, state, lambda key: task.sample(key, cfg.batch_size), steps=cfg.train_steps,
+                       log_path=log_path, progress=False)
+    rows = [json.loads(line) for line in log_path.read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["split"] == "train"]
+    profile = loss_profile_fn(task, model)
+    profiles = {"first": profile(state.params), "last": profile(result.state.params)}
+    return result.state.params, losses, profiles
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -225,7 +203,8 @@ def plot_loss_profiles(results: dict, labels: dict, path: pathlib.Path, cfg: Con
                 continue
             prof = np.maximum(res["profiles"][which], 1e-38)
             ax.semilogy(np.arange(len(prof)), prof, "--" if name.startswith("rnn") else "-", lw=1.2, label=labels[name])
-        ax.set_title("first training batch" if which == "first" else f"after {cfg.train_steps} steps", fontsize=10)
+        title = "at initialisation" if which == "first" else f"after {cfg.train_steps} steps"
+        ax.set_title(f"{title} ({cfg.batch_size} test sequences)", fontsize=10)
         ax.set_xlabel("time step t")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(r"$\|\partial L / \partial h_t\|$ (batch mean)")
@@ -259,6 +238,18 @@ def markdown_table(rows) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def radius_order(results: dict) -> str:
+    """How the tanh RNNs' rates at init order by radius, as measured (one seed: not always monotone)."""
+    rates = sorted((float(n[4:]), r["init"]["rate"]) for n, r in results.items() if n.startswith("rnn_"))
+    if len(rates) < 2:
+        return ""
+    if all(a[1] <= b[1] for a, b in zip(rates, rates[1:])):
+        return ", steeper for smaller radii"
+    swaps = [f"radius {b[0]:g} ({b[1]:+.4f}) decays faster than radius {a[0]:g} ({a[1]:+.4f})"
+             for a, b in zip(rates, rates[1:]) if b[1] < a[1]]
+    return ", mostly steeper for smaller radii; in this run (one seed) " + ", ".join(swaps)
 
 
 def story(results: dict, labels: dict, cfg: Config) -> str:
@@ -380,14 +371,16 @@ print(float(decay_rate(log_g, log=True)))   # about -0.5: a factor 0.6 lost per 
 
 ## The experiment
 
-`make demo` runs `experiments/vanishing_gradients.py` (the numbers below; rerun to regenerate
-this page). Every cell has {hidden} hidden units; the norms are geometric means over
-{seqs} adding-problem sequences of {T} steps (lags 0 to {maxlag}); "rate" is the fitted slope
+`make demo` runs `experiments/vanishing_gradients.py`: the numbers below come from a recorded
+run of it (its config and wall time close this page; rerun to regenerate the page). Every cell
+has {hidden} hidden units and one seed; the norms are geometric means over the {seqs} test
+sequences of an adding problem of {T} steps (lags 0 to {maxlag}); "rate" is the fitted slope
 of the natural log of the norm against the lag (`decay_rate`), "factor" its exponential, and
 "Lyapunov" the largest Lyapunov exponent of the whole carry along the same sequences.
-Training: {steps} Adam steps (learning rate {lr}, clipping at {clip}) on the adding problem
-with {train_len} steps, batch {batch}, a linear readout of the last hidden state; predicting the
-mean gives an MSE of {baseline:.4f}.
+Training: {steps} Adam steps (learning rate {lr}, clipping at {clip}; `memcell.train.fit`) on
+the adding problem with {train_len} steps (`memcell.tasks.adding`), batch {batch}, a linear
+readout of the last hidden state (`memcell.tasks.sequence_model`, its bias started at the mean
+target, 1); predicting the mean gives an MSE of {baseline:.4f}.
 """
 
 
@@ -409,7 +402,7 @@ def write_report(results: dict, labels: dict, cfg: Config, out: pathlib.Path, se
 {figs[0]}
 
 The dashed lines (plain tanh RNNs) fall as straight lines on this log scale: geometric decay
-at a rate set by the recurrent radius, steeper for smaller radii. The solid lines are the gated
+at a rate set by the recurrent radius{radius_order(results)}. The solid lines are the gated
 cells: they keep the gradient exactly as far as their gates are open. The values below are read
 off the measurements by the script:
 
@@ -417,7 +410,7 @@ off the measurements by the script:
 
 {chr(10).join(figs[1:])}
 
-{"The second figure repeats the first after training; the third shows the gradient of the training loss with respect to every hidden state, ||dL/dh_t||, averaged over a batch, on the first batch and the last (from `unroll_with_probes`): the loss sits at the last step, so its gradient reaches early steps only through the product above." if cfg.train_steps > 0 else ""}
+{f"The second figure repeats the first after training; the third shows the gradient of the training loss with respect to every hidden state, ||dL/dh_t||, averaged over {cfg.batch_size} test sequences of the training task, at initialisation and after training (from `loss_gradient_norms`, zero probes through `unroll_with_probes`): the loss sits at the last step, so its gradient reaches early steps only through the product above." if cfg.train_steps > 0 else ""}
 
 Config: `{json.dumps(dataclasses.asdict(cfg))}`; {seconds:.0f} s on this machine
 (jax {jax.__version__}, {jax.default_backend()}).
@@ -442,29 +435,37 @@ def to_json(results: dict) -> dict:
 # ----------------------------------------------------------------------------- main
 
 
+def run_cell(name: str, cell, index: int, train_task, xs_eval, cfg: Config, out: pathlib.Path) -> dict:
+    """The measurements of one cell at init and, with ``cfg.train_steps``, after training."""
+    model = tasks.sequence_model(cell, train_task.output_size, train_task.readout)
+    tx = train.optimizer(cfg.learning_rate, clip_norm=cfg.clip_norm)
+    key = jax.random.fold_in(jax.random.key(cfg.seed), index)
+    # The readout's bias starts at the mean target, 1, so training starts at the mean predictor.
+    init = lambda k: model.init(k, train_task.input_size)._replace(b=jnp.ones((train_task.output_size,)))
+    state = train.init_state(key, init, tx)
+    res = {"init": measure(name, cell, state.params.rnn, xs_eval)}
+    if cfg.train_steps > 0:
+        params, losses, profiles = train_model(train_task, model, state, cfg, out / "logs" / f"{name}.jsonl")
+        res["trained"] = measure(name, cell, params.rnn, xs_eval)
+        res["final_mse"] = float(np.mean(losses[-20:]))
+        res["losses"] = np.asarray(losses)
+        res["profiles"] = profiles
+    return res
+
+
 def main(cfg: Config) -> dict:
     t0 = time.time()
     out = pathlib.Path(cfg.out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    key = jax.random.key(cfg.seed)
-    k_eval, k_train = jax.random.split(key)
-    xs_eval, _ = adding_batch(k_eval, cfg.eval_seqs, cfg.eval_len)
+    # The measured sequences: the test set of a long adding problem; training draws its own batches.
+    xs_eval = jnp.asarray(tasks.adding(cfg.eval_len, n_test=cfg.eval_seqs, seed=cfg.seed).test["xs"])
+    train_task = tasks.adding(cfg.train_len, n_test=cfg.batch_size, seed=cfg.seed)
     names = [n.strip() for n in cfg.cells.split(",") if n.strip()]
     labels, results = {}, {}
     for i, name in enumerate(names):
         cell, labels[name] = make_cell(name, cfg)
-        k_init = jax.random.fold_in(k_train, i)
         t = time.time()
-        k_cell, k_fit = jax.random.split(k_init)
-        params0 = cell.init(k_cell, 2)
-        res = {"init": measure(name, cell, params0, xs_eval)}
-        if cfg.train_steps > 0:
-            params, losses, profiles = train(cell, params0, cfg, k_fit)
-            res["trained"] = measure(name, cell, params, xs_eval)
-            res["final_mse"] = float(np.mean(losses[-20:]))
-            res["losses"] = np.asarray(losses)
-            res["profiles"] = profiles
-        results[name] = res
+        res = results[name] = run_cell(name, cell, i, train_task, xs_eval, cfg, out)
         trained = f", trained {res['trained']['rate']:+.4f}, MSE {res['final_mse']:.4f}" if "trained" in res else ""
         print(f"[{time.time() - t0:6.1f}s] {labels[name]:32s} rate init {res['init']['rate']:+.4f}{trained} ({time.time() - t:.1f}s)", flush=True)
 
@@ -498,4 +499,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config())
+    main(parse_config(Config))

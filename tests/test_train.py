@@ -317,3 +317,187 @@ def test_init_states_rejects_bad_arguments():
         train.init_states([0, "a"], INIT, tx)
     with pytest.raises(TypeError, match="opt_state must come from memcell.train.optimizer"):
         train.init_states([0, 1], INIT, optax.adam(1e-3), learning_rates=[1e-3, 1e-2])
+
+
+# ----------------------------------------------------------------------------- early stopping, one decision at a time
+
+
+def test_early_stopping_update_judges_each_model():
+    rule = train.EarlyStopping("acc", "max", target=0.9, patience=2)
+    p = rule.init(n_models=2)
+    p, done = rule.update(p, {"acc": [0.5, 0.95]}, step=10)
+    assert not done and p.best == (0.5, 0.95) and p.solved_step == (None, 10) and p.meets_target == (False, True)
+    # model 1 drifts off the target: it keeps the run going, and keeps its first solved step
+    p, done = rule.update(p, {"acc": [0.6, 0.85]}, step=20)
+    assert not done and p.meets_target == (False, False) and p.solved_step == (None, 10) and p.bad_evals == (0, 1)
+    p, done = rule.update(p, {"acc": [0.6, 0.92]}, step=30)  # model 0 no better (1 bad), model 1 meets it again
+    assert not done and p.bad_evals == (1, 2)
+    p, done = rule.update(p, {"acc": [0.55, 0.91]}, step=40)  # model 0 out of patience, model 1 on target
+    assert done and p.bad_evals == (2, 3) and p.best == (0.6, 0.95)
+
+
+def test_early_stopping_rejects_bad_fields():
+    for rule, err, msg in [
+        (train.EarlyStopping("loss", "mn", target=0.1), ValueError, r"early_stopping.mode must be one of \['max', 'min'\], got 'mn'"),
+        (train.EarlyStopping("loss", patience=0), ValueError, "early_stopping.patience must be a positive int, got 0"),
+        (train.EarlyStopping("loss", patience=2.0), ValueError, "early_stopping.patience must be a positive int, got 2.0"),
+        (train.EarlyStopping("loss", target="0.1"), ValueError, "early_stopping.target must be a finite real number, got '0.1'"),
+        (train.EarlyStopping("loss", target=float("nan")), ValueError, "early_stopping.target must be a finite real number, got nan"),
+        (train.EarlyStopping(3, target=0.1), TypeError, "early_stopping.metric must be a str .*got 3"),
+        (train.EarlyStopping(), ValueError, "early_stopping needs a target or a patience, got neither"),
+    ]:
+        with pytest.raises(err, match=msg):
+            rule.check()
+    with pytest.raises(ValueError, match="n_models must be a positive int, got 0"):
+        train.EarlyStopping(target=0.1).init(0)
+
+
+# ----------------------------------------------------------------------------- bad input to every public entry point
+
+
+def test_optimizer_rejects_bad_types_and_ranges():
+    cases = [
+        (dict(learning_rate=True), "learning_rate must be a positive finite number, got True"),
+        (dict(learning_rate=float("inf")), "learning_rate must be a positive finite number, got inf"),
+        (dict(learning_rate="0.1"), "learning_rate must be a positive finite number, got '0.1'"),
+        (dict(clip_norm="1"), "clip_norm must be a positive finite number or None, got '1'"),
+        (dict(warmup_steps=-1), "warmup_steps must be a non-negative int, got -1"),
+        (dict(warmup_steps=2.5), "warmup_steps must be a non-negative int, got 2.5"),
+        (dict(decay_steps=10.0), "decay_steps must be a non-negative int, got 10.0"),
+        (dict(name="sgd", momentum=1.5), r"momentum must lie in \[0, 1\), got 1.5"),
+        (dict(name="adam", momentum=0.9), "momentum applies to name='sgd' or 'rmsprop' only, got momentum=0.9 with name='adam'"),
+        (dict(name="adamw", weight_decay=-1e-4), r"weight_decay must lie in \[0, inf\), got -0.0001"),
+        (dict(name="adam", weight_decay=1e-4), "weight_decay applies to name='adamw' only, got weight_decay=0.0001"),
+        (dict(name=None), r"name must be one of \['adam', 'adamw', 'rmsprop', 'sgd'\], got None"),
+    ]
+    for kw, msg in cases:
+        kw = {"learning_rate": 1e-3, **kw}
+        with pytest.raises(ValueError, match=msg):
+            train.optimizer(kw.pop("learning_rate"), **kw)
+    # the options that do apply are accepted
+    train.optimizer(1e-2, name="sgd", momentum=0.9)
+    train.optimizer(np.float32(1e-2), name="adamw", weight_decay=1e-4, warmup_steps=np.int64(3), decay_steps=10)
+
+
+def test_init_state_and_init_states_reject_bad_arguments():
+    with pytest.raises(TypeError, match="key must be a jax.random.key or an int seed, got str"):
+        train.init_state("0", INIT, TX)
+    with pytest.raises(TypeError, match="key must be a jax.random.key or an int seed, got dtype float32 shape \\(2,\\)"):
+        train.init_state(jnp.zeros(2), INIT, TX)
+    with pytest.raises(ValueError, match=r"key must be a single key \(shape \(\)\), got shape \(2,\); use init_states"):
+        train.init_state(jax.random.split(jax.random.key(0)), INIT, TX)
+    with pytest.raises(TypeError, match="init_params must be a function key -> params, got int 3"):
+        train.init_state(0, 3, TX)
+    with pytest.raises(TypeError, match=r"tx must be an optax.GradientTransformation \(with init and update\), got str"):
+        train.init_state(0, INIT, "adam")
+    with pytest.raises(ValueError, match="keys must hold at least one key or int seed, got an empty sequence"):
+        train.init_states([], INIT, TX)
+    with pytest.raises(ValueError, match=r"keys must be a 1-d array of at least one key, got shape \(\)"):
+        train.init_states(jax.random.key(0), INIT, TX)
+    with pytest.raises(TypeError, match="learning_rates must be numbers, got \\['a', 'b'\\]"):
+        train.init_states([0, 1], INIT, TX, learning_rates=["a", "b"])
+    with pytest.raises(TypeError, match="learning_rates must be a sequence of 2 numbers \\(or None\\), got float"):
+        train.init_states([0, 1], INIT, TX, learning_rates=1e-3)
+    with pytest.raises(TypeError, match="init_params must be a function"):
+        train.init_states([0, 1], None, TX)
+
+
+def test_steps_reject_bad_loss_functions():
+    with pytest.raises(TypeError, match="loss_fn must be a function .*got str"):
+        train.make_train_step("mse", TX)
+    with pytest.raises(TypeError, match="tx must be an optax.GradientTransformation .*got function"):
+        train.make_train_step(LOSS, INIT)
+    with pytest.raises(TypeError, match="loss_fn must be a function .*got NoneType"):
+        train.make_eval_step(None)
+    _, state = _state()
+    batch = SAMPLE(jax.random.key(1))
+    bad = {
+        "returns the loss alone": (lambda p, b, k: LOSS(p, b, k)[0], TypeError, r"loss_fn must return \(loss, metrics\) with metrics a dict, got one array of shape \(\)"),
+        "a list of metrics": (lambda p, b, k: (LOSS(p, b, k)[0], []), TypeError, "with metrics a dict, got metrics of type list"),
+        "three outputs": (lambda p, b, k: (*LOSS(p, b, k), 0), TypeError, "loss_fn must return \\(loss, metrics\\) with metrics a dict, got a tuple of 3"),
+        "a vector loss": (lambda p, b, k: (jnp.zeros(3) + LOSS(p, b, k)[0], {}), ValueError, r"loss_fn must return a scalar loss, got shape \(3,\)"),
+        "an integer loss": (lambda p, b, k: (jnp.int32(1), {}), TypeError, "loss_fn must return a floating-point loss, got dtype int32"),
+    }
+    for fn, err, msg in bad.values():
+        with pytest.raises(err, match=msg):
+            train.make_train_step(fn, TX)(state, batch)
+        with pytest.raises(err, match=msg):
+            train.make_eval_step(fn)(state.params, batch)
+
+
+def test_evaluate_and_summarize_reject_bad_arguments():
+    _, state = _state()
+    ev = train.make_eval_step(LOSS)
+    test = jax.tree.map(jnp.asarray, TASK.test)
+    with pytest.raises(TypeError, match=r"batches must be an iterable of batches \(put one batch in a list\), got dict"):
+        train.evaluate(ev, state.params, test)
+    with pytest.raises(TypeError, match="batches must be an iterable of batches .*got int"):
+        train.evaluate(ev, state.params, 3)
+    with pytest.raises(TypeError, match="eval_step must be a function .*got dict"):
+        train.evaluate({}, state.params, [test])
+    with pytest.raises(TypeError, match="eval_step must return a dict of metrics, got tuple"):
+        train.evaluate(lambda p, b: (1.0, 2.0), state.params, [test])
+    with pytest.raises(TypeError, match=r"values must be real numbers, got \['a'\]"):
+        train.summarize(["a"])
+    with pytest.raises(ValueError, match="values must hold at least one number, got none"):
+        train.summarize([])
+
+
+def test_fit_rejects_bad_values_types_and_flags(tmp_path):
+    _, state = _state()
+    cases = [
+        (dict(steps=0), ValueError, "steps must be >= 1, got 0"),
+        (dict(steps=2.5), ValueError, "steps must be a non-negative int, got 2.5"),
+        (dict(steps=True), ValueError, "steps must be a non-negative int, got True"),
+        (dict(eval_every=-5), ValueError, "eval_every must be a non-negative int, got -5"),
+        (dict(steps_per_call=0), ValueError, "steps_per_call must be >= 1, got 0"),
+        (dict(max_nonfinite=0), ValueError, "max_nonfinite must be >= 1, got 0"),
+        (dict(checkpoint_every=1.0), ValueError, "checkpoint_every must be a non-negative int, got 1.0"),
+        (dict(resume="yes"), TypeError, "resume must be a bool, got str 'yes'"),
+        (dict(progress=1), TypeError, "progress must be a bool, got 1"),
+        (dict(eval_fn="mse"), TypeError, "eval_fn must be a function params -> metrics, got str 'mse'"),
+        (dict(config=[1, 2]), TypeError, r"config must be a JSON-serialisable dict \(or None\), got list"),
+        (dict(config={"f": object()}), TypeError, "config must be JSON-serialisable: Object of type object"),
+        (dict(log_path=3), TypeError, r"log_path must be a str or os.PathLike path \(or None\), got int 3"),
+        (dict(checkpoint_dir=b"x"), TypeError, "checkpoint_dir must be a str or os.PathLike path"),
+        (dict(early_stopping={"target": 0.1}, eval_fn=EVAL), TypeError, "early_stopping must be a memcell.train.EarlyStopping, got dict"),
+        (dict(early_stopping=train.EarlyStopping(mode="up", target=0.1), eval_fn=EVAL), ValueError, "early_stopping.mode must be one of"),
+    ]
+    for kw, err, msg in cases:
+        kw = {"steps": 5, "progress": False, **kw}
+        with pytest.raises(err, match=msg):
+            train.fit(STEP, state, SAMPLE, **kw)
+    with pytest.raises(TypeError, match="train_step must be a function .*got NoneType"):
+        train.fit(None, state, SAMPLE, steps=5)
+    with pytest.raises(TypeError, match="sample must be a function key -> batch, got dict"):
+        train.fit(STEP, state, TASK.test, steps=5)
+
+
+def test_fit_rejects_malformed_states():
+    _, state = _state()
+    states = train.init_states([0, 1], INIT, TX)
+    with pytest.raises(ValueError, match=r"state.step must be a scalar \(one model\) or \[n\] \(vmapped models\), got shape \(2, 1\)"):
+        train.fit(STEP, states._replace(step=states.step[:, None]), SAMPLE, steps=5)
+    with pytest.raises(TypeError, match="state.step must be an integer array, got dtype float32"):
+        train.fit(STEP, state._replace(step=jnp.zeros((), jnp.float32)), SAMPLE, steps=5)
+    with pytest.raises(TypeError, match="state.key must be a typed jax.random.key array, got ArrayImpl of dtype uint32"):
+        train.fit(STEP, state._replace(key=jax.random.key_data(state.key)), SAMPLE, steps=5)
+    with pytest.raises(ValueError, match=r"state.key must have the shape of state.step \(2,\), got shape \(\)"):
+        train.fit(STEP, states._replace(key=state.key), SAMPLE, steps=5)
+    bad_params = states.params._replace(b=states.params.b[0])  # one leaf without the model axis
+    with pytest.raises(ValueError, match=r"state leaves must have a leading axis of n=2 models .*got shape \(1,\) at state.params.b"):
+        train.fit(STEP, states._replace(params=bad_params), SAMPLE, steps=5)
+
+
+def test_checkpoint_holds_the_loop_record_in_its_json_format(tmp_path):
+    # The checkpoint format: the metadata holds "book" with these keys, "config" and "fingerprint".
+    res = train.fit(STEP, _state()[1], SAMPLE, steps=10, eval_fn=EVAL, checkpoint_dir=tmp_path / "c",
+                    progress=False, steps_per_call=10, early_stopping=train.EarlyStopping(patience=3), config={"a": 1})
+    metas = [p for p in (tmp_path / "c" / "10").rglob("*") if p.is_file() and p.parent.name == "meta"]
+    meta = json.loads(next(p for p in metas if p.read_text().lstrip().startswith("{") and "book" in p.read_text()).read_text())
+    assert list(meta) == ["book", "config", "fingerprint"] and meta["config"] == {"a": 1}
+    book = meta["book"]
+    assert list(book) == ["history", "best", "bad_evals", "meets_target", "solved_step", "skipped", "nonfinite_run"]
+    assert book["history"] == res.history and book["best"] == [res.history[-1]["loss"]]
+    assert book["bad_evals"] == [0] and book["meets_target"] == [False] and book["solved_step"] == [None]
+    assert book["skipped"] == [0] and book["nonfinite_run"] == [0]

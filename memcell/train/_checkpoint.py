@@ -1,0 +1,93 @@
+"""Orbax checkpoints of a ``TrainState`` with the JSON record of the loop, refused with a
+message naming the file when they are corrupted, of another model or of another config."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from memcell.train._state import TrainState, current_step
+
+
+def _fingerprint(tree) -> list:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [[jax.tree_util.keystr(p), list(np.shape(x)), str(np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype)]
+            for p, x in leaves]
+
+
+def _storable(state: TrainState) -> TrainState:
+    # Typed PRNG keys are stored as their raw uint32 data.
+    return state._replace(key=jax.random.key_data(state.key))
+
+
+def _config_diff(path, saved: dict, config: dict) -> str:
+    changed = sorted(k for k in set(config) | set(saved) if config.get(k) != saved.get(k))
+    return (f"checkpoint {path} was written with a different configuration: "
+            + ", ".join(f"{k}: checkpoint {saved.get(k)!r}, now {config.get(k)!r}" for k in changed))
+
+
+def _fingerprint_diff(path, saved: list, expected: list) -> str:
+    diff = next(((a, b) for a, b in zip(saved, expected) if a != b), (f"{len(saved)} leaves", f"{len(expected)} leaves"))
+    return (f"checkpoint {path} does not match this run's state: the checkpoint holds {diff[0]}, "
+            f"this run expects {diff[1]} (different model, optimizer or number of seeds?)")
+
+
+class Checkpointer:
+    """Orbax CheckpointManager around a TrainState plus JSON metadata (the loop's record, the config)."""
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
+        import orbax.checkpoint as ocp  # lazily: orbax is slow to import
+
+        self.ocp = ocp
+        self.dir = pathlib.Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.dir,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True),
+        )
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, state: TrainState, meta: dict) -> None:
+        step = current_step(state)
+        if self.latest() == step:
+            return
+        tree = _storable(state)
+        meta = dict(meta, fingerprint=_fingerprint(tree))
+        args = self.ocp.args
+        self.manager.save(step, args=args.Composite(state=args.StandardSave(tree), meta=args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
+
+    def _meta(self, step: int, path) -> dict:
+        args = self.ocp.args
+        try:
+            meta = self.manager.restore(step, args=args.Composite(meta=args.JsonRestore()))["meta"]
+        except Exception as e:  # orbax raises many types; all mean "unreadable"
+            raise ValueError(f"checkpoint {path} is corrupted or unreadable (its metadata): {type(e).__name__}: {e}") from e
+        if not isinstance(meta, dict) or "fingerprint" not in meta:
+            raise ValueError(f"checkpoint {path} is corrupted or was not written by memcell.train.fit (no fingerprint)")
+        return meta
+
+    def restore(self, template: TrainState, config: dict | None) -> tuple[TrainState, dict]:
+        """The latest checkpoint's state (shaped like ``template``) and metadata."""
+        step = self.latest()
+        path = self.dir / str(step)
+        meta = self._meta(step, path)
+        if config is not None and meta.get("config") is not None and meta["config"] != config:
+            raise ValueError(_config_diff(path, meta["config"], config))
+        tree = _storable(template)
+        expected = _fingerprint(tree)
+        if meta["fingerprint"] != expected:
+            raise ValueError(_fingerprint_diff(path, meta["fingerprint"], expected))
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+        args = self.ocp.args
+        try:
+            restored = self.manager.restore(step, args=args.Composite(state=args.StandardRestore(abstract)))["state"]
+        except Exception as e:
+            raise ValueError(f"checkpoint {path} is corrupted or unreadable: {type(e).__name__}: {e}") from e
+        restored = jax.tree.map(jnp.asarray, restored)
+        return restored._replace(key=jax.random.wrap_key_data(restored.key)), meta
