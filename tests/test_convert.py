@@ -1,7 +1,9 @@
 """memcell.convert: PyTorch and Flax weights both ways, with outputs compared to the real frameworks."""
 
 import doctest
+import importlib
 import pathlib
+import pkgutil
 import re
 import subprocess
 import sys
@@ -521,7 +523,11 @@ def test_to_dict_from_dict_round_trip_and_errors():
 
 
 def test_docstring_examples():
-    failures, tried = doctest.testmod(convert, optionflags=doctest.ELLIPSIS)
+    """Every module of the package: the package itself only re-exports, so its examples live in them."""
+    failures = tried = 0
+    for info in pkgutil.iter_modules(convert.__path__, prefix="memcell.convert."):
+        result = doctest.testmod(importlib.import_module(info.name), optionflags=doctest.ELLIPSIS)
+        failures, tried = failures + result.failed, tried + result.attempted
     assert tried > 0 and failures == 0
 
 
