@@ -130,7 +130,9 @@ def from_flax(variables) -> tuple[Cell, PyTree]:
     if not isinstance(variables, Mapping):
         raise TypeError(f"variables (flax params) must be a nested dict of arrays, got {type(variables).__name__}")
     p = variables["params"] if set(variables) == {"params"} else variables
-    keys = set(p) if isinstance(p, Mapping) else set()
+    if not isinstance(p, Mapping):
+        raise TypeError(f"variables['params'] must be a nested dict of arrays, got {type(p).__name__}")
+    keys = set(p)
     if {"ii", "ig", "io", "hi", "hf", "hg", "ho"} <= keys and keys & {"if", "if_"}:
         return _read_split_lstm(p)
     if {"ir", "iz", "in", "hr", "hz", "hn"} <= keys:

@@ -179,6 +179,7 @@ def infer_spec(params) -> TorchSpec:
     layers = layers_of(params)
     if not layers:
         raise ValueError("params must hold at least one layer, got an empty tuple")
+    lone = layers[0] is params  # one layer's params, not a stack's tuple: errors say "params", not "params[0]"
     is_bi = isinstance(layers[0], scan.DirectionPair)
     mode = H = input_size = None
     for li, entry in enumerate(layers):
@@ -188,7 +189,7 @@ def infer_spec(params) -> TorchSpec:
                 f"{'is' if is_bi else 'is not'}: torch modules are bidirectional in every layer or none"
             )
         for direction, p in zip(("forward", "backward"), entry) if is_bi else (("", entry),):
-            where = f"params[{li}]" + (f".{direction}" if direction else "")
+            where = ("params" if lone else f"params[{li}]") + (f".{direction}" if direction else "")
             m, h = _mode_of(where, p), p.w_h.shape[0]
             if mode is None:
                 mode, H, input_size = m, h, p.w_x.shape[0]
