@@ -32,9 +32,7 @@ from memcell._flax import (
     single_carry_from_flax,
 )
 from memcell.cells import GRUCarry, RNNCarry, gru, lstm, rnn
-from memcell.scan import bidirectional as bidirectional_layer
-from memcell.scan import layer as as_layer
-from memcell.scan import stack
+from memcell.scan import bidirectional as bidirectional_layer, layer as as_layer, stack
 from memcell.types import Array, Cell as PureCell, PyTree
 
 __all__ = ["GRU", "LSTM", "RNN", "Cell", "Recurrent", "memcell_params"]
@@ -305,14 +303,12 @@ def memcell_params(module: nn.Module, params, input_size: int) -> PyTree:
       ``cell.step(memcell_params(...), carry, x)`` equals the module's output.
     """
     if isinstance(module, _CellBase):
-        cell = module._memcell()
-        template = jax.eval_shape(lambda k: cell.init(k, input_size), jax.random.key(0))
-        return convert.from_dict(params, template)
-    if isinstance(module, Recurrent):
-        lyr = module.memcell_layer()
-        template = jax.eval_shape(lambda k: lyr.init(k, input_size), jax.random.key(0))
-        return convert.from_dict(params, template)
-    raise TypeError(f"module must be a memcell.linen cell or Recurrent, got {type(module).__name__}")
+        init = module.memcell_cell().init
+    elif isinstance(module, Recurrent):
+        init = module.memcell_layer().init
+    else:
+        raise TypeError(f"module must be a memcell.linen cell or Recurrent, got {type(module).__name__}")
+    return convert.from_dict(params, jax.eval_shape(lambda k: init(k, input_size), jax.random.key(0)))
 
 
 _MERGES = ("concat", "sum", "mean", "mul")

@@ -39,7 +39,8 @@ def select_prefix(state_dict, prefix: str) -> dict:
     check_str("prefix", prefix)
     bad = [k for k in state_dict if not isinstance(k, str)]
     if bad:
-        raise TypeError(f"state_dict keys must be str (torch parameter names), got {bad[0]!r} ({type(bad[0]).__name__})")
+        k = bad[0]
+        raise TypeError(f"state_dict keys must be str (torch parameter names), got {k!r} ({type(k).__name__})")
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
@@ -75,7 +76,10 @@ def _missing(key: str, expected: tuple, mode: str, hidden_size, present) -> Valu
 
 
 def infer_sizes(found: Weights, *, mode: str, prefix: str, present) -> _Sizes:
-    """Layers and directions from the keys; the hidden size from ``weight_hh_l0``, the input size from ``weight_ih_l0``."""
+    """Layers and directions from the keys, the hidden size from ``weight_hh_l0``, the input size from ``weight_ih_l0``.
+
+    Everything else is checked against these (``check_direction``).
+    """
     n_gates = N_GATES[mode]
     k0 = prefix + "weight_hh_l0"
     first = found.get((0, False), {})

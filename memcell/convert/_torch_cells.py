@@ -1,4 +1,8 @@
-"""PyTorch ``nn.RNNCell``/``LSTMCell``/``GRUCell`` state_dicts both ways: a cell is a one-layer module without ``_l0``."""
+"""PyTorch ``nn.RNNCell``/``LSTMCell``/``GRUCell`` state_dicts both ways.
+
+A torch cell's keys are a one-layer module's without the ``_l0`` suffix, so both directions go through the
+module converters.
+"""
 
 from typing import Any, Mapping
 
