@@ -447,6 +447,8 @@ BAD_CALLS = [
      r"not those of an LSTMCell.*top-level keys: \['foo'\]"),
     ("from_flax", lambda: convert.from_flax({"i": {"kernel": _f32(3), "bias": _f32(4)}, "h": {"kernel": _f32(4, 4)}}),
      ValueError, r"h/kernel and i/kernel must be 2-D, got shapes \(4, 4\) and \(3,\)"),
+    ("from_flax", lambda: convert.from_flax({"i": {}, "h": {}, "bias": _f32(4)}), ValueError,
+     r"variables have keys that are not weights of a flax SimpleCell: \['bias'\]"),
     ("to_flax", lambda: convert.to_flax(_GRU, _GRU_PARAMS, optimized="yes"), TypeError,
      "optimized must be a bool, got 'yes'"),
     ("to_flax", lambda: convert.to_flax(_GRU, _GRU_PARAMS, check=None), TypeError, "check must be a bool, got None"),

@@ -99,6 +99,22 @@ def _read_fused(p: Mapping) -> tuple[Cell, PyTree]:
     return rnn(H, param_dtype=k_i.dtype), RNNParams(jnp.asarray(k_i), jnp.asarray(k_h), jnp.asarray(b_x))
 
 
+def _layout(keys: set):
+    """Which Flax cell the top-level keys are: ``(its name, all its keys, its reader)``, or None."""
+    split_lstm = {"ii", "ig", "io", "hi", "hf", "hg", "ho"}
+    split_gru = {"ir", "iz", "in", "hr", "hz", "hn"}
+    fused = {"dense_i", "dense_h"}
+    if split_lstm <= keys and keys & {"if", "if_"}:  # "if" in linen, "if_" in nnx
+        return "LSTMCell", split_lstm | {"if", "if_"}, _read_split_lstm
+    if split_gru <= keys:
+        return "GRUCell", split_gru, _read_split_gru
+    if {"i", "h"} <= keys and not keys & fused:
+        return "SimpleCell", {"i", "h"}, _read_simple
+    if fused <= keys:
+        return "nnx OptimizedLSTMCell, GRUCell or SimpleCell", fused, _read_fused
+    return None
+
+
 def from_flax(variables) -> tuple[Cell, PyTree]:
     """Reads the params of a Flax RNN cell into a memcell cell and its params.
 
@@ -132,18 +148,16 @@ def from_flax(variables) -> tuple[Cell, PyTree]:
     p = variables["params"] if set(variables) == {"params"} else variables
     if not isinstance(p, Mapping):
         raise TypeError(f"variables['params'] must be a nested dict of arrays, got {type(p).__name__}")
-    keys = set(p)
-    if {"ii", "ig", "io", "hi", "hf", "hg", "ho"} <= keys and keys & {"if", "if_"}:
-        return _read_split_lstm(p)
-    if {"ir", "iz", "in", "hr", "hz", "hn"} <= keys:
-        return _read_split_gru(p)
-    if keys >= {"i", "h"} and not keys & {"dense_i", "dense_h"}:
-        return _read_simple(p)
-    if {"dense_i", "dense_h"} <= keys:
-        return _read_fused(p)
+    layout = _layout(set(p))
+    if layout is not None:
+        what, expected, read = layout
+        extra = sorted(map(str, set(p) - expected))
+        if extra:
+            raise ValueError(f"variables have keys that are not weights of a flax {what}: {extra}")
+        return read(p)
     raise ValueError(
         "variables (flax params) are not those of an LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell "
-        f"(linen or nnx); top-level keys: {sorted(map(str, keys))}"
+        f"(linen or nnx); top-level keys: {sorted(map(str, p))}"
     )
 
 
