@@ -11,7 +11,8 @@ The params are memcell's params, stored as dicts of their fields (``{"w_x", "w_h
 for the LSTM); ``memcell_params`` turns them back into the NamedTuple, and the module's
 output equals ``cell.step`` on those params bit for bit.
 
-This module and ``memcell.nnx`` are the only ones that import flax.
+This module and ``memcell.nnx`` are the only ones that import flax; what they share
+(Flax's carry layouts, the argument checks) is in ``memcell._flax``.
 """
 
 from typing import Any, Callable, Sequence as SequenceOf
@@ -21,64 +22,26 @@ import jax
 import jax.numpy as jnp
 
 from memcell import convert
-from memcell.cells import GRUCarry, LSTMCarry, RNNCarry, gru, lstm, rnn
-from memcell.scan import bidirectional as bidirectional_layer
-from memcell.scan import layer as as_layer
-from memcell.scan import stack
+from memcell._checks import check_bool, check_positive_int
+from memcell._flax import (
+    check_carry_structure,
+    check_input_shape,
+    check_inputs,
+    lstm_carry_from_flax,
+    lstm_carry_to_flax,
+    single_carry_from_flax,
+)
+from memcell.cells import GRUCarry, RNNCarry, gru, lstm, rnn
+from memcell.scan import bidirectional as bidirectional_layer, layer as as_layer, stack
 from memcell.types import Array, Cell as PureCell, PyTree
 
 __all__ = ["GRU", "LSTM", "RNN", "Cell", "Recurrent", "memcell_params"]
-
-
-def _check_inputs(inputs) -> None:
-    if not hasattr(inputs, "shape") or not hasattr(inputs, "dtype"):
-        raise TypeError(f"inputs must be an array, got {type(inputs).__name__}")
-    if inputs.ndim < 1:
-        raise ValueError(f"inputs must have shape [..., features], got shape {tuple(inputs.shape)}")
-    if not jnp.issubdtype(inputs.dtype, jnp.floating):
-        raise TypeError(f"inputs must be a floating-point array, got dtype {inputs.dtype}")
-
-
-def _check_input_shape(input_shape) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in input_shape)
-    except TypeError:
-        raise TypeError(f"input_shape must be a tuple of ints, got {input_shape!r}") from None
-    if not shape or shape[-1] < 1:
-        raise ValueError(f"input_shape must be (*batch, features) with features >= 1, got {shape}")
-    return shape
 
 
 def _param_names(template) -> tuple[str, ...] | None:
     """Top-level names of a cell's params as ``convert.to_dict`` lays them out (None: a bare array)."""
     tree = convert.to_dict(template)
     return tuple(tree) if isinstance(tree, dict) else None
-
-
-def _check_carry_structure(cell: PureCell, params, carry) -> None:
-    expected = jax.tree.structure(jax.eval_shape(lambda p: cell.initial_carry(p), params))
-    got = jax.tree.structure(carry)
-    if got != expected:
-        raise TypeError(f"carry must have the structure of initialize_carry's carry, {expected}, got {got}")
-
-
-# Flax's carry layouts, shared with memcell.nnx: its LSTM cells carry the pair (c, h), its
-# GRUCell and SimpleCell the hidden-state array alone.
-def _lstm_carry_from_flax(carry) -> LSTMCarry:
-    if not (isinstance(carry, (tuple, list)) and len(carry) == 2):
-        raise TypeError(f"carry must be the pair (c, h) of initialize_carry, got {type(carry).__name__}")
-    c, h = carry
-    return LSTMCarry(h=h, c=c)
-
-
-def _lstm_carry_to_flax(carry: LSTMCarry) -> tuple[Array, Array]:
-    return (carry.c, carry.h)
-
-
-def _single_carry_from_flax(carry_cls, carry):
-    if not hasattr(carry, "shape"):
-        raise TypeError(f"carry must be the hidden-state array of initialize_carry, got {type(carry).__name__}")
-    return carry_cls(carry)
 
 
 class _CellBase(nn.RNNCellBase):
@@ -100,12 +63,12 @@ class _CellBase(nn.RNNCellBase):
     @nn.compact
     def __call__(self, carry, inputs: Array) -> tuple[Any, Array]:
         """One step: ``(carry, inputs[*b, d]) -> (carry, y[*b, h])``, ``cell.step`` on the module's params."""
-        _check_inputs(inputs)
+        check_inputs(inputs)
         mem_carry = self._to_memcell_carry(carry)
         cell = self._memcell()
         d = inputs.shape[-1]
         template = jax.eval_shape(lambda k: cell.init(k, d), jax.random.key(0))
-        _check_carry_structure(cell, template, mem_carry)
+        check_carry_structure(cell, template, mem_carry)
         # Each field of the params NamedTuple (or key of a dict) is its own Flax param, named alike,
         # so Flax checks its shape on apply, and Orbax, optax masks and traverse_util see dicts.
         names = _param_names(template)
@@ -127,7 +90,7 @@ class _CellBase(nn.RNNCellBase):
         Zeros (``cell.initial_carry``) unless ``carry_init`` is set, in which case each carry
         leaf is ``carry_init(key, shape, dtype)`` with its own key split from ``rng``.
         """
-        shape = _check_input_shape(input_shape)
+        shape = check_input_shape(input_shape)
         cell = self._memcell()
         batch, d = shape[:-1], shape[-1]
         # The carry's shape depends on the params' shapes only; no params exist yet here.
@@ -231,10 +194,10 @@ class LSTM(_CellBase):
         )
 
     def _to_memcell_carry(self, carry):
-        return _lstm_carry_from_flax(carry)
+        return lstm_carry_from_flax(carry)
 
     def _from_memcell_carry(self, carry):
-        return _lstm_carry_to_flax(carry)
+        return lstm_carry_to_flax(carry)
 
 
 class _SingleStateCell(_CellBase):
@@ -243,7 +206,7 @@ class _SingleStateCell(_CellBase):
     _carry_cls = None  # set by subclasses (GRUCarry, RNNCarry); not a dataclass field
 
     def _to_memcell_carry(self, carry):
-        return _single_carry_from_flax(self._carry_cls, carry)
+        return single_carry_from_flax(self._carry_cls, carry)
 
     def _from_memcell_carry(self, carry):
         return carry.h
@@ -340,14 +303,12 @@ def memcell_params(module: nn.Module, params, input_size: int) -> PyTree:
       ``cell.step(memcell_params(...), carry, x)`` equals the module's output.
     """
     if isinstance(module, _CellBase):
-        cell = module._memcell()
-        template = jax.eval_shape(lambda k: cell.init(k, input_size), jax.random.key(0))
-        return convert.from_dict(params, template)
-    if isinstance(module, Recurrent):
-        lyr = module.memcell_layer()
-        template = jax.eval_shape(lambda k: lyr.init(k, input_size), jax.random.key(0))
-        return convert.from_dict(params, template)
-    raise TypeError(f"module must be a memcell.linen cell or Recurrent, got {type(module).__name__}")
+        init = module.memcell_cell().init
+    elif isinstance(module, Recurrent):
+        init = module.memcell_layer().init
+    else:
+        raise TypeError(f"module must be a memcell.linen cell or Recurrent, got {type(module).__name__}")
+    return convert.from_dict(params, jax.eval_shape(lambda k: init(k, input_size), jax.random.key(0)))
 
 
 _MERGES = ("concat", "sum", "mean", "mul")
@@ -401,8 +362,7 @@ class Recurrent(nn.Module):
     def memcell_layer(self):
         """The memcell ``Layer`` (a ``memcell.stack``) this module applies."""
         if isinstance(self.cell, PureCell):
-            if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) or self.num_layers < 1:
-                raise ValueError(f"num_layers must be a positive int, got {self.num_layers!r}")
+            check_positive_int("num_layers", self.num_layers)
             cells = (self.cell,) * self.num_layers
         else:
             cells = tuple(self.cell)
@@ -413,7 +373,7 @@ class Recurrent(nn.Module):
         if self.merge not in _MERGES:
             raise ValueError(f"merge must be one of {list(_MERGES)}, got {self.merge!r}")
         kw = dict(unroll=self.unroll, remat=self.remat, backend=self.backend)
-        if self.bidirectional:
+        if check_bool("bidirectional", self.bidirectional):
             layers = [bidirectional_layer(c, c, merge=self.merge, **kw) for c in cells]
         else:
             layers = [as_layer(c, **kw) for c in cells]
@@ -422,7 +382,7 @@ class Recurrent(nn.Module):
     @nn.compact
     def __call__(self, xs, carry=None, *, lengths=None, resets=None, deterministic: bool = True):
         """Runs the layers over ``xs: [*b, T, D]``; returns ``(carry, ys)``."""
-        _check_inputs(xs)
+        check_inputs(xs)
         if xs.ndim < 2:
             raise ValueError(f"xs must have shape [..., T, D] (time, then features), got shape {tuple(xs.shape)}")
         lyr = self.memcell_layer()

@@ -19,16 +19,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memcell import convert
-from memcell.cells import GRUCarry, LSTMCarry, RNNCarry, gru, lstm, rnn
-from memcell.cells._common import check_positive_int
-from memcell.linen import (
-    _check_carry_structure,
-    _check_input_shape,
-    _check_inputs,
-    _lstm_carry_from_flax,
-    _lstm_carry_to_flax,
-    _single_carry_from_flax,
+from memcell._checks import check_positive_int
+from memcell._flax import (
+    check_carry_structure,
+    check_input_shape,
+    check_inputs,
+    lstm_carry_from_flax,
+    lstm_carry_to_flax,
+    single_carry_from_flax,
 )
+from memcell.cells import GRUCarry, RNNCarry, gru, lstm, rnn
 from memcell.types import Array, Cell as PureCell, PyTree
 
 __all__ = ["GRU", "LSTM", "RNN", "Cell"]
@@ -85,7 +85,7 @@ class _CellBase(nnx.RNNCellBase):
 
     def __call__(self, carry, inputs: Array) -> tuple[Any, Array]:
         """One step: ``(carry, inputs[*b, d]) -> (carry, y[*b, h])``, ``cell.step`` on the module's params."""
-        _check_inputs(inputs)
+        check_inputs(inputs)
         if inputs.shape[-1] != self.in_features:
             raise ValueError(
                 f"inputs must have {self.in_features} features (in_features) on the last axis, "
@@ -93,7 +93,7 @@ class _CellBase(nnx.RNNCellBase):
             )
         mem_carry = self._to_memcell_carry(carry)
         params = self.memcell_params()
-        _check_carry_structure(self.cell, params, mem_carry)
+        check_carry_structure(self.cell, params, mem_carry)
         new, y = self.cell.step(params, mem_carry, inputs)
         return self._from_memcell_carry(new), y
 
@@ -108,7 +108,7 @@ class _CellBase(nnx.RNNCellBase):
         Zeros unless a ``carry_init`` is given (here or to the constructor); it is then
         called on each carry leaf with a key drawn from ``rngs`` (its ``carry`` stream).
         """
-        shape = _check_input_shape(input_shape)
+        shape = check_input_shape(input_shape)
         batch = shape[:-1]
         params = self.memcell_params()
         struct = jax.eval_shape(lambda p: self.cell.initial_carry(p, batch), params)
@@ -208,17 +208,17 @@ class LSTM(_CellBase):
         self._setup(cell, in_features, rngs, carry_init)
 
     def _to_memcell_carry(self, carry):
-        return _lstm_carry_from_flax(carry)
+        return lstm_carry_from_flax(carry)
 
     def _from_memcell_carry(self, carry):
-        return _lstm_carry_to_flax(carry)
+        return lstm_carry_to_flax(carry)
 
 
 class _SingleStateCell(_CellBase):
     _carry_cls = None  # GRUCarry or RNNCarry, set by subclasses
 
     def _to_memcell_carry(self, carry):
-        return _single_carry_from_flax(self._carry_cls, carry)
+        return single_carry_from_flax(self._carry_cls, carry)
 
     def _from_memcell_carry(self, carry):
         return carry.h

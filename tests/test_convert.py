@@ -1,11 +1,14 @@
 """memcell.convert: PyTorch and Flax weights both ways, with outputs compared to the real frameworks."""
 
 import doctest
+import importlib
 import pathlib
+import pkgutil
 import re
 import subprocess
 import sys
 
+import chex
 import flax.linen as fnn
 import jax
 import jax.numpy as jnp
@@ -59,9 +62,7 @@ def run_torch(m, mode, x, lengths=None, hx=None):
 
 
 def assert_close(a, b, tol=TOL):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    np.testing.assert_allclose(a, b, rtol=0, atol=tol)
+    chex.assert_trees_all_close(np.asarray(a), np.asarray(b), rtol=0, atol=tol)  # shapes must match too
 
 
 def check_parity(mode, d, h, num_layers, bidirectional, *, B=3, T=7, with_lengths=(False, True), seed=0):
@@ -98,9 +99,10 @@ def test_from_torch_three_layers():
     check_parity("lstm", d=2, h=3, num_layers=3, bidirectional=False, with_lengths=(False,))
 
 
-@settings(max_examples=4, deadline=None)
+# Every mode is a case of its own (a sampled mode could miss one); Hypothesis draws the sizes.
+@pytest.mark.parametrize("mode", list(TORCH))
+@settings(max_examples=8, deadline=None)
 @given(
-    mode=st.sampled_from(list(TORCH)),
     d=st.integers(1, 9),
     h=st.integers(1, 9),
     num_layers=st.integers(1, 2),
@@ -185,10 +187,8 @@ def test_round_trip_memcell_torch_memcell_is_exact(mode, bidirectional=True):
     params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(4), a.shape), params)  # nonzero biases
     sd = convert.to_torch(layer, params)
     layer2, params2 = convert.from_torch(sd, mode=mode)
-    assert jax.tree.structure(params2) == jax.tree.structure(params)
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        assert a.dtype == b.dtype
+    chex.assert_trees_all_equal(params2, params)  # structure and values, bit for bit
+    chex.assert_trees_all_equal_dtypes(params2, params)
     # and the torch module built from the spec reproduces memcell's outputs
     spec = convert.torch_spec(layer, params)
     cls, _ = TORCH[mode]
@@ -379,6 +379,104 @@ def test_carry_helpers_bad_input():
         convert.torch_layer("gru", 4, num_layers=0)
 
 
+def _f32(*shape):
+    return np.zeros(shape, np.float32)
+
+
+_GRU_SD = {"weight_ih_l0": _f32(12, 3), "weight_hh_l0": _f32(12, 4), "bias_ih_l0": _f32(12), "bias_hh_l0": _f32(12)}
+_GRU = memcell.gru(4)
+_GRU_PARAMS = _GRU.init(jax.random.key(0), 3)
+_LSTM_LAYER = convert.torch_layer("lstm", 4)
+_LSTM_PARAMS = _LSTM_LAYER.init(jax.random.key(0), 3)
+
+# (public function, call with one bad argument, error, message naming the argument, what was expected and what came)
+BAD_CALLS = [
+    ("torch_layer", lambda: convert.torch_layer(3, 4), ValueError, r"mode must be one of \['lstm'.*got 3"),
+    ("torch_layer", lambda: convert.torch_layer("gru", 2.5), ValueError, "hidden_size must be a positive int, got 2.5"),
+    ("torch_layer", lambda: convert.torch_layer("gru", 4, param_dtype=jnp.int32), TypeError,
+     "param_dtype must be a floating dtype, got int32"),
+    ("from_torch", lambda: convert.from_torch({0: _f32(3)}, mode="gru"), TypeError,
+     r"state_dict keys must be str.*got 0 \(int\)"),
+    ("from_torch", lambda: convert.from_torch(dict(_GRU_SD, weight_ih_l0=None), mode="gru"), TypeError,
+     "weight_ih_l0 must be an array, got NoneType"),
+    ("from_torch", lambda: convert.from_torch(dict(_GRU_SD, weight_hh_l0=_f32(12)), mode="gru"), ValueError,
+     r"weight_hh_l0 must have shape \[3 \* hidden_size, hidden_size\].*got shape \(12,\)"),
+    ("from_torch", lambda: convert.from_torch(dict(_GRU_SD, weight_ih_l0=_f32(12)), mode="gru"), ValueError,
+     r"weight_ih_l0 must have shape \[3 \* hidden_size, input features\] = \(12, input_size\), got shape \(12,\)"),
+    ("from_torch", lambda: convert.from_torch({k: v for k, v in _GRU_SD.items() if k != "weight_ih_l0"}, mode="gru"),
+     ValueError, r"missing the key 'weight_ih_l0' \(expected shape \(12, 'input_size'\)"),
+    ("from_torch", lambda: convert.from_torch(dict(_GRU_SD, weight_ih_l2=_f32(12, 4)), mode="gru"), ValueError,
+     r"missing the key 'weight_ih_l1' \(expected shape \(12, 4\)"),
+    ("from_torch_cell", lambda: convert.from_torch_cell("sd", mode="gru"), TypeError,
+     "state_dict must be a mapping of names to arrays, got str"),
+    ("from_torch_cell", lambda: convert.from_torch_cell({}, mode="GRU"), ValueError, "mode must be one of.*got 'GRU'"),
+    ("from_torch_cell", lambda: convert.from_torch_cell({}, mode="gru", prefix=None), TypeError,
+     "prefix must be a str, got NoneType"),
+    ("from_torch_cell", lambda: convert.from_torch_cell({"weight_ih": _f32(12, 3)}, mode="gru"), ValueError,
+     r"missing the key 'weight_hh'"),
+    ("to_torch", lambda: convert.to_torch(_LSTM_LAYER, None), TypeError,
+     "params must be LSTMParams, GRUParams or RNNParams.*got NoneType"),
+    ("to_torch", lambda: convert.to_torch(_LSTM_LAYER, ()), ValueError, "params must hold at least one layer"),
+    ("to_torch", lambda: convert.to_torch(_LSTM_LAYER, _LSTM_PARAMS, check="no"), TypeError,
+     "check must be a bool, got 'no'"),
+    ("torch_spec", lambda: convert.torch_spec(_LSTM_LAYER, _LSTM_PARAMS, check=1), TypeError,
+     "check must be a bool, got 1"),
+    ("torch_spec", lambda: convert.torch_spec(memcell.layer(_GRU), _GRU_PARAMS._replace(w_x=None)), ValueError,
+     "params.w_x must be a 2-D array, got None"),
+    ("to_torch_cell", lambda: convert.to_torch_cell(memcell.layer(_GRU), _GRU_PARAMS), TypeError,
+     "cell must be a memcell.Cell, got Layer"),
+    ("to_torch_cell", lambda: convert.to_torch_cell(_GRU, (_GRU_PARAMS,)), TypeError,
+     "params must be the params of one cell, got tuple"),
+    ("to_torch_cell", lambda: convert.to_torch_cell(_GRU, _GRU_PARAMS, check="yes"), TypeError,
+     "check must be a bool, got 'yes'"),
+    ("to_torch_carry", lambda: convert.to_torch_carry((memcell.GRUCarry(jnp.zeros(3)), memcell.GRUCarry(jnp.zeros(4)))),
+     ValueError, r"carries must all have the same shape.*got h shapes \[\(3,\), \(4,\)\]"),
+    ("to_torch_carry", lambda: convert.to_torch_carry(jnp.zeros((2, 3))), TypeError,
+     r"carries must be the per-layer carries.*got \['ArrayImpl'\]"),
+    ("from_torch_carry", lambda: convert.from_torch_carry(_f32(2, 1, 3), mode="gru", bidirectional="yes"), TypeError,
+     "bidirectional must be a bool, got 'yes'"),
+    ("from_torch_carry", lambda: convert.from_torch_carry(_f32(3), mode="gru"), ValueError,
+     r"h_0 must have shape \[num_layers \* num_directions, \*batch, hidden_size\], got shape \(3,\)"),
+    ("from_torch_carry", lambda: convert.from_torch_carry(None, mode="gru"), TypeError,
+     "h_0 must be an array, got NoneType"),
+    ("from_torch_carry", lambda: convert.from_torch_carry(_f32(1, 3), mode="lstm_"), ValueError,
+     "mode must be one of.*got 'lstm_'"),
+    ("from_flax", lambda: convert.from_flax({"params": 3}), TypeError,
+     r"variables\['params'\] must be a nested dict of arrays, got int"),
+    ("from_flax", lambda: convert.from_flax({"foo": 1}), ValueError,
+     r"not those of an LSTMCell.*top-level keys: \['foo'\]"),
+    ("from_flax", lambda: convert.from_flax({"i": {"kernel": _f32(3), "bias": _f32(4)}, "h": {"kernel": _f32(4, 4)}}),
+     ValueError, r"h/kernel and i/kernel must be 2-D, got shapes \(4, 4\) and \(3,\)"),
+    ("from_flax", lambda: convert.from_flax({"i": {}, "h": {}, "bias": _f32(4)}), ValueError,
+     r"variables have keys that are not weights of a flax SimpleCell: \['bias'\]"),
+    ("to_flax", lambda: convert.to_flax(_GRU, _GRU_PARAMS, optimized="yes"), TypeError,
+     "optimized must be a bool, got 'yes'"),
+    ("to_flax", lambda: convert.to_flax(_GRU, _GRU_PARAMS, check=None), TypeError, "check must be a bool, got None"),
+    ("to_flax", lambda: convert.to_flax(_GRU, _GRU_PARAMS, api=["nnx"]), ValueError,
+     r"api must be one of \['linen', 'nnx'\], got \['nnx'\]"),
+    ("to_flax", lambda: convert.to_flax(_GRU, (_GRU_PARAMS,)), TypeError,
+     "params must be the params of one cell, got tuple"),
+    ("to_dict", lambda: convert.to_dict({1: jnp.zeros(3)}), TypeError, r"params dict keys must be str, got 1 \(int\)"),
+    ("from_dict", lambda: convert.from_dict({}, _GRU_PARAMS, path=3), TypeError, "path must be a str, got int 3"),
+    ("from_dict", lambda: convert.from_dict([1], _GRU_PARAMS), TypeError, "params must be a dict, got list"),
+    ("from_dict", lambda: convert.from_dict({"a": 1}, {"a": 1, "b": 2}), ValueError,
+     r"params must have the keys \['a', 'b'\], got \['a'\]"),
+    ("from_dict", lambda: convert.from_dict({"a": 1, "c": 3}, {"a": 1}), ValueError,
+     r"params must have the keys \['a'\], got \['a', 'c'\]"),
+]
+
+
+@pytest.mark.parametrize("name, call, error, match", BAD_CALLS, ids=[f"{c[0]}-{i}" for i, c in enumerate(BAD_CALLS)])
+def test_bad_arguments_name_the_argument_the_expected_and_the_actual(name, call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_every_public_function_has_a_bad_argument_case():
+    functions = {n for n in convert.__all__ if callable(getattr(convert, n)) and n != "TorchSpec"}
+    assert functions <= {case[0] for case in BAD_CALLS}, functions - {case[0] for case in BAD_CALLS}
+
+
 # --------------------------------------------------------------------------- Flax
 
 
@@ -521,7 +619,11 @@ def test_to_dict_from_dict_round_trip_and_errors():
 
 
 def test_docstring_examples():
-    failures, tried = doctest.testmod(convert, optionflags=doctest.ELLIPSIS)
+    """Every module of the package: the package itself only re-exports, so its examples live in them."""
+    failures = tried = 0
+    for info in pkgutil.iter_modules(convert.__path__, prefix="memcell.convert."):
+        result = doctest.testmod(importlib.import_module(info.name), optionflags=doctest.ELLIPSIS)
+        failures, tried = failures + result.failed, tried + result.attempted
     assert tried > 0 and failures == 0
 
 

@@ -3,12 +3,14 @@
 import doctest
 import functools
 
+import chex
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from flax import serialization
 
@@ -42,8 +44,7 @@ def _randomize(tree, seed=1):
 
 
 def _close(a, b, tol=1e-6):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=tol)
+    chex.assert_trees_all_close(a, b, rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("name", list(CELLS))
@@ -57,9 +58,7 @@ def test_one_step_equals_pure_step_bit_for_bit(name):
     mc = _randomize(cell.initial_carry(params, (B,)), 3)
     new_f, y_f = mod.apply(variables, to_flax_carry(mc), x)
     new_m, y_m = cell.step(params, mc, x)
-    np.testing.assert_array_equal(np.asarray(y_f), np.asarray(y_m))
-    for a, b in zip(jax.tree.leaves(new_f), jax.tree.leaves(to_flax_carry(new_m)), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal((new_f, y_f), (to_flax_carry(new_m), y_m))
 
 
 @pytest.mark.parametrize("name", list(CELLS))
@@ -157,7 +156,6 @@ def test_jit_vmap_grad():
 
 
 def test_serialization_round_trip_flax_and_orbax(tmp_path):
-    ocp = pytest.importorskip("orbax.checkpoint")
     model = ml.Recurrent(memcell.lstm(H, layer_norm=True), bidirectional=True)
     variables = _randomize(model.init(jax.random.key(0), XS))
     expected = model.apply(variables, XS, lengths=LENGTHS)[1]
@@ -184,9 +182,8 @@ def test_recurrent_equals_memcell_stack():
     lyr = memcell.stack([memcell.bidirectional(cell, cell, merge="sum")] * 2)
     params = ml.memcell_params(model, variables["params"], D)
     carry_m, ys_m = lyr.apply(params, XS, lengths=LENGTHS)
-    np.testing.assert_array_equal(np.asarray(ys_f), np.asarray(ys_m))
-    _close(carry_f, carry_m, 0.0)
-    assert ys_f.shape == (B, T, H)
+    chex.assert_trees_all_equal((carry_f, ys_f), (carry_m, ys_m))
+    chex.assert_shape(ys_f, (B, T, H))
     assert bool(jnp.all(ys_f[1, 2:] == 0))  # memcell zeroes the padding
 
 
@@ -218,6 +215,54 @@ def test_recurrent_list_of_cells_residual_dropout():
     drop_a = apply(variables, xs, deterministic=False, rngs={"dropout": jax.random.key(1)})[1]
     drop_b = apply(variables, xs, deterministic=False, rngs={"dropout": jax.random.key(2)})[1]
     assert not np.allclose(drop_a, det1) and not np.allclose(drop_a, drop_b)
+
+
+def identity_cell():
+    """A cell whose output is its input, so a stack of them shows exactly what dropout did between layers."""
+
+    def init(key, input_size):
+        return {"unused": jnp.zeros((input_size,))}
+
+    def initial_carry(params, batch_shape=()):
+        return jnp.zeros(tuple(batch_shape) + params["unused"].shape)
+
+    def step(params, carry, x):
+        return carry, x
+
+    return memcell.Cell(init, initial_carry, step)
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.5, 0.75])
+def test_recurrent_dropout_keeps_1_minus_p_and_scales_by_1_over_1_minus_p(rate):
+    """Between two identity layers, ys = dropout(xs): the statistics of the mask and the scale, exactly."""
+    model = ml.Recurrent(identity_cell(), num_layers=2, dropout=rate)
+    xs = jax.random.uniform(jax.random.key(0), (8, 50, 100), minval=0.5, maxval=1.5)  # nonzero: 0 marks a drop
+    variables = model.init(jax.random.key(1), xs)
+    apply = jax.jit(model.apply, static_argnames="deterministic")
+    chex.assert_trees_all_equal(apply(variables, xs)[1], xs)  # deterministic: nothing dropped, nothing scaled
+    ys = np.asarray(apply(variables, xs, deterministic=False, rngs={"dropout": jax.random.key(2)})[1])
+    again = apply(variables, xs, deterministic=False, rngs={"dropout": jax.random.key(2)})[1]
+    chex.assert_trees_all_equal(again, ys)  # the mask is a function of the key
+    kept = ys != 0
+    n = kept.size
+    # The kept count is Binomial(n, 1 - p): 5 standard deviations (n = 40,000) is a failure rate below 1e-6.
+    assert abs(kept.sum() - n * (1 - rate)) < 5 * np.sqrt(n * rate * (1 - rate)), kept.mean()
+    # No time step or feature is dropped or kept as a block: each unit has its own draw.
+    for axis in (0, 1, 2):
+        other = tuple(a for a in (0, 1, 2) if a != axis)
+        assert 0 < kept.mean(axis=other).min() and kept.mean(axis=other).max() < 1
+    # Kept values are the inputs scaled by 1 / (1 - p): bit for bit where 1 - p is a power of two; else to
+    # one float32 rounding, as XLA may divide by 1 - p or multiply by its rounded reciprocal.
+    scaled = (np.asarray(xs) / np.float32(1.0 - rate))[kept]
+    if np.log2(1.0 - rate).is_integer():
+        np.testing.assert_array_equal(ys[kept], scaled)
+    else:
+        np.testing.assert_allclose(ys[kept], scaled, rtol=np.finfo(np.float32).eps, atol=0)
+    # A second key draws an independent mask: the two agree on a (1 - p)^2 + p^2 fraction of units.
+    other_key = np.asarray(apply(variables, xs, deterministic=False, rngs={"dropout": jax.random.key(3)})[1]) != 0
+    agree = np.mean(kept == other_key)
+    expected = (1 - rate) ** 2 + rate**2
+    assert abs(agree - expected) < 5 * np.sqrt(expected * (1 - expected) / n), (agree, expected)
 
 
 def test_initialize_carry_shapes_dtypes_and_carry_init():

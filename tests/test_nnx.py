@@ -3,6 +3,7 @@
 import doctest
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,15 +41,15 @@ def _randomize(module, seed=1):
 
 
 def _close(a, b, tol=1e-6):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=tol)
+    chex.assert_trees_all_close(a, b, rtol=0, atol=tol)
 
 
 def test_base_class_and_param_layout():
     cell = mn.LSTM(D, H, rngs=nnx.Rngs(0))
     assert isinstance(cell, nnx.RNNCellBase) and cell.num_feature_axes == 1
-    shapes = jax.tree.map(jnp.shape, nnx.to_pure_dict(nnx.state(cell, nnx.Param)))
-    assert shapes == {"w_x": (D, 4 * H), "w_h": (H, 4 * H), "b": (4 * H,)}
+    pure = nnx.to_pure_dict(nnx.state(cell, nnx.Param))
+    assert set(pure) == {"w_x", "w_h", "b"}
+    chex.assert_shape([pure["w_x"], pure["w_h"], pure["b"]], [(D, 4 * H), (H, 4 * H), (4 * H,)])
     # the forget-gate block starts at memcell's forget bias, 1.0
     np.testing.assert_array_equal(np.asarray(cell.memcell_params().b[H : 2 * H]), np.ones(H))
 
@@ -61,9 +62,7 @@ def test_one_step_equals_pure_step_bit_for_bit(name):
     mc = jax.tree.map(lambda a: a + 0.5, mod.cell.initial_carry(params, (B,)))
     new_f, y_f = mod(to_flax_carry(mc), XS[:, 0])
     new_m, y_m = mod.cell.step(params, mc, XS[:, 0])
-    np.testing.assert_array_equal(np.asarray(y_f), np.asarray(y_m))
-    for a, b in zip(jax.tree.leaves(new_f), jax.tree.leaves(to_flax_carry(new_m)), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal((new_f, y_f), (to_flax_carry(new_m), y_m))
 
 
 @pytest.mark.parametrize("name", list(MAKERS))
