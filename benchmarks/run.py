@@ -34,6 +34,7 @@ import numpy as np
 
 import memcell
 from memcell import fused
+from memcell.fused import layout
 
 SHAPES = [  # (B, T, D, H)
     (16, 200, 64, 128),
@@ -197,8 +198,8 @@ def recurrent_matmul_rates(B, T, H, rounds: int) -> dict:
 
     u = (np.random.default_rng(0).standard_normal((H, 4 * H)) / np.sqrt(H)).astype(np.float32)
     h0 = np.ones((B, H), np.float32)
-    axis = fused._axis(H)  # the layout the fused path uses at this size: [B, H] or [H, B] per step
-    rec = fused._recurrent_matmul(jnp.asarray(u), None, transposed=False, axis=axis)
+    axis = layout.feature_axis(H)  # the layout the fused path uses at this size: [B, H] or [H, B] per step
+    rec = layout.recurrent_matmul(jnp.asarray(u), None, transposed=False, axis=axis)
 
     @jax.jit
     def xla_loop(h):
