@@ -18,9 +18,8 @@ import jax.numpy as jnp
 
 from memcell import _numerics
 from memcell.fused.kinds import Kind
-from memcell.fused.layout import (
-    blocks, cast, groups, mm, per_step, recurrent_matmul, step_mask, to_layout, transposed_copy, write,
-)
+from memcell.fused.layout import (blocks, cast, groups, mm, per_step, recurrent_matmul, step_mask, to_layout,
+                                  transposed_copy, write)
 from memcell.types import Array
 
 
@@ -92,6 +91,7 @@ def forward(kind: Kind, w_x, w_h, b_x, b_h, xs, carry0, mask, keep: bool):
     if keep:  # one buffer per residual field, shaped from tracing one step
         ok0 = None if mask is None else mask[:, 0]
         shapes = jax.eval_shape(lambda *a: kind.step(rec, b_x, b_h, *a, True), carry0, zx[:, 0], ok0)[1][1]
+        assert isinstance(shapes, kind.residuals), (type(shapes), kind.residuals)  # the fields the kind declares
         res_buf = jax.tree.map(lambda s: per_step(s, T), shapes)
     grp = groups(B, w_h.shape[0], ax, kind.tuning)
     step = _forward_step(kind, rec, b_x, b_h, mask, grp, k, n, read, keep)
@@ -141,7 +141,7 @@ def _backward_step(kind: Kind, rec_t, grp, k: int, read, dys, residuals):
         out = [None] * k
         for i in reversed(range(k)):
             dyg, kg = grp.split(dy[:, i]), grp.split(coefs[:, i])
-            rg = grp.split_tree(jax.tree.map(lambda a: a[:, i], res))
+            rg = grp.split_tree(jax.tree.map(lambda a, i=i: a[:, i], res))
             og = [None] * grp.n
             for g in range(grp.n):
                 dcarries[g], og[g] = kind.back(rec_t, dcarries[g], dyg[g], kg[g], rg[g])

@@ -76,7 +76,7 @@ def _check_params(name: str, params, cls, n_gates: int, bias_fields: tuple[str, 
     return w_h.shape[0]
 
 
-def _layout(H: int) -> dict:
+def _tuned(H: int) -> dict:
     """The platform's tuning (read now, at trace time) and the feature axis it gives hidden size H."""
     t = tuning.for_platform()
     return dict(axis=feature_axis(H, t), tuning=t)
@@ -125,7 +125,7 @@ def lstm(
     H = _check_params("lstm", params, LSTMParams, 4, ("b",),
                       {"p_i": "peepholes", "p_f": "peepholes", "p_o": "peepholes", "norm": "layer norm"})
     init = lambda p, batch_shape=(): LSTMCarry(*(_numerics.zeros_carry(p.w_h, batch_shape),) * 2)
-    return _run(lstm_kind(dtype, **_layout(H)), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths,
+    return _run(lstm_kind(dtype, **_tuned(H)), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths,
                 reverse, LSTMCarry, init)
 
 
@@ -166,7 +166,7 @@ def gru(
     dtype = _checks.check_float_dtype("dtype", dtype, allow_none=True)
     H = _check_params("gru", params, GRUParams, 3, ("b_x", "b_h"), {})
     init = lambda p, batch_shape=(): GRUCarry(_numerics.zeros_carry(p.w_h, batch_shape))
-    return _run(gru_kind(dtype, **_layout(H)), params, params.w_x, params.w_h, params.b_x, params.b_h, xs, carry, lengths,
+    return _run(gru_kind(dtype, **_tuned(H)), params, params.w_x, params.w_h, params.b_x, params.b_h, xs, carry, lengths,
                 reverse, GRUCarry, init)
 
 
@@ -201,6 +201,5 @@ def rnn(
     dtype = _checks.check_float_dtype("dtype", dtype, allow_none=True)
     H = _check_params("rnn", params, RNNParams, 1, ("b",), {})
     init = lambda p, batch_shape=(): RNNCarry(_numerics.zeros_carry(p.w_h, batch_shape))
-    return _run(rnn_kind(dtype, activation, **_layout(H)), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths,
+    return _run(rnn_kind(dtype, activation, **_tuned(H)), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths,
                 reverse, RNNCarry, init)
-
