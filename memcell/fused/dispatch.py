@@ -78,11 +78,13 @@ def unroll(
     Returns:
       ``(carry, ys)``, or None (``backend="auto"`` only) when the fused path does not apply.
     """
-    _checks.check_choice("backend", backend, {"fused", "auto"})
+    _checks.check_backend(backend, ("fused", "auto"))
     plan = _plan(cell, resets=resets, remat=remat)
     if isinstance(plan, str):
         if backend == "auto":
             return None
         raise ValueError(f"backend='fused' cannot run this unroll: {plan}; use backend='auto' or 'reference'")
     fn, kwargs = plan
+    xs = _checks.check_xs(xs, params)
+    _checks.check_params(cell, params, xs.shape[-1])  # the kernel would run any consistent params
     return fn(params, xs, carry, lengths=lengths, reverse=reverse, **kwargs)
