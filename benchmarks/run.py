@@ -34,6 +34,7 @@ import numpy as np
 
 import memcell
 from memcell import fused
+from memcell.fused import layout
 
 SHAPES = [  # (B, T, D, H)
     (16, 200, 64, 128),
@@ -197,8 +198,8 @@ def recurrent_matmul_rates(B, T, H, rounds: int) -> dict:
 
     u = (np.random.default_rng(0).standard_normal((H, 4 * H)) / np.sqrt(H)).astype(np.float32)
     h0 = np.ones((B, H), np.float32)
-    axis = fused._axis(H)  # the layout the fused path uses at this size: [B, H] or [H, B] per step
-    rec = fused._recurrent_matmul(jnp.asarray(u), None, transposed=False, axis=axis)
+    axis = layout.feature_axis(H)  # the layout the fused path uses at this size: [B, H] or [H, B] per step
+    rec = layout.recurrent_matmul(jnp.asarray(u), None, transposed=False, axis=axis)
 
     @jax.jit
     def xla_loop(h):
@@ -369,11 +370,15 @@ def render(results, matmuls, rate, args, elapsed) -> str:
         "at B=32, H=256), and the block reads and writes of the per-step arrays cost 10 ms there "
         "and 58 ms of a 290 ms step at B=64, H=512, with 30 ms more for zero-filling fresh "
         "output buffers and copies.",
-        "- From H = 512 the fused path runs feature-major (`fused._FEATURE_MAJOR_FROM_H`): per-step "
+        "- The layout constants below are per platform (`memcell.fused.tuning`, chosen by `jax.default_backend()` "
+        "when a layer is traced). The CPU values were measured on the 2-core development CPU; on GPU and TPU "
+        "nothing was measured yet, so there the fused path runs the plain layout (batch-major, one batch group, "
+        "4 steps per scan iteration) until a measurement there says otherwise.",
+        "- From H = 512 (CPU) the fused path runs feature-major (`tuning.CPU.feature_major_from_h`): per-step "
         "arrays are `[H, B]` and the recurrent matmuls put the weight on the left (`U^T h`, `U dz`), "
         "for which XLA:CPU runs a much faster kernel when 4H is large next to B; at small H it is slower.",
-        "- From H = 256 (batch-major, B >= 16) each scan step runs the batch as two independent "
-        "halves (`fused._GROUPS_FROM_H`): their small matmuls and gate kernels then run on both "
+        "- From H = 256 (CPU, batch-major, B >= 16) each scan step runs the batch as two independent "
+        "halves (`tuning.CPU.groups_from_h`): their small matmuls and gate kernels then run on both "
         "cores at once instead of one after another (0.82x to 0.95x the time at H = 256).",
         "- XLA:CPU fuses a scan's per-step `dynamic-slice` into the elementwise kernels that consume "
         "it, and those kernels run several times slower; the fused path reads each block of steps "

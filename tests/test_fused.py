@@ -7,6 +7,7 @@ import pytest
 
 import memcell
 from memcell import fused
+from memcell.fused import kinds, layout as fused_layout, tuning
 
 B, D, H = 3, 5, 8
 
@@ -24,15 +25,17 @@ KINDS = {
 
 @pytest.fixture(params=["batch_major", "batch_major_grouped", "feature_major"])
 def layout(request, monkeypatch):
-    """Every layout of the fused path, on these small cells: from ``fused._FEATURE_MAJOR_FROM_H``
-    hidden units on it runs feature-major ([h, B] per step); from ``fused._GROUPS_FROM_H`` on
-    (batch-major) each step runs the batch as two independent groups. The thresholds are lowered
-    so these H = 8 cells take each path; with B = 3 the groups are uneven (2 and 1)."""
+    """Every layout of the fused path, on these small cells, on any platform: the CPU tuning
+    (``memcell.fused.tuning.CPU``) with its thresholds lowered so these H = 8 cells take each path.
+    From ``feature_major_from_h`` hidden units on it runs feature-major ([h, B] per step); from
+    ``groups_from_h`` on (batch-major) each step runs the batch as two independent groups; with
+    B = 3 the groups are uneven (2 and 1)."""
+    t = tuning.CPU
     if request.param == "feature_major":
-        monkeypatch.setattr(fused, "_FEATURE_MAJOR_FROM_H", 1)
+        t = t._replace(feature_major_from_h=1)
     if request.param == "batch_major_grouped":
-        monkeypatch.setattr(fused, "_GROUPS_FROM_H", 1)
-        monkeypatch.setattr(fused, "_GROUPS_MIN_B", 2)
+        t = t._replace(groups_from_h=1, groups_min_b=2)
+    monkeypatch.setitem(tuning.BY_PLATFORM, jax.default_backend(), t)
     return request.param
 
 
@@ -139,9 +142,14 @@ def test_gradients_match_reference_float64(kind, layout):
         _assert_close(got, want, rtol=1e-11, atol=1e-12)
 
 
-def test_feature_major_layout_at_its_real_size():
-    """An LSTM of ``_FEATURE_MAJOR_FROM_H`` units, where the layout switches on its own, float32."""
-    cell = memcell.lstm(fused._FEATURE_MAJOR_FROM_H)
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+def test_layout_of_each_platform_at_the_cpu_switch_size(platform, monkeypatch):
+    """An LSTM of ``CPU.feature_major_from_h`` units, float32, with each platform's tuning: the CPU's
+    switches to feature-major on its own there, the GPU's stays batch-major; both match the reference."""
+    monkeypatch.setitem(tuning.BY_PLATFORM, jax.default_backend(), tuning.for_platform(platform))
+    H_switch = tuning.CPU.feature_major_from_h
+    assert fused_layout.feature_axis(H_switch) == (0 if platform == "cpu" else -1)
+    cell = memcell.lstm(H_switch)
     params = cell.init(jax.random.key(0), D)
     xs = jax.random.normal(jax.random.key(1), (2, 5, D))
     got = _value_and_grads(lambda p, x, c: fused.lstm(p, x, c), params, xs, None)
@@ -252,6 +260,52 @@ def test_forward_mode_is_refused_clearly():
     xs = jnp.ones((B, 5, D))
     with pytest.raises(TypeError, match="custom_vjp"):
         jax.jvp(lambda x: fused.lstm(params, x)[1], (xs,), (xs,))
+
+
+# ----------------------------------------------------------------------------- tuning and residuals
+
+
+def test_tuning_is_per_platform():
+    """CPU: the constants measured on the 2-core CPU; GPU and TPU (not measured): the plain layout."""
+    assert tuning.for_platform("cpu") == tuning.Tuning(
+        scan_unroll=4, feature_major_from_h=512, groups_from_h=256, groups_min_b=16
+    )
+    for platform in ("gpu", "tpu", "some_new_backend"):
+        t = tuning.for_platform(platform)
+        assert t.feature_major_from_h is None and t.groups_from_h is None and t.scan_unroll == 4
+        # batch-major and one group at every size
+        assert fused_layout.feature_axis(1 << 16, t) == -1
+        assert fused_layout.groups(1024, 1 << 16, -1, t).n == 1
+    cpu = tuning.for_platform("cpu")
+    assert [fused_layout.feature_axis(h, cpu) for h in (511, 512)] == [-1, 0]
+    assert [fused_layout.groups(b, h, -1, cpu).n for b, h in ((16, 255), (15, 256), (16, 256))] == [1, 1, 2]
+    assert fused_layout.groups(16, 1024, 0, cpu).n == 1  # feature-major runs one group
+    assert tuning.for_platform() is tuning.BY_PLATFORM.get(jax.default_backend(), tuning.PLAIN)
+
+
+@pytest.mark.parametrize("name, make, fields", [
+    ("lstm", lambda: kinds.lstm_kind(None, -1, tuning.CPU), ("a", "f", "passthrough")),
+    ("gru", lambda: kinds.gru_kind(None, -1, tuning.CPU), ("z", "r")),
+    ("rnn", lambda: kinds.rnn_kind(None, "tanh", -1, tuning.CPU), ("passthrough",)),
+])
+def test_each_kind_names_the_residuals_it_stores(name, make, fields):
+    """What a step keeps for the backward pass is a NamedTuple of [B, h] arrays named by field (no
+    buffer decoded by its width); ``passthrough`` exists only with lengths (None without)."""
+    kind = make()
+    assert kind.residuals._fields == fields
+    G = kind.n_gates * H
+    rec = lambda h: jnp.zeros(h.shape[:-1] + (G,), h.dtype)
+    carry = (jnp.ones((B, H)),) * (2 if name == "lstm" else 1)
+    zx, b = jnp.ones((B, G)), jnp.zeros((G,))
+    for ok in (None, jnp.array([[True], [False], [True]])):
+        _, (k, res) = kind.step(rec, b, b, carry, zx, ok, True)
+        assert type(res) is kind.residuals and k.shape == (B, G)
+        for field in fields:
+            value = getattr(res, field)
+            if field == "passthrough" and ok is None:
+                assert value is None
+            else:
+                assert value.shape == (B, H), (field, value.shape)
 
 
 # ----------------------------------------------------------------------------- dispatch from unroll
