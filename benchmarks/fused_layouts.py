@@ -32,6 +32,7 @@ LAYOUTS = {
     "feature-major": T.PLAIN._replace(feature_major_from_h=1),
     "batch-major, unroll 1": T.PLAIN._replace(scan_unroll=1),
     "batch-major, unroll 8": T.PLAIN._replace(scan_unroll=8),
+    "batch-major, unroll 16": T.PLAIN._replace(scan_unroll=16),
 }
 
 

@@ -151,7 +151,7 @@ def test_layout_of_each_platform_at_the_cpu_switch_size(platform, monkeypatch):
     assert fused_layout.feature_axis(H_switch) == (0 if platform == "cpu" else -1)
     cell = memcell.lstm(H_switch)
     params = cell.init(jax.random.key(0), D)
-    xs = jax.random.normal(jax.random.key(1), (2, 5, D))
+    xs = jax.random.normal(jax.random.key(1), (2, 16, D))  # T = 16: two blocks of the GPU's 8 steps
     got = _value_and_grads(lambda p, x, c: fused.lstm(p, x, c), params, xs, None)
     want = _value_and_grads(lambda p, x, c: memcell.unroll(cell, p, x, c), params, xs, None)
     _assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -266,13 +266,16 @@ def test_forward_mode_is_refused_clearly():
 
 
 def test_tuning_is_per_platform():
-    """CPU: the constants measured on the 2-core CPU; GPU and TPU (not measured): the plain layout."""
+    """CPU: the constants measured on the 2-core CPU; GPU: measured on an H100 (batch-major, one
+    group, 8 steps a scan iteration); TPU and others (not measured): the plain layout."""
     assert tuning.for_platform("cpu") == tuning.Tuning(
         scan_unroll=4, feature_major_from_h=512, groups_from_h=256, groups_min_b=16
     )
+    assert tuning.for_platform("gpu").scan_unroll == 8
     for platform in ("gpu", "tpu", "some_new_backend"):
         t = tuning.for_platform(platform)
-        assert t.feature_major_from_h is None and t.groups_from_h is None and t.scan_unroll == 4
+        assert t.feature_major_from_h is None and t.groups_from_h is None
+        assert t.scan_unroll == (8 if platform == "gpu" else 4)
         # batch-major and one group at every size
         assert fused_layout.feature_axis(1 << 16, t) == -1
         assert fused_layout.groups(1024, 1 << 16, -1, t).n == 1

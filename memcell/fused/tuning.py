@@ -1,9 +1,10 @@
 """The tuning constants of the fused path, per platform.
 
 Each constant was chosen by measurement, and a measurement holds for the platform it was taken on:
-the values below were measured on a 2-core CPU (XLA:CPU). On GPU and TPU nothing was measured yet,
-so there the fused path runs the plain layout (batch-major, one group) until a measurement says
-otherwise. The platform is ``jax.default_backend()``, read when a fused layer is traced.
+the CPU values were measured on a 2-core CPU (XLA:CPU), the GPU values on one NVIDIA H100
+(``benchmarks/fused_layouts.py``, which times every layout side by side on the platform it runs
+on). On TPU nothing was measured yet, so there the fused path runs the plain layout (batch-major,
+one group) until a measurement says otherwise. The platform is ``jax.default_backend()``, read when a fused layer is traced.
 """
 
 from typing import NamedTuple
@@ -42,11 +43,18 @@ CPU = Tuning(
     groups_min_b=16,
 )
 
-# Not measured on these platforms: batch-major throughout, one group; the scan unroll as on CPU.
+# Platforms not measured: batch-major throughout, one group; the scan unroll as on CPU.
 PLAIN = Tuning(scan_unroll=CPU.scan_unroll, feature_major_from_h=None, groups_from_h=None, groups_min_b=CPU.groups_min_b)
 
-# jax.default_backend() -> tuning; a platform not listed gets PLAIN.
-BY_PLATFORM = {"cpu": CPU, "gpu": PLAIN, "tpu": PLAIN}
+# Measured on one NVIDIA H100 (jax 0.11.2, `python benchmarks/fused_layouts.py --rounds 7`, training
+# step at make bench's five shapes, each layout's time over plain batch-major with unroll 4):
+# feature-major 0.96 to 1.05 (no gain: not used); two batch groups 1.19 to 1.28 (slower: not used);
+# scan unroll 8 0.90, 0.92, 0.94, 0.90, 1.00 (used); unroll 16 0.86 to 1.02, slower than 8 at
+# 64,100,512,512; unroll 1 1.32 to 1.95. The fused step there took 0.33 to 0.43x the reference's.
+GPU = PLAIN._replace(scan_unroll=8)
+
+# jax.default_backend() -> tuning; a platform not listed (TPU: not measured) gets PLAIN.
+BY_PLATFORM = {"cpu": CPU, "gpu": GPU, "tpu": PLAIN}
 
 
 def for_platform(platform: str | None = None) -> Tuning:
@@ -56,5 +64,7 @@ def for_platform(platform: str | None = None) -> Tuning:
       >>> from memcell.fused import tuning
       >>> tuning.for_platform("cpu").feature_major_from_h, tuning.for_platform("gpu").feature_major_from_h
       (512, None)
+      >>> tuning.for_platform("gpu").scan_unroll, tuning.for_platform("tpu").scan_unroll
+      (8, 4)
     """
     return BY_PLATFORM.get(jax.default_backend() if platform is None else platform, PLAIN)
