@@ -260,13 +260,35 @@ def test_greff_variants_all_build_and_run():
         assert has_peepholes == kw.get("peephole", False), variant
 
 
-def test_chrono_init_biases():
-    T = 100
-    p = memcell.lstm(64, init="chrono", max_timescale=T).init(jax.random.key(0), 3)
-    b_i, b_f = p.b[:64], p.b[64:128]
-    assert float(b_f.min()) >= 0.0 and float(b_f.max()) <= np.log(T - 1) + 1e-6
-    np.testing.assert_allclose(b_i, -b_f)
-    assert float(b_f.std()) > 0.3  # spread timescales, not one constant
+def _ks_uniform(samples, lo, hi):
+    """The Kolmogorov-Smirnov distance between the samples and U(lo, hi)."""
+    x = np.sort(np.asarray(samples, np.float64))
+    cdf = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    n = len(x)
+    return max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+
+
+@pytest.mark.parametrize("T", [4, 100])
+def test_chrono_init_draws_timescales_uniform_on_1_to_max_minus_1(T):
+    # Tallec and Ollivier 2018: b_f = log u, u ~ U(1, T - 1), and b_i = -b_f. Over many units
+    # exp(b_f) is that uniform: its range, mean and whole distribution (KS) are checked
+    # against the exact values, so a range of U(1, T) or U(0, T - 1) fails.
+    h, n_keys = 1000, 16  # 16 000 units; zero weights keep the inits cheap
+    cell = memcell.lstm(h, init="chrono", max_timescale=T, kernel_init="zeros", recurrent_init="zeros")
+    b = np.stack([np.asarray(cell.init(jax.random.key(k), 1).b) for k in range(n_keys)])  # [keys, 4h]: i f g o
+    b_i, b_f = b[:, :h], b[:, h : 2 * h]
+    np.testing.assert_array_equal(b_i, -b_f)
+    np.testing.assert_array_equal(b[:, 2 * h :], 0.0)  # g and o biases untouched
+    assert not np.array_equal(b_f[0], b_f[1])  # each key its own timescales
+    u = np.exp(b_f.astype(np.float64)).reshape(-1)
+    n = u.size
+    lo, hi = 1.0, T - 1.0
+    width = hi - lo
+    assert u.min() >= lo * (1 - 1e-6) and u.max() <= hi * (1 + 1e-6)
+    # n draws leave gaps of about width / n at either end
+    assert u.min() < lo + 10 * width / n and u.max() > hi - 10 * width / n
+    assert u.mean() == pytest.approx((lo + hi) / 2, abs=5 * width / np.sqrt(12 * n))
+    assert _ks_uniform(u, lo, hi) < 1.95 / np.sqrt(n)  # 5 times the typical distance: p < 1e-3
 
 
 @pytest.mark.parametrize("init", ["orthogonal", "identity"])
