@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,13 +141,14 @@ def test_shapes_unbatched_and_batched(name):
     carry = cell.initial_carry(params)
     x = jnp.ones((D,))
     new, y = cell.step(params, carry, x)
-    assert y.shape == (H,)
-    assert jax.tree.map(jnp.shape, new) == jax.tree.map(jnp.shape, carry)
+    chex.assert_shape(y, (H,))
+    chex.assert_trees_all_equal_shapes_and_dtypes(new, carry)
     carry = cell.initial_carry(params, (2, 7))
     new, y = cell.step(params, carry, jnp.ones((2, 7, D)))
-    assert y.shape == (2, 7, H)
-    assert all(leaf.shape == (2, 7, H) for leaf in jax.tree.leaves(new))
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new))
+    chex.assert_shape(y, (2, 7, H))
+    chex.assert_trees_all_equal_shapes_and_dtypes(new, carry)
+    chex.assert_tree_shape_suffix(new, (2, 7, H))
+    chex.assert_type([y, *jax.tree.leaves(new)], jnp.float32)
 
 
 @names
@@ -155,8 +157,7 @@ def test_vmap_equals_broadcasting(name):
     xs = jax.random.normal(jax.random.key(3), (3, 4, D))
     carry_b, ys_b = memcell.unroll(cell, params, xs)
     carry_v, ys_v = jax.vmap(lambda x: memcell.unroll(cell, params, x))(xs)
-    np.testing.assert_allclose(ys_b, ys_v, rtol=1e-6, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), carry_b, carry_v)
+    chex.assert_trees_all_close((carry_b, ys_b), (carry_v, ys_v), rtol=1e-6, atol=1e-6)
 
 
 @names
@@ -164,9 +165,9 @@ def test_jit_equals_eager(name):
     cell, params = setup(name)
     xs = jax.random.normal(jax.random.key(4), (2, 5, D))
     with jax.disable_jit():
-        _, ys_eager = memcell.unroll(cell, params, xs)
-    _, ys_jit = jax.jit(lambda p, x: memcell.unroll(cell, p, x))(params, xs)
-    np.testing.assert_allclose(ys_eager, ys_jit, rtol=1e-5, atol=1e-6)
+        eager = memcell.unroll(cell, params, xs)
+    jitted = jax.jit(lambda p, x: memcell.unroll(cell, p, x))(params, xs)
+    chex.assert_trees_all_close(jitted, eager, rtol=1e-5, atol=1e-6)  # carry and ys, same structure
 
 
 @names
@@ -179,8 +180,7 @@ def test_unroll_equals_python_loop(name):
         carry, y = cell.step(params, carry, xs[:, t])
         ys.append(y)
     final, ys_scan = memcell.unroll(cell, params, xs)
-    np.testing.assert_allclose(ys_scan, jnp.stack(ys, 1), rtol=1e-5, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), final, carry)
+    chex.assert_trees_all_close((final, ys_scan), (carry, jnp.stack(ys, 1)), rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- gradients

@@ -29,7 +29,7 @@ def rand(shape, seed=1):
 
 
 def close(a, b, tol=1e-5):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=tol, atol=tol), a, b)
+    chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)  # same tree structure, shapes and values
 
 
 # --------------------------------------------------------------------------- reverse, causality
