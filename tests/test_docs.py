@@ -257,3 +257,38 @@ def test_the_walk_finds_the_modules_with_examples():
     assert not any(_is_private(n) or n.endswith("__main__") for n in PUBLIC)
     for prefix in ("memcell.fused", "memcell.convert", "memcell.train", "memcell.linen", "memcell.nnx"):
         assert any(n == prefix or n.startswith(prefix + ".") for n in PUBLIC), prefix
+
+
+# ----------------------------------------------------------------------------- stated errors
+
+
+def _error_cases():
+    import jax
+    import jax.numpy as jnp
+
+    cell = memcell.lstm(4)
+    params = cell.init(jax.random.key(0), 3)
+    xs = jnp.ones((2, 5, 3))
+    unroll = lambda *a, **k: memcell.unroll(cell, params, *a, **k)
+    return {
+        "`xs` of rank < 2": lambda: unroll(jnp.ones(5)),
+        "wrong feature size": lambda: unroll(jnp.ones((5, 2))),
+        "integer `xs`": lambda: unroll(jnp.ones((5, 3), jnp.int32)),
+        "float `lengths`": lambda: unroll(xs, lengths=jnp.ones(2)),
+        "`lengths` of the wrong shape": lambda: unroll(xs, lengths=jnp.ones(3, jnp.int32)),
+        "`lengths` out of range": lambda: unroll(xs, lengths=jnp.array([1, 6])),
+        "a carry of the wrong shape": lambda: unroll(xs, cell.initial_carry(params, (3,))),
+    }
+
+
+def test_the_error_table_in_cells_and_unrolling_states_the_messages_raised():
+    text = (ROOT / "docs" / "cells_and_unrolling.md").read_text()
+    section = text.split("## Errors", 1)[1]
+    rows = re.findall(r"^\| (.+?) \| `(\w+): (.+?)`[^`|]* \|$", section, flags=re.M)
+    cases = _error_cases()
+    assert {r[0] for r in rows} == set(cases), "every row of the table has a case here, and no more"
+    for label, kind, message in rows:
+        pattern = re.escape(message).replace(re.escape("..."), ".*")
+        with pytest.raises(Exception) as err:
+            cases[label]()
+        assert type(err.value).__name__ == kind and re.fullmatch(pattern, str(err.value)), (label, str(err.value))
