@@ -288,7 +288,7 @@ def test_chrono_init_draws_timescales_uniform_on_1_to_max_minus_1(T):
     # n draws leave gaps of about width / n at either end
     assert u.min() < lo + 10 * width / n and u.max() > hi - 10 * width / n
     assert u.mean() == pytest.approx((lo + hi) / 2, abs=5 * width / np.sqrt(12 * n))
-    assert _ks_uniform(u, lo, hi) < 1.95 / np.sqrt(n)  # 5 times the typical distance: p < 1e-3
+    assert _ks_uniform(u, lo, hi) < 1.95 / np.sqrt(n)  # the KS critical value at p = 0.001
 
 
 @pytest.mark.parametrize("init", ["orthogonal", "identity"])

@@ -188,6 +188,9 @@ def test_initial_carry_is_used_and_broadcast(kind):
     _, ys0 = memcell.unroll(cell, params, xs)
     _, ys_one = memcell.unroll(cell, params, xs[1], c0)
     close(ys[1], ys_one)
+    # the first step starts from c0 itself (not from zeros), in every row
+    close(ys[:, 0], cell.step(params, c0, xs[:, 0])[1])
+    close(carry, jax.vmap(lambda x: memcell.unroll(cell, params, x, c0)[0])(xs))
     assert float(jnp.abs(ys - ys0).max()) > 1e-3
 
 
