@@ -208,7 +208,8 @@ def _doctests(module):
     modules (``memcell.tasks.train_task`` is defined in ``memcell.tasks._base``)."""
     finder = doctest.DocTestFinder()
     tests = {t.name: t for t in finder.find(module)}
-    for name in getattr(module, "__all__", ()):
+    names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+    for name in names:
         obj = getattr(module, name)
         home = getattr(obj, "__module__", None) or ""
         if home.startswith("memcell.") and _is_private(home) and (inspect.isclass(obj) or inspect.isfunction(obj)):
