@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,13 +141,14 @@ def test_shapes_unbatched_and_batched(name):
     carry = cell.initial_carry(params)
     x = jnp.ones((D,))
     new, y = cell.step(params, carry, x)
-    assert y.shape == (H,)
-    assert jax.tree.map(jnp.shape, new) == jax.tree.map(jnp.shape, carry)
+    chex.assert_shape(y, (H,))
+    chex.assert_trees_all_equal_shapes_and_dtypes(new, carry)
     carry = cell.initial_carry(params, (2, 7))
     new, y = cell.step(params, carry, jnp.ones((2, 7, D)))
-    assert y.shape == (2, 7, H)
-    assert all(leaf.shape == (2, 7, H) for leaf in jax.tree.leaves(new))
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new))
+    chex.assert_shape(y, (2, 7, H))
+    chex.assert_trees_all_equal_shapes_and_dtypes(new, carry)
+    chex.assert_tree_shape_suffix(new, (2, 7, H))
+    chex.assert_type([y, *jax.tree.leaves(new)], jnp.float32)
 
 
 @names
@@ -155,8 +157,7 @@ def test_vmap_equals_broadcasting(name):
     xs = jax.random.normal(jax.random.key(3), (3, 4, D))
     carry_b, ys_b = memcell.unroll(cell, params, xs)
     carry_v, ys_v = jax.vmap(lambda x: memcell.unroll(cell, params, x))(xs)
-    np.testing.assert_allclose(ys_b, ys_v, rtol=1e-6, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), carry_b, carry_v)
+    chex.assert_trees_all_close((carry_b, ys_b), (carry_v, ys_v), rtol=1e-6, atol=1e-6)
 
 
 @names
@@ -164,9 +165,9 @@ def test_jit_equals_eager(name):
     cell, params = setup(name)
     xs = jax.random.normal(jax.random.key(4), (2, 5, D))
     with jax.disable_jit():
-        _, ys_eager = memcell.unroll(cell, params, xs)
-    _, ys_jit = jax.jit(lambda p, x: memcell.unroll(cell, p, x))(params, xs)
-    np.testing.assert_allclose(ys_eager, ys_jit, rtol=1e-5, atol=1e-6)
+        eager = memcell.unroll(cell, params, xs)
+    jitted = jax.jit(lambda p, x: memcell.unroll(cell, p, x))(params, xs)
+    chex.assert_trees_all_close(jitted, eager, rtol=1e-5, atol=1e-6)  # carry and ys, same structure
 
 
 @names
@@ -179,8 +180,7 @@ def test_unroll_equals_python_loop(name):
         carry, y = cell.step(params, carry, xs[:, t])
         ys.append(y)
     final, ys_scan = memcell.unroll(cell, params, xs)
-    np.testing.assert_allclose(ys_scan, jnp.stack(ys, 1), rtol=1e-5, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), final, carry)
+    chex.assert_trees_all_close((final, ys_scan), (carry, jnp.stack(ys, 1)), rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -260,13 +260,35 @@ def test_greff_variants_all_build_and_run():
         assert has_peepholes == kw.get("peephole", False), variant
 
 
-def test_chrono_init_biases():
-    T = 100
-    p = memcell.lstm(64, init="chrono", max_timescale=T).init(jax.random.key(0), 3)
-    b_i, b_f = p.b[:64], p.b[64:128]
-    assert float(b_f.min()) >= 0.0 and float(b_f.max()) <= np.log(T - 1) + 1e-6
-    np.testing.assert_allclose(b_i, -b_f)
-    assert float(b_f.std()) > 0.3  # spread timescales, not one constant
+def _ks_uniform(samples, lo, hi):
+    """The Kolmogorov-Smirnov distance between the samples and U(lo, hi)."""
+    x = np.sort(np.asarray(samples, np.float64))
+    cdf = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    n = len(x)
+    return max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+
+
+@pytest.mark.parametrize("T", [4, 100])
+def test_chrono_init_draws_timescales_uniform_on_1_to_max_minus_1(T):
+    # Tallec and Ollivier 2018: b_f = log u, u ~ U(1, T - 1), and b_i = -b_f. Over many units
+    # exp(b_f) is that uniform: its range, mean and whole distribution (KS) are checked
+    # against the exact values, so a range of U(1, T) or U(0, T - 1) fails.
+    h, n_keys = 1000, 16  # 16 000 units; zero weights keep the inits cheap
+    cell = memcell.lstm(h, init="chrono", max_timescale=T, kernel_init="zeros", recurrent_init="zeros")
+    b = np.stack([np.asarray(cell.init(jax.random.key(k), 1).b) for k in range(n_keys)])  # [keys, 4h]: i f g o
+    b_i, b_f = b[:, :h], b[:, h : 2 * h]
+    np.testing.assert_array_equal(b_i, -b_f)
+    np.testing.assert_array_equal(b[:, 2 * h :], 0.0)  # g and o biases untouched
+    assert not np.array_equal(b_f[0], b_f[1])  # each key its own timescales
+    u = np.exp(b_f.astype(np.float64)).reshape(-1)
+    n = u.size
+    lo, hi = 1.0, T - 1.0
+    width = hi - lo
+    assert u.min() >= lo * (1 - 1e-6) and u.max() <= hi * (1 + 1e-6)
+    # n draws leave gaps of about width / n at either end
+    assert u.min() < lo + 10 * width / n and u.max() > hi - 10 * width / n
+    assert u.mean() == pytest.approx((lo + hi) / 2, abs=5 * width / np.sqrt(12 * n))
+    assert _ks_uniform(u, lo, hi) < 1.95 / np.sqrt(n)  # the KS critical value at p = 0.001
 
 
 @pytest.mark.parametrize("init", ["orthogonal", "identity"])

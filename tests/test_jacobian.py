@@ -4,6 +4,7 @@ an analytic linear RNN, and the vanishing-gradient story measured on fixed seeds
 import math
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -249,6 +250,53 @@ def test_linear_rnn_is_exact_in_float64():
         jac = J.state_jacobians(cell, params, xs)
         np.testing.assert_allclose(jac.h.h, np.broadcast_to(u.T, (Tn, n, n)), rtol=1e-12)
         np.testing.assert_allclose(J.product_norms(jac.h.h), J.gradient_norms_through_time(cell, params, xs), rtol=1e-10)
+
+
+def _backward_products(js):
+    """By hand: [I, J_{T-1}, J_{T-1} J_{T-2}, ..., J_{T-1} ... J_1] (the chain rule's order)."""
+    out, P = [], np.eye(js.shape[-1])
+    for J_t in js[::-1]:
+        out.append(P)
+        P = P @ J_t
+    return out
+
+
+@pytest.mark.parametrize("norm, ord_", [("spectral", 2), ("frobenius", "fro")])
+def test_product_norms_of_non_commuting_jacobians_match_products_by_hand(norm, ord_):
+    # A different random matrix at every step, so the order of the product matters (the linear
+    # RNN's U^k and diagonal Jacobians commute, and a product taken in the wrong order passes them).
+    rng = np.random.default_rng(4)
+    js = rng.normal(size=(3, 12, 4, 4)) / 2  # [b, T, n, n]
+    assert not np.allclose(js[0, 0] @ js[0, 1], js[0, 1] @ js[0, 0])
+    want = np.array([[np.linalg.norm(P, ord_) for P in _backward_products(j)] for j in js])
+    with jax.enable_x64(True):
+        f = lambda j: J.product_norms(j, norm=norm)
+        for g in (f, jax.jit(f)):
+            got = g(jnp.asarray(js))
+            chex.assert_shape(got, (3, 12))
+            chex.assert_type(got, jnp.float64)
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+            np.testing.assert_allclose(J.product_norms(jnp.asarray(js), norm=norm, log=True), np.log(want), rtol=1e-12)
+    # float32, scaled by 100 at every step: the plain products overflow float32 (100^12 * ...),
+    # the rescaled log-norms still match the float64 products by hand
+    big = (100 * js).astype(np.float32)
+    want_big = np.array([[np.log(np.linalg.norm(P, ord_)) for P in _backward_products(j.astype(np.float64))] for j in big])
+    np.testing.assert_allclose(J.product_norms(jnp.asarray(big), norm=norm, log=True), want_big, rtol=1e-5, atol=1e-5)
+    # the product in the wrong order, J_{T-k} ... J_{T-1}, has other norms: the test above can tell
+    wrong = [np.linalg.norm(np.linalg.multi_dot([np.eye(4), *js[0, 12 - k :]]), ord_) for k in range(2, 12)]
+    assert not np.allclose(wrong, want[0, 2:], rtol=1e-3)
+
+
+def test_product_norms_of_tanh_rnn_jacobians_match_products_by_hand():
+    # The state Jacobians of a real cell, diag(1 - h_t^2) U^T, change every step and do not commute.
+    cell, params, xs_b = setup("rnn_tanh", key=5)
+    with jax.enable_x64(True):
+        params64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        xs64 = jnp.asarray(xs_b, jnp.float64)
+        js = np.asarray(J.state_jacobians(cell, params64, xs64).h.h)  # [b, T, H, H]
+        want = np.array([[np.linalg.norm(P, 2) for P in _backward_products(j)] for j in js])
+        np.testing.assert_allclose(J.product_norms(jnp.asarray(js)), want, rtol=1e-12)
+        np.testing.assert_allclose(J.gradient_norms_through_time(cell, params64, xs64), want, rtol=1e-10)
 
 
 RADIUS_CELL = linear_cell(np.eye(16, dtype=np.float32))  # one cell: U lives in params, so one compile serves all radii

@@ -1,6 +1,7 @@
 """unroll and the sequence layers: lengths, resets, reverse, causality, remat, layers, bad input."""
 
 import jax
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 import memcell
 
 D, H = 3, 4
+KEY0 = jax.random.key(0)
 FACTORIES = {"rnn": memcell.rnn, "lstm": memcell.lstm, "gru": memcell.gru}
 kinds = pytest.mark.parametrize("kind", list(FACTORIES))
 
@@ -27,7 +29,7 @@ def rand(shape, seed=1):
 
 
 def close(a, b, tol=1e-5):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=tol, atol=tol), a, b)
+    chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)  # same tree structure, shapes and values
 
 
 # --------------------------------------------------------------------------- reverse, causality
@@ -186,6 +188,9 @@ def test_initial_carry_is_used_and_broadcast(kind):
     _, ys0 = memcell.unroll(cell, params, xs)
     _, ys_one = memcell.unroll(cell, params, xs[1], c0)
     close(ys[1], ys_one)
+    # the first step starts from c0 itself (not from zeros), in every row
+    close(ys[:, 0], cell.step(params, c0, xs[:, 0])[1])
+    close(carry, jax.vmap(lambda x: memcell.unroll(cell, params, x, c0)[0])(xs))
     assert float(jnp.abs(ys - ys0).max()) > 1e-3
 
 
@@ -283,6 +288,29 @@ def test_stack_composes_layers_with_residual_and_dropout():
     _, ys_b = deep.apply(params, xs, lengths=lengths, key=jax.random.key(2))
     assert float(jnp.abs(ys_a - ys).max()) > 1e-3 and float(jnp.abs(ys_a - ys_b).max()) > 1e-3
     assert float(jnp.abs(ys_a[1, 3:]).max()) == 0.0
+
+
+def _identity_layer():
+    """A Layer that returns its inputs, so a stack of two exposes the dropout between them."""
+    return memcell.Layer(lambda key, d: (), lambda params, xs, carry=None, *, lengths=None, resets=None, key=None: (carry, xs))
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.5, 0.9])
+def test_stack_dropout_keeps_1_minus_rate_and_rescales_by_it(rate):
+    deep = memcell.stack([_identity_layer(), _identity_layer()], dropout=rate)
+    xs = 1.0 + jax.random.uniform(jax.random.key(3), (4, 50, 100))  # no zeros, so dropped == zero
+    apply = lambda key: deep.apply(deep.init(KEY0, 100), xs, key=key)[1]
+    for f in (apply, jax.jit(apply)):
+        ys = np.asarray(f(jax.random.key(1)))
+        kept = ys != 0
+        # inverted dropout: kept values are xs / (1 - rate) (to an ulp: XLA may multiply by the
+        # reciprocal), so E[ys] == xs
+        np.testing.assert_allclose(ys[kept], (np.asarray(xs) / (1.0 - rate))[kept], rtol=3e-7, atol=0)
+        # 20 000 Bernoulli(1 - rate) draws: the keep rate within 5 standard deviations
+        assert kept.mean() == pytest.approx(1.0 - rate, abs=5 * np.sqrt(rate * (1 - rate) / kept.size))
+    # a different key drops different units; no key drops none
+    assert not np.array_equal(np.asarray(apply(jax.random.key(2))) != 0, kept)
+    chex.assert_trees_all_equal(deep.apply(deep.init(KEY0, 100), xs)[1], xs)
 
 
 def test_stack_residual_needs_matching_sizes():
