@@ -186,7 +186,14 @@ def test_unroll_equals_python_loop(name):
 # --------------------------------------------------------------------------- gradients
 
 
-@names
+# Order-2 checks of the variants that change only init values or drop a gate run with the slow
+# checks (`make test-slow`); the default cells and every structurally different one stay here.
+_GRADCHECK_SLOW = {"lstm_forget_bias0", "lstm_chrono", "lstm_NIG", "lstm_NFG", "lstm_NOG", "lstm_NIAF", "lstm_NOAF"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in _GRADCHECK_SLOW else n for n in CONFIGS]
+)
 def test_check_grads_float64_order2(name):
     with jax.enable_x64(True):
         cell, params = setup(name, dtype=jnp.float64, seed=6)

@@ -142,6 +142,7 @@ def _cli(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow  # 27 s end to end; memcell.train's own bit-identical resume test runs in make test
 def test_killed_run_resumes_bit_identical(tmp_path):
     """A run is SIGKILLed after its first checkpoint, resumed with --resume, and must end with
     the same metrics log and report as a run that was never interrupted."""

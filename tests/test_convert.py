@@ -630,6 +630,7 @@ def test_docstring_examples():
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "coming_from_flax_pytorch.md"
 
 
+@pytest.mark.slow  # test_docs runs the same page the same way (in order, one namespace) in make test
 def test_coming_from_flax_pytorch_examples_run():
     """The page's examples run in order in one namespace, as a reader would run them (its asserts hold)."""
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
