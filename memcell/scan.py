@@ -71,13 +71,13 @@ def unroll(
     remat = _checks.check_bool("remat", remat)
     unroll = _checks.check_unroll(unroll)
     xs = _checks.check_xs(xs, params)
-    _checks.check_params(cell, params, xs.shape[-1])
-    if backend != "reference":
+    if backend != "reference":  # the fused path checks the params against the cell when it runs
         out = fused.unroll(
             cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse, remat=remat, backend=backend
         )
         if out is not None:
             return out
+    _checks.check_params(cell, params, xs.shape[-1])
     batch_shape, T = tuple(xs.shape[:-2]), xs.shape[-2]
     lengths = _checks.check_lengths(lengths, batch_shape, T)
     resets = _checks.check_resets(resets, batch_shape, T)
