@@ -53,7 +53,7 @@ def why_not(cell: Cell, *, resets=None, remat: bool = False) -> str | None:
 
 def supports(cell: Cell, *, resets=None, remat: bool = False) -> bool:
     """Whether ``memcell.unroll(cell, ..., backend="auto")`` would run the fused path for these options."""
-    return not isinstance(_plan(cell, resets=resets, remat=remat), str)
+    return why_not(cell, resets=resets, remat=remat) is None
 
 
 def unroll(
