@@ -24,6 +24,7 @@ __all__ = [
     "Key",
     "Lengths",
     "Layer",
+    "LinearSpec",
     "Outputs",
     "PyTree",
     "Resets",
@@ -38,9 +39,9 @@ Lengths = Int[ArrayLike, "*b"]
 Resets = Bool[ArrayLike, "*b t"]
 
 # The one list of unroll backends: "reference" scans cell.step (the definition, differentiable to
-# any order); "fused" runs memcell.fused and refuses what it cannot run; "auto" runs the fused path
-# where the cell's spec allows it and the reference elsewhere.
-Backend = Literal["reference", "fused", "auto"]
+# any order); "fused" runs memcell.fused and "parallel" memcell.parallel, each refusing what it
+# cannot run; "auto" runs the fastest path the cell's spec allows (measured) and the reference elsewhere.
+Backend = Literal["reference", "fused", "parallel", "auto"]
 BACKENDS: tuple[str, ...] = Backend.__args__
 
 
@@ -64,6 +65,30 @@ class CellSpec:
     def describes(self, cell) -> bool:
         """Whether this spec describes ``cell``: the cell's step is the very function it was made for."""
         return getattr(cell, "step", None) is self.step
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearSpec(CellSpec):
+    """A cell whose carry is one array updated linearly in itself, elementwise:
+    ``h_t = a_t * h_{t-1} + b_t``, with ``a_t`` and ``b_t`` functions of the input ``x_t`` only.
+
+    Such a cell declares how to compute its coefficients for all steps at once, so that one
+    parallel scan over time (``memcell.unroll(..., backend="parallel")``) serves every such cell.
+    The carry is a NamedTuple (or any pytree) with exactly one array leaf ``h``.
+
+    Attributes:
+      coefficients: ``coefficients(params, xs) -> (a, b)`` for ``xs: [*b, T, d]``: arrays
+        ``[*b, T, h]`` in the carry's dtype (float32 or wider; complex for a complex carry). With
+        ``log_space`` they are ``(log a, log b)`` of a positive recurrence (``a, b > 0``;
+        ``log b = -inf`` allowed), which the scan combines with ``logaddexp``.
+      readout: ``readout(params, hs, xs) -> ys``: the outputs from the carries after every step,
+        ``hs: [*b, T, h]``, and the inputs.
+      log_space: whether ``coefficients`` returns logarithms, as above.
+    """
+
+    coefficients: Callable = dataclasses.field(default=None, repr=False, compare=False)
+    readout: Callable = dataclasses.field(default=None, repr=False, compare=False)
+    log_space: bool = False
 
 
 class Cell(NamedTuple):
