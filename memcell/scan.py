@@ -9,7 +9,7 @@ from typing import Callable, NamedTuple, Sequence as SequenceOf
 import jax
 import jax.numpy as jnp
 
-from memcell import _checks, fused
+from memcell import _checks, cudnn, fused
 from memcell._sequence import reverse_within, segment_ends, tree_where
 from memcell.types import Array, Backend, Cell, Layer, Lengths, Outputs, PyTree, Resets, Sequence
 
@@ -52,7 +52,9 @@ def unroll(
         first-order backward pass; same values and gradients) and raises a ``ValueError`` for a
         cell or option it does not implement; ``"auto"`` runs the fused path where it applies and
         the reference elsewhere. The fused path has no jvp: keep the reference for forward-mode
-        and higher-order derivatives.
+        and higher-order derivatives. ``"cudnn"`` runs the default LSTM through cuDNN
+        (``memcell.cudnn``; GPU only, float32, no resets) and raises a ``ValueError`` saying why
+        where it cannot; ``"auto"`` runs cuDNN first where it can, on a GPU only.
 
     Returns:
       ``(carry, ys)``: the final carry and the outputs ``[*b, T, H]``.
@@ -71,6 +73,12 @@ def unroll(
     remat = _checks.check_bool("remat", remat)
     unroll = _checks.check_unroll(unroll)
     xs = _checks.check_xs(xs, params)
+    if backend in ("cudnn", "auto"):  # cuDNN first on a GPU; "auto" goes on to the fused path where it cannot run
+        out = cudnn.unroll(
+            cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse, remat=remat, backend=backend
+        )
+        if out is not None:
+            return out
     if backend != "reference":  # the fused path checks the params against the cell when it runs
         out = fused.unroll(
             cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse, remat=remat, backend=backend
