@@ -11,6 +11,9 @@ What cuDNN cannot run, and what happens then (``why_not`` says it in words):
   gate ablations), a cell without a spec, packed-sequence ``resets``, ``remat=True``;
 - dtypes other than float32 (cuDNN's LSTM in JAX is float32 only: no bfloat16, no float64),
   and ``xs`` without time steps;
+- ``jax.vmap`` over the unroll (cuDNN's primitive has no batching rule): use leading batch axes.
+  Only a vmap outside the unroll's own trace is seen: ``jax.vmap(jax.jit(f))`` traces ``f``
+  before batching it, so there cuDNN is chosen and the batching fails on the GPU;
 - any platform but a GPU (``jax.default_backend()`` must be ``"gpu"``).
 
 ``backend="cudnn"`` raises a ``ValueError`` with the reason; ``backend="auto"`` moves on to the
@@ -111,13 +114,20 @@ def _dtypes_reason(spec: LSTMSpec, params, xs) -> str | None:
     return None
 
 
+def _under_vmap(x) -> bool:
+    # jax.experimental.rnn registers no batching rule for its cuDNN primitive, and JAX has no
+    # public test for a vmap tracer: its class name is the stable, import-free sign.
+    return isinstance(x, jax.core.Tracer) and type(x).__name__ == "BatchTracer"
+
+
 def why_not(cell: Cell, params: PyTree = None, xs: Sequence | None = None, *, resets=None,
             remat: bool = False) -> str | None:
     """Why ``memcell.unroll(cell, params, xs, ..., backend="cudnn")`` would refuse, or None if it runs.
 
     Args:
       cell: the ``Cell``; only its declared spec counts (see ``memcell.CellSpec``).
-      params, xs: checked for float32 when given (cuDNN computes in float32 only).
+      params, xs: checked for float32 when given (cuDNN computes in float32 only), and for
+        being traced by ``jax.vmap``.
       resets, remat: as for ``memcell.unroll``; cuDNN implements neither.
 
     Returns:
@@ -141,6 +151,8 @@ def why_not(cell: Cell, params: PyTree = None, xs: Sequence | None = None, *, re
     reason = _dtypes_reason(spec, params, xs)
     if reason is not None:
         return reason
+    if any(_under_vmap(x) for x in jax.tree.leaves((params, xs))):
+        return "cuDNN's LSTM has no batching rule, so it cannot run under jax.vmap (use leading batch axes)"
     platform = _platform()
     if platform != "gpu":
         return f"cuDNN needs a GPU: jax.default_backend() is {platform!r}"
@@ -183,12 +195,12 @@ def unroll(
       'cuDNN runs the default LSTM only, this one sets peephole'
     """
     _checks.check_backend(backend, ("cudnn", "auto"))
+    xs = _checks.check_xs(xs, params)
     reason = why_not(cell, params, xs, resets=resets, remat=remat)
     if reason is not None:
         if backend == "auto":
             return None
         raise ValueError(f"backend='cudnn' cannot run this unroll: {reason}; use backend='auto' or 'fused'")
-    xs = _checks.check_xs(xs, params)
     _checks.check_params(cell, params, xs.shape[-1])
     batch_shape, (T, D), H = tuple(xs.shape[:-2]), xs.shape[-2:], params.w_h.shape[0]
     lengths = _checks.check_lengths(lengths, batch_shape, T)

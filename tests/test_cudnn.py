@@ -265,4 +265,17 @@ def test_auto_runs_cudnn_on_a_gpu(on_gpu):
     chex.assert_trees_all_equal(memcell.unroll(cell, params, xs, backend="auto"),
                                 memcell.unroll(cell, params, xs, backend="cudnn"))
     assert len(on_gpu) == 2
-    assert mcudnn.supports(cell, params, xs) and "float32 inputs only" in mcudnn.why_not(cell, params, xs.astype(jnp.float64) if jax.config.jax_enable_x64 else xs.astype(jnp.bfloat16))
+    assert mcudnn.supports(cell, params, xs)
+    assert mcudnn.why_not(cell, params, xs.astype(jnp.bfloat16)).endswith("got xs of dtype bfloat16")
+
+
+def test_under_vmap_cudnn_refuses_and_auto_runs_fused(on_gpu):
+    """cuDNN's primitive has no batching rule: under jax.vmap the fused path runs instead."""
+    cell = memcell.lstm(H)
+    params = _random_params(memcell.layer(cell), 0)
+    xs = _normal(1, (2, T, D))
+    run = lambda backend: jax.vmap(lambda x: memcell.unroll(cell, params, x, backend=backend))(xs)  # noqa: E731
+    with pytest.raises(ValueError, match="no batching rule, so it cannot run under jax.vmap"):
+        run("cudnn")
+    chex.assert_trees_all_equal(run("auto"), run("fused"))
+    assert not on_gpu
