@@ -274,3 +274,23 @@ def test_under_vmap_cudnn_refuses_and_auto_runs_fused(on_gpu):
         run("cudnn")
     chex.assert_trees_all_equal(run("auto"), run("fused"))
     assert not on_gpu
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU: runs the real cuDNN call")
+@pytest.mark.parametrize("reverse", [False, True])
+def test_real_cudnn_matches_reference_on_a_gpu(reverse):
+    """The one test of the cuDNN call itself; it runs only where a GPU is (none was when this was written)."""
+    cell = memcell.lstm(H)
+    params = _random_params(memcell.layer(cell), 0)
+    xs = _normal(1, (3, T, D))
+    lengths = jnp.array([T, 2, 0])
+
+    def loss(backend):
+        def f(p, x):
+            c, ys = memcell.unroll(cell, p, x, lengths=lengths, reverse=reverse, backend=backend)
+            return jnp.sum(ys * jnp.cos(ys)) + jnp.sum(c.h ** 2) - jnp.sum(jnp.sin(c.c)), (c, ys)
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(params, xs)
+
+    with jax.default_matmul_precision("highest"):  # no TF32, so float32 tolerances hold
+        got, want = loss("cudnn"), loss("reference")
+    chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
