@@ -73,7 +73,7 @@ def unroll(
     remat = _checks.check_bool("remat", remat)
     unroll = _checks.check_unroll(unroll)
     xs = _checks.check_xs(xs, params)
-    if backend in ("cudnn", "auto"):  # cuDNN first on a GPU; "auto" goes on to the fused path where it cannot run
+    if backend in ("cudnn", "auto"):  # "auto" goes on to the fused path where cuDNN cannot run
         out = cudnn.unroll(
             cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse, remat=remat, backend=backend
         )

@@ -85,7 +85,7 @@ def test_lone_layer_and_lone_bidirectional_pack_like_a_one_layer_stack():
     pb = _random_params(bi, 1)
     w = convert.to_cudnn(bi, pb)
     chex.assert_trees_all_equal(w, convert.to_cudnn(memcell.stack([bi]), (pb,)))
-    W_ih, W_hh, b_ih, b_hh = rnn.unpack_lstm_weights(w, D, H, 1, True)
+    _, W_hh, b_ih, b_hh = rnn.unpack_lstm_weights(w, D, H, 1, True)
     np.testing.assert_array_equal(W_hh[1], pb.backward.w_h.T)  # pseudo-layer 1 is the backward direction
     np.testing.assert_array_equal(b_ih[0], pb.forward.b)
     np.testing.assert_array_equal(b_hh[0], np.zeros(4 * H))
@@ -269,7 +269,7 @@ def test_under_vmap_cudnn_refuses_and_auto_runs_fused(on_gpu):
     cell = memcell.lstm(H)
     params = _random_params(memcell.layer(cell), 0)
     xs = _normal(1, (2, T, D))
-    run = lambda backend: jax.vmap(lambda x: memcell.unroll(cell, params, x, backend=backend))(xs)  # noqa: E731
+    run = lambda backend: jax.vmap(lambda x: memcell.unroll(cell, params, x, backend=backend))(xs)
     with pytest.raises(ValueError, match="no batching rule, so it cannot run under jax.vmap"):
         run("cudnn")
     chex.assert_trees_all_equal(run("auto"), run("fused"))

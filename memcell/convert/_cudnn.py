@@ -10,10 +10,10 @@ import numpy as np
 from jax.experimental import rnn as jax_rnn
 
 from memcell import cudnn
+from memcell._checks import check_positive_int
 from memcell.convert._arrays import check_flag, to_numpy
 from memcell.convert._spec import TorchSpec, layers_of, remember_spec, torch_layer
 from memcell.convert._to_torch import torch_spec
-from memcell._checks import check_positive_int
 from memcell.scan import DirectionPair
 from memcell.types import Array, Layer
 
