@@ -22,8 +22,9 @@ pass fails if any sequence has length 0), so cuDNN is never given one: such rows
 whose outputs are masked away, and their final carry is the initial carry, as on every path.
 
 cuDNN is first order only (a ``custom_vjp``): keep the reference for forward-mode and
-higher-order derivatives. The cuDNN call itself has only run where a GPU was available; on CPU the
-tests check everything around it (packing, lengths, reverse, carries, gradients) by running
+higher-order derivatives. No GPU was available when this was written, so the cuDNN call itself
+has not run yet (tests/test_cudnn.py has a GPU-only test of it); on CPU the tests check everything
+around it (packing, lengths, reverse, carries, gradients) by running
 ``jax.experimental.rnn.lstm_ref``, JAX's reference of the same flat-weight LSTM, in its place.
 """
 
