@@ -26,7 +26,7 @@ from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer, LinearSpec
 # Modules that build on the core, reached as memcell.jacobian.*, memcell.train.* and so on.
 # The Flax wrappers (memcell.linen, memcell.nnx) are imported explicitly, so that
 # `import memcell` does not import flax.
-from memcell import convert, fused, jacobian, parallel, tasks, train  # noqa: E402  (after the core)
+from memcell import convert, cudnn, fused, jacobian, parallel, tasks, train  # noqa: E402  (after the core)
 
 __version__ = "0.1.0"
 
@@ -51,6 +51,7 @@ __all__ = [
     "RNNSpec",
     "bidirectional",
     "convert",
+    "cudnn",
     "fused",
     "gru",
     "jacobian",

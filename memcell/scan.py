@@ -9,7 +9,7 @@ from typing import Callable, NamedTuple, Sequence as SequenceOf
 import jax
 import jax.numpy as jnp
 
-from memcell import _checks, fused, parallel
+from memcell import _checks, cudnn, fused, parallel
 from memcell._sequence import reverse_within, segment_ends, tree_where
 from memcell.types import Array, Backend, Cell, Layer, Lengths, Outputs, PyTree, Resets, Sequence
 
@@ -53,9 +53,11 @@ def unroll(
         cell or option it does not implement; ``"parallel"`` runs ``memcell.parallel`` for cells
         whose carry update is linear in the carry (minGRU, minLSTM, LRU, RG-LRU, mLSTM: all
         steps' coefficients at once, then a chunked scan; derivatives of every order) and
-        raises for any other; ``"auto"`` runs the parallel path where it applies, else the fused
-        one, else the reference. The fused path has no jvp: keep the reference (or the parallel
-        path) for forward-mode and higher-order derivatives.
+        raises for any other; ``"cudnn"`` runs the default LSTM through cuDNN
+        (``memcell.cudnn``; GPU only, float32, no resets) and raises a ``ValueError`` saying why
+        where it cannot; ``"auto"`` runs the parallel path where it applies, else cuDNN (on a GPU
+        only), else the fused path, else the reference. The fused and cuDNN paths have no jvp:
+        keep the reference (or the parallel path) for forward-mode and higher-order derivatives.
 
     Returns:
       ``(carry, ys)``: the final carry and the outputs ``[*b, T, H]``.
@@ -75,10 +77,15 @@ def unroll(
     unroll = _checks.check_unroll(unroll)
     xs = _checks.check_xs(xs, params)
     # A fast path checks the params against the cell when it runs; "auto" tries the parallel path
-    # (cells with a linear carry update), then the fused one, then runs the reference.
+    # (cells with a linear carry update), then cuDNN (a GPU only), then the fused path, then runs
+    # the reference.
     kw = dict(lengths=lengths, resets=resets, reverse=reverse, remat=remat)
     if backend in ("parallel", "auto"):
         out = parallel.unroll(cell, params, xs, carry, backend=backend, **kw)
+        if out is not None:
+            return out
+    if backend in ("cudnn", "auto"):
+        out = cudnn.unroll(cell, params, xs, carry, backend=backend, **kw)
         if out is not None:
             return out
     if backend in ("fused", "auto"):
