@@ -21,12 +21,13 @@ from memcell.cells import (
     rnn,
 )
 from memcell.scan import DirectionPair, bidirectional, layer, stack, unroll
+from memcell.streaming import Stream, stream
 from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer
 
 # Modules that build on the core, reached as memcell.jacobian.*, memcell.train.* and so on.
 # The Flax wrappers (memcell.linen, memcell.nnx) are imported explicitly, so that
 # `import memcell` does not import flax.
-from memcell import convert, fused, jacobian, tasks, train  # noqa: E402  (after the core)
+from memcell import convert, fused, jacobian, regularize, tasks, train  # noqa: E402  (after the core)
 
 __version__ = "0.1.0"
 
@@ -48,6 +49,7 @@ __all__ = [
     "RNNCarry",
     "RNNParams",
     "RNNSpec",
+    "Stream",
     "bidirectional",
     "convert",
     "fused",
@@ -55,8 +57,10 @@ __all__ = [
     "jacobian",
     "layer",
     "lstm",
+    "regularize",
     "rnn",
     "stack",
+    "stream",
     "tasks",
     "train",
     "unroll",
