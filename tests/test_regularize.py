@@ -274,3 +274,44 @@ def test_learnt_initial_carry_gets_a_gradient_and_trains():
 
     before, after = float(loss(params.carry)), float(loss(train(params.carry)))
     assert after < 1e-4 * before, (before, after)
+
+
+# ----------------------------------------------------------------------------- Flax wrappers
+
+
+def test_linen_recurrent_options_are_memcell_layer_options():
+    import memcell.linen
+
+    cell = memcell.lstm(4)
+    opts = dict(recurrent_dropout=0.3, zoneout={"c": 0.5}, learn_initial_carry=True)
+    module = memcell.linen.Recurrent(cell, input_dropout=0.2, **opts)
+    xs = rand((2, 5, D))
+    variables = module.init(jax.random.key(0), xs)
+    lyr = memcell.stack([memcell.layer(cell, dropout=0.2, **opts)])
+    params = memcell.linen.memcell_params(module, variables["params"], D)
+    assert isinstance(params[0], LearntCarry)
+    ev = module.apply(variables, xs)
+    chex.assert_trees_all_equal(ev, lyr.apply(params, xs))  # evaluation
+    train = module.apply(variables, xs, deterministic=False, rngs={"dropout": jax.random.key(7)})
+    assert not np.allclose(train[1], ev[1])
+    g = jax.grad(lambda v: module.apply(v, xs)[1].sum())(variables)
+    assert np.abs(np.asarray(g["params"]["layer_0"]["carry"]["c"])).sum() > 0
+    with pytest.raises(ValueError, match="zoneout is available for one-directional layers only"):
+        memcell.linen.Recurrent(cell, bidirectional=True, zoneout=0.1).init(jax.random.key(0), xs)
+
+
+def test_nnx_cells_learn_their_initial_carry():
+    from flax import nnx
+
+    import memcell.nnx
+
+    cell = memcell.nnx.LSTM(D, 4, learn_initial_carry=True, rngs=nnx.Rngs(0))
+    cell.carry0.h[...] = jnp.arange(4.0) / 4
+    c, h = cell.initialize_carry((2, D))
+    np.testing.assert_array_equal(h, np.broadcast_to(np.arange(4.0) / 4, (2, 4)))
+    model = nnx.RNN(cell)
+    xs = rand((2, 5, D))
+    grads = nnx.grad(lambda m: (m(xs) ** 2).sum())(model)
+    assert np.abs(np.asarray(grads["cell"]["carry0"]["h"][...])).sum() > 0
+    with pytest.raises(ValueError, match="carry_init must be None"):
+        memcell.nnx.GRU(D, 4, learn_initial_carry=True, carry_init=jax.nn.initializers.ones, rngs=nnx.Rngs(0))
