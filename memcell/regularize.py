@@ -58,7 +58,7 @@ def recurrent_dropout_kind(cell: Cell) -> str:
     step: LSTM, RNN) or ``"gru"`` (a GRU step with the mask on the matmul input only).
 
     Raises:
-      ValueError: for any other cell (a user's own, or a wrapped step), where where ``h`` enters
+      ValueError: for any other cell (a user's own, or a wrapped step), where how ``h`` enters
         the step is unknown, so masking the carry could drop the state path as well.
     """
     spec = cell.spec
@@ -96,16 +96,19 @@ def _gru_step(spec: GRUSpec, params, carry, x: Array, mask: Array):
 
 
 def _leaf_rates(zoneout, carry) -> list[float]:
-    """The zoneout rate of each leaf of ``carry`` (in ``jax.tree.leaves`` order)."""
+    """The zoneout rate of each leaf of ``carry`` (in ``jax.tree.leaves`` order); 0 for leaves
+    that are not floating point (counters, indices), which have no expectation to take."""
+    floating = [jnp.issubdtype(leaf.dtype, jnp.inexact) for leaf in jax.tree.leaves(carry)]
     if not isinstance(zoneout, dict):
-        return [zoneout] * len(jax.tree.leaves(carry))
+        return [zoneout if f else 0.0 for f in floating]
     fields = getattr(carry, "_fields", None)
     if fields is None:
         raise ValueError(f"zoneout as a dict needs a NamedTuple carry, got {type(carry).__name__}")
     unknown = sorted(set(zoneout) - set(fields))
     if unknown:
         raise ValueError(f"zoneout names fields {unknown} that the carry has not; its fields are {list(fields)}")
-    return [zoneout.get(f, 0.0) for f, v in zip(fields, carry) for _ in jax.tree.leaves(v)]
+    rates = [zoneout.get(f, 0.0) for f, v in zip(fields, carry) for _ in jax.tree.leaves(v)]
+    return [r if f else 0.0 for r, f in zip(rates, floating)]
 
 
 class _Wrapped(NamedTuple):

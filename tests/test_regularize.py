@@ -79,6 +79,9 @@ def test_recurrent_dropout_is_one_mask_for_all_steps(kind):
             carry = carry._replace(h=y)
             ref.append(y)
     close(ys, jnp.asarray(np.stack(ref), jnp.float32))
+    # keys matter: the same key gives the same masks, another key others
+    chex.assert_trees_all_equal(lyr.apply(params, xs, key=key)[1], ys)
+    assert not np.allclose(lyr.apply(params, xs, key=jax.random.key(4))[1], ys)
 
 
 def test_evaluation_is_deterministic_and_the_plain_cell():
@@ -98,6 +101,7 @@ def test_evaluation_is_deterministic_and_the_plain_cell():
     close(a, (carry, jnp.stack(ref, 1)))
 
 
+@pytest.mark.slow
 def test_keys_matter():
     cell, params = setup("gru")
     xs = rand((2, T, D))
@@ -180,6 +184,7 @@ def test_training_mean_over_keys_matches_evaluation_for_a_sequence():
     assert np.any(np.abs(mean - wrong) > 5 * se + 0.01)
 
 
+@pytest.mark.slow
 def test_zoneout_with_lengths_keeps_padding_out():
     cell, params = setup("gru")
     lyr = layer(cell, zoneout=0.4, recurrent_dropout=0.3)
@@ -307,7 +312,7 @@ def test_nnx_cells_learn_their_initial_carry():
 
     cell = memcell.nnx.LSTM(D, 4, learn_initial_carry=True, rngs=nnx.Rngs(0))
     cell.carry0.h[...] = jnp.arange(4.0) / 4
-    c, h = cell.initialize_carry((2, D))
+    _, h = cell.initialize_carry((2, D))
     np.testing.assert_array_equal(h, np.broadcast_to(np.arange(4.0) / 4, (2, 4)))
     model = nnx.RNN(cell)
     xs = rand((2, 5, D))
