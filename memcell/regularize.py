@@ -42,7 +42,15 @@ class LearntCarry(NamedTuple):
 
 
 def check_zoneout(zoneout) -> float | dict[str, float]:
-    """A zoneout rate in ``[0, 1)``, or a dict ``{carry field: rate}`` (e.g. ``{"c": 0.5, "h": 0.05}``)."""
+    """Checks a zoneout option.
+
+    Args:
+      zoneout: a rate in ``[0, 1)`` for every carry leaf, or a dict ``{carry field: rate}``
+        (e.g. ``{"c": 0.5, "h": 0.05}``; fields left out are not zoned out).
+
+    Returns:
+      The rate as a float, or the dict with float rates.
+    """
     if isinstance(zoneout, Mapping):
         rates = {}
         for name, rate in zoneout.items():
@@ -54,8 +62,14 @@ def check_zoneout(zoneout) -> float | dict[str, float]:
 
 
 def recurrent_dropout_kind(cell: Cell) -> str:
-    """How recurrent dropout reaches inside ``cell``'s step: ``"h"`` (mask ``carry.h`` before the
-    step: LSTM, RNN) or ``"gru"`` (a GRU step with the mask on the matmul input only).
+    """How recurrent dropout reaches inside ``cell``'s step.
+
+    Args:
+      cell: the cell; its spec (a built-in cell's, describing its own step) decides.
+
+    Returns:
+      ``"h"`` (mask ``carry.h`` before the step: LSTM, RNN) or ``"gru"`` (a GRU step with the
+      mask on the matmul input only).
 
     Raises:
       ValueError: for any other cell (a user's own, or a wrapped step), where how ``h`` enters

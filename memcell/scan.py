@@ -297,6 +297,8 @@ def stack(layers: SequenceOf[Cell | Layer], *, residual: bool = False, dropout: 
         must then match; ``init`` says where they do not).
       dropout: rate of dropout on the inputs of the second and later layers (between layers),
         applied only when ``apply`` gets a ``key``; without one the stack is deterministic.
+        ``apply``'s key is split among the layers, so layers made with ``memcell.layer``'s
+        ``dropout``, ``recurrent_dropout`` and ``zoneout`` train with it too.
 
     Returns:
       A ``Layer`` whose params and carry are tuples with one entry a layer.
