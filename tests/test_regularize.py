@@ -284,6 +284,7 @@ def test_learnt_initial_carry_gets_a_gradient_and_trains():
 # ----------------------------------------------------------------------------- Flax wrappers
 
 
+@pytest.mark.slow  # 5 s of compiling; the pure layer's tests cover the same code in make test
 def test_linen_recurrent_options_are_memcell_layer_options():
     import memcell.linen
 
