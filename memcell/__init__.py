@@ -21,12 +21,13 @@ from memcell.cells import (
     rnn,
 )
 from memcell.scan import DirectionPair, bidirectional, layer, stack, unroll
+from memcell.streaming import Stream, stream
 from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer, LinearSpec
 
 # Modules that build on the core, reached as memcell.jacobian.*, memcell.train.* and so on.
 # The Flax wrappers (memcell.linen, memcell.nnx) are imported explicitly, so that
 # `import memcell` does not import flax.
-from memcell import convert, cudnn, fused, jacobian, parallel, tasks, train  # noqa: E402  (after the core)
+from memcell import convert, cudnn, fused, jacobian, parallel, regularize, tasks, train  # noqa: E402  (after the core)
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "RNNCarry",
     "RNNParams",
     "RNNSpec",
+    "Stream",
     "bidirectional",
     "convert",
     "cudnn",
@@ -58,8 +60,10 @@ __all__ = [
     "layer",
     "lstm",
     "parallel",
+    "regularize",
     "rnn",
     "stack",
+    "stream",
     "tasks",
     "train",
     "unroll",
