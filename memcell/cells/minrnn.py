@@ -169,17 +169,20 @@ def mingru(
     combines with ``logaddexp``. The step computes the same recurrence in linear space.
 
     Numerics in float32. The step is a convex combination of ``h`` and ``h~``: it never
-    overflows, and a rounding error made at one step shrinks by ``a`` at every later step, so
-    the step stays accurate over any length (tested against float64 over 2000 steps). What
-    float32 loses is in the coefficients and in their products over time: with ``a = 1 - z``
-    computed as ``sigmoid(-k)`` (no cancellation), a strongly open gate (``k = 20``, ``a = 2e-9``)
-    gives products ``a_1 ... a_t`` that underflow to 0 within a few steps (float32 ends near
-    1e-38, 1e-45 subnormal), and a nearly closed one (``k = -20``) rounds ``a = 1 - 2e-9`` to
-    exactly 1, a memory stored as leak-free. A parallel scan built on cumulative products of ``a``
-    (or on quotients ``b / (a_1 ... a_t)``) therefore turns strongly decaying sequences into 0/0.
-    In log space ``log a = -softplus(k)`` keeps both extremes (``-20`` and ``-2e-9``) to float32's
-    relative precision, and sums of ``log a`` over thousands of steps stay in range, which is
-    why the paper runs its scan there; the price is the positive ``g`` in place of a free ``h~``.
+    overflows, and a rounding error made at one step shrinks by ``a`` at every later step, so the
+    step stays accurate over any length (2000 steps with ``a`` below 1e-13: relative error
+    3e-6 against float64). What float32 loses lies in the coefficients and their products over
+    time. ``a = 1 - z`` is computed as ``sigmoid(-k)``, without cancellation, yet a nearly closed
+    gate (``k = -20``) still rounds ``a = 1 - 2e-9`` to exactly 1 (a slow leak stored as none),
+    and under a strongly open one (``k = 20``, ``a = 2e-9``) the products ``a_1 ... a_t`` underflow
+    to 0 within a few steps (float32 ends near 1e-38, 1e-45 subnormal). A parallel form built on
+    those products, ``h_t = A_t * sum_s b_s / A_s`` with ``A_t = a_1 ... a_t``, then divides by 0
+    (on that sequence 74% of its values were inf or nan). Log space keeps ``log a =
+    -softplus(k)`` to float32's relative precision at both extremes and turns products into sums,
+    which neither underflow nor overflow; that is why the paper scans there. One caveat, measured:
+    a scan that sums ``log a`` over all ``T`` steps at once (the paper's cumsum and
+    logcumsumexp) loses ``|sum log a| * 6e-8`` in ``log h`` (sum -6e4, relative error 2e-3 on
+    that sequence); a scan that sums over chunks of about ``sqrt(T)`` steps keeps 2e-6.
 
     Args:
       hidden_size: number of hidden units ``h``.
@@ -258,9 +261,10 @@ def minlstm(
     step computes the same recurrence in linear space.
 
     Numerics in float32: as for ``memcell.mingru``, with ``f'`` in the role of ``1 - z``. The
-    step is a convex combination and stays accurate over any length; products of ``f'`` over
-    strongly decaying stretches underflow and ``f'`` within 6e-8 of 1 rounds to 1, which log
-    space (``log f' = -softplus(d)``, summed) keeps.
+    step is a convex combination and stays accurate over any length (2000 steps with ``f'``
+    down to 1e-13: relative error 2e-6 against float64); products of ``f'`` over strongly decaying
+    stretches underflow, and an ``f'`` within 6e-8 of 1 rounds to 1, which log space (``log f' =
+    -softplus(d)``, summed rather than multiplied) keeps.
 
     Args:
       hidden_size: number of hidden units ``h``.
