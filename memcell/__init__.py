@@ -29,12 +29,12 @@ from memcell.cells import (
     rnn,
 )
 from memcell.scan import DirectionPair, bidirectional, layer, stack, unroll
-from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer
+from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer, LinearSpec
 
 # Modules that build on the core, reached as memcell.jacobian.*, memcell.train.* and so on.
 # The Flax wrappers (memcell.linen, memcell.nnx) are imported explicitly, so that
 # `import memcell` does not import flax.
-from memcell import convert, fused, jacobian, tasks, train  # noqa: E402  (after the core)
+from memcell import convert, fused, jacobian, parallel, tasks, train  # noqa: E402  (after the core)
 
 __version__ = "0.1.0"
 
@@ -53,6 +53,7 @@ __all__ = [
     "LSTMSpec",
     "LSTM_VARIANTS",
     "Layer",
+    "LinearSpec",
     "MinGRUCarry",
     "MinGRUParams",
     "MinGRUSpec",
@@ -71,6 +72,7 @@ __all__ = [
     "lstm",
     "mingru",
     "minlstm",
+    "parallel",
     "rnn",
     "stack",
     "tasks",
