@@ -1,6 +1,8 @@
 """minGRU and minLSTM, both modes: equations against NumPy, shapes, vmap, jit, lengths, resets,
 reverse, gradients, dtypes, the declared linear recurrence against the step, log-space numerics."""
 
+import itertools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -154,7 +156,7 @@ def _np_segments(name, params, seq, h0, starts, reverse):
     """The NumPy recurrence run on each segment of ``seq`` (cut before every start) on its own, from ``h0``."""
     bounds = list(starts) + [seq.shape[-2]]
     ys, finals = [], []
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         piece = seq[..., a:b, :][..., ::-1, :] if reverse else seq[..., a:b, :]
         h, y = np_unroll(name, params, piece, h0)
         ys.append(y[..., ::-1, :] if reverse else y)
@@ -281,7 +283,7 @@ def test_log_coefficients_stay_finite_with_finite_gradients_at_extremes(name):
     loss = lambda p: sum(jnp.sum(v) for v in cell.spec.coefficients(p, xs))
     value, grads = jax.jit(jax.value_and_grad(loss))(params)
     assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
-    carry, ys = memcell.unroll(cell, params, xs)
+    _, ys = memcell.unroll(cell, params, xs)
     assert np.isfinite(np.asarray(ys)).all()
 
 

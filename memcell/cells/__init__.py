@@ -2,7 +2,16 @@
 
 from memcell.cells.gru import GRUCarry, GRUParams, GRUSpec, gru
 from memcell.cells.lstm import LSTM_VARIANTS, LSTMCarry, LSTMNorm, LSTMParams, LSTMSpec, lstm
-from memcell.cells.minrnn import MinGRUCarry, MinGRUParams, MinGRUSpec, MinLSTMCarry, MinLSTMParams, MinLSTMSpec, mingru, minlstm
+from memcell.cells.minrnn import (
+    MinGRUCarry,
+    MinGRUParams,
+    MinGRUSpec,
+    MinLSTMCarry,
+    MinLSTMParams,
+    MinLSTMSpec,
+    mingru,
+    minlstm,
+)
 from memcell.cells.rnn import RNNCarry, RNNParams, RNNSpec, rnn
 from memcell.types import Cell, CellSpec
 

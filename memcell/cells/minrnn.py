@@ -22,7 +22,9 @@ import jax.numpy as jnp
 from memcell.cells import _common as c
 from memcell.types import Array, Cell, LinearSpec
 
-__all__ = ["MinGRUCarry", "MinGRUParams", "MinGRUSpec", "MinLSTMCarry", "MinLSTMParams", "MinLSTMSpec", "mingru", "minlstm"]
+__all__ = [
+    "MinGRUCarry", "MinGRUParams", "MinGRUSpec", "MinLSTMCarry", "MinLSTMParams", "MinLSTMSpec", "mingru", "minlstm",
+]
 
 
 class MinGRUParams(NamedTuple):
@@ -91,9 +93,11 @@ def _factory_args(hidden_size, log_space, kernel_init, param_dtype, dtype):
     dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
     if callable(kernel_init):
         k_init = kernel_init
+    elif isinstance(kernel_init, str) and kernel_init == "fan_in_uniform":
+        k_init = _fan_in_uniform
     else:
         c.check_choice("kernel_init", kernel_init, _KERNEL_INITS)
-        k_init = _fan_in_uniform if kernel_init == "fan_in_uniform" else c.resolve_init("kernel_init", kernel_init, hidden_size)
+        k_init = c.resolve_init("kernel_init", kernel_init, hidden_size)
     return hidden_size, log_space, k_init, param_dtype, dtype
 
 
@@ -116,12 +120,12 @@ def _make_init(params_type, n_blocks: int, hidden: int, k_init, param_dtype):
 def _pre_activations(params, x: Array, dtype, n_blocks: int) -> list[Array]:
     """The gate blocks of ``x W + b``, in float32 or wider (``c.linear`` accumulates there)."""
     acc = c.linear(x, params.w_x, dtype)
-    z = acc + params.b.astype(acc.dtype)
-    return jnp.split(z.astype(c.carry_dtype(params.w_x)), n_blocks, axis=-1)
+    pre = acc + params.b.astype(acc.dtype)
+    return jnp.split(pre.astype(c.carry_dtype(params.w_x)), n_blocks, axis=-1)
 
 
 def _make_functions(dtype, n_blocks: int, linear_coefficients, log_coefficients, log_space: bool):
-    """``initial_carry``, ``step``, ``coefficients`` and ``readout`` from the cell's coefficient maps.
+    """``coefficients``, ``readout`` and the step's carry update, from the cell's coefficient maps.
 
     ``linear_coefficients(blocks) -> (a, b)`` and ``log_coefficients(blocks) -> (log a, log b)``
     take the gate pre-activations of one or all steps; the step uses the linear ones in both modes.
