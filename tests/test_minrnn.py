@@ -273,18 +273,41 @@ def test_spec_declares_the_steps_recurrence(name):
 
 @pytest.mark.parametrize("name", ["mingru_log", "minlstm_log"])
 def test_log_coefficients_stay_finite_with_finite_gradients_at_extremes(name):
-    """Pre-activations of +-300: log a, log b and their gradients stay finite (no log of a negative
-    number or of an underflowed sigmoid leaks through the discarded branch of a where)."""
+    """Pre-activations of +-300 and of exactly -0.5 (where log(x + 0.5) has an infinite slope):
+    log a, log b and their gradients stay finite (no log of a negative number, of zero or of an
+    underflowed sigmoid leaks through the discarded branch of a where)."""
     cell, params = setup(name)
-    xs = np.array([[[300.0, 0, 0], [-300.0, 0, 0], [0.0, 0, 0]]], np.float32)  # [1, 3, D]
+    xs = np.array([[[300.0, 0, 0], [-300.0, 0, 0], [0.5, 0, 0], [-0.5, 0, 0]]], np.float32)  # [1, 4, D]
     w_x = np.asarray(params.w_x).copy()
-    w_x[0] = np.where(np.arange(w_x.shape[1]) % 2 == 0, 1.0, -1.0)  # every block sees +-300
-    params = params._replace(w_x=jnp.asarray(w_x))
+    w_x[0] = np.where(np.arange(w_x.shape[1]) % 2 == 0, 1.0, -1.0)  # every block sees +-x[0], bias 0
+    params = params._replace(w_x=jnp.asarray(w_x), b=jnp.zeros_like(params.b))
     loss = lambda p: sum(jnp.sum(v) for v in cell.spec.coefficients(p, xs))
     value, grads = jax.jit(jax.value_and_grad(loss))(params)
     assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
     _, ys = memcell.unroll(cell, params, xs)
     assert np.isfinite(np.asarray(ys)).all()
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_decay_keeps_its_relative_precision_when_the_gate_opens(name):
+    """d h' / d h = a: with the gate wide open (k = 30) a = 9.4e-14, which float32 holds to its
+    relative precision only if a is not formed as 1 - sigmoid(k) (that gives exactly 0); and
+    minLSTM's f' = f / (f + i) stays 1/2 when both gates underflow."""
+    cell, params = setup(name)
+    n_gates = 1 if "gru" in name else 2
+    b = np.zeros(params.b.shape, np.float32)
+    b[:H] = -30.0 if n_gates == 2 else 30.0  # minGRU: z open; minLSTM: f shut ...
+    b[H : n_gates * H] = 30.0  # ... and i open
+    params = params._replace(w_x=jnp.zeros_like(params.w_x), b=jnp.asarray(b))
+    carry = cell.initial_carry(params)
+    _, da = jax.jvp(lambda h: cell.step(params, type(carry)(h), np.zeros(D, np.float32))[1], (carry.h,), (jnp.ones(H),))
+    s = 1 / (1 + np.exp(30.0))  # sigmoid(-30) in float64
+    expected = s if n_gates == 1 else s / (s + 1 / (1 + np.exp(-30.0)))
+    np.testing.assert_allclose(da, np.full(H, expected), rtol=1e-5)
+    if n_gates == 2:  # both gates shut (k = -120): f and i underflow float32, f / (f + i) would be 0/0
+        params = params._replace(b=params.b.at[: 2 * H].set(-120.0))
+        _, da = jax.jvp(lambda h: cell.step(params, type(carry)(h), np.zeros(D, np.float32))[1], (carry.h,), (jnp.ones(H),))
+        np.testing.assert_allclose(da, np.full(H, 0.5), rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- log-space numerics, long sequences
