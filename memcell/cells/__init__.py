@@ -2,6 +2,16 @@
 
 from memcell.cells.gru import GRUCarry, GRUParams, GRUSpec, gru
 from memcell.cells.lstm import LSTM_VARIANTS, LSTMCarry, LSTMNorm, LSTMParams, LSTMSpec, lstm
+from memcell.cells.minrnn import (
+    MinGRUCarry,
+    MinGRUParams,
+    MinGRUSpec,
+    MinLSTMCarry,
+    MinLSTMParams,
+    MinLSTMSpec,
+    mingru,
+    minlstm,
+)
 from memcell.cells.rnn import RNNCarry, RNNParams, RNNSpec, rnn
 from memcell.types import Cell, CellSpec
 
@@ -16,10 +26,18 @@ __all__ = [
     "LSTMParams",
     "LSTMSpec",
     "LSTM_VARIANTS",
+    "MinGRUCarry",
+    "MinGRUParams",
+    "MinGRUSpec",
+    "MinLSTMCarry",
+    "MinLSTMParams",
+    "MinLSTMSpec",
     "RNNCarry",
     "RNNParams",
     "RNNSpec",
     "gru",
     "lstm",
+    "mingru",
+    "minlstm",
     "rnn",
 ]
