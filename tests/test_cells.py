@@ -28,10 +28,17 @@ CONFIGS = {
     "lstm_NOG": (memcell.lstm, dict(output_gate=False)),
     "lstm_NIAF": (memcell.lstm, dict(input_activation=False)),
     "lstm_NOAF": (memcell.lstm, dict(output_activation=False)),
+    "lstm_proj": (memcell.lstm, dict(proj_size=3)),
+    "lstm_proj_peephole_ln": (memcell.lstm, dict(proj_size=2, peephole=True, layer_norm=True, cifg=True)),
     "gru": (memcell.gru, dict()),
     "gru_reset_before": (memcell.gru, dict(reset_after=False)),
 }
 H, D = 5, 3
+
+
+def out_size(name):
+    """The size of the outputs and of the carry's ``h``: the projection's with ``proj_size``, else H."""
+    return CONFIGS[name][1].get("proj_size") or H
 
 
 def make(name, hidden=H, **extra):
@@ -114,6 +121,8 @@ def np_step(name, p, carry, x):
     o = _sig(z["o"] + (p.p_o * c if peep else 0)) if "o" in z else 1.0
     c_out = _ln(c, 1, p.norm.c_scale, p.norm.c_bias) if kw.get("layer_norm") else c
     h = o * (np.tanh(c_out) if kw.get("output_activation", True) else c_out)
+    if kw.get("proj_size"):  # LSTMP (Sak et al. 2014): the output, and the h read next step, projected
+        h = h @ p.w_hr
     return (h, c), h
 
 
@@ -122,7 +131,7 @@ def test_step_matches_numpy_reference(name):
     cell, params = setup(name, seed=1)
     xs = np.asarray(jax.random.normal(jax.random.key(2), (4, 6, D)))
     carry, ys = memcell.unroll(cell, params, jnp.asarray(xs))
-    ref = tuple(np.zeros((4, H)) for _ in jax.tree.leaves(carry))
+    ref = tuple(np.zeros(leaf.shape) for leaf in jax.tree.leaves(cell.initial_carry(params, (4,))))
     ref_ys = []
     for t in range(xs.shape[1]):
         ref, y = np_step(name, params, ref, xs[:, t])
@@ -141,13 +150,15 @@ def test_shapes_unbatched_and_batched(name):
     carry = cell.initial_carry(params)
     x = jnp.ones((D,))
     new, y = cell.step(params, carry, x)
-    chex.assert_shape(y, (H,))
+    chex.assert_shape(y, (out_size(name),))
     chex.assert_trees_all_equal_shapes_and_dtypes(new, carry)
     carry = cell.initial_carry(params, (2, 7))
     new, y = cell.step(params, carry, jnp.ones((2, 7, D)))
-    chex.assert_shape(y, (2, 7, H))
+    chex.assert_shape(y, (2, 7, out_size(name)))
     chex.assert_trees_all_equal_shapes_and_dtypes(new, carry)
-    chex.assert_tree_shape_suffix(new, (2, 7, H))
+    chex.assert_shape(new.h, (2, 7, out_size(name)))  # the projected h with proj_size
+    if hasattr(new, "c"):
+        chex.assert_shape(new.c, (2, 7, H))  # the LSTM's memory cell keeps all H units
     chex.assert_type([y, *jax.tree.leaves(new)], jnp.float32)
 
 
@@ -188,7 +199,8 @@ def test_unroll_equals_python_loop(name):
 
 # Order-2 checks of the variants that change only init values or drop a gate run with the slow
 # checks (`make test-slow`); the default cells and every structurally different one stay here.
-_GRADCHECK_SLOW = {"lstm_forget_bias0", "lstm_chrono", "lstm_NIG", "lstm_NFG", "lstm_NOG", "lstm_NIAF", "lstm_NOAF"}
+_GRADCHECK_SLOW = {"lstm_forget_bias0", "lstm_chrono", "lstm_NIG", "lstm_NFG", "lstm_NOG", "lstm_NIAF", "lstm_NOAF",
+                   "lstm_proj_peephole_ln"}  # lstm_proj is checked here; with the other options, in the slow run
 
 
 @pytest.mark.parametrize(
@@ -212,7 +224,7 @@ def test_check_grads_float64_order2(name):
 # --------------------------------------------------------------------------- dtypes
 
 
-@pytest.mark.parametrize("name", ["rnn_tanh", "lstm", "lstm_layer_norm", "gru"])
+@pytest.mark.parametrize("name", ["rnn_tanh", "lstm", "lstm_layer_norm", "lstm_proj", "gru"])
 def test_bfloat16_compute_has_float32_carry_and_stays_close(name):
     cell32, params = setup(name)
     cell16 = make(name, dtype=jnp.bfloat16)
