@@ -370,6 +370,7 @@ UNSUPPORTED = {
     "cifg": (memcell.lstm(H, cifg=True), {}),
     "no_output_gate": (memcell.lstm(H, output_gate=False), {}),
     "no_output_activation": (memcell.lstm(H, output_activation=False), {}),
+    "proj_size": (memcell.lstm(H, proj_size=3), {}),
     "gru_reset_before": (memcell.gru(H, reset_after=False), {}),
     "resets": (memcell.lstm(H), dict(resets=jnp.array([False, False, True, False, False]))),
     "remat": (memcell.rnn(H), dict(remat=True)),
@@ -388,6 +389,14 @@ def test_unsupported_options_fall_back_with_auto_and_raise_with_fused(case):
     _assert_close(auto, ref, 0, 0)  # the reference path itself, bit for bit
     with pytest.raises(ValueError, match="backend='fused' cannot run"):
         memcell.unroll(cell, params, xs, backend="fused", **kw)
+
+
+def test_proj_size_is_named_when_the_fused_path_refuses_it():
+    cell = memcell.lstm(H, proj_size=3)
+    assert fused.why_not(cell) == "the fused LSTM implements the default cell only, this one sets proj_size"
+    assert fused.supports(memcell.lstm(H, proj_size=0))  # 0 is no projection, as in torch
+    with pytest.raises(ValueError, match="backend='fused' cannot run this unroll: .*sets proj_size"):
+        memcell.unroll(cell, cell.init(jax.random.key(0), D), jnp.ones((B, 4, D)), backend="fused")
 
 
 def test_supported_cells():
@@ -411,6 +420,8 @@ def test_params_of_unsupported_variants_are_refused_by_name():
         fused.lstm(memcell.lstm(H, peephole=True).init(jax.random.key(0), D), xs)
     with pytest.raises(ValueError, match="layer norm"):
         fused.lstm(memcell.lstm(H, layer_norm=True).init(jax.random.key(0), D), xs)
+    with pytest.raises(ValueError, match=r"output projection \(proj_size\) \(params.w_hr is set\)"):
+        fused.lstm(memcell.lstm(H, proj_size=3).init(jax.random.key(0), D), xs)
     with pytest.raises(ValueError, match=r"w_h of shape \[h, 4h\].*got shape \(8, 24\)"):
         fused.lstm(memcell.lstm(H, cifg=True).init(jax.random.key(0), D), xs)
     with pytest.raises(TypeError, match="params must be a memcell.LSTMParams.*got GRUParams"):
