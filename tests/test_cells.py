@@ -259,6 +259,22 @@ def test_lstm_param_layout_and_forget_bias():
     np.testing.assert_array_equal(p0.b, np.zeros(16))
 
 
+def test_lstm_proj_layout_init_and_proj_size_0_is_no_projection():
+    plain = memcell.lstm(6).init(jax.random.key(0), 3)
+    proj = memcell.lstm(6, proj_size=2).init(jax.random.key(0), 3)
+    assert proj.w_x.shape == (3, 24) and proj.w_h.shape == (2, 24) and proj.w_hr.shape == (6, 2)
+    assert plain.w_hr is None
+    chex.assert_trees_all_equal((proj.w_x, proj.b), (plain.w_x, plain.b))  # w_hr draws from a key of its own
+    np.testing.assert_allclose(proj.w_hr.T @ proj.w_hr, np.eye(2), atol=1e-5)  # orthogonal: orthonormal columns
+    zero = memcell.lstm(6, proj_size=0)  # torch's "no projection"
+    chex.assert_trees_all_equal(zero.init(jax.random.key(0), 3), plain)
+    assert zero.spec == memcell.lstm(6).spec and zero.spec.proj_size is None
+    carry = memcell.lstm(6, proj_size=2).initial_carry(proj, (4,))
+    assert carry.h.shape == (4, 2) and carry.c.shape == (4, 6)
+    with pytest.raises(TypeError, match=r"params do not belong to this cell.*\.w_hr: \(6, 2\)"):
+        memcell.unroll(memcell.lstm(6, proj_size=2), plain, jnp.ones((5, 3)))
+
+
 @pytest.mark.parametrize(
     "kw, blocks",
     [(dict(input_gate=False), 3), (dict(forget_gate=False), 3), (dict(output_gate=False), 3),
@@ -351,6 +367,10 @@ def test_user_initializer_callable_is_used():
         (lambda: memcell.lstm(4, max_timescale=10), ValueError, "only used with init='chrono'"),
         (lambda: memcell.lstm(4, cifg=True, forget_gate=False), ValueError, "cifg"),
         (lambda: memcell.lstm(4, init="he"), ValueError, "init must be one of"),
+        (lambda: memcell.lstm(4, proj_size=4), ValueError,
+         r"proj_size must be None, 0 \(no projection\) or an int in \[1, hidden_size=4\) .*got 4"),
+        (lambda: memcell.lstm(4, proj_size=-1), ValueError, "proj_size must be None, 0 .*got -1"),
+        (lambda: memcell.lstm(4, proj_size=2.0), ValueError, "proj_size must be None, 0 .*got 2.0"),
         (lambda: memcell.gru(4, param_dtype=jnp.int32), TypeError, "param_dtype must be a floating dtype"),
         (lambda: memcell.gru(4, dtype="complex"), TypeError, "dtype must be a floating dtype"),
         (lambda: memcell.lstm(4).init(jax.random.key(0), 0), ValueError, "input_size must be a positive int"),
