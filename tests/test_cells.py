@@ -62,7 +62,12 @@ def setup(name, seed=0, dtype=jnp.float32, **extra):
     return cell, params
 
 
-names = pytest.mark.parametrize("name", list(CONFIGS))
+# Option combinations whose known values (NumPy reference) are checked in make test and whose
+# other cell tests, which their single options already pass, run with the slow checks.
+_COMBINATIONS = {"lstm_proj_peephole_ln"}
+names = pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in _COMBINATIONS else n for n in CONFIGS]
+)
 
 
 # --------------------------------------------------------------------------- NumPy reference
@@ -126,7 +131,7 @@ def np_step(name, p, carry, x):
     return (h, c), h
 
 
-@names
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_step_matches_numpy_reference(name):
     cell, params = setup(name, seed=1)
     xs = np.asarray(jax.random.normal(jax.random.key(2), (4, 6, D)))
@@ -200,7 +205,7 @@ def test_unroll_equals_python_loop(name):
 # Order-2 checks of the variants that change only init values or drop a gate run with the slow
 # checks (`make test-slow`); the default cells and every structurally different one stay here.
 _GRADCHECK_SLOW = {"lstm_forget_bias0", "lstm_chrono", "lstm_NIG", "lstm_NFG", "lstm_NOG", "lstm_NIAF", "lstm_NOAF",
-                   "lstm_proj_peephole_ln"}  # lstm_proj is checked here; with the other options, in the slow run
+                   *_COMBINATIONS}
 
 
 @pytest.mark.parametrize(

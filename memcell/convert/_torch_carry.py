@@ -74,11 +74,11 @@ def from_torch_carry(hx, *, mode: str, bidirectional: bool = False) -> tuple:
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise TypeError(f"hx must be the pair (h_0, c_0) for mode='lstm', got {type(hx).__name__}")
         h0, c0 = (jnp.asarray(to_numpy(n, a)) for n, a in zip(("h_0", "c_0"), hx))
-        # With proj_size, torch's h_0 has proj_size units and c_0 hidden_size: only the last axis may differ.
-        if h0.ndim != c0.ndim or h0.shape[:-1] != c0.shape[:-1]:
+        # With proj_size, torch's h_0 has proj_size units and c_0 hidden_size (more): only the last axis may differ.
+        if h0.ndim != c0.ndim or h0.shape[:-1] != c0.shape[:-1] or h0.shape[-1:] > c0.shape[-1:]:
             raise ValueError(
-                f"h_0 and c_0 must have the same shape but for the last axis (proj_size and hidden_size "
-                f"with a projection), got {tuple(h0.shape)} and {tuple(c0.shape)}"
+                f"h_0 and c_0 must have the same shape, or h_0 fewer units on the last axis (proj_size "
+                f"< hidden_size with a projection), got {tuple(h0.shape)} and {tuple(c0.shape)}"
             )
     else:
         h0 = jnp.asarray(to_numpy("h_0", hx))
