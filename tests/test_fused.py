@@ -370,7 +370,6 @@ UNSUPPORTED = {
     "cifg": (memcell.lstm(H, cifg=True), {}),
     "no_output_gate": (memcell.lstm(H, output_gate=False), {}),
     "no_output_activation": (memcell.lstm(H, output_activation=False), {}),
-    "proj_size": (memcell.lstm(H, proj_size=3), {}),
     "gru_reset_before": (memcell.gru(H, reset_after=False), {}),
     "resets": (memcell.lstm(H), dict(resets=jnp.array([False, False, True, False, False]))),
     "remat": (memcell.rnn(H), dict(remat=True)),
@@ -393,10 +392,14 @@ def test_unsupported_options_fall_back_with_auto_and_raise_with_fused(case):
 
 def test_proj_size_is_named_when_the_fused_path_refuses_it():
     cell = memcell.lstm(H, proj_size=3)
+    params, xs = cell.init(jax.random.key(0), D), jnp.ones((B, 4, D))
     assert fused.why_not(cell) == "the fused LSTM implements the default cell only, this one sets proj_size"
     assert fused.supports(memcell.lstm(H, proj_size=0))  # 0 is no projection, as in torch
     with pytest.raises(ValueError, match="backend='fused' cannot run this unroll: .*sets proj_size"):
-        memcell.unroll(cell, cell.init(jax.random.key(0), D), jnp.ones((B, 4, D)), backend="fused")
+        memcell.unroll(cell, params, xs, backend="fused")
+    # "auto": the fused dispatch declines before anything runs, and memcell.unroll then runs the reference
+    # (the fall-back itself, reference bit for bit, is test_unsupported_options_fall_back_..., for every option)
+    assert fused.unroll(cell, params, xs, backend="auto") is None
 
 
 def test_supported_cells():
