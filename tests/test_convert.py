@@ -427,6 +427,8 @@ def test_proj_size_errors_name_the_key_and_shapes():
         convert.to_torch_cell(cell, params)
     with pytest.raises(ValueError, match="Flax's LSTM cells have no projection.*proj_size=2"):
         convert.to_flax(cell, params)
+    with pytest.raises(ValueError, match="to_cudnn: jax.experimental.rnn's LSTM has no projection.*proj_size=2"):
+        convert.to_cudnn(memcell.layer(cell), params)
     with pytest.raises(ValueError, match="is a lstm of 5 units but params\\[0\\] is a lstm of 5 projected to 2"):
         convert.to_torch(memcell.stack([cell, memcell.lstm(5)]), memcell.stack([cell, memcell.lstm(5)]).init(
             jax.random.key(0), 3))
