@@ -20,6 +20,7 @@ from memcell.cells import (
     lstm,
     rnn,
 )
+from memcell.cells import LRUCarry, LRUParams, LRUSpec, RGLRUCarry, RGLRUParams, RGLRUSpec, lru, rglru
 from memcell.scan import DirectionPair, bidirectional, layer, stack, unroll
 from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer
 
@@ -60,4 +61,12 @@ __all__ = [
     "tasks",
     "train",
     "unroll",
+    "LRUCarry",
+    "LRUParams",
+    "LRUSpec",
+    "RGLRUCarry",
+    "RGLRUParams",
+    "RGLRUSpec",
+    "lru",
+    "rglru",
 ]

@@ -1,7 +1,9 @@
 """Cell factories and their params/carry NamedTuples."""
 
 from memcell.cells.gru import GRUCarry, GRUParams, GRUSpec, gru
+from memcell.cells.lru import LRUCarry, LRUParams, LRUSpec, lru
 from memcell.cells.lstm import LSTM_VARIANTS, LSTMCarry, LSTMNorm, LSTMParams, LSTMSpec, lstm
+from memcell.cells.rglru import RGLRUCarry, RGLRUParams, RGLRUSpec, rglru
 from memcell.cells.rnn import RNNCarry, RNNParams, RNNSpec, rnn
 from memcell.types import Cell, CellSpec
 
@@ -19,7 +21,15 @@ __all__ = [
     "RNNCarry",
     "RNNParams",
     "RNNSpec",
+    "LRUCarry",
+    "LRUParams",
+    "LRUSpec",
+    "RGLRUCarry",
+    "RGLRUParams",
+    "RGLRUSpec",
     "gru",
+    "lru",
+    "rglru",
     "lstm",
     "rnn",
 ]
