@@ -31,6 +31,11 @@ CONFIGS = {  # name: (factory, options, input size)
 names = pytest.mark.parametrize("name", list(CONFIGS))
 
 
+def cells(*fast):
+    """All configs, those not in ``fast`` marked slow (``make test-slow``): keeps ``make test`` in budget."""
+    return pytest.mark.parametrize("name", [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in CONFIGS])
+
+
 def setup(name, seed=0, dtype=jnp.float32, **extra):
     factory, kw, d = CONFIGS[name]
     cell = factory(H, **kw, param_dtype=dtype, **extra)
@@ -75,7 +80,7 @@ def np_step(name, p, h, u):
     return h, h
 
 
-@names
+@cells("lru", "rglru_proj")
 def test_step_matches_numpy_reference(name):
     cell, params, d = setup(name, seed=1)
     xs = np.asarray(jax.random.normal(jax.random.key(2), (2, 6, d)))
@@ -108,7 +113,7 @@ def test_shapes_and_dtypes_unbatched_and_batched(name):
         chex.assert_type(y, jnp.float32)
 
 
-@names
+@cells("lru")
 def test_vmap_equals_broadcasting(name):
     cell, params, d = setup(name)
     xs = jax.random.normal(jax.random.key(3), (3, 4, d))
@@ -117,7 +122,7 @@ def test_vmap_equals_broadcasting(name):
     chex.assert_trees_all_close(batched, mapped, rtol=1e-6, atol=1e-6)
 
 
-@names
+@cells("lru")
 def test_jit_equals_eager(name):
     cell, params, d = setup(name)
     xs = jax.random.normal(jax.random.key(4), (2, 5, d))
@@ -127,7 +132,7 @@ def test_jit_equals_eager(name):
     chex.assert_trees_all_close(jitted, eager, rtol=1e-5, atol=1e-6)
 
 
-@names
+@cells("lru")
 def test_unroll_equals_python_loop_and_is_causal(name):
     cell, params, d = setup(name)
     xs = jax.random.normal(jax.random.key(5), (2, 6, d))
@@ -144,36 +149,36 @@ def test_unroll_equals_python_loop_and_is_causal(name):
         assert float(jnp.abs(jac[t, :, t]).max()) > 0.0
 
 
-@names
+@cells("lru")
 def test_lengths_resets_and_reverse(name):
     cell, params, d = setup(name)
     xs = jax.random.normal(jax.random.key(6), (3, 6, d))
     c0 = random_carry(cell, params, (3,), jax.random.key(7))
+    full = memcell.unroll(cell, params, xs, c0)
+    two = memcell.unroll(cell, params, xs[:, :2], c0)
     # Lengths (0 included): the final carry is each sequence's own last one, padding outputs are 0.
-    lengths = jnp.array([6, 2, 0])
-    carry, ys = memcell.unroll(cell, params, xs, c0, lengths=lengths)
-    for b, n in enumerate([6, 2, 0]):
-        c_b = jax.tree.map(lambda a: a[b], c0)
-        want_c, want_y = memcell.unroll(cell, params, xs[b, :n], c_b) if n else (c_b, None)
-        chex.assert_trees_all_close(jax.tree.map(lambda a: a[b], carry), want_c, rtol=1e-6, atol=1e-6)
-        if n:
-            np.testing.assert_allclose(ys[b, :n], want_y, rtol=1e-6, atol=1e-6)
-        assert bool((ys[b, n:] == 0).all())
+    carry, ys = memcell.unroll(cell, params, xs, c0, lengths=jnp.array([6, 2, 0]))
+    pick = lambda tree, b: jax.tree.map(lambda a: a[b], tree)
+    chex.assert_trees_all_close([pick(carry, b) for b in range(3)], [pick(full[0], 0), pick(two[0], 1), pick(c0, 2)],
+                                rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ys[0], full[1][0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ys[1, :2], two[1][1], rtol=1e-6, atol=1e-6)
+    assert bool((ys[1, 2:] == 0).all()) and bool((ys[2] == 0).all())
     # Resets: from a flagged step on, the sequence restarts from the initial carry (a segment reset).
-    resets = jnp.zeros((6,), bool).at[3].set(True)
+    resets = jnp.zeros((6,), bool).at[4].set(True)
     _, ys_r = memcell.unroll(cell, params, xs, c0, resets=resets)
-    _, ys_seg = memcell.unroll(cell, params, xs[:, 3:], c0)
-    np.testing.assert_allclose(ys_r[:, 3:], ys_seg, rtol=1e-6, atol=1e-6)
+    _, ys_seg = memcell.unroll(cell, params, xs[:, 4:], c0)
+    np.testing.assert_allclose(ys_r[:, 4:], ys_seg, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ys_r[:, :4], full[1][:, :4], rtol=1e-6, atol=1e-6)
     # Reverse: reading backwards is reading the flipped sequence, outputs aligned with the inputs.
-    carry_rev, ys_rev = memcell.unroll(cell, params, xs, c0, reverse=True)
-    carry_flip, ys_flip = memcell.unroll(cell, params, xs[:, ::-1], c0)
-    chex.assert_trees_all_close((carry_rev, ys_rev), (carry_flip, ys_flip[:, ::-1]), rtol=1e-6, atol=1e-6)
+    carry_rev, ys_rev = memcell.unroll(cell, params, xs[:, ::-1], c0, reverse=True)
+    chex.assert_trees_all_close((carry_rev, ys_rev[:, ::-1]), full, rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- gradients and dtypes
 
 
-@names
+@cells("lru")  # the complex carry in make test; the RG-LRU's two with `make test-slow`
 def test_check_grads_float64_order2(name):
     with jax.enable_x64(True):
         cell, params, d = setup(name, dtype=jnp.float64, seed=8)
@@ -190,7 +195,7 @@ def test_check_grads_float64_order2(name):
         check_grads(f, (params, xs), order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5, eps=1e-5)
 
 
-@names
+@cells("lru", "rglru_proj")
 def test_bfloat16_compute_keeps_float32_carry_and_stays_close(name):
     _, params, d = setup(name)
     factory, kw, _ = CONFIGS[name]
@@ -203,7 +208,7 @@ def test_bfloat16_compute_keeps_float32_carry_and_stays_close(name):
     assert 0 < err < 0.05  # bf16 rounding is visible but small
 
 
-@names
+@cells("lru", "rglru")
 def test_bfloat16_params_keep_float32_carry(name):
     factory, kw, d = CONFIGS[name]
     cell = factory(H, **kw, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
@@ -241,7 +246,7 @@ def test_lru_ring_init(r_min, r_max, max_phase):
     # The paper's ring: |lambda|^2 ~ U[r_min^2, r_max^2) (uniform in area), arg ~ U[0, max_phase),
     # gamma = sqrt(1 - |lambda|^2), B ~ N(0, 1/(2d)), C ~ N(0, 1/h). A draw uniform in |lambda|
     # rather than in area, or a phase range of 2 pi, fails the KS tests.
-    n, d = 4000, 2
+    n, d = 2000, 2
     params = memcell.lru(n, r_min=r_min, r_max=r_max, max_phase=max_phase).init(jax.random.key(1), d)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
@@ -260,7 +265,7 @@ def test_lru_ring_init(r_min, r_max, max_phase):
 def test_rglru_init_draws_a_to_the_c_uniform():
     # Griffin: Lambda is set so that a^c = exp(-c softplus(Lambda)) (the decay at r = 1) is
     # uniform in [0.9, 0.999]; recurrentgemma's ring on a itself would fail the KS test.
-    n = 4000
+    n = 2000
     params = memcell.rglru(n).init(jax.random.key(2), n)
     a_c = np.exp(-8.0 * np.log1p(np.exp(np.asarray(params.lam, np.float64))))
     assert a_c.min() >= 0.9 * (1 - 1e-6) and a_c.max() <= 0.999 * (1 + 1e-6)
@@ -309,23 +314,23 @@ def test_jacobian_toolkit_on_lru_measures_max_modulus():
     # (Re x, Im x)) is max |lambda|^k, whatever the phases and inputs.
     moduli, phases = [0.9, 0.6, 0.3], [0.5, 2.0, 3.0]
     cell, params = _lru_with_moduli(moduli, phases)
-    xs = jax.random.normal(jax.random.key(1), (2, 40, 2))
+    xs = jax.random.normal(jax.random.key(1), (16, 2))
     g = gradient_norms_through_time(cell, params, xs, log=True)
-    k = np.arange(40)
-    np.testing.assert_allclose(g, np.broadcast_to(k * np.log(0.9), (2, 40)), atol=1e-4)
+    k = np.arange(16)
+    np.testing.assert_allclose(g, k * np.log(0.9), atol=1e-4)
     np.testing.assert_allclose(decay_rate(g, log=True), np.log(0.9), rtol=1e-4)
     frob = gradient_norms_through_time(cell, params, xs, norm="frobenius")  # sqrt(2 sum |lambda|^2k)
-    np.testing.assert_allclose(frob[0, :5], np.sqrt(2 * (np.asarray(moduli)[:, None] ** (2 * k[:5])).sum(0)), rtol=1e-5)
+    np.testing.assert_allclose(frob[:5], np.sqrt(2 * (np.asarray(moduli)[:, None] ** (2 * k[:5])).sum(0)), rtol=1e-5)
     # Lyapunov: the top modulus, once the tangent vector has aligned with its unit.
-    lyap = lyapunov_exponent(cell, params, xs, transient=20)
+    lyap = lyapunov_exponent(cell, params, xs, transient=10)  # (0.6/0.9)^10: aligned
     np.testing.assert_allclose(lyap, np.log(0.9), atol=1e-3)
     # Step Jacobians: real 2x2 blocks per unit; the flat one's singular values are the moduli, twice.
-    jac = state_jacobians(cell, params, xs[0, :4])
+    jac = state_jacobians(cell, params, xs[:4])
     chex.assert_shape(jac.x.x, (4, 3, 2, 3, 2))
-    flat = state_jacobians(cell, params, xs[0, :4], flat=True)
+    flat = state_jacobians(cell, params, xs[:4], flat=True)
     sv = np.linalg.svd(np.asarray(flat[0]), compute_uv=False)
     np.testing.assert_allclose(np.sort(sv), np.sort(np.repeat(moduli, 2)), rtol=1e-5)
-    spectra = singular_value_spectra(cell, params, xs[0, :6])
+    spectra = singular_value_spectra(cell, params, xs[:6])
     np.testing.assert_allclose(spectra[2], np.repeat(np.asarray(moduli) ** 2, 2), rtol=1e-5)
     # The rest runs and gives finite values.
     assert bool(jnp.all(jnp.isfinite(input_gradient_norms(cell, params, xs))))
@@ -333,7 +338,7 @@ def test_jacobian_toolkit_on_lru_measures_max_modulus():
 
 def test_loss_gradient_norms_on_lru_are_those_of_the_real_and_imaginary_parts():
     cell, params = _lru_with_moduli([0.9, 0.5], [0.3, 1.0])
-    xs = jax.random.normal(jax.random.key(2), (7, 2))
+    xs = jax.random.normal(jax.random.key(2), (4, 2))
     loss_fn = lambda ys: jnp.sum(ys**2)
     got = loss_gradient_norms(cell, params, xs, loss_fn)
 
@@ -346,7 +351,7 @@ def test_loss_gradient_norms_on_lru_are_those_of_the_real_and_imaginary_parts():
             ys.append(cell.spec.readout(params, x, xs[t]))
         return loss_fn(jnp.stack(ys))
 
-    zeros = jnp.zeros((7, 2))
+    zeros = jnp.zeros((4, 2))
     g_re, g_im = jax.grad(loss, argnums=(0, 1))(zeros, zeros)
     np.testing.assert_allclose(got, np.sqrt((g_re**2 + g_im**2).sum(-1)), rtol=1e-5)
     assert float(got[-1]) > 0  # the probe reaches the last output through the readout
