@@ -178,7 +178,7 @@ def test_lengths_resets_and_reverse(name):
 # --------------------------------------------------------------------------- gradients and dtypes
 
 
-@cells("lru")  # the complex carry in make test; the RG-LRU's two with `make test-slow`
+@cells()  # ~45 s each on the shared machine (as the GRU's), so all three run with `make test-slow`
 def test_check_grads_float64_order2(name):
     with jax.enable_x64(True):
         cell, params, d = setup(name, dtype=jnp.float64, seed=8)
