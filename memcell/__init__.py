@@ -22,12 +22,12 @@ from memcell.cells import (
 )
 from memcell.cells import LRUCarry, LRUParams, LRUSpec, RGLRUCarry, RGLRUParams, RGLRUSpec, lru, rglru
 from memcell.scan import DirectionPair, bidirectional, layer, stack, unroll
-from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer
+from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer, LinearSpec
 
 # Modules that build on the core, reached as memcell.jacobian.*, memcell.train.* and so on.
 # The Flax wrappers (memcell.linen, memcell.nnx) are imported explicitly, so that
 # `import memcell` does not import flax.
-from memcell import convert, fused, jacobian, tasks, train  # noqa: E402  (after the core)
+from memcell import convert, cudnn, fused, jacobian, parallel, tasks, train  # noqa: E402  (after the core)
 
 __version__ = "0.1.0"
 
@@ -46,16 +46,19 @@ __all__ = [
     "LSTMSpec",
     "LSTM_VARIANTS",
     "Layer",
+    "LinearSpec",
     "RNNCarry",
     "RNNParams",
     "RNNSpec",
     "bidirectional",
     "convert",
+    "cudnn",
     "fused",
     "gru",
     "jacobian",
     "layer",
     "lstm",
+    "parallel",
     "rnn",
     "stack",
     "tasks",

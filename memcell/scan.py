@@ -9,7 +9,7 @@ from typing import Callable, NamedTuple, Sequence as SequenceOf
 import jax
 import jax.numpy as jnp
 
-from memcell import _checks, fused
+from memcell import _checks, cudnn, fused, parallel
 from memcell._sequence import reverse_within, segment_ends, tree_where
 from memcell.types import Array, Backend, Cell, Layer, Lengths, Outputs, PyTree, Resets, Sequence
 
@@ -50,9 +50,14 @@ def unroll(
       backend: ``"reference"`` (default) scans ``cell.step`` and is differentiable to any order;
         ``"fused"`` runs ``memcell.fused`` (one input matmul for all steps, hand-written
         first-order backward pass; same values and gradients) and raises a ``ValueError`` for a
-        cell or option it does not implement; ``"auto"`` runs the fused path where it applies and
-        the reference elsewhere. The fused path has no jvp: keep the reference for forward-mode
-        and higher-order derivatives.
+        cell or option it does not implement; ``"parallel"`` runs ``memcell.parallel`` for cells
+        whose carry update is linear in the carry (minGRU, minLSTM, LRU, RG-LRU, mLSTM: all
+        steps' coefficients at once, then a chunked scan; derivatives of every order) and
+        raises for any other; ``"cudnn"`` runs the default LSTM through cuDNN
+        (``memcell.cudnn``; GPU only, float32, no resets) and raises a ``ValueError`` saying why
+        where it cannot; ``"auto"`` runs the parallel path where it applies, else cuDNN (on a GPU
+        only), else the fused path, else the reference. The fused and cuDNN paths have no jvp:
+        keep the reference (or the parallel path) for forward-mode and higher-order derivatives.
 
     Returns:
       ``(carry, ys)``: the final carry and the outputs ``[*b, T, H]``.
@@ -71,10 +76,20 @@ def unroll(
     remat = _checks.check_bool("remat", remat)
     unroll = _checks.check_unroll(unroll)
     xs = _checks.check_xs(xs, params)
-    if backend != "reference":  # the fused path checks the params against the cell when it runs
-        out = fused.unroll(
-            cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse, remat=remat, backend=backend
-        )
+    # A fast path checks the params against the cell when it runs; "auto" tries the parallel path
+    # (cells with a linear carry update), then cuDNN (a GPU only), then the fused path, then runs
+    # the reference.
+    kw = dict(lengths=lengths, resets=resets, reverse=reverse, remat=remat)
+    if backend in ("parallel", "auto"):
+        out = parallel.unroll(cell, params, xs, carry, backend=backend, **kw)
+        if out is not None:
+            return out
+    if backend in ("cudnn", "auto"):
+        out = cudnn.unroll(cell, params, xs, carry, backend=backend, **kw)
+        if out is not None:
+            return out
+    if backend in ("fused", "auto"):
+        out = fused.unroll(cell, params, xs, carry, backend=backend, **kw)
         if out is not None:
             return out
     _checks.check_params(cell, params, xs.shape[-1])
