@@ -297,6 +297,33 @@ def test_spec_coefficients_and_readout_match_the_step(name):
     np.testing.assert_allclose(spec.readout(params, hs, xs), ys, rtol=1e-5, atol=1e-6)
 
 
+@cells("lru")  # ~35 s here (the LRU), ~20 s (each RG-LRU): those two with make test-slow
+def test_parallel_path_equals_reference_values_and_gradients(name):
+    # memcell.parallel's chunked scan over the spec's coefficients (chunks of 3 over T=7, so the
+    # scan crosses chunk boundaries) against lax.scan over the step: lengths with a 0, resets,
+    # reverse and a nonzero (complex, for the LRU) initial carry, values and gradients.
+    cell, params, d = setup(name, seed=15)
+    assert memcell.parallel.supports(cell)
+    xs = jax.random.normal(jax.random.key(16), (3, 7, d))
+    c0 = random_carry(cell, params, (3,), jax.random.key(17))
+    kw = dict(lengths=jnp.array([7, 4, 0]), resets=jnp.zeros((3, 7), bool).at[0, 2].set(True).at[1, 1].set(True))
+
+    def run(parallel, p, x, c):
+        go = (lambda *a, **k: memcell.parallel.unroll(*a, chunk_size=3, **k)) if parallel else memcell.unroll
+        return go(cell, p, x, c, **kw), go(cell, p, x, c, reverse=True, **kw)
+
+    chex.assert_trees_all_close(run(True, params, xs, c0), run(False, params, xs, c0), rtol=1e-5, atol=1e-5)
+
+    def loss(parallel, p, x, c):
+        (cf, yf), (cb, yb) = run(parallel, p, x, c)
+        hs = jax.tree.leaves(cf)[0] + 0.5 * jax.tree.leaves(cb)[0]
+        return jnp.sum(jnp.sin(yf)) + jnp.sum(yb**2) + jnp.sum(jnp.abs(hs) ** 2)
+
+    grads = [jax.grad(loss, argnums=(1, 2, 3))(par, params, xs, c0) for par in (True, False)]
+    chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+    assert float(jnp.abs(grads[1][1]).max()) > 0  # the inputs do reach the loss
+
+
 # --------------------------------------------------------------------------- the jacobian toolkit on a complex carry
 
 
