@@ -24,9 +24,9 @@ from memcell.jacobian import (
 
 H, D = 4, 3
 CONFIGS = {  # name: (factory, options, input size)
-    "lru": (memcell.lru, dict(r_min=0.4, r_max=0.95, max_phase=math.pi), D),
-    "rglru": (memcell.rglru, dict(), H),  # the paper's cell reads inputs of the hidden width
-    "rglru_proj": (memcell.rglru, dict(input_projection=True), D),
+    "lru": (memcell.lru, {"r_min": 0.4, "r_max": 0.95, "max_phase": math.pi}, D),
+    "rglru": (memcell.rglru, {}, H),  # the paper's cell reads inputs of the hidden width
+    "rglru_proj": (memcell.rglru, {"input_projection": True}, D),
 }
 names = pytest.mark.parametrize("name", list(CONFIGS))
 
@@ -307,7 +307,7 @@ def test_parallel_path_equals_reference_values_and_gradients(name, reverse):
     assert memcell.parallel.supports(cell)
     xs = jax.random.normal(jax.random.key(16), (3, 7, d))
     c0 = random_carry(cell, params, (3,), jax.random.key(17))
-    kw = dict(lengths=jnp.array([7, 4, 0]), resets=jnp.zeros((3, 7), bool).at[0, 2].set(True).at[1, 1].set(True))
+    kw = {"lengths": jnp.array([7, 4, 0]), "resets": jnp.zeros((3, 7), bool).at[0, 2].set(True).at[1, 1].set(True)}
 
     def run(parallel, p, x, c):
         go = (lambda *a, **k: memcell.parallel.unroll(*a, chunk_size=3, **k)) if parallel else memcell.unroll
