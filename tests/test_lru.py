@@ -26,7 +26,7 @@ H, D = 4, 3
 CONFIGS = {  # name: (factory, options, input size)
     "lru": (memcell.lru, {"r_min": 0.4, "r_max": 0.95, "max_phase": math.pi}, D),
     "rglru": (memcell.rglru, {}, H),  # the paper's cell reads inputs of the hidden width
-    "rglru_proj": (memcell.rglru, {"input_projection": True}, D),
+    "rglru_proj": (memcell.rglru, {}, D),  # another width: projected by w_in (input_projection=None)
 }
 names = pytest.mark.parametrize("name", list(CONFIGS))
 
@@ -262,6 +262,12 @@ def test_lru_ring_init(r_min, r_max, max_phase):
     assert not np.array_equal(p.b_re, p.b_im)
 
 
+def test_rglru_input_projection_exists_where_asked_or_where_the_widths_differ():
+    shapes = lambda cell, d: jax.tree.map(jnp.shape, cell.init(jax.random.key(0), d).w_in)
+    assert shapes(memcell.rglru(4), 4) is None and shapes(memcell.rglru(4, input_projection=False), 4) is None
+    assert shapes(memcell.rglru(4), 3) == (3, 4) and shapes(memcell.rglru(4, input_projection=True), 4) == (4, 4)
+
+
 def test_rglru_init_draws_a_to_the_c_uniform():
     # Griffin: Lambda is set so that a^c = exp(-c softplus(Lambda)) (the decay at r = 1) is
     # uniform in [0.9, 0.999]; recurrentgemma's ring on a itself would fail the KS test.
@@ -419,8 +425,9 @@ def test_lru_refuses_complex_inputs_naming_them():
         (lambda: memcell.rglru(4, r_min=0.99, r_max=0.9), ValueError, "r_min must be below r_max"),
         (lambda: memcell.rglru(4, c_scale=0), ValueError, re.escape("c_scale must lie in (0, inf), got 0")),
         (lambda: memcell.rglru(4, input_projection=1), TypeError, "input_projection must be a bool"),
-        (lambda: memcell.rglru(4).init(jax.random.key(0), 3), ValueError,
-         "input_size must equal hidden_size=4 .* got 3; pass input_projection=True"),
+        (lambda: memcell.rglru(4, input_projection=False).init(jax.random.key(0), 3), ValueError,
+         re.escape("input_size must equal hidden_size=4 with input_projection=False (the RG-LRU gates its input "
+                   "elementwise, i * x), got 3")),
     ],
 )
 def test_bad_factory_arguments(call, err, match):

@@ -22,7 +22,7 @@ class RGLRUParams(NamedTuple):
     w_gates: Array  # [h, 2h] gate kernels W_a, W_x, reading the (projected) input
     b_gates: Array  # [2h] gate biases b_a, b_x
     lam: Array  # [h] Lambda: a = exp(-c r softplus(Lambda)) = sigmoid(-Lambda)^(c r) (recurrentgemma's sign)
-    w_in: Array | None = None  # [d, h] input projection, with input_projection=True
+    w_in: Array | None = None  # [d, h] input projection (where input_size != h, or input_projection=True)
 
 
 class RGLRUCarry(NamedTuple):
@@ -36,7 +36,7 @@ class RGLRUSpec(LinearSpec):
     c: float = 8.0
     r_min: float = 0.9
     r_max: float = 0.999
-    input_projection: bool = False
+    input_projection: bool | None = None
 
 
 @jax.custom_jvp
@@ -66,7 +66,7 @@ def rglru(
     c_scale: float = 8.0,
     r_min: float = 0.9,
     r_max: float = 0.999,
-    input_projection: bool = False,
+    input_projection: bool | None = None,
     kernel_init="lecun_normal",
     param_dtype=jnp.float32,
     dtype=None,
@@ -93,9 +93,11 @@ def rglru(
     ring, uniform in area: pass ``r_min=0.9**8, r_max=0.999**8`` for a similar range.)
 
     Input width: the paper's RG-LRU reads an input of the hidden width (in Griffin it follows a
-    linear layer and a convolution). By default ``init`` refuses ``input_size != hidden_size``;
-    with ``input_projection=True`` the input is first mapped by a learned ``w_in: [d, h]``
-    (no bias), ``x <- x w_in``, and everything above reads the projected ``x``.
+    linear layer and a convolution). For any other width the input is first mapped by a learned
+    ``w_in: [d, h]`` (no bias, ``kernel_init``), ``x <- x w_in``, and everything above reads the
+    projected ``x``; so the cell takes any ``input_size``, like the other cells. By default
+    (``input_projection=None``) the projection exists exactly when ``input_size != hidden_size``;
+    ``True`` always learns one, ``False`` never does (``init`` then refuses another input size).
 
     Resets: ``memcell.unroll(..., resets=...)`` restarts the carry from the initial carry (zeros
     by default) before a flagged step: Griffin's segment reset, which zeroes ``a`` at a segment
@@ -110,7 +112,8 @@ def rglru(
       hidden_size: number of hidden units ``h``.
       c_scale: the constant ``c`` (8 in the paper), ``> 0``.
       r_min, r_max: the range of the initial ``a^c``, ``0 < r_min < r_max < 1``.
-      input_projection: learn an input projection ``w_in`` (see above).
+      input_projection: ``None`` (project only when ``input_size != hidden_size``), ``True`` or
+        ``False``: whether to learn an input projection ``w_in`` (see above).
       kernel_init: initialiser of the gate kernels (and of ``w_in``), as for ``memcell.rnn``.
       param_dtype: dtype of the params.
       dtype: computation dtype of the matmuls (None: that of params and inputs); bfloat16
@@ -126,14 +129,14 @@ def rglru(
       >>> carry, ys = memcell.unroll(cell, params, jnp.ones((2, 10, 8)))
       >>> ys.shape
       (2, 10, 8)
-      >>> proj = memcell.rglru(8, input_projection=True)
-      >>> proj.init(jax.random.key(0), input_size=3).w_in.shape
-      (3, 8)
+      >>> params.w_in is None, cell.init(jax.random.key(0), input_size=3).w_in.shape
+      (True, (3, 8))
     """
     hidden_size = c.check_positive_int("hidden_size", hidden_size)
     c_scale = check_in("c_scale", c_scale, 0.0, math.inf, lo_open=True, hi_open=True)
     r_min, r_max = _check_rates(r_min, r_max)
-    input_projection = c.check_bool("input_projection", input_projection)
+    if input_projection is not None:
+        input_projection = c.check_bool("input_projection", input_projection)
     k_init = c.resolve_init("kernel_init", kernel_init, hidden_size)
     param_dtype = c.check_float_dtype("param_dtype", param_dtype)
     dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
@@ -141,11 +144,12 @@ def rglru(
 
     def init(key, input_size: int) -> RGLRUParams:
         input_size = c.check_input_size(input_size)
-        if not input_projection and input_size != H:
+        if input_projection is False and input_size != H:
             raise ValueError(
-                f"input_size must equal hidden_size={H} (the RG-LRU gates its input elementwise, "
-                f"i * x), got {input_size}; pass input_projection=True to learn a projection"
+                f"input_size must equal hidden_size={H} with input_projection=False (the RG-LRU gates "
+                f"its input elementwise, i * x), got {input_size}"
             )
+        project = input_size != H if input_projection is None else input_projection
         k_g, k_lam, k_in = jax.random.split(key, 3)
         draw = jnp.promote_types(param_dtype, jnp.float32)
         a_c = jax.random.uniform(k_lam, (H,), draw, r_min, r_max)
@@ -155,7 +159,7 @@ def rglru(
             w_gates=c.block_matrix(k_g, k_init, H, H, 2, param_dtype),
             b_gates=jnp.zeros((2 * H,), param_dtype),
             lam=lam.astype(param_dtype),
-            w_in=c.block_matrix(k_in, k_init, input_size, H, 1, param_dtype) if input_projection else None,
+            w_in=c.block_matrix(k_in, k_init, input_size, H, 1, param_dtype) if project else None,
         )
 
     def initial_carry(params: RGLRUParams, batch_shape=()) -> RGLRUCarry:
