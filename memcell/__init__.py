@@ -13,21 +13,30 @@ from memcell.cells import (
     LSTMNorm,
     LSTMParams,
     LSTMSpec,
+    MinGRUCarry,
+    MinGRUParams,
+    MinGRUSpec,
+    MinLSTMCarry,
+    MinLSTMParams,
+    MinLSTMSpec,
     RNNCarry,
     RNNParams,
     RNNSpec,
     gru,
     lstm,
+    mingru,
+    minlstm,
     rnn,
 )
 from memcell.cells import LRUCarry, LRUParams, LRUSpec, RGLRUCarry, RGLRUParams, RGLRUSpec, lru, rglru
 from memcell.scan import DirectionPair, bidirectional, layer, stack, unroll
+from memcell.streaming import Stream, stream
 from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer, LinearSpec
 
 # Modules that build on the core, reached as memcell.jacobian.*, memcell.train.* and so on.
 # The Flax wrappers (memcell.linen, memcell.nnx) are imported explicitly, so that
 # `import memcell` does not import flax.
-from memcell import convert, cudnn, fused, jacobian, parallel, tasks, train  # noqa: E402  (after the core)
+from memcell import convert, cudnn, fused, jacobian, parallel, regularize, tasks, train  # noqa: E402  (after the core)
 
 __version__ = "0.1.0"
 
@@ -47,9 +56,16 @@ __all__ = [
     "LSTM_VARIANTS",
     "Layer",
     "LinearSpec",
+    "MinGRUCarry",
+    "MinGRUParams",
+    "MinGRUSpec",
+    "MinLSTMCarry",
+    "MinLSTMParams",
+    "MinLSTMSpec",
     "RNNCarry",
     "RNNParams",
     "RNNSpec",
+    "Stream",
     "bidirectional",
     "convert",
     "cudnn",
@@ -58,9 +74,13 @@ __all__ = [
     "jacobian",
     "layer",
     "lstm",
+    "mingru",
+    "minlstm",
     "parallel",
+    "regularize",
     "rnn",
     "stack",
+    "stream",
     "tasks",
     "train",
     "unroll",

@@ -155,10 +155,15 @@ class LSTM(_CellBase):
     starts at ``forget_bias`` (memcell's default 1.0; Flax's is 0.0), the carry is float32
     for bfloat16 params, and gate/activation functions are fixed. For peepholes, layer norm
     and the other variants use ``Cell(functools.partial(memcell.lstm, ...), features)``.
+    With ``proj_size=p`` it is PyTorch's ``LSTM(proj_size=p)`` (Sak et al.'s LSTMP, which Flax
+    lacks): the carry is still ``(c, h)``, with ``c: [*b, features]`` and ``h: [*b, p]``, the
+    outputs have ``p`` units and the params gain ``w_hr [features, p]`` (``w_h`` is ``[p, 4h]``).
 
     Attributes:
       features: hidden units.
       forget_bias: initial forget-gate bias (None: memcell's default, 1.0).
+      proj_size: project ``h`` (and the outputs) to this many units, fewer than ``features``;
+        None or 0: no projection (see ``memcell.lstm``).
       kernel_init, recurrent_kernel_init: initialisers (names or ``jax.nn.initializers``
         callables) of ``w_x`` and ``w_h``, per gate block.
       dtype: computation dtype of the matmuls (None: that of params and inputs).
@@ -182,11 +187,13 @@ class LSTM(_CellBase):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     carry_init: Callable | None = None
+    proj_size: int | None = None
 
     def _memcell(self) -> PureCell:
         return lstm(
             self.features,
             forget_bias=self.forget_bias,
+            proj_size=self.proj_size,
             kernel_init=self.kernel_init,
             recurrent_init=self.recurrent_kernel_init,
             param_dtype=self.param_dtype,
@@ -329,6 +336,11 @@ class Recurrent(nn.Module):
       merge: ``"concat"``, ``"sum"``, ``"mean"`` or ``"mul"``.
       residual, dropout: as for ``memcell.stack``; dropout runs when ``deterministic=False``
         and takes the ``"dropout"`` rng.
+      input_dropout, recurrent_dropout, zoneout, learn_initial_carry: ``memcell.layer``'s
+        ``dropout`` (variational, on each layer's inputs), ``recurrent_dropout``, ``zoneout`` and
+        ``learn_initial_carry``, for every layer; the random ones run when ``deterministic=False``
+        (``"dropout"`` rng). One-directional layers only. With ``learn_initial_carry`` each layer's
+        params are ``{"params": ..., "carry": ...}``.
       unroll, remat, backend: as for ``memcell.unroll`` (``backend="auto"``: the default LSTM,
         GRU and RNN run on the fused path, ``memcell.fused``).
 
@@ -357,6 +369,10 @@ class Recurrent(nn.Module):
     unroll: int = 1
     remat: bool = False
     backend: str = "reference"
+    input_dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    zoneout: Any = 0.0
+    learn_initial_carry: bool = False
 
     @nn.nowrap
     def memcell_layer(self):
@@ -373,10 +389,15 @@ class Recurrent(nn.Module):
         if self.merge not in _MERGES:
             raise ValueError(f"merge must be one of {list(_MERGES)}, got {self.merge!r}")
         kw = dict(unroll=self.unroll, remat=self.remat, backend=self.backend)
+        options = dict(dropout=self.input_dropout, recurrent_dropout=self.recurrent_dropout, zoneout=self.zoneout,
+                       learn_initial_carry=self.learn_initial_carry)
         if check_bool("bidirectional", self.bidirectional):
+            used = [("input_dropout" if k == "dropout" else k) for k, v in options.items() if v]
+            if used:
+                raise ValueError(f"{used[0]} is available for one-directional layers only, not with bidirectional=True")
             layers = [bidirectional_layer(c, c, merge=self.merge, **kw) for c in cells]
         else:
-            layers = [as_layer(c, **kw) for c in cells]
+            layers = [as_layer(c, **kw, **options) for c in cells]
         return stack(layers, residual=self.residual, dropout=self.dropout)
 
     @nn.compact
@@ -395,5 +416,6 @@ class Recurrent(nn.Module):
             # taken from the whole stack's init with that key.
             stored[name] = self.param(name, lambda key, i=i: convert.to_dict(lyr.init(key, d)[i]))
         params = convert.from_dict(stored, template, path=self.name or "Recurrent")
-        key = None if deterministic or self.dropout == 0.0 else self.make_rng("dropout")
+        random = self.dropout or self.input_dropout or self.recurrent_dropout or self.zoneout
+        key = None if deterministic or not random else self.make_rng("dropout")
         return lyr.apply(params, xs, carry, lengths=lengths, resets=resets, key=key)

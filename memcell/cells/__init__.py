@@ -3,6 +3,16 @@
 from memcell.cells.gru import GRUCarry, GRUParams, GRUSpec, gru
 from memcell.cells.lru import LRUCarry, LRUParams, LRUSpec, lru
 from memcell.cells.lstm import LSTM_VARIANTS, LSTMCarry, LSTMNorm, LSTMParams, LSTMSpec, lstm
+from memcell.cells.minrnn import (
+    MinGRUCarry,
+    MinGRUParams,
+    MinGRUSpec,
+    MinLSTMCarry,
+    MinLSTMParams,
+    MinLSTMSpec,
+    mingru,
+    minlstm,
+)
 from memcell.cells.rglru import RGLRUCarry, RGLRUParams, RGLRUSpec, rglru
 from memcell.cells.rnn import RNNCarry, RNNParams, RNNSpec, rnn
 from memcell.types import Cell, CellSpec
@@ -18,6 +28,12 @@ __all__ = [
     "LSTMParams",
     "LSTMSpec",
     "LSTM_VARIANTS",
+    "MinGRUCarry",
+    "MinGRUParams",
+    "MinGRUSpec",
+    "MinLSTMCarry",
+    "MinLSTMParams",
+    "MinLSTMSpec",
     "RNNCarry",
     "RNNParams",
     "RNNSpec",
@@ -31,5 +47,7 @@ __all__ = [
     "lru",
     "rglru",
     "lstm",
+    "mingru",
+    "minlstm",
     "rnn",
 ]
