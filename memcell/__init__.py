@@ -28,6 +28,7 @@ from memcell.cells import (
     minlstm,
     rnn,
 )
+from memcell.cells import LRUCarry, LRUParams, LRUSpec, RGLRUCarry, RGLRUParams, RGLRUSpec, lru, rglru
 from memcell.scan import DirectionPair, bidirectional, layer, stack, unroll
 from memcell.streaming import Stream, stream
 from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer, LinearSpec
@@ -83,4 +84,12 @@ __all__ = [
     "tasks",
     "train",
     "unroll",
+    "LRUCarry",
+    "LRUParams",
+    "LRUSpec",
+    "RGLRUCarry",
+    "RGLRUParams",
+    "RGLRUSpec",
+    "lru",
+    "rglru",
 ]
