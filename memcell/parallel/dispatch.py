@@ -40,7 +40,8 @@ def why_not(cell: Cell, *, remat: bool = False) -> str | None:
 
 
 def supports(cell: Cell, *, remat: bool = False) -> bool:
-    """Whether ``memcell.unroll(cell, ..., backend="auto")`` runs the parallel path for these options."""
+    """Whether ``memcell.unroll(cell, ..., backend="parallel")`` runs for these options (``"auto"``
+    runs it where ``memcell.parallel.tuning`` also measured it faster on the platform)."""
     return why_not(cell, remat=remat) is None
 
 
@@ -98,6 +99,8 @@ def unroll(
     """
     _checks.check_backend(backend, ("parallel", "auto"))
     plan = _plan(cell, remat=remat)
+    if backend == "auto" and not isinstance(plan, str) and not tuning.auto_runs_parallel(cell.spec):
+        return None  # measured slower than the reference on this platform (memcell.parallel.tuning)
     if isinstance(plan, str):
         if backend == "auto":
             return None
