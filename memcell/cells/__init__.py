@@ -3,6 +3,8 @@
 from memcell.cells.gru import GRUCarry, GRUParams, GRUSpec, gru
 from memcell.cells.lstm import LSTM_VARIANTS, LSTMCarry, LSTMNorm, LSTMParams, LSTMSpec, lstm
 from memcell.cells.rnn import RNNCarry, RNNParams, RNNSpec, rnn
+from memcell.cells.xlstm import (MLSTMCarry, MLSTMGates, MLSTMParams, MLSTMSpec, SLSTMCarry, SLSTMParams,
+                                 SLSTMSpec, mlstm, slstm)
 from memcell.types import Cell, CellSpec
 
 __all__ = [
@@ -16,10 +18,19 @@ __all__ = [
     "LSTMParams",
     "LSTMSpec",
     "LSTM_VARIANTS",
+    "MLSTMCarry",
+    "MLSTMGates",
+    "MLSTMParams",
+    "MLSTMSpec",
     "RNNCarry",
     "RNNParams",
     "RNNSpec",
+    "SLSTMCarry",
+    "SLSTMParams",
+    "SLSTMSpec",
     "gru",
     "lstm",
+    "mlstm",
     "rnn",
+    "slstm",
 ]

@@ -1,0 +1,1 @@
+"""Fast paths that run a whole sequence without a per-step loop (parallel and chunkwise forms)."""
