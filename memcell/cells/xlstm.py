@@ -44,11 +44,14 @@ def _stabilised_gates(log_i: Array, log_f: Array, m: Array, fresh: Array | None 
     """``m' = max(log f + m, log i)`` and the stabilised gates ``i' = exp(log i - m')``,
     ``f' = exp(log f + m - m')``: both exponents are <= 0, so nothing overflows. Where ``fresh``
     (a normaliser still exactly zero: no input seen yet) ``m' = log i``, so ``i' = 1`` and the
-    first input is never lost to underflow (the NX-AI kernels do the same)."""
+    first input is never lost to underflow (the xLSTM reference code does this when all of ``n`` is
+    zero; here each unit on its own)."""
     m_new = jnp.maximum(log_f + m, log_i)
-    if fresh is not None:
+    log_f_scaled = log_f + m - m_new
+    if fresh is not None:  # there f' multiplies zeros, and log f + m - log i could overflow exp
         m_new = jnp.where(fresh, log_i, m_new)
-    return jnp.exp(log_i - m_new), jnp.exp(log_f + m - m_new), m_new
+        log_f_scaled = jnp.where(fresh, -jnp.inf, log_f_scaled)
+    return jnp.exp(log_i - m_new), jnp.exp(log_f_scaled), m_new
 
 
 # ----------------------------------------------------------------------------- sLSTM
