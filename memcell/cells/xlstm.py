@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from memcell.cells import _common as c
 from memcell.types import Array, Cell, CellSpec
@@ -223,6 +224,14 @@ class MLSTMSpec(CellSpec):
     gates: Callable = dataclasses.field(default=None, repr=False, compare=False)
 
 
+def _floor(m: Array) -> Array:
+    """``exp(-m)``, capped below the dtype's largest number: where ``exp(-m)`` would overflow
+    (``m < -88`` in float32, after inputs that drove log i far below zero) the true output is below
+    ``|num| / 1e38`` anyway, and an infinite floor made the gradient NaN (``0 * inf``)."""
+    cap = float(np.log(np.finfo(m.dtype).max)) - 1.0
+    return jnp.exp(jnp.minimum(-m, cap))
+
+
 def _readout(g: MLSTMGates, C: Array, n: Array, m: Array) -> Array:
     """``h = o * (q C) / max(|q . n|, exp(-m))``, flattened over heads: ``[*b, h]``.
 
@@ -230,7 +239,7 @@ def _readout(g: MLSTMGates, C: Array, n: Array, m: Array) -> Array:
     ``C q / max(|n . q|, 1)`` of the unscaled states.
     """
     num = jnp.einsum("...k,...kv->...v", g.q, C)
-    den = jnp.maximum(jnp.abs(jnp.sum(g.q * n, axis=-1)), jnp.exp(-m))
+    den = jnp.maximum(jnp.abs(jnp.sum(g.q * n, axis=-1)), _floor(m))
     h = num / den[..., None]
     return g.o * h.reshape(h.shape[:-2] + (-1,))
 
@@ -255,7 +264,7 @@ def mlstm(
         m' = max(log f + m, log i)
         i' = exp(log i - m'),  f' = exp(log f + m - m')
         C' = f' C + i' k v^T,  n' = f' n + i' k           (C stored [dk, dv])
-        h' = o * (q C') / max(|q . n'|, exp(-m'))
+        h' = o * (q C') / max(|q . n'|, exp(-m'))          (exp(-m') capped at the dtype's max / e)
 
     That is the paper's ``C_t = f C + i v k^T``, ``n_t = f n + i k``,
     ``h~ = C q / max(|n^T q|, 1)`` with ``C`` and ``n`` stored scaled by ``exp(-m)``. The carry

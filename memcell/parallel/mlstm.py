@@ -17,6 +17,7 @@ negative number, so that derivatives stay finite), so they leave the carry uncha
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from memcell._checks import check_positive_int
 from memcell.types import Array
@@ -121,7 +122,8 @@ def chunkwise(spec, params, xs: Array, carry0, valid: Array | None = None, reset
     num = (jnp.einsum("bkhts,bkhsj->bkhtj", W, v) + w_in[..., None] * jnp.einsum("bkhti,bkhij->bkhtj", q, C_in)
            + w_0[..., None] * jnp.einsum("bkhti,bhij->bkhtj", q, C0))
     den = (W.sum(-1) + w_in * jnp.einsum("bkhti,bkhi->bkht", q, n_in) + w_0 * jnp.einsum("bkhti,bhi->bkht", q, n0))
-    h = num / jnp.maximum(jnp.abs(den), jnp.exp(-m))[..., None]  # [B, K, heads, L, dv]
+    cap = float(np.log(np.finfo(dt).max)) - 1.0  # exp(-m) capped as in the step: no inf, no NaN gradient
+    h = num / jnp.maximum(jnp.abs(den), jnp.exp(jnp.minimum(-m, cap)))[..., None]  # [B, K, heads, L, dv]
     h = jnp.moveaxis(h, 2, 3).reshape(B, K * L, heads * dv)[:, :T]
     ys = (o * h).reshape(batch + (T, heads * dv))
 
