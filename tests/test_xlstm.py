@@ -141,7 +141,7 @@ def np_reference(name, params, xs, stabilised):
 def test_matches_the_papers_unstabilised_equations(name):
     # The stabilised carry is the paper's, scaled by exp(-m): c exp(m), n exp(m) (and C exp(m),
     # transposed to the paper's [dv, dk]) are the plain states, and the outputs are the same.
-    cell, params = setup(name, seed=1)
+    _, params = setup(name, seed=1)
     xs = np.asarray(normal(2, (2, 6, D)), np.float64)
     carry, ys = run(name)(params, jnp.asarray(xs, jnp.float32))
     ref_ys, ref = np_reference(name, params, xs, stabilised=False)
@@ -252,7 +252,7 @@ def test_check_grads_float64(name, order, modes):
 
 @cells
 def test_bfloat16_compute_has_float32_carry_and_stays_close(name):
-    cell32, params = setup(name)
+    _, params = setup(name)
     factory, kw = CONFIGS[name]
     cell16 = factory(H, **kw, dtype=jnp.bfloat16)
     params16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
