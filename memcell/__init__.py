@@ -17,6 +17,12 @@ from memcell.cells import (
     MLSTMGates,
     MLSTMParams,
     MLSTMSpec,
+    MinGRUCarry,
+    MinGRUParams,
+    MinGRUSpec,
+    MinLSTMCarry,
+    MinLSTMParams,
+    MinLSTMSpec,
     RNNCarry,
     RNNParams,
     RNNSpec,
@@ -26,16 +32,19 @@ from memcell.cells import (
     gru,
     lstm,
     mlstm,
+    mingru,
+    minlstm,
     rnn,
     slstm,
 )
 from memcell.scan import DirectionPair, bidirectional, layer, stack, unroll
-from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer
+from memcell.streaming import Stream, stream
+from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer, LinearSpec
 
 # Modules that build on the core, reached as memcell.jacobian.*, memcell.train.* and so on.
 # The Flax wrappers (memcell.linen, memcell.nnx) are imported explicitly, so that
 # `import memcell` does not import flax.
-from memcell import convert, fused, jacobian, tasks, train  # noqa: E402  (after the core)
+from memcell import convert, cudnn, fused, jacobian, parallel, regularize, tasks, train  # noqa: E402  (after the core)
 
 __version__ = "0.1.0"
 
@@ -58,23 +67,37 @@ __all__ = [
     "MLSTMParams",
     "MLSTMSpec",
     "Layer",
+    "LinearSpec",
+    "MinGRUCarry",
+    "MinGRUParams",
+    "MinGRUSpec",
+    "MinLSTMCarry",
+    "MinLSTMParams",
+    "MinLSTMSpec",
     "RNNCarry",
     "RNNParams",
     "RNNSpec",
     "SLSTMCarry",
     "SLSTMParams",
     "SLSTMSpec",
+    "Stream",
     "bidirectional",
     "convert",
+    "cudnn",
     "fused",
     "gru",
     "jacobian",
     "layer",
     "lstm",
     "mlstm",
+    "mingru",
+    "minlstm",
+    "parallel",
+    "regularize",
     "rnn",
     "slstm",
     "stack",
+    "stream",
     "tasks",
     "train",
     "unroll",

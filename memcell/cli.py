@@ -17,7 +17,7 @@ import pathlib
 import sys
 from typing import Sequence
 
-from memcell import fused, tasks
+from memcell import cudnn, fused, parallel, tasks
 from memcell.types import BACKENDS
 
 __all__ = ["build_parser", "main"]
@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--recurrent-scale", type=_positive_float, default=1.0, help="spectral radius of the recurrent init")
     g.add_argument("--backend", default="reference", choices=BACKENDS,
                    help="how the cells are unrolled: 'auto' trains the default LSTM, GRU and RNN on the "
-                        "fused path (memcell.fused), 'fused' refuses the options it does not implement")
+                        "fused path (memcell.fused) and the cells with a linear carry update (mingru, minlstm, "
+                        "lru, rglru, mlstm) on the parallel path (memcell.parallel); 'fused', 'parallel' and "
+                        "'cudnn' (GPU only) refuse what they do not implement")
     g.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="matmul dtype (bfloat16 accumulates in float32; params stay float32)")
     g = t.add_argument_group("optimisation")
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_argument_group("char_lm")
     g.add_argument("--sample-chars", type=_nonneg_int, default=0, help="after training, print this many sampled characters")
     g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
+    g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely characters only (1: greedy)")
     g.add_argument("--prompt", default="\n", help="text the sample continues")
 
     sub.add_parser("tasks", help="list the tasks with their metric and baselines")
@@ -156,6 +159,8 @@ def _build(args):
         raise UsageError(f"--clip must be >= 0, got {args.clip}")
     if args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     if args.sample_chars and args.task != "char_lm":
         raise UsageError("--sample-chars only applies to --task char_lm")
     if args.stop_at_solved and not args.eval_every:
@@ -193,9 +198,12 @@ def _build(args):
     elif args.reset_after != "true":
         raise UsageError(f"--reset-after applies to --cell gru, not {args.cell!r}")
     cells = [tasks.make_cell(args.cell, args.hidden, **options) for _ in range(args.layers)]
-    reason = fused.why_not(cells[0]) if args.backend == "fused" else None
+    why_not = {"fused": fused.why_not, "parallel": parallel.why_not, "cudnn": cudnn.why_not}.get(args.backend)
+    reason = None if why_not is None else why_not(cells[0])
+    if reason is None and args.backend == "cudnn":  # the seeds train under jax.vmap, which cuDNN cannot batch
+        reason = "the seeds train under jax.vmap, which has no cuDNN batching rule in JAX"
     if reason is not None:
-        raise UsageError(f"--backend fused cannot run this cell: {reason}; use --backend auto or reference")
+        raise UsageError(f"--backend {args.backend} cannot run this cell: {reason}; use --backend auto or reference")
     model = tasks.sequence_model(cells if args.layers > 1 else cells[0], task.output_size, task.readout,
                                  backend=args.backend)
     return task, model
@@ -267,7 +275,7 @@ def _train(args) -> int:
 
         params0 = jax.tree.map(lambda x: x[0], state.params)
         text = sample_text(task, model, params0, jax.random.key(args.seed_offset), prompt=args.prompt,
-                           length=args.sample_chars, temperature=args.temperature)
+                           length=args.sample_chars, temperature=args.temperature, top_k=args.top_k)
         report["sample"] = text
     if out is not None:
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -329,6 +329,11 @@ class Recurrent(nn.Module):
       merge: ``"concat"``, ``"sum"``, ``"mean"`` or ``"mul"``.
       residual, dropout: as for ``memcell.stack``; dropout runs when ``deterministic=False``
         and takes the ``"dropout"`` rng.
+      input_dropout, recurrent_dropout, zoneout, learn_initial_carry: ``memcell.layer``'s
+        ``dropout`` (variational, on each layer's inputs), ``recurrent_dropout``, ``zoneout`` and
+        ``learn_initial_carry``, for every layer; the random ones run when ``deterministic=False``
+        (``"dropout"`` rng). One-directional layers only. With ``learn_initial_carry`` each layer's
+        params are ``{"params": ..., "carry": ...}``.
       unroll, remat, backend: as for ``memcell.unroll`` (``backend="auto"``: the default LSTM,
         GRU and RNN run on the fused path, ``memcell.fused``).
 
@@ -357,6 +362,10 @@ class Recurrent(nn.Module):
     unroll: int = 1
     remat: bool = False
     backend: str = "reference"
+    input_dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    zoneout: Any = 0.0
+    learn_initial_carry: bool = False
 
     @nn.nowrap
     def memcell_layer(self):
@@ -373,10 +382,15 @@ class Recurrent(nn.Module):
         if self.merge not in _MERGES:
             raise ValueError(f"merge must be one of {list(_MERGES)}, got {self.merge!r}")
         kw = dict(unroll=self.unroll, remat=self.remat, backend=self.backend)
+        options = dict(dropout=self.input_dropout, recurrent_dropout=self.recurrent_dropout, zoneout=self.zoneout,
+                       learn_initial_carry=self.learn_initial_carry)
         if check_bool("bidirectional", self.bidirectional):
+            used = [("input_dropout" if k == "dropout" else k) for k, v in options.items() if v]
+            if used:
+                raise ValueError(f"{used[0]} is available for one-directional layers only, not with bidirectional=True")
             layers = [bidirectional_layer(c, c, merge=self.merge, **kw) for c in cells]
         else:
-            layers = [as_layer(c, **kw) for c in cells]
+            layers = [as_layer(c, **kw, **options) for c in cells]
         return stack(layers, residual=self.residual, dropout=self.dropout)
 
     @nn.compact
@@ -395,5 +409,6 @@ class Recurrent(nn.Module):
             # taken from the whole stack's init with that key.
             stored[name] = self.param(name, lambda key, i=i: convert.to_dict(lyr.init(key, d)[i]))
         params = convert.from_dict(stored, template, path=self.name or "Recurrent")
-        key = None if deterministic or self.dropout == 0.0 else self.make_rng("dropout")
+        random = self.dropout or self.input_dropout or self.recurrent_dropout or self.zoneout
+        key = None if deterministic or not random else self.make_rng("dropout")
         return lyr.apply(params, xs, carry, lengths=lengths, resets=resets, key=key)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memcell import convert
-from memcell._checks import check_positive_int
+from memcell._checks import check_bool, check_positive_int
 from memcell._flax import (
     check_carry_structure,
     check_input_shape,
@@ -41,8 +41,12 @@ def _is_var(x) -> bool:
 class _CellBase(nnx.RNNCellBase):
     """Shared logic: params from ``cell.init``, one ``nnx.Param`` per field, ``cell.step`` on call."""
 
-    def _setup(self, cell: PureCell, in_features: int, rngs: nnx.Rngs, carry_init: Callable | None) -> None:
+    def _setup(self, cell: PureCell, in_features: int, rngs: nnx.Rngs, carry_init: Callable | None,
+               learn_initial_carry: bool = False) -> None:
         in_features = check_positive_int("in_features", in_features)
+        learn_initial_carry = check_bool("learn_initial_carry", learn_initial_carry)
+        if learn_initial_carry and carry_init is not None:
+            raise ValueError("learn_initial_carry=True learns the initial carry, so carry_init must be None")
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
         self.cell = cell
@@ -63,6 +67,9 @@ class _CellBase(nnx.RNNCellBase):
                 setattr(self, name, nnx.data(jax.tree.map(nnx.Param, value)))
             else:
                 setattr(self, name, nnx.Param(value))
+        # A learnt initial carry: one nnx.Param a carry leaf, without batch axes, started at the
+        # cell's own initial carry; initialize_carry broadcasts it over the batch.
+        self.carry0 = nnx.data(jax.tree.map(nnx.Param, cell.initial_carry(params))) if learn_initial_carry else None
 
     def memcell_params(self) -> PyTree:
         """The params as memcell's NamedTuple (the current values of the ``nnx.Param``s)."""
@@ -106,14 +113,18 @@ class _CellBase(nnx.RNNCellBase):
         """The initial carry for inputs of ``input_shape = (*batch, features)``.
 
         Zeros unless a ``carry_init`` is given (here or to the constructor); it is then
-        called on each carry leaf with a key drawn from ``rngs`` (its ``carry`` stream).
+        called on each carry leaf with a key drawn from ``rngs`` (its ``carry`` stream). With
+        ``learn_initial_carry=True``, the learnt carry (the ``carry0`` params) broadcast over the batch.
         """
         shape = check_input_shape(input_shape)
         batch = shape[:-1]
         params = self.memcell_params()
         struct = jax.eval_shape(lambda p: self.cell.initial_carry(p, batch), params)
         carry_init = carry_init if carry_init is not None else self.carry_init
-        if carry_init is None:
+        if self.carry0 is not None:
+            learnt = jax.tree.map(lambda v: v[...], self.carry0, is_leaf=_is_var)
+            carry = jax.tree.map(lambda v, s: jnp.broadcast_to(v, s.shape).astype(s.dtype), learnt, struct)
+        elif carry_init is None:
             carry = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), struct)
         else:
             if isinstance(rngs, nnx.Rngs):
@@ -137,6 +148,8 @@ class Cell(_CellBase):
       in_features: input features.
       hidden_features: hidden units.
       carry_init: optional initialiser of the carry's leaves (default zeros).
+      learn_initial_carry: the initial carry is a param (``carry0``, one ``nnx.Param`` a carry
+        leaf, started at the cell's initial carry) that ``initialize_carry`` broadcasts over the batch.
       rngs: ``nnx.Rngs`` with a ``params`` stream.
 
     Example:
@@ -148,14 +161,15 @@ class Cell(_CellBase):
       (2, 5, 8)
     """
 
-    def __init__(self, cell_factory, in_features: int, hidden_features: int, *, carry_init=None, rngs: nnx.Rngs):
+    def __init__(self, cell_factory, in_features: int, hidden_features: int, *, carry_init=None,
+                 learn_initial_carry: bool = False, rngs: nnx.Rngs):
         if not callable(cell_factory):
             raise TypeError(f"cell_factory must be a callable hidden_size -> memcell.Cell, got {cell_factory!r}")
         cell = cell_factory(hidden_features)
         if not isinstance(cell, PureCell):
             raise TypeError(f"cell_factory must return a memcell.Cell, got {type(cell).__name__}")
         self.hidden_features = hidden_features
-        self._setup(cell, in_features, rngs, carry_init)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
 
 
 class LSTM(_CellBase):
@@ -171,6 +185,7 @@ class LSTM(_CellBase):
       kernel_init, recurrent_kernel_init: initialisers of ``w_x`` and ``w_h`` (names or callables).
       dtype: computation dtype of the matmuls; param_dtype: dtype of the params.
       carry_init: optional initialiser of ``c`` and ``h`` (default zeros).
+      learn_initial_carry: learn the initial carry, as for ``Cell``.
       rngs: ``nnx.Rngs``.
 
     Example:
@@ -194,6 +209,7 @@ class LSTM(_CellBase):
         dtype=None,
         param_dtype=jnp.float32,
         carry_init=None,
+        learn_initial_carry: bool = False,
         rngs: nnx.Rngs,
     ):
         self.hidden_features = hidden_features
@@ -205,7 +221,7 @@ class LSTM(_CellBase):
             param_dtype=param_dtype,
             dtype=dtype,
         )
-        self._setup(cell, in_features, rngs, carry_init)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
 
     def _to_memcell_carry(self, carry):
         return lstm_carry_from_flax(carry)
@@ -252,6 +268,7 @@ class GRU(_SingleStateCell):
         dtype=None,
         param_dtype=jnp.float32,
         carry_init=None,
+        learn_initial_carry: bool = False,
         rngs: nnx.Rngs,
     ):
         self.hidden_features = hidden_features
@@ -262,7 +279,7 @@ class GRU(_SingleStateCell):
             param_dtype=param_dtype,
             dtype=dtype,
         )
-        self._setup(cell, in_features, rngs, carry_init)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
 
 
 class RNN(_SingleStateCell):
@@ -294,6 +311,7 @@ class RNN(_SingleStateCell):
         dtype=None,
         param_dtype=jnp.float32,
         carry_init=None,
+        learn_initial_carry: bool = False,
         rngs: nnx.Rngs,
     ):
         self.hidden_features = hidden_features
@@ -305,4 +323,4 @@ class RNN(_SingleStateCell):
             param_dtype=param_dtype,
             dtype=dtype,
         )
-        self._setup(cell, in_features, rngs, carry_init)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)

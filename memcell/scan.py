@@ -9,7 +9,7 @@ from typing import Callable, NamedTuple, Sequence as SequenceOf
 import jax
 import jax.numpy as jnp
 
-from memcell import _checks, fused
+from memcell import _checks, cudnn, fused, parallel, regularize
 from memcell._sequence import reverse_within, segment_ends, tree_where
 from memcell.types import Array, Backend, Cell, Layer, Lengths, Outputs, PyTree, Resets, Sequence
 
@@ -50,9 +50,14 @@ def unroll(
       backend: ``"reference"`` (default) scans ``cell.step`` and is differentiable to any order;
         ``"fused"`` runs ``memcell.fused`` (one input matmul for all steps, hand-written
         first-order backward pass; same values and gradients) and raises a ``ValueError`` for a
-        cell or option it does not implement; ``"auto"`` runs the fused path where it applies and
-        the reference elsewhere. The fused path has no jvp: keep the reference for forward-mode
-        and higher-order derivatives.
+        cell or option it does not implement; ``"parallel"`` runs ``memcell.parallel`` for cells
+        whose carry update is linear in the carry (minGRU, minLSTM, LRU, RG-LRU, mLSTM: all
+        steps' coefficients at once, then a chunked scan; derivatives of every order) and
+        raises for any other; ``"cudnn"`` runs the default LSTM through cuDNN
+        (``memcell.cudnn``; GPU only, float32, no resets) and raises a ``ValueError`` saying why
+        where it cannot; ``"auto"`` runs the parallel path where it applies, else cuDNN (on a GPU
+        only), else the fused path, else the reference. The fused and cuDNN paths have no jvp:
+        keep the reference (or the parallel path) for forward-mode and higher-order derivatives.
 
     Returns:
       ``(carry, ys)``: the final carry and the outputs ``[*b, T, H]``.
@@ -71,10 +76,20 @@ def unroll(
     remat = _checks.check_bool("remat", remat)
     unroll = _checks.check_unroll(unroll)
     xs = _checks.check_xs(xs, params)
-    if backend != "reference":  # the fused path checks the params against the cell when it runs
-        out = fused.unroll(
-            cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse, remat=remat, backend=backend
-        )
+    # A fast path checks the params against the cell when it runs; "auto" tries the parallel path
+    # (cells with a linear carry update), then cuDNN (a GPU only), then the fused path, then runs
+    # the reference.
+    kw = dict(lengths=lengths, resets=resets, reverse=reverse, remat=remat)
+    if backend in ("parallel", "auto"):
+        out = parallel.unroll(cell, params, xs, carry, backend=backend, **kw)
+        if out is not None:
+            return out
+    if backend in ("cudnn", "auto"):
+        out = cudnn.unroll(cell, params, xs, carry, backend=backend, **kw)
+        if out is not None:
+            return out
+    if backend in ("fused", "auto"):
+        out = fused.unroll(cell, params, xs, carry, backend=backend, **kw)
         if out is not None:
             return out
     _checks.check_params(cell, params, xs.shape[-1])
@@ -128,26 +143,103 @@ _unroll = unroll  # `unroll` is also an argument name in the layer factories bel
 
 
 def layer(
-    cell: Cell, *, reverse: bool = False, unroll: int | bool = 1, remat: bool = False, backend: Backend = "reference"
+    cell: Cell,
+    *,
+    reverse: bool = False,
+    unroll: int | bool = 1,
+    remat: bool = False,
+    backend: Backend = "reference",
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    zoneout: float | dict = 0.0,
+    learn_initial_carry: bool = False,
 ) -> Layer:
     """Lifts a cell to a sequence ``Layer``: ``apply(params, xs, carry=None, *, lengths=None,
-    resets=None, key=None) -> (carry, ys)`` is ``memcell.unroll`` with these options (``key`` is
-    unused: cells are deterministic). ``backend="auto"`` trains the default LSTM, GRU and RNN on
-    the fused path (see ``memcell.unroll``)."""
+    resets=None, key=None) -> (carry, ys)`` is ``memcell.unroll`` with these options.
+
+    ``apply`` with a ``key`` is training mode (the dropouts and zoneout draw their masks from it);
+    without one, evaluation mode (deterministic). ``memcell.regularize`` says what each option does.
+
+    Args:
+      cell: the ``Cell``.
+      reverse, unroll, remat, backend: as for ``memcell.unroll`` (``backend="auto"`` trains the
+        default LSTM, GRU and RNN on the fused path).
+      dropout: variational dropout on the inputs: one mask a sequence, the same at every step,
+        kept inputs scaled by ``1 / (1 - dropout)``. Any backend (the cell itself is unchanged).
+      recurrent_dropout: variational dropout on ``h`` where it enters the recurrent matmul, one
+        mask a sequence (Gal and Ghahramani 2016); the LSTM's ``c`` and the GRU's
+        ``z * h`` path are not dropped. For ``memcell.lstm``, ``memcell.rnn`` and ``memcell.gru``.
+      zoneout: each unit of the carry keeps its previous value with this probability, a fresh
+        mask each step (Krueger et al. 2017); at evaluation the expectation
+        ``zoneout * carry_{t-1} + (1 - zoneout) * carry_t``. A dict ``{field: rate}`` sets a
+        rate per carry field (``{"c": 0.5, "h": 0.05}``). Any cell.
+      learn_initial_carry: the initial carry becomes a param, initialised to
+        ``cell.initial_carry(params)`` and broadcast over the batch: the layer's params are
+        ``LearntCarry(params, carry)``. A ``carry`` given to ``apply`` still replaces it.
+
+    ``recurrent_dropout`` and ``zoneout`` change the step, so they run on the reference path:
+    ``backend="auto"`` falls back to it, ``backend="fused"`` is refused, naming the option.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, memcell
+      >>> lyr = memcell.layer(memcell.lstm(8), recurrent_dropout=0.25, zoneout={"c": 0.5, "h": 0.05})
+      >>> params = lyr.init(jax.random.key(0), 3)
+      >>> xs = jnp.ones((2, 5, 3))
+      >>> _, ys_train = lyr.apply(params, xs, key=jax.random.key(1))   # masks drawn from the key
+      >>> _, ys_eval = lyr.apply(params, xs)                            # deterministic
+      >>> ys_train.shape == ys_eval.shape == (2, 5, 8)
+      True
+    """
     _checks.check_cell(cell)
     _checks.check_backend(backend)
     reverse = _checks.check_bool("reverse", reverse)
     remat = _checks.check_bool("remat", remat)
     unroll = _checks.check_unroll(unroll)
+    dropout = _checks.check_in("dropout", dropout, 0.0, 1.0, hi_open=True)
+    recurrent_dropout = _checks.check_in("recurrent_dropout", recurrent_dropout, 0.0, 1.0, hi_open=True)
+    zoneout = regularize.check_zoneout(zoneout)
+    learn_initial_carry = _checks.check_bool("learn_initial_carry", learn_initial_carry)
+    if recurrent_dropout > 0.0:
+        regularize.recurrent_dropout_kind(cell)  # refuses the cells it cannot reach inside
+    changes_step = {"recurrent_dropout": recurrent_dropout, "zoneout": zoneout}
+    changes_step = {k: v for k, v in changes_step.items() if v}
+    if changes_step:
+        if backend == "fused":
+            name, value = next(iter(changes_step.items()))
+            raise ValueError(
+                f"backend='fused' cannot run {name}={value!r}: it changes the step, which only the reference "
+                "path runs; use backend='auto' or 'reference'"
+            )
+        backend = "reference"
+    regularized = bool(dropout or changes_step)
+
+    def init(key, input_size: int):
+        params = cell.init(key, input_size)
+        if not learn_initial_carry:
+            return params
+        return regularize.LearntCarry(params, cell.initial_carry(params))
 
     def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None):
-        del key
+        if learn_initial_carry:
+            if not isinstance(params, regularize.LearntCarry):
+                raise TypeError(
+                    f"params must be memcell.regularize.LearntCarry(params, carry) with learn_initial_carry=True, "
+                    f"got {type(params).__name__}"
+                )
+            carry = params.carry if carry is None else carry
+            params = params.params
+        c, p = cell, params
+        if regularized:
+            xs = _checks.check_xs(xs, params)
+            c, p, xs = regularize.regularized(
+                cell, params, xs, key=key, dropout=dropout, recurrent_dropout=recurrent_dropout, zoneout=zoneout
+            )
         return _unroll(
-            cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse, unroll=unroll, remat=remat,
+            c, p, xs, carry, lengths=lengths, resets=resets, reverse=reverse, unroll=unroll, remat=remat,
             backend=backend,
         )
 
-    return Layer(cell.init, apply)
+    return Layer(init, apply)
 
 
 class DirectionPair(NamedTuple):
@@ -220,6 +312,8 @@ def stack(layers: SequenceOf[Cell | Layer], *, residual: bool = False, dropout: 
         must then match; ``init`` says where they do not).
       dropout: rate of dropout on the inputs of the second and later layers (between layers),
         applied only when ``apply`` gets a ``key``; without one the stack is deterministic.
+        ``apply``'s key is split among the layers, so layers made with ``memcell.layer``'s
+        ``dropout``, ``recurrent_dropout`` and ``zoneout`` train with it too.
 
     Returns:
       A ``Layer`` whose params and carry are tuples with one entry a layer.

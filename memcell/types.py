@@ -40,8 +40,10 @@ Resets = Bool[ArrayLike, "*b t"]
 
 # The one list of unroll backends: "reference" scans cell.step (the definition, differentiable to
 # any order); "fused" runs memcell.fused and "parallel" memcell.parallel, each refusing what it
-# cannot run; "auto" runs the fastest path the cell's spec allows (measured) and the reference elsewhere.
-Backend = Literal["reference", "fused", "parallel", "auto"]
+# cannot run; "cudnn" runs memcell.cudnn (the default LSTM through cuDNN, GPU only); "auto" runs the
+# fastest path the cell's spec allows (fused: measured; cuDNN, tried first on a GPU: not yet measured)
+# and the reference elsewhere.
+Backend = Literal["reference", "fused", "parallel", "cudnn", "auto"]
 BACKENDS: tuple[str, ...] = Backend.__args__
 
 

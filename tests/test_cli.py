@@ -45,10 +45,14 @@ def _run_main(argv, capsys):
         (["train", "--task", "adding", "--resume"], "--resume needs --out"),
         (["train", "--task", "adding", "--stop-at-solved"], "--stop-at-solved needs --eval-every"),
         (["train", "--task", "adding", "--sample-chars", "10"], "--sample-chars only applies to --task char_lm"),
+        (["train", "--task", "char_lm", "--top-k", "0"], "--top-k must be >= 1, got 0"),
         (["train", "--task", "adding", "--layers", "2", "--gradient-flow"], "--gradient-flow needs a single recurrent layer"),
         (["train", "--task", "adding", "--backend", "fast"], "invalid choice: 'fast'"),
         (["train", "--task", "adding", "--layer-norm", "--backend", "fused"],
          "--backend fused cannot run this cell: the fused LSTM implements the default cell only"),
+        (["train", "--task", "adding", "--backend", "parallel"],
+         "--backend parallel cannot run this cell: no parallel path for a cell with a LSTMSpec"),
+        (["train", "--task", "adding", "--backend", "cudnn"], "--backend cudnn cannot run this cell: "),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )
@@ -122,7 +126,7 @@ def test_backend_auto_trains_like_the_reference(tmp_path, capsys, monkeypatch):
 def test_char_lm_prints_a_sample(capsys):
     code, stdout, _ = _run_main(["train", "--task", "char_lm", "--length", "20", "--hidden", "16", "--steps", "20",
                                  "--steps-per-call", "20", "--no-progress", "--sample-chars", "30",
-                                 "--prompt", "ROMEO", "--temperature", "0.5"], capsys)
+                                 "--prompt", "ROMEO", "--temperature", "0.5", "--top-k", "5"], capsys)
     assert code == 0
     assert "bigram baseline" in stdout and "unigram baseline" in stdout
     sample = stdout.split("(temperature 0.5):\n", 1)[1]

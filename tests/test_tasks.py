@@ -87,6 +87,34 @@ def test_copy_generator():
     assert task.info["formula_baseline"] == pytest.approx(10 * math.log(8) / (T + 20))
 
 
+# ----------------------------------------------------------------------------- selective copying
+
+
+def test_selective_copy_generator():
+    T = 40
+    task = tasks.selective_copy(T, n_test=500)
+    b = _np(task.sample(KEY, 64))
+    assert b["xs"].shape == (64, T + 16) == b["ys"].shape and b["xs"].dtype.kind == "i"
+    context, marks = b["xs"][:, :T], b["xs"][:, T:]
+    assert np.all(marks == 17) and np.all((context >= 0) & (context <= 16))
+    assert np.all((context > 0).sum(1) == 16)  # 16 data tokens at distinct positions
+    for row_x, row_y in zip(context, b["ys"]):  # recalled in the order they appear
+        np.testing.assert_array_equal(row_y[T:], row_x[row_x > 0])
+    assert np.all(b["ys"][:, :T] == 0)
+    first = np.argmax(context > 0, axis=1)
+    assert len(np.unique(first)) > 5  # the positions vary from sequence to sequence
+    base = task.baselines["memoryless"]
+    assert base["accuracy"] == pytest.approx(1 / 16, abs=0.02)  # the most frequent symbol, per recall step
+    assert base["xent"] == pytest.approx(math.log(16), rel=0.02)
+    assert task.metric == "accuracy" and task.mode == "max" and task.solved == 0.99
+    # the loss scores the recall steps only: a perfect prediction there has zero loss whatever else
+    logits = 50.0 * jax.nn.one_hot(b["ys"], 17) * (np.arange(T + 16) >= T)[None, :, None]
+    loss, metrics = task.loss(jnp.asarray(logits), b)
+    assert float(loss) < 1e-6 and float(metrics["accuracy"]) == 1.0
+    with pytest.raises(ValueError, match="length must be an int >= 16"):
+        tasks.selective_copy(8)
+
+
 # ----------------------------------------------------------------------------- temporal order
 
 

@@ -2,9 +2,28 @@
 
 from memcell.cells.gru import GRUCarry, GRUParams, GRUSpec, gru
 from memcell.cells.lstm import LSTM_VARIANTS, LSTMCarry, LSTMNorm, LSTMParams, LSTMSpec, lstm
+from memcell.cells.minrnn import (
+    MinGRUCarry,
+    MinGRUParams,
+    MinGRUSpec,
+    MinLSTMCarry,
+    MinLSTMParams,
+    MinLSTMSpec,
+    mingru,
+    minlstm,
+)
 from memcell.cells.rnn import RNNCarry, RNNParams, RNNSpec, rnn
-from memcell.cells.xlstm import (MLSTMCarry, MLSTMGates, MLSTMParams, MLSTMSpec, SLSTMCarry, SLSTMParams,
-                                 SLSTMSpec, mlstm, slstm)
+from memcell.cells.xlstm import (
+    MLSTMCarry,
+    MLSTMGates,
+    MLSTMParams,
+    MLSTMSpec,
+    SLSTMCarry,
+    SLSTMParams,
+    SLSTMSpec,
+    mlstm,
+    slstm,
+)
 from memcell.types import Cell, CellSpec
 
 __all__ = [
@@ -22,6 +41,12 @@ __all__ = [
     "MLSTMGates",
     "MLSTMParams",
     "MLSTMSpec",
+    "MinGRUCarry",
+    "MinGRUParams",
+    "MinGRUSpec",
+    "MinLSTMCarry",
+    "MinLSTMParams",
+    "MinLSTMSpec",
     "RNNCarry",
     "RNNParams",
     "RNNSpec",
@@ -31,6 +56,8 @@ __all__ = [
     "gru",
     "lstm",
     "mlstm",
+    "mingru",
+    "minlstm",
     "rnn",
     "slstm",
 ]

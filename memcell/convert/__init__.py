@@ -20,10 +20,11 @@ Conventions, once:
 
 One concern a module: ``_spec`` (what a torch module is, ``torch_layer``), ``_from_torch``
 (key parsing, size inference, param building), ``_to_torch``, ``_torch_cells``,
-``_torch_carry``, ``_flax_params``, ``_dicts`` (nested dicts for the Flax wrappers) and
-``_probe`` (checking a layer against a NumPy reference of the equations).
+``_torch_carry``, ``_cudnn`` (cuDNN's flat LSTM weights), ``_flax_params``, ``_dicts`` (nested
+dicts for the Flax wrappers) and ``_probe`` (checking a layer against a NumPy reference of the equations).
 """
 
+from memcell.convert._cudnn import from_cudnn, to_cudnn
 from memcell.convert._dicts import from_dict, to_dict
 from memcell.convert._flax_params import from_flax, to_flax
 from memcell.convert._from_torch import from_torch
@@ -35,11 +36,13 @@ from memcell.convert._torch_cells import from_torch_cell, to_torch_cell
 __all__ = [
     "TORCH_MODES",
     "TorchSpec",
+    "from_cudnn",
     "from_dict",
     "from_flax",
     "from_torch",
     "from_torch_carry",
     "from_torch_cell",
+    "to_cudnn",
     "to_dict",
     "to_flax",
     "to_torch",

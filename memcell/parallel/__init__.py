@@ -1,1 +1,20 @@
-"""Fast paths that run a whole sequence without a per-step loop (parallel and chunkwise forms)."""
+"""The parallel path: cells whose carry update is linear in the carry, over all steps at once.
+
+A cell whose carry obeys ``h_t = a_t * h_{t-1} + b_t`` (minGRU, minLSTM, LRU, RG-LRU: see
+``memcell.LinearSpec``) declares how to compute ``a`` and ``b`` for every step from the inputs
+alone. ``memcell.unroll(cell, params, xs, backend="parallel")`` then computes them for all steps
+at once (one large matmul instead of ``T`` small ones) and runs the recurrence as a chunked scan
+(``linear``): no loop over all ``T`` steps on accelerators, one elementwise loop on CPU where
+that measures fastest (``tuning``). Lengths, resets, reverse and an initial carry give what the
+reference path gives (``dispatch``); every function here is tested equal to the reference path,
+values and gradients, and unlike the fused path it has derivatives of every order.
+
+The package, one module a concern: ``linear`` (the chunked linear and log-space scans),
+``tuning`` (the chunk length per platform, with its measurement) and ``dispatch`` (what
+``memcell.unroll`` runs in parallel). This module only re-exports.
+"""
+
+from memcell.parallel.dispatch import supports, unroll, why_not
+from memcell.parallel.linear import chunk_size_for, linear_scan, log_linear_scan
+
+__all__ = ["chunk_size_for", "linear_scan", "log_linear_scan", "supports", "unroll", "why_not"]

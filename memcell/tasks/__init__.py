@@ -1,7 +1,7 @@
 """Benchmarks for recurrent cells: generators and loaders with a test split, a stated metric
 and baselines computed from the data.
 
-Long-term-dependency problems (``synthetic``): ``adding``, ``copy_memory``, ``temporal_order``.
+Long-term-dependency problems (``synthetic``): ``adding``, ``copy_memory``, ``temporal_order``, ``selective_copy``.
 Small real data, nothing downloaded: ``digits`` (sequential and permuted 8x8 digits,
 scikit-learn), ``char_lm`` (Shakespeare, shipped), ``sunspots`` (statsmodels),
 ``japanese_vowels`` (speech, shipped).
@@ -34,7 +34,7 @@ from memcell.tasks._base import (
 )
 from memcell.tasks.digits import digits
 from memcell.tasks.sunspots import sunspots
-from memcell.tasks.synthetic import adding, copy_memory, temporal_order
+from memcell.tasks.synthetic import adding, copy_memory, selective_copy, temporal_order
 from memcell.tasks.text import char_lm, sample_text
 from memcell.tasks.vowels import japanese_vowels, read_ts
 
@@ -42,6 +42,7 @@ from memcell.tasks.vowels import japanese_vowels, read_ts
 TASKS = {
     "adding": (adding, "length"),
     "copy": (copy_memory, "length"),
+    "selective_copy": (selective_copy, "length"),
     "temporal_order": (temporal_order, "length"),
     "digits": (digits, None),
     "permuted_digits": (lambda **kw: digits(permuted=True, **kw), None),
@@ -86,6 +87,7 @@ __all__ = [
     "make_cell",
     "read_ts",
     "sample_text",
+    "selective_copy",
     "sequence_model",
     "sunspots",
     "temporal_order",

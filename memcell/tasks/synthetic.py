@@ -1,4 +1,4 @@
-"""The classic long-term-dependency problems: adding, copy memory, temporal order.
+"""The classic long-term-dependency problems: adding, copy memory, temporal order, and selective copying.
 
 Every generator is a pure JAX function of a key, so batches are drawn inside the jit-compiled
 train step; the test set is drawn once from a fixed key that training never uses, and each
@@ -15,7 +15,7 @@ import numpy as np
 
 from memcell.tasks._base import Task, classification_loss, cross_entropy
 
-__all__ = ["adding", "copy_memory", "temporal_order"]
+__all__ = ["adding", "copy_memory", "selective_copy", "temporal_order"]
 
 # Test sets and baseline-fitting samples come from this fixed key, folded with the task's
 # seed; training draws its keys from the run's key, so the streams never coincide by design.
@@ -172,6 +172,89 @@ def copy_memory(length: int = 100, *, n_test: int = 1000, seed: int = 0) -> Task
         solved=0.01 * baseline,
         info={"length": T, "n_test": n_test, "formula_baseline": _COPY_LEN * math.log(_COPY_SYMBOLS) / (T + 2 * _COPY_LEN),
               "protocol": "10 symbols of 8, lag T, recall after a delimiter; solved: xent < 1% of the memoryless baseline"},
+    )
+
+
+# ----------------------------------------------------------------------------- selective copying
+
+_SEL_SYMBOLS, _SEL_COUNT = 16, 16  # data tokens 1..16; 16 of them to recall
+_SEL_MARK = _SEL_SYMBOLS + 1  # the "recall now" token; 0 is noise
+
+
+def _selective_sample(T: int):
+    n = T + _SEL_COUNT
+
+    def sample(key, batch_size: int) -> dict:
+        kp, kd = jax.random.split(key)
+        # 16 distinct positions in the first T steps, in order: a random permutation's first 16, sorted.
+        pos = jnp.sort(jnp.argsort(jax.random.uniform(kp, (batch_size, T)), axis=1)[:, :_SEL_COUNT], axis=1)
+        data = jax.random.randint(kd, (batch_size, _SEL_COUNT), 1, _SEL_SYMBOLS + 1)
+        rows = jnp.arange(batch_size)[:, None]
+        context = jnp.zeros((batch_size, T), jnp.int32).at[rows, pos].set(data)
+        marks = jnp.full((batch_size, _SEL_COUNT), _SEL_MARK, jnp.int32)
+        xs = jnp.concatenate([context, marks], axis=1)
+        ys = jnp.concatenate([jnp.zeros((batch_size, T), jnp.int32), data], axis=1)
+        assert xs.shape[1] == n and ys.shape[1] == n
+        return {"xs": xs, "ys": ys}
+
+    return sample
+
+
+def _selective_loss(outputs, batch):
+    # Only the 16 recall steps are scored: the context steps have nothing to predict.
+    xent, acc = cross_entropy(outputs[:, -_SEL_COUNT:], batch["ys"][:, -_SEL_COUNT:])
+    return xent, {"xent": xent, "accuracy": acc}
+
+
+def selective_copy(length: int = 256, *, n_test: int = 1000, seed: int = 0) -> Task:
+    """Selective copying (Gu and Dao 2023, the Mamba paper's task; used by Feng et al. 2024).
+
+    Input, ``T + 16`` tokens: a context of ``T`` steps of noise (token 0) with 16 data tokens
+    (drawn from ``{1..16}``) at 16 random distinct positions, then 16 recall markers (17).
+    Target, at the 16 marker steps: the data tokens in the order they appeared. Unlike copy
+    memory, the data's positions vary, so the model must select what to store by content (an
+    input-dependent gate), not count steps. Metric: recall accuracy over the 16 marker steps
+    (loss: their mean cross-entropy). Baseline: the best memoryless predictor, each recall
+    step's most frequent target on training data (about 1/16). Solved: accuracy >= 0.99.
+
+    Args:
+      length: ``T``, the context length (>= 16).
+      n_test: test sequences.
+      seed: selects the test set.
+
+    Returns:
+      A ``Task`` with token inputs ``xs: [b, T + 16]`` (18 classes) and ``ys: [b, T + 16]``
+      (16 output classes + noise: 17 outputs).
+
+    Example:
+      >>> import jax
+      >>> from memcell.tasks import selective_copy
+      >>> task = selective_copy(32)
+      >>> batch = task.sample(jax.random.key(0), 4)
+      >>> batch["xs"].shape, int((batch["xs"][:, :32] > 0).sum(1)[0])
+      ((4, 48), 16)
+    """
+    T = _check_int("length", length, _SEL_COUNT)
+    n_test = _check_int("n_test", n_test, 1)
+    sample = _selective_sample(T)
+    draw = jax.jit(sample, static_argnums=1)  # eager generation dispatches op by op: slow
+    base = jax.random.fold_in(jax.random.key(seed + 3), T)
+    test, fit = _test_and_fit(draw, base, n_test)
+    n_out = _SEL_SYMBOLS + 1
+    recall_fit, recall_test = fit["ys"][:, -_SEL_COUNT:], test["ys"][:, -_SEL_COUNT:]
+    counts = np.stack([np.bincount(col, minlength=n_out) for col in recall_fit.T]).astype(np.float64)
+    majority = counts.argmax(-1)  # [16]
+    acc = float(np.mean(recall_test == majority[None]))
+    probs = (counts + 1e-3) / (counts + 1e-3).sum(-1, keepdims=True)
+    xent = float(-np.log(probs[np.arange(_SEL_COUNT), recall_test]).mean())
+    return Task(
+        name="selective_copy", input_size=_SEL_MARK + 1, output_size=n_out, readout="all", sample=sample, test=test,
+        loss=_selective_loss, metric="accuracy", mode="max",
+        baselines={"memoryless": {"accuracy": acc, "xent": xent, "loss": xent}},
+        solved=0.99,
+        info={"length": T, "n_test": n_test, "symbols": _SEL_SYMBOLS, "to_recall": _SEL_COUNT,
+              "protocol": "16 of 16 symbols at random positions among T noise steps, recalled in order after "
+                          "16 markers; metric: recall accuracy; solved: >= 0.99"},
     )
 
 

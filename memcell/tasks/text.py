@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from memcell.streaming import stream
 from memcell.tasks._base import Model, ModelParams, Task, cross_entropy
 
 __all__ = ["char_lm", "sample_text"]
@@ -95,48 +96,67 @@ def char_lm(length: int = 100, *, valid_fraction: float = 0.1, max_valid_chars: 
 
 
 def sample_text(task: Task, model: Model, params: ModelParams, key, *, prompt: str = "\n", length: int = 200,
-                temperature: float = 1.0) -> str:
+                temperature: float = 1.0, top_k: int | None = None) -> str:
     """Generates ``length`` characters after ``prompt`` from a trained char-LM ``model``.
 
-    Each character is drawn from ``softmax(logits / temperature)``: below 1 the text is more
-    conservative, above 1 more random; ``temperature=0`` takes the most likely character.
+    The model runs as a stream (``memcell.stream``): the prompt is fed as one chunk, then each
+    drawn character is fed as the next step, from the carry the last call left. Each character
+    is drawn from ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely
+    ones: below 1 the text is more conservative, above 1 more random; ``temperature=0`` or
+    ``top_k=1`` takes the most likely character.
 
     Args:
       task: the ``char_lm`` task (for its vocabulary).
-      model: a ``sequence_model(..., readout="all")``; params: its params (one model).
+      model: a ``sequence_model(..., readout="all")`` whose layers run in one direction;
+        params: its params (one model).
       key: a ``jax.random.key``.
       prompt: text to condition on (every character must be in the vocabulary).
       length: characters to generate.
-      temperature: >= 0.
+      temperature: a finite number >= 0.
+      top_k: draw among the ``top_k`` most likely characters only (None: all of them); an int
+        in ``[1, vocabulary size]``.
 
     Returns:
       The generated text (without the prompt).
     """
     vocab = task.info["vocab"]
+    V = len(vocab)
     bad = sorted({c for c in prompt if c not in vocab})
     if not prompt or bad:
         raise ValueError(f"prompt must be non-empty and use only the corpus' characters, got unknown {bad!r}")
+    ok = isinstance(temperature, (int, float, np.integer, np.floating)) and not isinstance(temperature, bool)
+    if not (ok and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= V):
+        raise ValueError(f"top_k must be None or an int in [1, {V}] (the vocabulary size), got {top_k!r}")
     if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
         raise ValueError(f"length must be a positive int, got {length!r}")
-    V = len(vocab)
-    lyr = model.layers
+    if model.readout != "all":
+        raise ValueError(f"model must have readout='all' (one output a step) to generate text, got {model.readout!r}")
+    s = stream(model.layers, V)
     prompt_ids = jnp.asarray([vocab.index(c) for c in prompt], jnp.int32)
+    greedy = temperature == 0 or top_k == 1
+
+    def draw(logits, k):
+        if greedy:
+            return jnp.argmax(logits, axis=-1)
+        if top_k is not None and top_k < V:
+            kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+            logits = jnp.where(logits >= kth, logits, -jnp.inf)
+        return jax.random.categorical(k, logits / temperature)
 
     @jax.jit
     def generate(params, key):
-        carry, ys = lyr.apply(params.rnn, jax.nn.one_hot(prompt_ids, V))
-        logits = ys[-1] @ params.w + params.b
+        carry, ys = s.feed(params.rnn, s.init_carry(params.rnn), jax.nn.one_hot(prompt_ids, V))
+        logits = model.head(params, ys[-1])
 
         def body(state, k):
             carry, logits = state
-            if temperature == 0:
-                c = jnp.argmax(logits)
-            else:
-                c = jax.random.categorical(k, logits / temperature)
-            carry, y = lyr.apply(params.rnn, jax.nn.one_hot(c, V)[None], carry)
-            return (carry, y[-1] @ params.w + params.b), c
+            c = draw(logits, k)
+            carry, y = s.step(params.rnn, carry, jax.nn.one_hot(c, V))
+            return (carry, model.head(params, y)), c
 
         _, out = jax.lax.scan(body, (carry, logits), jax.random.split(key, length))
         return out

@@ -1,0 +1,152 @@
+"""Dispatch from ``memcell.unroll(..., backend="parallel" | "auto")``: which cells the parallel path runs.
+
+Only the cell's declared spec decides (see ``memcell.CellSpec``): a ``LinearSpec`` (minGRU,
+minLSTM, LRU, RG-LRU) runs the chunked linear scan of ``memcell.parallel.linear`` over the
+coefficients the spec computes for all steps at once; any other cell runs the reference path.
+Lengths, resets, reverse and the initial carry are handled here, once, for every such cell, and
+give what the reference path gives.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from memcell import _checks
+from memcell._sequence import reverse_within, segment_ends
+from memcell.parallel import tuning
+from memcell.parallel.linear import NEG, linear_scan, log_linear_scan
+from memcell.types import Cell, Lengths, LinearSpec, PyTree, Sequence
+
+__all__ = ["supports", "unroll", "why_not"]
+
+
+def _plan(cell: Cell, *, remat: bool = False):
+    """The function that runs ``cell`` in parallel over time, or a string saying why none does."""
+    spec = getattr(cell, "spec", None) if isinstance(cell, Cell) else None
+    if spec is None:
+        return "the cell declares no parallel path (only cells whose carry update is linear in the carry do)"
+    if not spec.describes(cell):
+        return "the cell's spec was made for another step function (its step was wrapped or replaced)"
+    if remat:
+        return "remat=True is not implemented by the parallel path (it keeps only the carries of every step)"
+    if isinstance(spec, LinearSpec):
+        return _linear
+    return f"no parallel path for a cell with a {type(spec).__name__}: its carry update is not linear in the carry"
+
+
+def why_not(cell: Cell, *, remat: bool = False) -> str | None:
+    """Why ``memcell.unroll(cell, ..., backend="parallel")`` would refuse, or None if it runs."""
+    plan = _plan(cell, remat=remat)
+    return plan if isinstance(plan, str) else None
+
+
+def supports(cell: Cell, *, remat: bool = False) -> bool:
+    """Whether ``memcell.unroll(cell, ..., backend="auto")`` runs the parallel path for these options."""
+    return why_not(cell, remat=remat) is None
+
+
+def _linear(spec: LinearSpec, params, xs, carry0, valid, resets, chunk_size: int):
+    """``h_t = a_t h_{t-1} + b_t`` from the spec's coefficients; ``(carry, ys)``."""
+    leaves, treedef = jax.tree.flatten(carry0)
+    if len(leaves) != 1:
+        raise ValueError(f"a LinearSpec cell's carry must hold exactly one array, got {len(leaves)} leaves")
+    (h0,) = leaves
+    a, b = spec.coefficients(params, xs)
+    v = None if valid is None else valid[..., None]
+    s = None if resets is None else resets[..., None]  # where the carry restarts from h0
+    h0_t = h0[..., None, :]
+    if not spec.log_space:
+        if v is not None:  # past a sequence's length the carry stays: a = 1, b = 0
+            a, b = jnp.where(v, a, jnp.ones_like(a)), jnp.where(v, b, jnp.zeros_like(b))
+        if s is not None:  # a restart: h_t = a_t h0 + b_t
+            a, b = jnp.where(s, jnp.zeros_like(a), a), jnp.where(s, b + a * h0_t, b)
+        hs = linear_scan(a, b, h0.astype(jnp.result_type(a, b)), chunk_size=chunk_size)
+    else:
+        la, lb = a, b
+        if v is not None:
+            la, lb = jnp.where(v, la, jnp.zeros_like(la)), jnp.where(v, lb, jnp.full_like(lb, NEG))
+        # h = z + P h0: z from zero (in log space, where its terms are positive), P the product of
+        # a since the last restart (a linear scan), so h0 may have any sign and is never logged.
+        la_z = la if s is None else jnp.where(s, jnp.full_like(la, NEG), la)
+        z = jnp.exp(log_linear_scan(la_z, lb, chunk_size=chunk_size))
+        a_lin = jnp.exp(la)
+        pa, pb = (a_lin, jnp.zeros_like(a_lin)) if s is None else (
+            jnp.where(s, jnp.zeros_like(a_lin), a_lin), jnp.where(s, a_lin, jnp.zeros_like(a_lin)))
+        p = linear_scan(pa, pb, jnp.ones_like(h0, a_lin.dtype), chunk_size=chunk_size)
+        hs = z + p * h0_t.astype(z.dtype)
+    hs = hs.astype(jnp.result_type(hs, h0))
+    ys = spec.readout(params, hs, xs)
+    return jax.tree.unflatten(treedef, [hs[..., -1, :]]), ys
+
+
+def unroll(
+    cell: Cell,
+    params: PyTree,
+    xs: Sequence,
+    carry: PyTree | None = None,
+    *,
+    lengths: Lengths | None = None,
+    resets=None,
+    reverse: bool = False,
+    remat: bool = False,
+    backend: str = "parallel",
+    chunk_size: int | None = None,
+):
+    """``memcell.unroll`` on the parallel path: what ``memcell.unroll(..., backend=...)`` calls.
+
+    Args:
+      cell, params, xs, carry, lengths, resets, reverse, remat: as for ``memcell.unroll``.
+      backend: ``"parallel"`` raises a ``ValueError`` saying why when the cell or an option has no
+        parallel implementation; ``"auto"`` returns None then, so the caller tries the next path.
+      chunk_size: steps a chunk of the chunked scan (default: ``memcell.parallel.tuning``'s choice
+        for the platform).
+
+    Returns:
+      ``(carry, ys)``, or None (``backend="auto"`` only) when the parallel path does not apply.
+    """
+    _checks.check_backend(backend, ("parallel", "auto"))
+    plan = _plan(cell, remat=remat)
+    if isinstance(plan, str):
+        if backend == "auto":
+            return None
+        raise ValueError(f"backend='parallel' cannot run this unroll: {plan}; use backend='auto' or 'reference'")
+    xs = _checks.check_xs(xs, params)
+    _checks.check_params(cell, params, xs.shape[-1])
+    batch_shape, T = tuple(xs.shape[:-2]), xs.shape[-2]
+    lengths = _checks.check_lengths(lengths, batch_shape, T)
+    resets = _checks.check_resets(resets, batch_shape, T)
+    carry0 = _checks.check_carry(cell, params, carry, batch_shape)
+    if chunk_size is not None:
+        chunk_size = _checks.check_positive_int("chunk_size", chunk_size)
+    if T == 0:  # no step: the initial carry, and no outputs of the step's output shape
+        x = jax.ShapeDtypeStruct(batch_shape + xs.shape[-1:], xs.dtype)
+        y = jax.eval_shape(cell.step, params, carry0, x)[1]
+        return carry0, jnp.zeros(batch_shape + (0,) + y.shape[len(batch_shape):], y.dtype)
+
+    # The time direction, as on the reference path: read backwards, a segment starts where the next
+    # one begins; with lengths each sequence is reversed within its own length.
+    flip = reverse and lengths is None
+    if reverse:
+        if resets is not None:
+            resets = segment_ends(resets)
+        if lengths is not None:
+            xs = reverse_within(xs, lengths, axis=-2)
+            if resets is not None:
+                resets = reverse_within(resets, lengths, axis=-1)
+    if flip:
+        xs = jnp.flip(xs, axis=-2)
+        resets = None if resets is None else jnp.flip(resets, axis=-1)
+    if resets is not None:
+        resets = jnp.broadcast_to(resets, batch_shape + (T,))
+    valid = None if lengths is None else jnp.arange(T) < lengths[..., None]  # [*b, T]
+    if valid is not None:  # padded inputs zeroed: garbage there never reaches values or gradients
+        xs = jnp.where(valid[..., None], xs, jnp.zeros_like(xs))
+
+    L = tuning.chunk_size(T) if chunk_size is None else chunk_size
+    carry, ys = plan(cell.spec, params, xs, carry0, valid, resets, L)
+    if valid is not None:
+        ys = jnp.where(valid[..., None], ys, jnp.zeros_like(ys))
+    if flip:
+        ys = jnp.flip(ys, axis=-2)
+    elif reverse:
+        ys = reverse_within(ys, lengths, axis=-2)
+    return carry, ys

@@ -1,0 +1,228 @@
+"""Regularisers that respect the recurrence: variational dropout, zoneout, and a learnt initial carry.
+
+``memcell.layer(cell, dropout=..., recurrent_dropout=..., zoneout=..., learn_initial_carry=...)``
+is where these options are used; this module holds what they do, so that ``memcell.scan`` only
+wires them in. Randomness comes from the ``key`` that ``Layer.apply`` takes: with a key the layer
+is in training mode, without one in evaluation mode (deterministic).
+
+- Variational dropout (Gal and Ghahramani 2016): one mask a sequence on the inputs (``dropout``)
+  and one on the recurrent ``h`` (``recurrent_dropout``), the same at every step, with inverted
+  scaling (kept units are divided by ``1 - rate``), so evaluation uses the plain cell.
+- Zoneout (Krueger et al. 2017): at every step each unit of the carry keeps its previous value
+  with probability ``rate`` (a fresh mask each step); evaluation takes the expectation
+  ``rate * carry_{t-1} + (1 - rate) * carry_t``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from memcell._checks import check_in
+from memcell._numerics import linear
+from memcell.cells import GRUSpec, LSTMSpec, RNNSpec
+from memcell.types import Array, Cell, PyTree
+
+__all__ = ["LearntCarry", "check_zoneout", "recurrent_dropout_kind", "regularized"]
+
+# Cells whose step reads carry.h only as the input of the recurrent matmul: masking carry.h
+# before the step is exactly dropout on h where it enters the gates (for the LSTM, the memory
+# cell c is not dropped). The GRU also reads h outside the matmul (h' = (1 - z) * n + z * h),
+# so it gets a step of its own below. Exact spec types only: a subclass may read h elsewhere.
+_H_THROUGH_MATMUL = (LSTMSpec, RNNSpec)
+
+
+class LearntCarry(NamedTuple):
+    """Params of a layer with ``learn_initial_carry=True``."""
+
+    params: PyTree  # the cell's params
+    carry: PyTree  # the initial carry, without batch axes: broadcast over the batch
+
+
+def check_zoneout(zoneout) -> float | dict[str, float]:
+    """Checks a zoneout option.
+
+    Args:
+      zoneout: a rate in ``[0, 1)`` for every carry leaf, or a dict ``{carry field: rate}``
+        (e.g. ``{"c": 0.5, "h": 0.05}``; fields left out are not zoned out).
+
+    Returns:
+      The rate as a float, or the dict with float rates.
+    """
+    if isinstance(zoneout, Mapping):
+        rates = {}
+        for name, rate in zoneout.items():
+            if not isinstance(name, str):
+                raise TypeError(f"zoneout keys must be carry field names (str), got {name!r}")
+            rates[name] = check_in(f"zoneout[{name!r}]", rate, 0.0, 1.0, hi_open=True)
+        return rates
+    return check_in("zoneout", zoneout, 0.0, 1.0, hi_open=True)
+
+
+def recurrent_dropout_kind(cell: Cell) -> str:
+    """How recurrent dropout reaches inside ``cell``'s step.
+
+    Args:
+      cell: the cell; its spec (a built-in cell's, describing its own step) decides.
+
+    Returns:
+      ``"h"`` (mask ``carry.h`` before the step: LSTM, RNN) or ``"gru"`` (a GRU step with the
+      mask on the matmul input only).
+
+    Raises:
+      ValueError: for any other cell (a user's own, or a wrapped step), where how ``h`` enters
+        the step is unknown, so masking the carry could drop the state path as well.
+    """
+    spec = cell.spec
+    if spec is not None and spec.describes(cell):
+        if type(spec) in _H_THROUGH_MATMUL:
+            return "h"
+        if type(spec) is GRUSpec:
+            return "gru"
+    name = "None" if spec is None else type(spec).__name__
+    raise ValueError(
+        "recurrent_dropout needs a cell whose step is known to read h through its recurrent matmul "
+        f"(memcell.lstm, memcell.rnn, memcell.gru); got a cell with spec {name}"
+    )
+
+
+def _gru_step(spec: GRUSpec, params, carry, x: Array, mask: Array):
+    """``memcell.gru``'s step with ``h * mask`` entering the recurrent matmul and the plain ``h``
+    in ``h' = (1 - z) * n + z * h`` (Gal and Ghahramani's GRU; Keras' ``recurrent_dropout``)."""
+    h = carry.h
+    hm = (h * mask).astype(h.dtype)
+    H = h.shape[-1]
+    xr, xz, xn = jnp.split(linear(x, params.w_x, spec.dtype) + params.b_x, 3, axis=-1)
+    if spec.reset_after:
+        hr, hz, hn = jnp.split(linear(hm, params.w_h, spec.dtype) + params.b_h, 3, axis=-1)
+        r = jax.nn.sigmoid(xr + hr)
+        z = jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * hn)
+    else:
+        hr, hz = jnp.split(linear(hm, params.w_h[:, : 2 * H], spec.dtype) + params.b_h[: 2 * H], 2, axis=-1)
+        r = jax.nn.sigmoid(xr + hr)
+        z = jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + linear(r * hm, params.w_h[:, 2 * H :], spec.dtype) + params.b_h[2 * H :])
+    h_new = ((1.0 - z) * n + z * h).astype(h.dtype)
+    return type(carry)(h_new), h_new
+
+
+def _leaf_rates(zoneout, carry) -> list[float]:
+    """The zoneout rate of each leaf of ``carry`` (in ``jax.tree.leaves`` order); 0 for leaves
+    that are not floating point (counters, indices), which have no expectation to take."""
+    floating = [jnp.issubdtype(leaf.dtype, jnp.inexact) for leaf in jax.tree.leaves(carry)]
+    if not isinstance(zoneout, dict):
+        return [zoneout if f else 0.0 for f in floating]
+    fields = getattr(carry, "_fields", None)
+    if fields is None:
+        raise ValueError(f"zoneout as a dict needs a NamedTuple carry, got {type(carry).__name__}")
+    unknown = sorted(set(zoneout) - set(fields))
+    if unknown:
+        raise ValueError(f"zoneout names fields {unknown} that the carry has not; its fields are {list(fields)}")
+    rates = [zoneout.get(f, 0.0) for f, v in zip(fields, carry) for _ in jax.tree.leaves(v)]
+    return [r if f else 0.0 for r, f in zip(rates, floating)]
+
+
+class _Wrapped(NamedTuple):
+    params: PyTree  # the cell's own params, wrapped so unroll does not compare xs (inputs + noise) to w_x
+
+
+def regularized(cell: Cell, params, xs: Array, *, key, dropout: float, recurrent_dropout: float,
+                zoneout) -> tuple[Cell, PyTree, Array]:
+    """The cell, params and inputs to unroll for these options: ``(cell', params', xs')``.
+
+    With ``key`` (training) it draws the masks: the input mask and the recurrent mask once for
+    each sequence, the zoneout masks for every step (appended to ``xs'`` as extra features, so
+    that they follow ``lengths``, ``resets`` and ``reverse`` with the inputs). Without ``key``
+    dropout is the identity and zoneout its expectation. The returned cell has no spec: it runs
+    on the reference path. Outputs: where the cell's output is a leaf of its new carry (``h``
+    for the LSTM, GRU and RNN), it is that leaf after zoneout.
+
+    Args:
+      cell, params: the cell and its params.
+      xs: ``[*b, T, d]`` inputs.
+      key: a ``jax.random.key``, or None for evaluation.
+      dropout, recurrent_dropout: rates in ``[0, 1)``; zoneout: a rate or ``{field: rate}``.
+
+    Returns:
+      ``(cell', params', xs')`` for ``memcell.unroll``; ``cell`` and ``params`` themselves
+      when nothing is to be done.
+    """
+    batch_shape, T, d = tuple(xs.shape[:-2]), xs.shape[-2], xs.shape[-1]
+    template = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
+    rates = _leaf_rates(zoneout, template) if zoneout else []
+    h_mask = noise = None
+    if key is not None:
+        k_x, k_h, k_z = jax.random.split(key, 3)
+        if dropout > 0.0:
+            keep = jax.random.bernoulli(k_x, 1.0 - dropout, batch_shape + (d,))
+            xs = jnp.where(keep[..., None, :], xs / (1.0 - dropout), jnp.zeros_like(xs)).astype(xs.dtype)
+        if recurrent_dropout > 0.0:
+            h_shape = template.h.shape
+            h_mask = jax.random.bernoulli(k_h, 1.0 - recurrent_dropout, h_shape) / (1.0 - recurrent_dropout)
+        if any(rates):
+            leaves = jax.tree.leaves(template)
+            keys = jax.random.split(k_z, len(leaves))
+            noise = [
+                jax.random.bernoulli(k, r, batch_shape + (T, _size(s, len(batch_shape))))
+                for k, r, s in zip(keys, rates, leaves) if r > 0.0
+            ]
+            noise = jnp.concatenate(noise, axis=-1).astype(xs.dtype)
+    if h_mask is None and not any(rates):
+        return cell, params, xs
+    kind = recurrent_dropout_kind(cell) if h_mask is not None else None
+    extra = 0 if noise is None else noise.shape[-1]
+    if noise is not None:
+        xs = jnp.concatenate([xs, noise], axis=-1)
+    step = _make_step(cell, d, kind, h_mask, rates, train=noise is not None)
+    wrapped = Cell(
+        init=lambda k, n: _Wrapped(cell.init(k, n - extra)),
+        initial_carry=lambda p, batch_shape=(): cell.initial_carry(p.params, batch_shape),
+        step=step,
+    )
+    return wrapped, _Wrapped(params), xs
+
+
+def _size(leaf, n_batch: int) -> int:
+    """Units of a carry leaf per sequence (its size without the ``n_batch`` leading batch axes)."""
+    n = 1
+    for s in leaf.shape[n_batch:]:
+        n *= int(s)
+    return n
+
+
+def _make_step(cell: Cell, d: int, kind, h_mask, rates, *, train: bool):
+    def step(wp, carry, x):
+        params = wp.params
+        noise = None
+        if train:
+            x, noise = x[..., :d], x[..., d:]
+        if kind == "gru":
+            new, y = _gru_step(cell.spec, params, carry, x, h_mask)
+        elif kind == "h":
+            new, y = cell.step(params, carry._replace(h=(carry.h * h_mask).astype(carry.h.dtype)), x)
+        else:
+            new, y = cell.step(params, carry, x)
+        if not any(rates):
+            return new, y
+        old_leaves = jax.tree.leaves(carry)
+        new_leaves, treedef = jax.tree.flatten(new)
+        out, offset = [], 0
+        for old, cur, rate in zip(old_leaves, new_leaves, rates):
+            if rate == 0.0:
+                out.append(cur)
+                continue
+            if train:
+                size = _size(cur, noise.ndim - 1)
+                keep_old = noise[..., offset : offset + size].reshape(cur.shape) > 0.5
+                offset += size
+                out.append(jnp.where(keep_old, old, cur))
+            else:
+                out.append((rate * old + (1.0 - rate) * cur).astype(cur.dtype))
+        # The output is the zoned value wherever the cell outputs a carry leaf (y = h').
+        y = next((z for cur, z in zip(new_leaves, out) if cur is y), y)
+        return treedef.unflatten(out), y
+
+    return step
