@@ -208,6 +208,7 @@ def test_vmap_equals_broadcasting(name):
     )
 
 
+@pytest.mark.slow  # op-by-op eager unrolls; the other tests already run the jitted and the eager unroll
 @cells
 def test_jit_equals_eager(name):
     cell, params = setup(name)
@@ -354,6 +355,7 @@ def test_chunkwise_equals_recurrent_float32(T, chunk_size):
         chex.assert_trees_all_close(got, run("mlstm")(params, xs[0, :8], one), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # make test keeps float32 at 1e-5; this recompiles both paths in float64
 def test_chunkwise_equals_recurrent_float64_tightly():
     with jax.enable_x64(True):
         cell, params, xs, carry0, lengths, resets = _case(11, jnp.float64)
@@ -363,6 +365,7 @@ def test_chunkwise_equals_recurrent_float64_tightly():
         chex.assert_trees_all_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow  # the parallel-backend test below checks gradients (reverse included) in make test
 def test_chunkwise_gradients_equal_recurrent():
     cell, params, xs, carry0, lengths, resets = _case(10)
     w = normal(12, (3, 10, H))
@@ -389,3 +392,22 @@ def test_chunkwise_equals_recurrent_at_huge_preactivations():
     got = chunkwise_like_unroll(cell, params, xs, carry0, lengths, resets, 4)
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(got))
     chex.assert_trees_all_close(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_parallel_backend_equals_reference_values_and_gradients():
+    # memcell.unroll(backend="parallel") runs the chunkwise form; the dispatch reverses and masks.
+    cell, params, xs, carry0, lengths, resets = _case(11)
+    w = normal(13, (3, 11, H))
+
+    def grads(backend):
+        def f(params, xs, carry0):
+            carry, ys = memcell.unroll(cell, params, xs, carry0, lengths=lengths, resets=resets, reverse=True,
+                                       backend=backend)
+            return jnp.sum(w * ys) + sum(jnp.sum(jnp.sin(leaf)) for leaf in carry), (carry, ys)
+
+        return jax.jit(jax.grad(f, argnums=(0, 1, 2), has_aux=True))(params, xs, carry0)
+
+    (g_par, out_par), (g_ref, out_ref) = grads("parallel"), grads("reference")
+    chex.assert_trees_all_close(out_par, out_ref, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(g_par, g_ref, rtol=1e-4, atol=1e-5)
+    assert memcell.parallel.supports(cell) and not memcell.parallel.supports(CELLS["slstm"])

@@ -55,9 +55,9 @@ __all__ = [
     "SLSTMSpec",
     "gru",
     "lstm",
-    "mlstm",
     "mingru",
     "minlstm",
+    "mlstm",
     "rnn",
     "slstm",
 ]
