@@ -37,6 +37,7 @@ from memcell.cells import (
     rnn,
     slstm,
 )
+from memcell.cells import LRUCarry, LRUParams, LRUSpec, RGLRUCarry, RGLRUParams, RGLRUSpec, lru, rglru
 from memcell.scan import DirectionPair, bidirectional, layer, stack, unroll
 from memcell.streaming import Stream, stream
 from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer, LinearSpec
@@ -101,4 +102,12 @@ __all__ = [
     "tasks",
     "train",
     "unroll",
+    "LRUCarry",
+    "LRUParams",
+    "LRUSpec",
+    "RGLRUCarry",
+    "RGLRUParams",
+    "RGLRUSpec",
+    "lru",
+    "rglru",
 ]

@@ -155,10 +155,15 @@ class LSTM(_CellBase):
     starts at ``forget_bias`` (memcell's default 1.0; Flax's is 0.0), the carry is float32
     for bfloat16 params, and gate/activation functions are fixed. For peepholes, layer norm
     and the other variants use ``Cell(functools.partial(memcell.lstm, ...), features)``.
+    With ``proj_size=p`` it is PyTorch's ``LSTM(proj_size=p)`` (Sak et al.'s LSTMP, which Flax
+    lacks): the carry is still ``(c, h)``, with ``c: [*b, features]`` and ``h: [*b, p]``, the
+    outputs have ``p`` units and the params gain ``w_hr [features, p]`` (``w_h`` is ``[p, 4h]``).
 
     Attributes:
       features: hidden units.
       forget_bias: initial forget-gate bias (None: memcell's default, 1.0).
+      proj_size: project ``h`` (and the outputs) to this many units, fewer than ``features``;
+        None or 0: no projection (see ``memcell.lstm``).
       kernel_init, recurrent_kernel_init: initialisers (names or ``jax.nn.initializers``
         callables) of ``w_x`` and ``w_h``, per gate block.
       dtype: computation dtype of the matmuls (None: that of params and inputs).
@@ -182,11 +187,13 @@ class LSTM(_CellBase):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     carry_init: Callable | None = None
+    proj_size: int | None = None
 
     def _memcell(self) -> PureCell:
         return lstm(
             self.features,
             forget_bias=self.forget_bias,
+            proj_size=self.proj_size,
             kernel_init=self.kernel_init,
             recurrent_init=self.recurrent_kernel_init,
             param_dtype=self.param_dtype,

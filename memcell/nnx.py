@@ -177,11 +177,15 @@ class LSTM(_CellBase):
 
     Same constructor shape, call, ``initialize_carry`` and carry ``(c, h)``. The params are
     memcell's ``w_x [d, 4h]``, ``w_h [h, 4h]``, ``b [4h]`` (gates ``i, f, g, o``); the forget
-    bias starts at ``forget_bias`` (memcell's 1.0, not Flax's 0.0).
+    bias starts at ``forget_bias`` (memcell's 1.0, not Flax's 0.0). With ``proj_size=p`` it is
+    PyTorch's ``LSTM(proj_size=p)`` (LSTMP, which Flax lacks): carry ``(c, h)`` with ``h`` and
+    the outputs of ``p`` units, and a param ``w_hr [h, p]`` (``w_h`` is ``[p, 4h]``).
 
     Args:
       in_features, hidden_features: sizes.
       forget_bias: initial forget-gate bias (None: 1.0).
+      proj_size: project ``h`` and the outputs to this many units (fewer than
+        ``hidden_features``); None or 0: no projection.
       kernel_init, recurrent_kernel_init: initialisers of ``w_x`` and ``w_h`` (names or callables).
       dtype: computation dtype of the matmuls; param_dtype: dtype of the params.
       carry_init: optional initialiser of ``c`` and ``h`` (default zeros).
@@ -204,6 +208,7 @@ class LSTM(_CellBase):
         hidden_features: int,
         *,
         forget_bias: float | None = None,
+        proj_size: int | None = None,
         kernel_init="lecun_normal",
         recurrent_kernel_init="orthogonal",
         dtype=None,
@@ -216,6 +221,7 @@ class LSTM(_CellBase):
         cell = lstm(
             hidden_features,
             forget_bias=forget_bias,
+            proj_size=proj_size,
             kernel_init=kernel_init,
             recurrent_init=recurrent_kernel_init,
             param_dtype=param_dtype,

@@ -82,7 +82,8 @@ class LinearSpec(CellSpec):
       coefficients: ``coefficients(params, xs) -> (a, b)`` for ``xs: [*b, T, d]``: arrays
         ``[*b, T, h]`` in the carry's dtype (float32 or wider; complex for a complex carry). With
         ``log_space`` they are ``(log a, log b)`` of a positive recurrence (``a, b > 0``;
-        ``log b = -inf`` allowed), which the scan combines with ``logaddexp``.
+        ``log b = -inf`` allowed): the cell computes its gates stably in log space, and the
+        chunked scan (which never forms a product over more than one chunk) runs on their exps.
       readout: ``readout(params, hs, xs) -> ys``: the outputs from the carries after every step,
         ``hs: [*b, T, h]``, and the inputs.
       log_space: whether ``coefficients`` returns logarithms, as above.

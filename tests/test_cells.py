@@ -28,10 +28,17 @@ CONFIGS = {
     "lstm_NOG": (memcell.lstm, dict(output_gate=False)),
     "lstm_NIAF": (memcell.lstm, dict(input_activation=False)),
     "lstm_NOAF": (memcell.lstm, dict(output_activation=False)),
+    "lstm_proj": (memcell.lstm, dict(proj_size=3)),
+    "lstm_proj_peephole_ln": (memcell.lstm, dict(proj_size=2, peephole=True, layer_norm=True, cifg=True)),
     "gru": (memcell.gru, dict()),
     "gru_reset_before": (memcell.gru, dict(reset_after=False)),
 }
 H, D = 5, 3
+
+
+def out_size(name):
+    """The size of the outputs and of the carry's ``h``: the projection's with ``proj_size``, else H."""
+    return CONFIGS[name][1].get("proj_size") or H
 
 
 def make(name, hidden=H, **extra):
@@ -55,7 +62,12 @@ def setup(name, seed=0, dtype=jnp.float32, **extra):
     return cell, params
 
 
-names = pytest.mark.parametrize("name", list(CONFIGS))
+# Option combinations whose known values (NumPy reference) are checked in make test and whose
+# other cell tests, which their single options already pass, run with the slow checks.
+_COMBINATIONS = {"lstm_proj_peephole_ln"}
+names = pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in _COMBINATIONS else n for n in CONFIGS]
+)
 
 
 # --------------------------------------------------------------------------- NumPy reference
@@ -114,15 +126,17 @@ def np_step(name, p, carry, x):
     o = _sig(z["o"] + (p.p_o * c if peep else 0)) if "o" in z else 1.0
     c_out = _ln(c, 1, p.norm.c_scale, p.norm.c_bias) if kw.get("layer_norm") else c
     h = o * (np.tanh(c_out) if kw.get("output_activation", True) else c_out)
+    if kw.get("proj_size"):  # LSTMP (Sak et al. 2014): the output, and the h read next step, projected
+        h = h @ p.w_hr
     return (h, c), h
 
 
-@names
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_step_matches_numpy_reference(name):
     cell, params = setup(name, seed=1)
     xs = np.asarray(jax.random.normal(jax.random.key(2), (4, 6, D)))
     carry, ys = memcell.unroll(cell, params, jnp.asarray(xs))
-    ref = tuple(np.zeros((4, H)) for _ in jax.tree.leaves(carry))
+    ref = tuple(np.zeros(leaf.shape) for leaf in jax.tree.leaves(cell.initial_carry(params, (4,))))
     ref_ys = []
     for t in range(xs.shape[1]):
         ref, y = np_step(name, params, ref, xs[:, t])
@@ -141,13 +155,15 @@ def test_shapes_unbatched_and_batched(name):
     carry = cell.initial_carry(params)
     x = jnp.ones((D,))
     new, y = cell.step(params, carry, x)
-    chex.assert_shape(y, (H,))
+    chex.assert_shape(y, (out_size(name),))
     chex.assert_trees_all_equal_shapes_and_dtypes(new, carry)
     carry = cell.initial_carry(params, (2, 7))
     new, y = cell.step(params, carry, jnp.ones((2, 7, D)))
-    chex.assert_shape(y, (2, 7, H))
+    chex.assert_shape(y, (2, 7, out_size(name)))
     chex.assert_trees_all_equal_shapes_and_dtypes(new, carry)
-    chex.assert_tree_shape_suffix(new, (2, 7, H))
+    chex.assert_shape(new.h, (2, 7, out_size(name)))  # the projected h with proj_size
+    if hasattr(new, "c"):
+        chex.assert_shape(new.c, (2, 7, H))  # the LSTM's memory cell keeps all H units
     chex.assert_type([y, *jax.tree.leaves(new)], jnp.float32)
 
 
@@ -188,7 +204,8 @@ def test_unroll_equals_python_loop(name):
 
 # Order-2 checks of the variants that change only init values or drop a gate run with the slow
 # checks (`make test-slow`); the default cells and every structurally different one stay here.
-_GRADCHECK_SLOW = {"lstm_forget_bias0", "lstm_chrono", "lstm_NIG", "lstm_NFG", "lstm_NOG", "lstm_NIAF", "lstm_NOAF"}
+_GRADCHECK_SLOW = {"lstm_forget_bias0", "lstm_chrono", "lstm_NIG", "lstm_NFG", "lstm_NOG", "lstm_NIAF", "lstm_NOAF",
+                   *_COMBINATIONS}
 
 
 @pytest.mark.parametrize(
@@ -212,7 +229,7 @@ def test_check_grads_float64_order2(name):
 # --------------------------------------------------------------------------- dtypes
 
 
-@pytest.mark.parametrize("name", ["rnn_tanh", "lstm", "lstm_layer_norm", "gru"])
+@pytest.mark.parametrize("name", ["rnn_tanh", "lstm", "lstm_layer_norm", "lstm_proj", "gru"])
 def test_bfloat16_compute_has_float32_carry_and_stays_close(name):
     cell32, params = setup(name)
     cell16 = make(name, dtype=jnp.bfloat16)
@@ -245,6 +262,22 @@ def test_lstm_param_layout_and_forget_bias():
     assert p.p_i is None and p.norm is None
     p0 = memcell.lstm(4, forget_bias=0.0).init(jax.random.key(0), 3)
     np.testing.assert_array_equal(p0.b, np.zeros(16))
+
+
+def test_lstm_proj_layout_init_and_proj_size_0_is_no_projection():
+    plain = memcell.lstm(6).init(jax.random.key(0), 3)
+    proj = memcell.lstm(6, proj_size=2).init(jax.random.key(0), 3)
+    assert proj.w_x.shape == (3, 24) and proj.w_h.shape == (2, 24) and proj.w_hr.shape == (6, 2)
+    assert plain.w_hr is None
+    chex.assert_trees_all_equal((proj.w_x, proj.b), (plain.w_x, plain.b))  # w_hr draws from a key of its own
+    np.testing.assert_allclose(proj.w_hr.T @ proj.w_hr, np.eye(2), atol=1e-5)  # orthogonal: orthonormal columns
+    zero = memcell.lstm(6, proj_size=0)  # torch's "no projection"
+    chex.assert_trees_all_equal(zero.init(jax.random.key(0), 3), plain)
+    assert zero.spec == memcell.lstm(6).spec and zero.spec.proj_size is None
+    carry = memcell.lstm(6, proj_size=2).initial_carry(proj, (4,))
+    assert carry.h.shape == (4, 2) and carry.c.shape == (4, 6)
+    with pytest.raises(TypeError, match=r"params do not belong to this cell.*\.w_hr: \(6, 2\)"):
+        memcell.unroll(memcell.lstm(6, proj_size=2), plain, jnp.ones((5, 3)))
 
 
 @pytest.mark.parametrize(
@@ -339,6 +372,10 @@ def test_user_initializer_callable_is_used():
         (lambda: memcell.lstm(4, max_timescale=10), ValueError, "only used with init='chrono'"),
         (lambda: memcell.lstm(4, cifg=True, forget_gate=False), ValueError, "cifg"),
         (lambda: memcell.lstm(4, init="he"), ValueError, "init must be one of"),
+        (lambda: memcell.lstm(4, proj_size=4), ValueError,
+         r"proj_size must be None, 0 \(no projection\) or an int in \[1, hidden_size=4\) .*got 4"),
+        (lambda: memcell.lstm(4, proj_size=-1), ValueError, "proj_size must be None, 0 .*got -1"),
+        (lambda: memcell.lstm(4, proj_size=2.0), ValueError, "proj_size must be None, 0 .*got 2.0"),
         (lambda: memcell.gru(4, param_dtype=jnp.int32), TypeError, "param_dtype must be a floating dtype"),
         (lambda: memcell.gru(4, dtype="complex"), TypeError, "dtype must be a floating dtype"),
         (lambda: memcell.lstm(4).init(jax.random.key(0), 0), ValueError, "input_size must be a positive int"),

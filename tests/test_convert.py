@@ -31,9 +31,10 @@ TORCH = {
 }
 
 
-def torch_module(mode, d, h, *, num_layers=1, bidirectional=False, bias=True, seed=0, dtype=torch.float32):
+def torch_module(mode, d, h, *, num_layers=1, bidirectional=False, bias=True, seed=0, dtype=torch.float32, proj_size=0):
     torch.manual_seed(seed)
     cls, kw = TORCH[mode]
+    kw = dict(kw, proj_size=proj_size) if proj_size else kw  # only torch.nn.LSTM takes proj_size
     m = cls(d, h, num_layers=num_layers, bidirectional=bidirectional, bias=bias, batch_first=True, **kw)
     m = m.to(dtype)
     with torch.no_grad():  # nonzero, distinct biases so that bias handling is really tested
@@ -65,8 +66,8 @@ def assert_close(a, b, tol=TOL):
     chex.assert_trees_all_close(np.asarray(a), np.asarray(b), rtol=0, atol=tol)  # shapes must match too
 
 
-def check_parity(mode, d, h, num_layers, bidirectional, *, B=3, T=7, with_lengths=(False, True), seed=0):
-    m = torch_module(mode, d, h, num_layers=num_layers, bidirectional=bidirectional, seed=seed)
+def check_parity(mode, d, h, num_layers, bidirectional, *, B=3, T=7, with_lengths=(False, True), seed=0, proj_size=0):
+    m = torch_module(mode, d, h, num_layers=num_layers, bidirectional=bidirectional, seed=seed, proj_size=proj_size)
     layer, params = convert.from_torch(state_dict_np(m), mode=mode)
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(B, T, d)).astype(np.float32)
@@ -351,10 +352,88 @@ def test_from_torch_bad_arguments():
         convert.from_torch(dict(sd, weight_ih_l0=np.zeros((16, 3), np.int64)), mode="lstm")
 
 
-def test_from_torch_proj_size_is_not_supported():
-    m = torch.nn.LSTM(3, 8, proj_size=4, batch_first=True)
-    with pytest.raises(ValueError, match=r"weight_hr_l0: torch.nn.LSTM with proj_size > 0 is not supported.*\(4, 8\)"):
-        convert.from_torch(m.state_dict(), mode="lstm")
+# --------------------------------------------------------------------------- torch.nn.LSTM(proj_size=...)
+# torch's CPU LSTM warns that oneDNN has no projection and runs its own implementation: the one compared with.
+_NO_ONEDNN_WARNING = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+
+
+@_NO_ONEDNN_WARNING
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
+def test_from_torch_proj_size_matches_torch(num_layers, bidirectional):
+    # outputs, h_n [L * dirs, B, p] and c_n [L * dirs, B, h] against torch, with and without lengths
+    check_parity("lstm", d=3, h=5, num_layers=num_layers, bidirectional=bidirectional, proj_size=2, T=6,
+                 with_lengths=(True,))  # without lengths: the initial-state test below
+    m = torch_module("lstm", 3, 5, num_layers=num_layers, bidirectional=bidirectional, proj_size=2)
+    sd = state_dict_np(m)
+    layer, params = convert.from_torch(sd, mode="lstm")
+    dirs = 2 if bidirectional else 1
+    p = params[-1].forward if bidirectional else params[-1]
+    assert p.w_hr.shape == (5, 2) and p.w_h.shape == (2, 20) and p.w_x.shape == (2 * dirs if num_layers > 1 else 3, 20)
+    np.testing.assert_array_equal(p.w_hr, sd[f"weight_hr_l{num_layers - 1}"].T)
+    spec = convert.torch_spec(layer, params)
+    assert spec == convert.TorchSpec("lstm", 3, 5, num_layers, bidirectional, proj_size=2)
+    # torch -> memcell -> torch: the same keys in torch's order, the weights (weight_hr too) exact
+    sd2 = convert.to_torch(layer, params)
+    assert list(sd2) == list(sd)
+    for k in sd:
+        if k.startswith("weight"):
+            np.testing.assert_array_equal(sd2[k], sd[k])
+    m2 = torch.nn.LSTM(**spec.torch_kwargs(), batch_first=True)
+    m2.load_state_dict({k: torch.from_numpy(v) for k, v in sd2.items()})
+    x = torch.randn(2, 4, 3)
+    assert_close(run_torch(m2, "lstm", x)[0], run_torch(m, "lstm", x)[0])
+
+
+@_NO_ONEDNN_WARNING
+def test_from_torch_proj_size_initial_state_and_fresh_layers():
+    m = torch_module("lstm", 3, 5, num_layers=2, bidirectional=True, proj_size=2)
+    layer, params = convert.from_torch(state_dict_np(m), mode="lstm")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    h0, c0 = rng.normal(size=(4, 2, 2)).astype(np.float32), rng.normal(size=(4, 2, 5)).astype(np.float32)
+    y_t, (h_t, c_t) = run_torch(m, "lstm", torch.from_numpy(x), hx=(torch.from_numpy(h0), torch.from_numpy(c0)))
+    carry = convert.from_torch_carry((h0, c0), mode="lstm", bidirectional=True)
+    carries, ys = layer.apply(params, jnp.asarray(x), carry)
+    assert_close(ys, y_t)
+    h_n, c_n = convert.to_torch_carry(carries)
+    assert_close(h_n, h_t)
+    assert_close(c_n, c_t)
+    # a fresh torch_layer with a projection: memcell -> torch -> memcell is exact
+    fresh = convert.torch_layer("lstm", 5, num_layers=2, proj_size=2)
+    params = _randomize(fresh.init(jax.random.key(0), 3), 2)
+    assert params[1].w_x.shape == (2, 20) and params[1].w_hr.shape == (5, 2)
+    _, back = convert.from_torch(convert.to_torch(fresh, params), mode="lstm")
+    chex.assert_trees_all_equal(back, params)
+
+
+def test_proj_size_errors_name_the_key_and_shapes():
+    sd = state_dict_np(torch_module("lstm", 3, 5, num_layers=2, proj_size=2))
+    with pytest.raises(ValueError, match=r"missing the key 'weight_hr_l1' \(expected shape \(2, 5\)"):
+        convert.from_torch({k: v for k, v in sd.items() if k != "weight_hr_l1"}, mode="lstm")
+    with pytest.raises(ValueError, match="has weight_hr_l1 but no weight_hr_l0: a projection in some layers only"):
+        convert.from_torch({k: v for k, v in sd.items() if k != "weight_hr_l0"}, mode="lstm")
+    with pytest.raises(ValueError, match=r"weight_hr_l0 must have shape \(2, 5\) \(\[proj_size, hidden_size\]\), got shape \(2, 4\)"):
+        convert.from_torch(dict(sd, weight_hr_l0=_f32(2, 4)), mode="lstm")
+    with pytest.raises(ValueError, match=r"weight_hh_l1 must have shape \(20, 2\) \(\[4 \* hidden_size, proj_size\]\)"):
+        convert.from_torch(dict(sd, weight_hh_l1=_f32(20, 5)), mode="lstm")
+    with pytest.raises(ValueError, match=r"weight_ih_l1 must have shape \(20, 2\).*got shape \(20, 5\)"):
+        convert.from_torch(dict(sd, weight_ih_l1=_f32(20, 5)), mode="lstm")
+    gru_sd = dict(_GRU_SD, weight_hr_l0=_f32(2, 4))
+    with pytest.raises(ValueError, match=r"not weights of a torch gru module: \['weight_hr_l0'\]"):
+        convert.from_torch(gru_sd, mode="gru")
+    cell = memcell.lstm(5, proj_size=2)
+    params = cell.init(jax.random.key(0), 3)
+    with pytest.raises(ValueError, match=r"torch.nn.LSTMCell has no projection, but params.w_hr is set \(shape \(5, 2\)"):
+        convert.to_torch_cell(cell, params)
+    with pytest.raises(ValueError, match="Flax's LSTM cells have no projection.*proj_size=2"):
+        convert.to_flax(cell, params)
+    with pytest.raises(ValueError, match="to_cudnn: jax.experimental.rnn's LSTM has no projection.*proj_size=2"):
+        convert.to_cudnn(memcell.layer(cell), params)
+    with pytest.raises(ValueError, match="is a lstm of 5 units but params\\[0\\] is a lstm of 5 projected to 2"):
+        convert.to_torch(memcell.stack([cell, memcell.lstm(5)]), memcell.stack([cell, memcell.lstm(5)]).init(
+            jax.random.key(0), 3))
+    with pytest.raises(ValueError, match=r"h_0 and c_0 must have the same shape, or h_0 fewer units .*\(2, 1, 2\) and \(1, 1, 5\)"):
+        convert.from_torch_carry((_f32(2, 1, 2), _f32(1, 1, 5)), mode="lstm")
 
 
 def test_carry_helpers_bad_input():
@@ -363,7 +442,7 @@ def test_carry_helpers_bad_input():
     with pytest.raises(ValueError, match="h_0's first axis must be num_layers \\* 2, got 3"):
         convert.from_torch_carry(np.zeros((3, 1, 4), np.float32), mode="gru", bidirectional=True)
     with pytest.raises(ValueError, match="h_0 and c_0 must have the same shape"):
-        convert.from_torch_carry((np.zeros((2, 1, 3), np.float32), np.zeros((2, 1, 4), np.float32)), mode="lstm")
+        convert.from_torch_carry((np.zeros((2, 1, 4), np.float32), np.zeros((2, 1, 3), np.float32)), mode="lstm")
     with pytest.raises(TypeError, match="carries must be the per-layer carries"):
         convert.to_torch_carry((np.zeros(3),))
     with pytest.raises(ValueError, match="mode must be one of"):
@@ -395,6 +474,10 @@ BAD_CALLS = [
     ("torch_layer", lambda: convert.torch_layer("gru", 2.5), ValueError, "hidden_size must be a positive int, got 2.5"),
     ("torch_layer", lambda: convert.torch_layer("gru", 4, param_dtype=jnp.int32), TypeError,
      "param_dtype must be a floating dtype, got int32"),
+    ("torch_layer", lambda: convert.torch_layer("lstm", 4, proj_size=4), ValueError,
+     r"proj_size must be an int in \[0, hidden_size=4\), got 4"),
+    ("torch_layer", lambda: convert.torch_layer("gru", 4, proj_size=2), ValueError,
+     "proj_size is only supported for mode='lstm' .*got mode='gru'"),
     ("from_torch", lambda: convert.from_torch({0: _f32(3)}, mode="gru"), TypeError,
      r"state_dict keys must be str.*got 0 \(int\)"),
     ("from_torch", lambda: convert.from_torch(dict(_GRU_SD, weight_ih_l0=None), mode="gru"), TypeError,
@@ -456,6 +539,10 @@ BAD_CALLS = [
      r"api must be one of \['linen', 'nnx'\], got \['nnx'\]"),
     ("to_flax", lambda: convert.to_flax(_GRU, (_GRU_PARAMS,)), TypeError,
      "params must be the params of one cell, got tuple"),
+    ("from_cudnn", lambda: convert.from_cudnn(jnp.zeros(10), 3, 4), ValueError,
+     r"weights must have 144 entries for input_size=3, hidden_size=4, .*got 10"),
+    ("to_cudnn", lambda: convert.to_cudnn(memcell.layer(_GRU), _GRU_PARAMS), ValueError,
+     r"to_cudnn packs LSTM layers only .*got a gru"),
     ("to_dict", lambda: convert.to_dict({1: jnp.zeros(3)}), TypeError, r"params dict keys must be str, got 1 \(int\)"),
     ("from_dict", lambda: convert.from_dict({}, _GRU_PARAMS, path=3), TypeError, "path must be a str, got int 3"),
     ("from_dict", lambda: convert.from_dict([1], _GRU_PARAMS), TypeError, "params must be a dict, got list"),

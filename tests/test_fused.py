@@ -390,6 +390,18 @@ def test_unsupported_options_fall_back_with_auto_and_raise_with_fused(case):
         memcell.unroll(cell, params, xs, backend="fused", **kw)
 
 
+def test_proj_size_is_named_when_the_fused_path_refuses_it():
+    cell = memcell.lstm(H, proj_size=3)
+    params, xs = cell.init(jax.random.key(0), D), jnp.ones((B, 4, D))
+    assert fused.why_not(cell) == "the fused LSTM implements the default cell only, this one sets proj_size"
+    assert fused.supports(memcell.lstm(H, proj_size=0))  # 0 is no projection, as in torch
+    with pytest.raises(ValueError, match="backend='fused' cannot run this unroll: .*sets proj_size"):
+        memcell.unroll(cell, params, xs, backend="fused")
+    # "auto": the fused dispatch declines before anything runs, and memcell.unroll then runs the reference
+    # (the fall-back itself, reference bit for bit, is test_unsupported_options_fall_back_..., for every option)
+    assert fused.unroll(cell, params, xs, backend="auto") is None
+
+
 def test_supported_cells():
     for cell in (memcell.lstm(H, forget_bias=2.0, init="default"), memcell.lstm(H, init="chrono", max_timescale=10),
                  memcell.gru(H), memcell.rnn(H, activation="relu"), memcell.lstm(H, dtype=jnp.bfloat16)):
@@ -411,6 +423,8 @@ def test_params_of_unsupported_variants_are_refused_by_name():
         fused.lstm(memcell.lstm(H, peephole=True).init(jax.random.key(0), D), xs)
     with pytest.raises(ValueError, match="layer norm"):
         fused.lstm(memcell.lstm(H, layer_norm=True).init(jax.random.key(0), D), xs)
+    with pytest.raises(ValueError, match=r"output projection \(proj_size\) \(params.w_hr is set\)"):
+        fused.lstm(memcell.lstm(H, proj_size=3).init(jax.random.key(0), D), xs)
     with pytest.raises(ValueError, match=r"w_h of shape \[h, 4h\].*got shape \(8, 24\)"):
         fused.lstm(memcell.lstm(H, cifg=True).init(jax.random.key(0), D), xs)
     with pytest.raises(TypeError, match="params must be a memcell.LSTMParams.*got GRUParams"):

@@ -27,6 +27,7 @@ VALID = (jnp.arange(T) < LENGTHS[:, None])[..., None]
 # (flax module, the pure memcell cell it runs, carry memcell -> flax)
 CELLS = {
     "LSTM": (ml.LSTM(H), memcell.lstm(H), lambda c: (c.c, c.h)),
+    "LSTM_proj": (ml.LSTM(H, proj_size=2), memcell.lstm(H, proj_size=2), lambda c: (c.c, c.h)),  # h: [2], c: [H]
     "GRU": (ml.GRU(H), memcell.gru(H), lambda c: c.h),
     "RNN": (ml.RNN(H, activation="relu"), memcell.rnn(H, activation="relu"), lambda c: c.h),
     "Cell_peephole": (

@@ -23,6 +23,7 @@ VALID = (jnp.arange(T) < LENGTHS[:, None])[..., None]
 
 MAKERS = {
     "LSTM": (lambda rngs: mn.LSTM(D, H, rngs=rngs), lambda c: (c.c, c.h)),
+    "LSTM_proj": (lambda rngs: mn.LSTM(D, H, proj_size=2, rngs=rngs), lambda c: (c.c, c.h)),  # h: [2], c: [H]
     "GRU": (lambda rngs: mn.GRU(D, H, rngs=rngs), lambda c: c.h),
     "RNN": (lambda rngs: mn.RNN(D, H, activation="relu", rngs=rngs), lambda c: c.h),
     "Cell_layer_norm": (

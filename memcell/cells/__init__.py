@@ -1,6 +1,7 @@
 """Cell factories and their params/carry NamedTuples."""
 
 from memcell.cells.gru import GRUCarry, GRUParams, GRUSpec, gru
+from memcell.cells.lru import LRUCarry, LRUParams, LRUSpec, lru
 from memcell.cells.lstm import LSTM_VARIANTS, LSTMCarry, LSTMNorm, LSTMParams, LSTMSpec, lstm
 from memcell.cells.minrnn import (
     MinGRUCarry,
@@ -12,6 +13,7 @@ from memcell.cells.minrnn import (
     mingru,
     minlstm,
 )
+from memcell.cells.rglru import RGLRUCarry, RGLRUParams, RGLRUSpec, rglru
 from memcell.cells.rnn import RNNCarry, RNNParams, RNNSpec, rnn
 from memcell.cells.xlstm import (
     MLSTMCarry,
@@ -53,7 +55,15 @@ __all__ = [
     "SLSTMCarry",
     "SLSTMParams",
     "SLSTMSpec",
+    "LRUCarry",
+    "LRUParams",
+    "LRUSpec",
+    "RGLRUCarry",
+    "RGLRUParams",
+    "RGLRUSpec",
     "gru",
+    "lru",
+    "rglru",
     "lstm",
     "mingru",
     "minlstm",

@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from memcell.cells import _common as c
 from memcell.types import Array, Cell, CellSpec
@@ -32,10 +33,11 @@ class LSTMParams(NamedTuple):
     p_f: Array | None = None  # [h] peephole c -> f
     p_o: Array | None = None  # [h] peephole c' -> o
     norm: LSTMNorm | None = None  # with layer_norm=True
+    w_hr: Array | None = None  # [h, p] output projection, with proj_size=p (then w_h is [p, g])
 
 
 class LSTMCarry(NamedTuple):
-    h: Array  # [*b, h] hidden output
+    h: Array  # [*b, h] hidden output ([*b, p] with proj_size=p)
     c: Array  # [*b, h] memory cell
 
 
@@ -51,6 +53,7 @@ class LSTMSpec(CellSpec):
     output_gate: bool = True
     input_activation: bool = True
     output_activation: bool = True
+    proj_size: int | None = None
 
 
 # Greff et al. 2017, "LSTM: A Search Space Odyssey": their "vanilla" LSTM has peepholes;
@@ -92,6 +95,7 @@ def lstm(
     output_gate: bool = True,
     input_activation: bool = True,
     output_activation: bool = True,
+    proj_size: int | None = None,
     kernel_init="lecun_normal",
     recurrent_init="orthogonal",
     recurrent_scale: float = 1.0,
@@ -111,7 +115,13 @@ def lstm(
 
     The peephole terms ``p * c`` exist only with ``peephole=True``. With ``layer_norm=True``,
     ``z = LN(x W) + LN(h U) + b`` (each gate block normalised alone) and ``tanh(c')`` becomes
-    ``tanh(LN(c'))`` (Ba et al. 2016). The step returns ``(LSTMCarry(h', c'), h')``.
+    ``tanh(LN(c'))`` (Ba et al. 2016). With ``proj_size=p`` (the LSTMP of Sak et al. 2014,
+    PyTorch's ``proj_size``) the hidden output is projected to ``p`` units, and the recurrent
+    matmul reads the projected ``h`` (``U: [p, g]``)::
+
+        h' = (o * tanh(c')) W_hr           W_hr: [h, p], so h': [p] while c': [h]
+
+    The step returns ``(LSTMCarry(h', c'), h')``.
 
     Args:
       hidden_size: number of hidden units ``h``.
@@ -127,8 +137,13 @@ def lstm(
         NOG variants of Greff et al.); its weights are not allocated.
       input_activation, output_activation: ``False`` removes the tanh on ``g`` or on ``c'``
         (the NIAF and NOAF variants). ``LSTM_VARIANTS`` names all of Greff et al.'s variants.
+      proj_size: ``p`` with ``0 < p < hidden_size`` projects the hidden output to ``p`` units
+        (``w_hr: [h, p]``, carry ``h: [p]``, outputs ``[p]``); None or 0 (PyTorch's default):
+        no projection. It composes with every other option (peepholes and layer norm read
+        ``c``, which keeps ``h`` units); the fused path does not implement it and falls back.
       kernel_init, recurrent_init, recurrent_scale: as for ``memcell.rnn``; each gate block is
-        initialised on its own.
+        initialised on its own. ``w_hr`` sits inside the recurrence and is drawn with
+        ``recurrent_init`` (orthogonal: orthonormal columns; ``recurrent_scale`` scales ``w_h`` only).
       param_dtype: dtype of the params.
       dtype: computation dtype of the matmuls (None: that of params and inputs); bfloat16
         accumulates in float32, and the carry stays float32.
@@ -145,6 +160,13 @@ def lstm(
       >>> carry, ys = memcell.unroll(cell, params, jnp.ones((2, 10, 4)))   # a batch of 2
       >>> ys.shape, carry.c.shape
       ((2, 10, 16), (2, 16))
+      >>> cell = memcell.lstm(16, proj_size=4)              # LSTMP: outputs and carry h of 4 units
+      >>> params = cell.init(jax.random.key(0), input_size=4)
+      >>> params.w_h.shape, params.w_hr.shape
+      ((4, 64), (16, 4))
+      >>> carry, ys = memcell.unroll(cell, params, jnp.ones((2, 10, 4)))
+      >>> ys.shape, carry.h.shape, carry.c.shape
+      ((2, 10, 4), (2, 4), (2, 16))
     """
     hidden_size = c.check_positive_int("hidden_size", hidden_size)
     c.check_choice("init", init, {"default", "chrono"})
@@ -153,7 +175,9 @@ def lstm(
                  output_activation=output_activation)
     flags = {name: c.check_bool(name, value) for name, value in flags.items()}
     forget_bias = _check_init_options(init, forget_bias, max_timescale, **flags)
-    options = LSTMSpec(step=None, dtype=c.check_float_dtype("dtype", dtype, allow_none=True), **flags)
+    proj_size = _check_proj_size(proj_size, hidden_size)
+    options = LSTMSpec(step=None, dtype=c.check_float_dtype("dtype", dtype, allow_none=True), proj_size=proj_size,
+                       **flags)
     init_fn = _make_init(
         options, hidden_size, init, forget_bias, max_timescale,
         c.resolve_init("kernel_init", kernel_init, hidden_size),
@@ -162,8 +186,9 @@ def lstm(
     )
 
     def initial_carry(params: LSTMParams, batch_shape=()) -> LSTMCarry:
-        zeros = c.zeros_carry(params.w_h, batch_shape)
-        return LSTMCarry(h=zeros, c=zeros)
+        h = c.zeros_carry(params.w_h, batch_shape)  # w_h: [p or h, g], what h holds
+        cell = h if params.w_hr is None else c.zeros_carry(params.w_hr, batch_shape)  # w_hr: [h, p]
+        return LSTMCarry(h=h, c=cell)
 
     step = _make_step(options)
     return Cell(init_fn, initial_carry, step, dataclasses.replace(options, step=step))
@@ -187,6 +212,19 @@ def _check_init_options(scheme, forget_bias, max_timescale, *, cifg, forget_gate
     return 1.0 if forget_bias is None else float(forget_bias)
 
 
+def _check_proj_size(proj_size, hidden_size: int) -> int | None:
+    """None or 0: no projection (None is kept); else an int in ``(0, hidden_size)``, as PyTorch requires."""
+    if proj_size is None or (isinstance(proj_size, (int, np.integer)) and not isinstance(proj_size, bool)
+                             and proj_size == 0):
+        return None
+    if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)) or not 0 < proj_size < hidden_size:
+        raise ValueError(
+            f"proj_size must be None, 0 (no projection) or an int in [1, hidden_size={hidden_size}) "
+            f"(a projection to fewer units than the cell has, as PyTorch requires), got {proj_size!r}"
+        )
+    return int(proj_size)
+
+
 def _gates(spec: LSTMSpec) -> tuple[str, ...]:
     """The gate blocks a variant has weights for, in PyTorch's order ``i, f, g, o``."""
     has_i = spec.input_gate and not spec.cifg
@@ -197,6 +235,8 @@ def _make_init(spec: LSTMSpec, H: int, scheme: str, forget_bias: float, max_time
                recurrent_scale: float, param_dtype):
     gates = _gates(spec)
     n = len(gates)
+
+    P = H if spec.proj_size is None else spec.proj_size  # the units h (what w_h reads) has
 
     def init(key, input_size: int) -> LSTMParams:
         input_size = c.check_input_size(input_size)
@@ -220,15 +260,23 @@ def _make_init(spec: LSTMSpec, H: int, scheme: str, forget_bias: float, max_time
             )
         return LSTMParams(
             w_x=c.block_matrix(kx, k_init, input_size, H, n, param_dtype),
-            w_h=c.block_matrix(kh, r_init, H, H, n, param_dtype, recurrent_scale),
+            w_h=c.block_matrix(kh, r_init, P, H, n, param_dtype, recurrent_scale),
             b=jnp.concatenate([b[name] for name in gates]),
             p_i=peep("i" in gates),
             p_f=peep(spec.forget_gate),
             p_o=peep(spec.output_gate),
             norm=norm,
+            w_hr=None if spec.proj_size is None else _projection(key, r_init, H, P, param_dtype),
         )
 
     return init
+
+
+def _projection(key, r_init, H: int, P: int, param_dtype) -> Array:
+    """``w_hr: [h, p]``, drawn in float32 at least (as ``c.block_matrix`` does) from its own key."""
+    # fold_in leaves the split above, hence the params of an LSTM without projection, unchanged.
+    draw_dtype = jnp.promote_types(param_dtype, jnp.float32)
+    return r_init(jax.random.fold_in(key, 1), (H, P), draw_dtype).astype(param_dtype)
 
 
 def _make_step(spec: LSTMSpec):
@@ -263,6 +311,8 @@ def _make_step(spec: LSTMSpec):
             o = 1.0
         c_out = c_new if params.norm is None else _layer_norm(c_new, 1, params.norm.c_scale, params.norm.c_bias)
         h_new = o * (jnp.tanh(c_out) if spec.output_activation else c_out)
+        if params.w_hr is not None:  # LSTMP: the float32 product is projected, accumulating in float32
+            h_new = c.linear(h_new, params.w_hr, spec.dtype)
         new = LSTMCarry(h=h_new.astype(carry.h.dtype), c=c_new.astype(carry.c.dtype))
         return new, new.h
 

@@ -46,7 +46,7 @@ def to_cudnn(layer: Layer, params, *, check: bool = True) -> Array:
 
     Raises:
       ValueError: for a GRU or RNN, an LSTM with options cuDNN lacks (peepholes, layer norm,
-        gate ablations, no input/output activation), or a layer that does not compute cuDNN's
+        gate ablations, no input/output activation, a projection), or a layer that does not compute cuDNN's
         equations; TypeError for params that are not LSTM params.
 
     Example:
@@ -64,6 +64,11 @@ def to_cudnn(layer: Layer, params, *, check: bool = True) -> Array:
     spec = torch_spec(layer, params, check=check)
     if spec.mode != "lstm":
         raise ValueError(f"to_cudnn packs LSTM layers only (cuDNN's LSTM in jax.experimental.rnn), got a {spec.mode}")
+    if spec.proj_size:
+        raise ValueError(
+            f"to_cudnn: jax.experimental.rnn's LSTM has no projection, but the layer has proj_size={spec.proj_size} "
+            f"(params with w_hr)"
+        )
     entries = layers_of(params)
     return cudnn.pack([p for entry in entries for p in (entry if spec.bidirectional else (entry,))])
 

@@ -241,6 +241,11 @@ def to_flax(cell: Cell, params, *, api: str = "linen", optimized: bool = False, 
     spec = infer_spec(params)  # checks the single cell's structure (no peepholes, 4/3/1 blocks)
     if isinstance(params, DirectionPair) or isinstance(params, tuple) and not hasattr(params, "_fields"):
         raise TypeError(f"params must be the params of one cell, got {type(params).__name__}")
+    if spec.proj_size:
+        raise ValueError(
+            f"Flax's LSTM cells have no projection, but params.w_hr is set (an LSTM with "
+            f"proj_size={spec.proj_size}); memcell.linen.LSTM and memcell.nnx.LSTM take proj_size"
+        )
     if check:
         modes = ("rnn_tanh",) if spec.mode.startswith("rnn") else (spec.mode,)
         probe(as_layer(cell).apply, params, spec, modes)

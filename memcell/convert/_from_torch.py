@@ -18,7 +18,7 @@ from memcell.types import Layer
 
 _TORCH_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 
-# {(layer index, reverse?): {"weight_ih" | "weight_hh" | "bias_ih" | "bias_hh": array}}
+# {(layer index, reverse?): {"weight_ih" | "weight_hh" | "bias_ih" | "bias_hh" | "weight_hr": array}}
 Weights = dict[tuple[int, bool], dict[str, np.ndarray]]
 
 
@@ -31,6 +31,7 @@ class _Sizes(NamedTuple):
     input_size: int
     bias: bool
     dtype: np.dtype
+    proj_size: int = 0  # torch.nn.LSTM's projection (weight_hr_l*), 0 for none
 
 
 def select_prefix(state_dict, prefix: str) -> dict:
@@ -54,11 +55,9 @@ def parse_keys(sd: Mapping[str, Any], *, mode: str, prefix: str) -> Weights:
             unexpected.append(prefix + key)
             continue
         kind, layer_idx, rev = m.group(1), int(m.group(2)), m.group(3) is not None
-        if kind == "weight_hr":
-            raise ValueError(
-                f"{prefix + key}: torch.nn.LSTM with proj_size > 0 is not supported (memcell's LSTM has "
-                f"no output projection); got a projection of shape {tuple(np.shape(value))}"
-            )
+        if kind == "weight_hr" and mode != "lstm":  # only torch.nn.LSTM has a projection (proj_size)
+            unexpected.append(prefix + key)
+            continue
         found.setdefault((layer_idx, rev), {})[kind] = to_numpy(prefix + key, value)
     if unexpected:
         raise ValueError(
@@ -76,7 +75,8 @@ def _missing(key: str, expected: tuple, mode: str, hidden_size, present) -> Valu
 
 
 def infer_sizes(found: Weights, *, mode: str, prefix: str, present) -> _Sizes:
-    """Layers and directions from the keys, the hidden size from ``weight_hh_l0``, the input size from ``weight_ih_l0``.
+    """Layers and directions from the keys, the hidden size from ``weight_hh_l0`` (and the LSTM's
+    ``proj_size`` from ``weight_hr_l0``), the input size from ``weight_ih_l0``.
 
     Everything else is checked against these (``check_direction``).
     """
@@ -86,12 +86,20 @@ def infer_sizes(found: Weights, *, mode: str, prefix: str, present) -> _Sizes:
     if "weight_hh" not in first:
         raise ValueError(f"state_dict is missing the key {k0!r} (present: {sorted(present)})")
     w_hh0 = first["weight_hh"]
-    if w_hh0.ndim != 2 or w_hh0.shape[1] < 1 or w_hh0.shape[0] != n_gates * w_hh0.shape[1]:
+    P = _proj_size(found, w_hh0, prefix)
+    # With a projection, weight_hh reads the p projected units: [4h, p]; else it is [g * h, h].
+    fits = w_hh0.ndim == 2 and w_hh0.shape[1] >= 1 and w_hh0.shape[0] >= n_gates and not w_hh0.shape[0] % n_gates
+    if not fits or (not P and w_hh0.shape[0] != n_gates * w_hh0.shape[1]):
         raise ValueError(
-            f"{k0} must have shape [{n_gates} * hidden_size, hidden_size] for mode={mode!r}, "
-            f"got shape {tuple(w_hh0.shape)}"
+            f"{k0} must have shape [{n_gates} * hidden_size, {'proj_size' if P else 'hidden_size'}] "
+            f"for mode={mode!r}, got shape {tuple(w_hh0.shape)}"
         )
-    H = w_hh0.shape[1]
+    H = w_hh0.shape[0] // n_gates if P else w_hh0.shape[1]
+    if P:
+        expect_shape(prefix + "weight_hr_l0", first["weight_hr"], (P, H), "[proj_size, hidden_size]")
+        if not P < H:
+            raise ValueError(f"{prefix}weight_hr_l0 must project to fewer units than hidden_size={H} "
+                             f"(torch's proj_size < hidden_size), got shape {tuple(first['weight_hr'].shape)}")
     if "weight_ih" not in first:
         raise _missing(prefix + "weight_ih_l0", (n_gates * H, "input_size"), mode, H, present)
     w_ih0 = first["weight_ih"]
@@ -107,25 +115,38 @@ def infer_sizes(found: Weights, *, mode: str, prefix: str, present) -> _Sizes:
         input_size=w_ih0.shape[1],
         bias="bias_ih" in first or "bias_hh" in first,
         dtype=w_hh0.dtype,
+        proj_size=P,
     )
+
+
+def _proj_size(found: Weights, w_hh0: np.ndarray, prefix: str) -> int:
+    """The LSTM's ``proj_size``: ``weight_hh_l0``'s columns when there is a ``weight_hr_l0``, else 0."""
+    has = sorted(f"{prefix}weight_hr_l{li}{'_reverse' if rev else ''}" for (li, rev), w in found.items() if "weight_hr" in w)
+    if not has:
+        return 0
+    if "weight_hr" not in found.get((0, False), {}):
+        raise ValueError(f"state_dict has {has[0]} but no {prefix}weight_hr_l0: a projection in some layers only")
+    return int(w_hh0.shape[1]) if w_hh0.ndim == 2 else 0
 
 
 def check_direction(w: dict, sfx: str, layer_idx: int, sizes: _Sizes, *, mode: str, prefix: str, present) -> None:
     """Refuses a missing key or a shape that does not fit ``sizes`` in one direction of one layer."""
-    n_gates, H = N_GATES[mode], sizes.hidden_size
+    n_gates, H, P = N_GATES[mode], sizes.hidden_size, sizes.proj_size
     G = n_gates * H
-    d_in = sizes.input_size if layer_idx == 0 else H * (2 if sizes.bidirectional else 1)
-    shapes = {"weight_ih": (G, d_in), "weight_hh": (G, H), "bias_ih": (G,), "bias_hh": (G,)}
-    for kind in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if sizes.bias else ()):
+    d_in = sizes.input_size if layer_idx == 0 else (P or H) * (2 if sizes.bidirectional else 1)
+    shapes = {"weight_ih": (G, d_in), "weight_hh": (G, P or H), "bias_ih": (G,), "bias_hh": (G,), "weight_hr": (P, H)}
+    kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if sizes.bias else ()) + (("weight_hr",) if P else ())
+    for kind in kinds:
         if kind not in w:
             raise _missing(prefix + kind + sfx, shapes[kind], mode, H, present)
     if not sizes.bias and {"bias_ih", "bias_hh"} & set(w):
         raise ValueError(f"state_dict has {prefix}bias_ih{sfx} but no {prefix}bias_ih_l0: biases in some layers only")
     what = {
         "weight_ih": f"[{n_gates} * hidden_size, input features]",
-        "weight_hh": f"[{n_gates} * hidden_size, hidden_size]",
+        "weight_hh": f"[{n_gates} * hidden_size, {'proj_size' if P else 'hidden_size'}]",
         "bias_ih": f"[{n_gates} * hidden_size]",
         "bias_hh": f"[{n_gates} * hidden_size]",
+        "weight_hr": "[proj_size, hidden_size]",
     }
     for kind in shapes:
         if kind in w:
@@ -142,7 +163,8 @@ def build_params(w: dict, sizes: _Sizes, mode: str):
     if mode == "gru":
         return GRUParams(w_x, w_h, b_ih, b_hh)
     if mode == "lstm":  # torch adds its two biases; memcell keeps their sum
-        return LSTMParams(w_x, w_h, b_ih + b_hh)
+        w_hr = as_jnp(w["weight_hr"].T) if sizes.proj_size else None  # torch's [p, h], memcell's [h, p]
+        return LSTMParams(w_x, w_h, b_ih + b_hh, w_hr=w_hr)
     return RNNParams(w_x, w_h, b_ih + b_hh)
 
 
@@ -153,7 +175,9 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, prefix: str = "") ->
     final carries of the torch module called with ``batch_first=True`` (and, with lengths,
     on a ``pack_padded_sequence``, whose padded outputs are zeros as in memcell). The final
     carries are a tuple with one entry per layer; ``to_torch_carry`` turns them into
-    PyTorch's ``h_n`` (and ``c_n``).
+    PyTorch's ``h_n`` (and ``c_n``). An LSTM built with ``proj_size`` (keys ``weight_hr_l*``)
+    becomes a stack of ``memcell.lstm(hidden_size, proj_size=...)`` cells: outputs and
+    ``h`` of ``proj_size`` units, ``c`` of ``hidden_size``, as in torch.
 
     Args:
       state_dict: a mapping from PyTorch's keys (``weight_ih_l0``, ``bias_hh_l1_reverse``,
@@ -169,8 +193,7 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, prefix: str = "") ->
       ``GRUParams``, ``RNNParams``, or ``DirectionPair``s of them), in the state_dict's dtype.
 
     Raises:
-      ValueError: on a missing or unexpected key, a shape that does not fit, or an LSTM with
-        ``proj_size > 0`` (memcell's LSTM has no projection).
+      ValueError: on a missing or unexpected key, or a shape that does not fit.
       TypeError: on a state_dict that is not a mapping of str to floating arrays.
 
     Example:
@@ -201,7 +224,7 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, prefix: str = "") ->
             check_direction(w, sfx, li, sizes, mode=mode, prefix=prefix, present=present)
             dirs.append(build_params(w, sizes, mode))
         params.append(DirectionPair(*dirs) if sizes.bidirectional else dirs[0])
-    H, L, bi = sizes.hidden_size, sizes.num_layers, sizes.bidirectional
-    lyr = torch_layer(mode, H, num_layers=L, bidirectional=bi, param_dtype=sizes.dtype)
-    remember_spec(lyr, TorchSpec(mode, int(sizes.input_size), H, L, bi, bool(sizes.bias)))
+    H, L, bi, P = sizes.hidden_size, sizes.num_layers, sizes.bidirectional, sizes.proj_size
+    lyr = torch_layer(mode, H, num_layers=L, bidirectional=bi, param_dtype=sizes.dtype, proj_size=P)
+    remember_spec(lyr, TorchSpec(mode, int(sizes.input_size), H, L, bi, bool(sizes.bias), proj_size=P))
     return lyr, tuple(params)

@@ -24,7 +24,9 @@ def _ref_step(mode: str, p, h, c, x):
         z = x @ f64(p.w_x) + h @ f64(p.w_h) + f64(p.b)
         i, f, g, o = np.split(z, 4, axis=-1)
         c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
-        return _sigmoid(o) * np.tanh(c), c
+        h = _sigmoid(o) * np.tanh(c)
+        w_hr = getattr(p, "w_hr", None)  # torch's proj_size: h = (o * tanh(c)) W_hr
+        return (h if w_hr is None else h @ f64(w_hr)), c
     if mode == "gru":
         xr, xz, xn = np.split(x @ f64(p.w_x) + f64(p.b_x), 3, axis=-1)
         hr, hz, hn = np.split(h @ f64(p.w_h) + f64(p.b_h), 3, axis=-1)
@@ -36,15 +38,16 @@ def _ref_step(mode: str, p, h, c, x):
 
 
 def ref_layer(mode: str, params, xs: np.ndarray) -> np.ndarray:
-    """Outputs ``[B, T, H * dirs]`` of a torch-like stack, in float64."""
+    """Outputs ``[B, T, H * dirs]`` (``proj_size * dirs`` with a projection) of a torch-like stack, in float64."""
     ys = xs
     for entry in layers_of(params):
         outs = []
         is_pair = isinstance(entry, DirectionPair)
         for direction, p in (("f", entry.forward), ("b", entry.backward)) if is_pair else (("f", entry),):
-            H = p.w_h.shape[0]
+            H = p.w_h.shape[0]  # the units h holds: proj_size with a projection
             h = np.zeros(ys.shape[:-2] + (H,))
-            c = np.zeros_like(h)
+            w_hr = getattr(p, "w_hr", None)
+            c = np.zeros(ys.shape[:-2] + ((H,) if w_hr is None else (w_hr.shape[0],)))
             steps = range(ys.shape[-2]) if direction == "f" else reversed(range(ys.shape[-2]))
             out = np.zeros(ys.shape[:-1] + (H,))
             for t in steps:

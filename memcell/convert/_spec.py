@@ -39,6 +39,7 @@ class TorchSpec(NamedTuple):
     num_layers: int
     bidirectional: bool
     bias: bool = True
+    proj_size: int = 0  # torch.nn.LSTM's projection of h (0: none); memcell.lstm(..., proj_size=...)
 
     def torch_kwargs(self) -> dict:
         """Keyword arguments of the torch module's constructor (``batch_first`` is yours to add)."""
@@ -51,6 +52,8 @@ class TorchSpec(NamedTuple):
         )
         if self.mode.startswith("rnn_"):
             kw["nonlinearity"] = self.mode[4:]
+        if self.proj_size:  # only torch.nn.LSTM takes it
+            kw["proj_size"] = self.proj_size
         return kw
 
 
@@ -74,12 +77,13 @@ def check_mode(mode) -> str:
     return mode
 
 
-def cell_for(mode: str, hidden_size: int, param_dtype) -> Cell:
-    """The memcell cell of a torch mode."""
-    # PyTorch's init distribution, U(-1/sqrt(h), 1/sqrt(h)), for the kernels of fresh layers.
+def cell_for(mode: str, hidden_size: int, param_dtype, proj_size: int = 0) -> Cell:
+    """The memcell cell of a torch mode (``proj_size``: the LSTM's projection, 0 for none)."""
+    # PyTorch's init distribution, U(-1/sqrt(h), 1/sqrt(h)), for the kernels of fresh layers
+    # (the LSTM's projection w_hr too: memcell draws it with recurrent_init).
     kw = dict(kernel_init="uniform", recurrent_init="uniform", param_dtype=param_dtype)
     if mode == "lstm":
-        return lstm(hidden_size, **kw)
+        return lstm(hidden_size, proj_size=proj_size, **kw)
     if mode == "gru":
         return gru(hidden_size, reset_after=True, **kw)
     return rnn(hidden_size, activation=mode[4:], **kw)
@@ -92,6 +96,7 @@ def torch_layer(
     num_layers: int = 1,
     bidirectional: bool = False,
     param_dtype=jnp.float32,
+    proj_size: int = 0,
 ) -> Layer:
     """The memcell ``Layer`` that computes what ``torch.nn.<mode>`` computes (``batch_first=True``).
 
@@ -107,6 +112,9 @@ def torch_layer(
       num_layers: stacked layers.
       bidirectional: two directions per layer.
       param_dtype: dtype of fresh params.
+      proj_size: ``torch.nn.LSTM``'s ``proj_size`` (``mode="lstm"`` only): each layer's
+        ``h`` and outputs are projected to this many units (``memcell.lstm(..., proj_size=...)``);
+        0 (the default) for none.
 
     Returns:
       A ``Layer``; ``apply(params, xs, carry=None, *, lengths=None) -> (carries, ys)`` with
@@ -126,12 +134,22 @@ def torch_layer(
     num_layers = check_positive_int("num_layers", num_layers)
     bidirectional = check_flag("bidirectional", bidirectional)
     param_dtype = check_float_dtype("param_dtype", param_dtype)
-    cell = cell_for(mode, hidden_size, param_dtype)
+    proj_size = check_torch_proj_size(proj_size, mode, hidden_size)
+    cell = cell_for(mode, hidden_size, param_dtype, proj_size)
     entries = [scan.bidirectional(cell, cell, merge="concat") if bidirectional else cell for _ in range(num_layers)]
     lyr = scan.stack(entries)
     # input_size is fixed by init; the spec keeps -1 until params say otherwise.
-    remember_spec(lyr, TorchSpec(mode, -1, hidden_size, num_layers, bidirectional))
+    remember_spec(lyr, TorchSpec(mode, -1, hidden_size, num_layers, bidirectional, proj_size=proj_size))
     return lyr
+
+
+def check_torch_proj_size(proj_size, mode: str, hidden_size: int) -> int:
+    """torch's rule: an int in ``[0, hidden_size)``, and only an LSTM has a projection."""
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or not 0 <= proj_size < hidden_size:
+        raise ValueError(f"proj_size must be an int in [0, hidden_size={hidden_size}), got {proj_size!r}")
+    if proj_size and mode != "lstm":
+        raise ValueError(f"proj_size is only supported for mode='lstm' (as in torch), got mode={mode!r}")
+    return proj_size
 
 
 # ----------------------------------------------------------------------------- spec from params
@@ -144,8 +162,8 @@ def layers_of(params) -> tuple:
     return (params,)
 
 
-def _mode_of(where: str, p) -> str:
-    """The torch mode one cell's params fit (``rnn_tanh`` for any Elman RNN), refusing what torch lacks."""
+def _mode_of(where: str, p) -> tuple[str, int, int]:
+    """``(mode, hidden_size, proj_size)`` of one cell's params (``rnn_tanh`` for any Elman RNN), refusing what torch lacks."""
     if isinstance(p, LSTMParams):
         if p.p_i is not None or p.p_f is not None or p.p_o is not None:
             raise ValueError(f"{where}: an LSTM with peepholes has no torch.nn.LSTM equivalent")
@@ -164,14 +182,17 @@ def _mode_of(where: str, p) -> str:
         shape = getattr(getattr(p, field), "shape", None)
         if shape is None or len(shape) != 2:
             raise ValueError(f"{where}.{field} must be a 2-D array, got {getattr(p, field)!r:.80}")
-    h = p.w_h.shape[0]
-    if p.w_h.shape != (h, N_GATES[m] * h) or p.w_x.shape[1] != N_GATES[m] * h:
+    w_hr = getattr(p, "w_hr", None)  # the LSTM's projection [h, p]: then w_h reads p units
+    if w_hr is not None and (len(getattr(w_hr, "shape", ())) != 2 or not 0 < w_hr.shape[1] < w_hr.shape[0]):
+        raise ValueError(f"{where}.w_hr must have shape [hidden_size, proj_size < hidden_size], got {w_hr!r:.80}")
+    h, proj = (p.w_h.shape[0], 0) if w_hr is None else w_hr.shape
+    if p.w_h.shape != (proj or h, N_GATES[m] * h) or p.w_x.shape[1] != N_GATES[m] * h:
         raise ValueError(
             f"{where}: w_x and w_h must have {N_GATES[m]} gate blocks of {h} units for torch's {m}, "
             f"got shapes {tuple(p.w_x.shape)} and {tuple(p.w_h.shape)} (an LSTM variant without a "
             f"gate has no torch equivalent)"
         )
-    return m
+    return m, int(h), int(proj)
 
 
 def infer_spec(params) -> TorchSpec:
@@ -181,7 +202,7 @@ def infer_spec(params) -> TorchSpec:
         raise ValueError("params must hold at least one layer, got an empty tuple")
     lone = layers[0] is params  # one layer's params, not a stack's tuple: errors say "params", not "params[0]"
     is_bi = isinstance(layers[0], scan.DirectionPair)
-    mode = H = input_size = None
+    mode = H = P = input_size = None
     for li, entry in enumerate(layers):
         if isinstance(entry, scan.DirectionPair) != is_bi:
             raise ValueError(
@@ -190,14 +211,19 @@ def infer_spec(params) -> TorchSpec:
             )
         for direction, p in zip(("forward", "backward"), entry) if is_bi else (("", entry),):
             where = ("params" if lone else f"params[{li}]") + (f".{direction}" if direction else "")
-            m, h = _mode_of(where, p), p.w_h.shape[0]
+            m, h, proj = _mode_of(where, p)
             if mode is None:
-                mode, H, input_size = m, h, p.w_x.shape[0]
-            elif m != mode or h != H:
+                mode, H, P, input_size = m, h, proj, p.w_x.shape[0]
+            elif m != mode or h != H or proj != P:
                 raise ValueError(
-                    f"{where} is a {m} of {h} units but params[0] is a {mode} of {H}: torch layers are all alike"
+                    f"{where} is a {m} of {h} units{_projected(proj)} but params[0] is a {mode} of {H}"
+                    f"{_projected(P)}: torch layers are all alike"
                 )
-            d_expected = input_size if li == 0 else H * (2 if is_bi else 1)
+            d_expected = input_size if li == 0 else (P or H) * (2 if is_bi else 1)
             if p.w_x.shape[0] != d_expected:
                 raise ValueError(f"{where}.w_x must have {d_expected} input rows, got shape {tuple(p.w_x.shape)}")
-    return TorchSpec(mode, int(input_size), int(H), len(layers), is_bi)
+    return TorchSpec(mode, int(input_size), int(H), len(layers), is_bi, proj_size=int(P))
+
+
+def _projected(proj: int) -> str:
+    return f" projected to {proj}" if proj else ""

@@ -12,6 +12,7 @@ def _describe(s: TorchSpec) -> str:
     return (
         f"{s.num_layers} layer(s) of a {'bidirectional ' if s.bidirectional else ''}"
         f"{'rnn' if s.mode.startswith('rnn') else s.mode} with hidden_size={s.hidden_size}"
+        + (f" and proj_size={s.proj_size}" if s.proj_size else "")
     )
 
 
@@ -38,7 +39,7 @@ def torch_spec(layer: Layer, params, *, check: bool = True) -> TorchSpec:
       >>> from memcell import convert
       >>> cell = memcell.rnn(4, activation="relu")
       >>> convert.torch_spec(memcell.layer(cell), cell.init(jax.random.key(0), 3))
-      TorchSpec(mode='rnn_relu', input_size=3, hidden_size=4, num_layers=1, bidirectional=False, bias=True)
+      TorchSpec(mode='rnn_relu', input_size=3, hidden_size=4, num_layers=1, bidirectional=False, bias=True, proj_size=0)
     """
     if not isinstance(layer, Layer):
         raise TypeError(f"layer must be a memcell.Layer, got {type(layer).__name__}")
@@ -75,13 +76,16 @@ def _direction_weights(p, spec: TorchSpec, sfx: str, where: str) -> dict[str, np
         out["bias_ih" + sfx], out["bias_hh" + sfx] = np.array(b_ih), np.array(b_hh)
     elif np.any(b_ih) or np.any(b_hh):
         raise ValueError(f"the layer came from a torch module with bias=False but {where} has nonzero biases")
+    if spec.proj_size:  # torch's h = weight_hr @ (o * tanh(c)); memcell's h = (o * tanh(c)) @ w_hr
+        out["weight_hr" + sfx] = np.array(np.asarray(p.w_hr).T, order="C")
     return out
 
 
 def to_torch(layer: Layer, params, *, check: bool = True) -> dict[str, np.ndarray]:
     """Writes a memcell layer's params as a ``torch.nn.RNN``/``LSTM``/``GRU`` ``state_dict``.
 
-    The keys and their order are PyTorch's. The LSTM's and RNN's single bias goes into
+    The keys and their order are PyTorch's; an LSTM with ``proj_size`` gets ``weight_hr_l{k}``
+    as ``torch.nn.LSTM(proj_size=...)`` has it. The LSTM's and RNN's single bias goes into
     ``bias_ih`` with zeros in ``bias_hh`` (torch adds them), so ``from_torch`` reads back the
     same params exactly. ``torch_spec(layer, params)`` gives the module to load it into.
 

@@ -18,7 +18,8 @@ def to_torch_carry(carries) -> Array | tuple[Array, Array]:
 
     Returns:
       ``h_n: [num_layers * num_directions, *b, H]`` (layer-major, forward before backward, as
-      in PyTorch), and ``c_n`` alike for the LSTM.
+      in PyTorch), and ``c_n`` alike for the LSTM (an LSTM with ``proj_size`` has ``h_n`` of
+      ``proj_size`` units and ``c_n`` of ``H``, as in PyTorch).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -52,7 +53,8 @@ def from_torch_carry(hx, *, mode: str, bidirectional: bool = False) -> tuple:
 
     Args:
       hx: ``h_0: [num_layers * num_directions, *b, H]`` (GRU, RNN) or the pair ``(h_0, c_0)``
-        (LSTM), as passed to the torch module.
+        (LSTM; ``h_0`` with ``proj_size`` units on its last axis for a projected LSTM), as
+        passed to the torch module.
       mode: the module's mode.
       bidirectional: whether it is bidirectional.
 
@@ -72,8 +74,12 @@ def from_torch_carry(hx, *, mode: str, bidirectional: bool = False) -> tuple:
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise TypeError(f"hx must be the pair (h_0, c_0) for mode='lstm', got {type(hx).__name__}")
         h0, c0 = (jnp.asarray(to_numpy(n, a)) for n, a in zip(("h_0", "c_0"), hx))
-        if h0.shape != c0.shape:
-            raise ValueError(f"h_0 and c_0 must have the same shape, got {tuple(h0.shape)} and {tuple(c0.shape)}")
+        # With proj_size, torch's h_0 has proj_size units and c_0 hidden_size (more): only the last axis may differ.
+        if h0.ndim != c0.ndim or h0.shape[:-1] != c0.shape[:-1] or h0.shape[-1:] > c0.shape[-1:]:
+            raise ValueError(
+                f"h_0 and c_0 must have the same shape, or h_0 fewer units on the last axis (proj_size "
+                f"< hidden_size with a projection), got {tuple(h0.shape)} and {tuple(c0.shape)}"
+            )
     else:
         h0 = jnp.asarray(to_numpy("h_0", hx))
     if h0.ndim < 2 or h0.shape[0] < 1:

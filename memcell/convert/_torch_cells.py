@@ -84,5 +84,10 @@ def to_torch_cell(cell: Cell, params, *, check: bool = True) -> dict[str, np.nda
     if isinstance(params, tuple) and not hasattr(params, "_fields") or isinstance(params, DirectionPair):
         raise TypeError(f"params must be the params of one cell, got {type(params).__name__}")
     check = check_flag("check", check)
+    if getattr(params, "w_hr", None) is not None:
+        raise ValueError(
+            f"torch.nn.LSTMCell has no projection, but params.w_hr is set (shape {tuple(params.w_hr.shape)}, "
+            f"an LSTM with proj_size); use to_torch for a torch.nn.LSTM(proj_size=...)"
+        )
     sd = to_torch(as_layer(cell), params, check=check)
     return {k[: -len("_l0")]: v for k, v in sd.items()}

@@ -123,7 +123,8 @@ def lstm(
     """
     dtype = _checks.check_float_dtype("dtype", dtype, allow_none=True)
     H = _check_params("lstm", params, LSTMParams, 4, ("b",),
-                      {"p_i": "peepholes", "p_f": "peepholes", "p_o": "peepholes", "norm": "layer norm"})
+                      {"p_i": "peepholes", "p_f": "peepholes", "p_o": "peepholes", "norm": "layer norm",
+                       "w_hr": "the output projection (proj_size)"})
     init = lambda p, batch_shape=(): LSTMCarry(*(_numerics.zeros_carry(p.w_h, batch_shape),) * 2)
     return _run(lstm_kind(dtype, **_tuned(H)), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths,
                 reverse, LSTMCarry, init)

@@ -16,6 +16,17 @@ index of the leaf in ``jax.tree.leaves(carry)``. Derivatives "with respect to ``
 that leaf of ``c_t`` and hold the other leaves (the LSTM's ``c``) fixed at that step; later
 steps propagate the perturbation through every part of the carry.
 
+Complex carries (``memcell.lru``). A complex carry leaf ``z`` of ``n`` units is treated as the
+real vector ``(Re z, Im z)`` of ``2n`` numbers: Jacobians are those of the step as a map of real
+vectors, and their norms are the norms of these real ``2n x 2n`` matrices. That is the right
+measure for gradients, which flow to the real and imaginary parts of the carry (a real loss of a
+complex carry is not holomorphic). For a holomorphic step, such as the LRU's ``x' = lambda * x +
+...``, each singular value of the complex Jacobian appears twice in the real one, so spectral norms
+equal the complex ones: for the LRU, ``||d x_T / d x_{T-k}||`` is ``max |lambda|^k`` and
+``decay_rate`` gives ``log max |lambda|``. ``state_jacobians`` then returns blocks with a trailing
+axis of 2 (real, imaginary) on both their output and input parts (``flat=True``: ``2n x 2n``);
+``loss_gradient_norms`` takes complex probes and returns ``sqrt(sum |dL/dRe h|^2 + |dL/dIm h|^2)``.
+
 Everything here takes ``xs: [*b, T, D]`` like ``memcell.unroll`` (leading batch axes, or use
 ``jax.vmap``), works under ``jit`` and ``vmap`` (over sequences or over params, e.g. seeds), in
 float32 and float64. All lags are computed in one reverse scan of batched vjps, with the running

@@ -15,10 +15,10 @@ from memcell._checks import (
     check_params,
     check_xs,
 )
-from memcell.types import Array, PyTree
+from memcell.types import Array, Cell, PyTree
 
 __all__ = ["NORMS", "as_array", "check_bool", "check_norm", "hidden_index", "leaf", "log_norm", "over_batch",
-           "prepare", "replace_leaf", "trajectory"]
+           "prepare", "real_view", "replace_leaf", "trajectory"]
 
 NORMS = ("spectral", "frobenius")
 
@@ -36,6 +36,43 @@ def prepare(cell, params, xs, carry) -> tuple[Array, tuple, PyTree]:
         raise ValueError(f"xs must hold at least one time step, got shape {tuple(xs.shape)}")
     batch_shape = tuple(xs.shape[:-2])
     return xs, batch_shape, check_carry(cell, params, carry, batch_shape)
+
+
+def _is_complex(a) -> bool:
+    return jnp.issubdtype(a.dtype, jnp.complexfloating)
+
+
+def real_view(cell, params, carry0: PyTree) -> tuple[Cell, PyTree]:
+    """The cell and initial carry with every complex carry leaf seen as a real one.
+
+    A complex leaf ``z: [..., n]`` becomes ``stack([Re z, Im z], -1): [..., n, 2]``, so that
+    derivatives are those of the step as a map of real vectors (``C^n`` as ``R^{2n}``), whatever
+    the step's holomorphy. A cell without complex leaves is returned as it is.
+    """
+    example = jax.eval_shape(lambda p: cell.initial_carry(p, ()), params)
+    dtypes = [a.dtype for a in jax.tree.leaves(example)]
+    if not any(jnp.issubdtype(d, jnp.complexfloating) for d in dtypes):
+        return cell, carry0
+
+    def to_real(tree):
+        return jax.tree.map(lambda a: jnp.stack([jnp.real(a), jnp.imag(a)], -1) if _is_complex(a) else a, tree)
+
+    def to_complex(tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        back = [
+            jax.lax.complex(a[..., 0], a[..., 1]).astype(d) if jnp.issubdtype(d, jnp.complexfloating) else a
+            for a, d in zip(leaves, dtypes)
+        ]
+        return jax.tree.unflatten(treedef, back)
+
+    def initial_carry(p, batch_shape=()):
+        return to_real(cell.initial_carry(p, batch_shape))
+
+    def step(p, c, x):
+        new, y = cell.step(p, to_complex(c), x)
+        return to_real(new), y
+
+    return Cell(cell.init, initial_carry, step), to_real(carry0)
 
 
 def hidden_index(cell, params, hidden) -> int:

@@ -12,6 +12,7 @@ from memcell.jacobian._common import (
     log_norm,
     over_batch,
     prepare,
+    real_view,
     replace_leaf,
     trajectory,
 )
@@ -64,6 +65,7 @@ def _reverse_pass(cell, params, xs, carry0, hi: int, *, norm: str, want_inputs: 
 def _flow(cell, params, xs, carry, hidden, *, norm="spectral", want_inputs=False, want_spectra=False):
     xs, batch_shape, carry0 = prepare(cell, params, xs, carry)
     check_norm(norm)
+    cell, carry0 = real_view(cell, params, carry0)
     hi = hidden_index(cell, params, hidden)
     fn = lambda xs_, c_: _reverse_pass(
         cell, params, xs_, c_, hi, norm=norm, want_inputs=want_inputs, want_spectra=want_spectra

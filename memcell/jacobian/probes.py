@@ -12,7 +12,7 @@ from memcell.jacobian._common import (
     prepare,
     replace_leaf,
 )
-from memcell.types import Array, Cell, PyTree, Sequence
+from memcell.types import Array, Cell, LinearSpec, PyTree, Sequence
 
 # ----------------------------------------------------------------------------- loss gradients
 
@@ -30,9 +30,11 @@ def unroll_with_probes(
 
     With zero probes the values are those of ``unroll``; the gradient of a loss with respect to
     the probes is ``dL / dh_t`` for every ``t`` (the total derivative, through all later
-    steps), obtained in the same backward pass as the params' gradient. When the step returns
-    its carry's hidden part as its output (every memcell cell does), the probe reaches the
-    output too.
+    steps), obtained in the same backward pass as the params' gradient. The probe reaches the
+    step's output too where the step returns its carry's hidden part as its output (the RNN,
+    LSTM, GRU and RG-LRU), or where the cell's ``LinearSpec`` reads the output out of the carry
+    (the LRU's ``y = Re(x C) + D u`` is recomputed from the probed carry with ``spec.readout``).
+    A complex hidden part takes complex (or real) probes.
 
     Args:
       cell, params, xs, carry, hidden: as for ``gradient_norms_through_time``.
@@ -54,21 +56,31 @@ def unroll_with_probes(
     """
     xs, batch_shape, carry0 = prepare(cell, params, xs, carry)
     hi = hidden_index(cell, params, hidden)
-    h_shape = jax.eval_shape(lambda p: leaf(cell.initial_carry(p, ()), hi), params).shape
+    h_leaf = jax.eval_shape(lambda p: leaf(cell.initial_carry(p, ()), hi), params)
     probes = as_array(probes)
-    expected = batch_shape + (xs.shape[-2],) + tuple(h_shape)
-    if not jnp.issubdtype(probes.dtype, jnp.floating):
+    expected = batch_shape + (xs.shape[-2],) + tuple(h_leaf.shape)
+    if jnp.issubdtype(h_leaf.dtype, jnp.complexfloating):
+        if not jnp.issubdtype(probes.dtype, jnp.inexact):
+            raise TypeError(f"probes must be a floating-point or complex array, got dtype {probes.dtype}")
+    elif not jnp.issubdtype(probes.dtype, jnp.floating):
         raise TypeError(f"probes must be a floating-point array, got dtype {probes.dtype}")
     if tuple(probes.shape) != expected:
         raise ValueError(f"probes must have shape {expected} (batch, time, hidden), got shape {tuple(probes.shape)}")
+
+    spec = getattr(cell, "spec", None)
+    readout = spec.readout if isinstance(spec, LinearSpec) and spec.describes(cell) and spec.readout else None
 
     def body(c, inputs):
         x, p = inputs
         new, y = cell.step(params, c, x)
         h = leaf(new, hi)
         h_probed = h + p.astype(h.dtype)
-        # Identity, not equality: the probe reaches y only where y is the carry's own h leaf.
-        y = h_probed if y is h else y
+        # Identity, not equality: the probe reaches y only where y is the carry's own h leaf, or
+        # where the cell's own spec says how y is read out of the carry (the LRU: Re(C x) + D u).
+        if y is h:
+            y = h_probed
+        elif readout is not None:
+            y = readout(params, h_probed, x)
         return replace_leaf(new, hi, h_probed), y
 
     n_b = len(batch_shape)
@@ -115,4 +127,5 @@ def loss_gradient_norms(
 
     g = jax.grad(loss)(probes)
     h_axes = tuple(range(len(batch_shape) + 1, g.ndim))
-    return jnp.sqrt(jnp.sum(jnp.square(g), axis=h_axes))
+    # |g|^2: for a complex hidden part, |dL/dRe h + i dL/dIm h| (JAX's cotangent is its conjugate).
+    return jnp.sqrt(jnp.sum(jnp.square(jnp.abs(g)), axis=h_axes))

@@ -12,6 +12,7 @@ from memcell.jacobian._common import (
     log_norm,
     over_batch,
     prepare,
+    real_view,
     trajectory,
 )
 from memcell.types import Array, Cell, PyTree, Sequence
@@ -34,7 +35,8 @@ def state_jacobians(
       output part) whose entries are pytrees of the carry's structure (the input part), each
       leaf ``[*b, T, *out_shape, *in_shape]``. For the LSTM, ``jac.c.c[..., t, :, :]`` is the
       memory-cell path ``d c_t / d c_{t-1}`` alone (``diag(f_t)`` without peepholes) and
-      ``jac.h.h`` the hidden-to-hidden block.
+      ``jac.h.h`` the hidden-to-hidden block. A complex carry leaf is seen as its real and
+      imaginary parts (see the module doc): its blocks have a trailing axis of 2 on each side.
 
     Example:
       >>> import jax, jax.numpy as jnp, memcell
@@ -47,6 +49,7 @@ def state_jacobians(
     """
     check_bool("flat", flat)
     xs, batch_shape, carry0 = prepare(cell, params, xs, carry)
+    cell, carry0 = real_view(cell, params, carry0)
 
     def one(xs_, c0):
         prev = trajectory(cell, params, xs_, c0)

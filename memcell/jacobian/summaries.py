@@ -10,6 +10,7 @@ from memcell.jacobian._common import (
     check_bool,
     over_batch,
     prepare,
+    real_view,
 )
 from memcell.types import Array, Cell, Key, PyTree, Sequence
 
@@ -51,6 +52,7 @@ def lyapunov_exponent(
       True
     """
     xs, batch_shape, carry0 = prepare(cell, params, xs, carry)
+    cell, carry0 = real_view(cell, params, carry0)
     T = xs.shape[-2]
     if isinstance(transient, (bool, np.bool_)) or not isinstance(transient, (int, np.integer)):
         raise TypeError(f"transient must be an int, got {transient!r}")

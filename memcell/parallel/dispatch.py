@@ -14,7 +14,7 @@ from memcell import _checks
 from memcell._sequence import reverse_within, segment_ends
 from memcell.cells.xlstm import MLSTMSpec
 from memcell.parallel import mlstm, tuning
-from memcell.parallel.linear import NEG, linear_scan, log_linear_scan
+from memcell.parallel.linear import linear_scan
 from memcell.types import Cell, Lengths, LinearSpec, PyTree, Sequence
 
 __all__ = ["supports", "unroll", "why_not"]
@@ -57,25 +57,18 @@ def _linear(spec: LinearSpec, params, xs, carry0, valid, resets, chunk_size: int
     v = None if valid is None else valid[..., None]
     s = None if resets is None else resets[..., None]  # where the carry restarts from h0
     h0_t = h0[..., None, :]
-    if not spec.log_space:
-        if v is not None:  # past a sequence's length the carry stays: a = 1, b = 0
-            a, b = jnp.where(v, a, jnp.ones_like(a)), jnp.where(v, b, jnp.zeros_like(b))
-        if s is not None:  # a restart: h_t = a_t h0 + b_t
-            a, b = jnp.where(s, jnp.zeros_like(a), a), jnp.where(s, b + a * h0_t, b)
-        hs = linear_scan(a, b, h0.astype(jnp.result_type(a, b)), chunk_size=chunk_size)
-    else:
-        la, lb = a, b
-        if v is not None:
-            la, lb = jnp.where(v, la, jnp.zeros_like(la)), jnp.where(v, lb, jnp.full_like(lb, NEG))
-        # h = z + P h0: z from zero (in log space, where its terms are positive), P the product of
-        # a since the last restart (a linear scan), so h0 may have any sign and is never logged.
-        la_z = la if s is None else jnp.where(s, jnp.full_like(la, NEG), la)
-        z = jnp.exp(log_linear_scan(la_z, lb, chunk_size=chunk_size))
-        a_lin = jnp.exp(la)
-        pa, pb = (a_lin, jnp.zeros_like(a_lin)) if s is None else (
-            jnp.where(s, jnp.zeros_like(a_lin), a_lin), jnp.where(s, a_lin, jnp.zeros_like(a_lin)))
-        p = linear_scan(pa, pb, jnp.ones_like(h0, a_lin.dtype), chunk_size=chunk_size)
-        hs = z + p * h0_t.astype(z.dtype)
+    if spec.log_space:
+        # The scan never forms a product of coefficients over more than one chunk, nor divides by
+        # one, so it is as precise in linear space as the step itself (which also runs linear):
+        # exp of the stably computed logs, and one scan. (The paper's log-space scan exists to
+        # avoid the cumulative products of a one-pass parallel scan; memcell.parallel keeps
+        # log_linear_scan for whoever wants log h itself.)
+        a, b = jnp.exp(a), jnp.exp(b)
+    if v is not None:  # past a sequence's length the carry stays: a = 1, b = 0
+        a, b = jnp.where(v, a, jnp.ones_like(a)), jnp.where(v, b, jnp.zeros_like(b))
+    if s is not None:  # a restart: h_t = a_t h0 + b_t
+        a, b = jnp.where(s, jnp.zeros_like(a), a), jnp.where(s, b + a * h0_t, b)
+    hs = linear_scan(a, b, h0.astype(jnp.result_type(a, b)), chunk_size=chunk_size)
     hs = hs.astype(jnp.result_type(hs, h0))
     ys = spec.readout(params, hs, xs)
     return jax.tree.unflatten(treedef, [hs[..., -1, :]]), ys

@@ -124,7 +124,9 @@ def linear_scan(a: Array, b: Array, h0: Array, *, axis: int = -2, chunk_size: in
     L = chunk_size_for(T) if chunk_size is None else int(chunk_size)
     a_t, b_t = jnp.moveaxis(a, axis, 0), jnp.moveaxis(b, axis, 0)
     h0 = _one_step_shaped(h0, a_t)
-    return jnp.moveaxis(_linear_scan(a_t, b_t, h0, L), 0, axis)
+    # One chunk is the plain sequential scan, which JAX differentiates as well as the custom rule.
+    scan = _scan_time_major if L >= T else _linear_scan
+    return jnp.moveaxis(scan(a_t, b_t, h0, L), 0, axis)
 
 
 def _log_scan_time_major(la: Array, lb: Array, L: int) -> Array:
