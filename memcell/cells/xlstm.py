@@ -101,7 +101,7 @@ def slstm(
         log f = log_sigmoid(z~_f)    (forget_gate="sigmoid", default)
         log f = z~_f                 (forget_gate="exp")
         z  = tanh(z~_z),  o = sigmoid(z~_o)
-        m' = max(log f + m, log i)                        stabiliser (m' = log i where n = 0)
+        m' = max(log f + m, log i)                        stabiliser (m' = log i, f' = 0 where n = 0)
         i' = exp(log i - m'),  f' = exp(log f + m - m')
         c' = f' c + i' z,  n' = f' n + i'
         h' = o * c' / n'
