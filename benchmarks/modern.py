@@ -12,7 +12,6 @@ Usage: ``python benchmarks/modern.py [--quick] [--rounds N] [--out docs/benchmar
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 
@@ -21,6 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import memcell
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import cpu_name, race, write_section  # noqa: E402
 
 B, D, H = 16, 64, 128
 LENGTHS = (256, 1024, 4096)
@@ -78,17 +80,6 @@ def impls(T):
     return out
 
 
-def race(fns: dict, rounds: int) -> dict:
-    for f in fns.values():
-        f()
-    best = {k: float("inf") for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
-
 
 def render(results: dict, lengths, rounds: int, elapsed: float) -> str:
     names = list(next(iter(results.values())))
@@ -98,7 +89,7 @@ def render(results: dict, lengths, rounds: int, elapsed: float) -> str:
         "",
         f"Training step (gradient of `mean(ys**2)` w.r.t. all params, jitted), B={B}, D={D}, H={H}; "
         f"ms, minimum of {rounds} interleaved rounds; `x LSTM` is the fused LSTM's time over the row's "
-        f"(higher is faster). Run {datetime.date.today()} on {platform.processor() or platform.machine()} "
+        f"(higher is faster). Run {datetime.date.today()} on {cpu_name()} "
         f"({os.cpu_count()} cores), jax {jax.__version__}, backend {jax.default_backend()}, "
         f"{elapsed / 60:.1f} min.",
         "",
@@ -127,16 +118,6 @@ def render(results: dict, lengths, rounds: int, elapsed: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: str, section: str) -> None:
-    """Replaces the text between the markers in ``path`` (appends it when absent)."""
-    text = open(path).read() if os.path.exists(path) else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def main(argv=None):
@@ -160,7 +141,7 @@ def main(argv=None):
     section = render(results, lengths, rounds, time.perf_counter() - start)
     print("\n" + section)
     if args.out:
-        write_section(args.out, section)
+        write_section(args.out, section, START, END)
         print(f"wrote the modern-cells section of {args.out}")
     return 0
 

@@ -13,7 +13,6 @@ Usage: ``python benchmarks/practitioner.py [--rounds N] [--out docs/benchmarks.m
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 
@@ -22,6 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import memcell
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import cpu_name, race, write_section  # noqa: E402
 
 B, T, D, H, LAYERS = 32, 200, 64, 256, 2
 START, END = "<!-- practitioner:start -->", "<!-- practitioner:end -->"
@@ -95,17 +97,6 @@ def torch_step(xs, lengths, device="cpu"):
     return train
 
 
-def race(fns: dict, rounds: int) -> dict:
-    for f in fns.values():
-        f()
-    best = {k: float("inf") for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
-
 
 def render(best: dict, rounds: int, elapsed: float) -> str:
     ref = best["torch.nn.LSTM (packed)"]
@@ -117,7 +108,7 @@ def render(best: dict, rounds: int, elapsed: float) -> str:
         f"Training step of a {LAYERS}-layer bidirectional LSTM, H={H}, B={B}, D={D}, lengths drawn between "
         f"{T // 2} and T={T} (loss over the real steps only); ms, minimum of {rounds} interleaved rounds; "
         f"`x torch` and `x flax` are their times over the row's (higher is faster). Run {datetime.date.today()} "
-        f"on {platform.processor() or platform.machine()} ({os.cpu_count()} cores), jax {jax.__version__}, "
+        f"on {cpu_name()} ({os.cpu_count()} cores), jax {jax.__version__}, "
         f"backend {jax.default_backend()}, {elapsed / 60:.1f} min.",
         "",
         "| implementation | ms | x torch | x flax |",
@@ -129,15 +120,6 @@ def render(best: dict, rounds: int, elapsed: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: str, section: str) -> None:
-    text = open(path).read() if os.path.exists(path) else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def main(argv=None):
@@ -158,7 +140,7 @@ def main(argv=None):
     section = render(best, args.rounds, time.perf_counter() - start)
     print(section)
     if args.out:
-        write_section(args.out, section)
+        write_section(args.out, section, START, END)
         print(f"wrote the practitioner section of {args.out}")
     return 0
 
