@@ -18,6 +18,7 @@ import sys
 from typing import Sequence
 
 from memcell import cudnn, fused, parallel, tasks
+from memcell.scan import layer as as_layer
 from memcell.types import BACKENDS
 
 __all__ = ["build_parser", "main"]
@@ -29,7 +30,8 @@ _CLASSIC = ("rnn", "irnn", "lstm", "gru")  # the cells with a dense recurrent ma
 # What a resumed run must share with the run that wrote the checkpoint (steps may grow).
 _IDENTITY_KEYS = ("task", "length", "cell", "hidden", "layers", "seeds", "seed_offset", "batch_size", "lr",
                   "optimizer", "clip", "warmup", "decay", "forget_bias", "lstm_init", "recurrent_init",
-                  "recurrent_scale", "reset_after", "layer_norm", "dtype", "backend")
+                  "recurrent_scale", "reset_after", "layer_norm", "dtype", "backend", "proj_size",
+                  "recurrent_dropout", "zoneout", "learn_initial_carry")
 
 
 class UsageError(Exception):
@@ -55,6 +57,7 @@ _positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
 _nonneg_int = _number_type(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _number_type(float, lambda v: v > 0 and math.isfinite(v), "a positive number",
                                "a positive finite number", show_text=True)
+_rate = _number_type(float, lambda v: 0 <= v < 1, "a rate in [0, 1)", show_text=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lstm-init", default="default", choices=("default", "chrono"),
                    help="chrono: forget biases spread up to T steps (Tallec and Ollivier 2018)")
     g.add_argument("--layer-norm", action="store_true", help="layer-normalised LSTM")
+    g.add_argument("--proj-size", type=_positive_int, default=None,
+                   help="LSTM with a projection of h to this many units (Sak et al. 2014; torch's proj_size)")
+    g.add_argument("--recurrent-dropout", type=_rate, default=0.0,
+                   help="variational dropout on h where it enters the recurrent matmul (lstm, gru, rnn, irnn)")
+    g.add_argument("--zoneout", type=_rate, default=0.0, help="zoneout rate of every carry unit (Krueger et al. 2017)")
+    g.add_argument("--learn-initial-carry", action="store_true", help="the initial carry is a learnt param")
     g.add_argument("--reset-after", default="true", choices=("true", "false"), help="GRU reset-gate placement")
     g.add_argument("--recurrent-init", default=None,
                    help="orthogonal (default), identity, lecun_normal, glorot_uniform, uniform")
@@ -195,9 +204,14 @@ def _build(args):
             options["forget_bias"] = args.forget_bias
         if args.layer_norm:
             options["layer_norm"] = True
+        if args.proj_size is not None:
+            if args.proj_size >= args.hidden:
+                raise UsageError(f"--proj-size must be < --hidden ({args.hidden}), got {args.proj_size}")
+            options["proj_size"] = args.proj_size
     else:
-        if args.forget_bias is not None or args.lstm_init != "default" or args.layer_norm:
-            raise UsageError(f"--forget-bias, --lstm-init and --layer-norm apply to --cell lstm, not {args.cell!r}")
+        if args.forget_bias is not None or args.lstm_init != "default" or args.layer_norm or args.proj_size:
+            raise UsageError(f"--forget-bias, --lstm-init, --layer-norm and --proj-size apply to --cell lstm, "
+                             f"not {args.cell!r}")
     if args.cell == "gru":
         options["reset_after"] = args.reset_after == "true"
     elif args.reset_after != "true":
@@ -209,6 +223,16 @@ def _build(args):
         reason = "the seeds train under jax.vmap, which has no cuDNN batching rule in JAX"
     if reason is not None:
         raise UsageError(f"--backend {args.backend} cannot run this cell: {reason}; use --backend auto or reference")
+    regularised = dict(recurrent_dropout=args.recurrent_dropout, zoneout=args.zoneout,
+                       learn_initial_carry=args.learn_initial_carry)
+    if any(regularised.values()):  # each cell becomes a memcell.layer with these options
+        if args.gradient_flow:
+            raise UsageError("--gradient-flow measures a bare cell: leave out --recurrent-dropout, --zoneout "
+                             "and --learn-initial-carry")
+        try:
+            cells = [as_layer(c, backend=args.backend, **regularised) for c in cells]
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     model = tasks.sequence_model(cells if args.layers > 1 else cells[0], task.output_size, task.readout,
                                  backend=args.backend)
     return task, model

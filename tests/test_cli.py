@@ -54,6 +54,12 @@ def _run_main(argv, capsys):
         (["train", "--task", "adding", "--backend", "parallel"],
          "--backend parallel cannot run this cell: no parallel path for a cell with a LSTMSpec"),
         (["train", "--task", "adding", "--backend", "cudnn"], "--backend cudnn cannot run this cell: "),
+        (["train", "--task", "adding", "--cell", "gru", "--proj-size", "4"], "--proj-size apply to --cell lstm, not 'gru'"),
+        (["train", "--task", "adding", "--hidden", "8", "--proj-size", "8"], "--proj-size must be < --hidden (8), got 8"),
+        (["train", "--task", "adding", "--zoneout", "1.5"], "--zoneout: expected a rate in [0, 1), got 1.5"),
+        (["train", "--task", "adding", "--cell", "mingru", "--recurrent-dropout", "0.2"],
+         "recurrent_dropout needs a cell whose step is known to read h through its recurrent matmul"),
+        (["train", "--task", "adding", "--zoneout", "0.1", "--gradient-flow"], "--gradient-flow measures a bare cell"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )
@@ -132,6 +138,18 @@ def test_a_modern_cell_trains_on_the_parallel_path(tmp_path, capsys):
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert np.all(np.isfinite(report["final"]["mse"])) and json.loads((out / "config.json").read_text())["cell"] == "lru"
+
+
+def test_practitioner_options_train_and_are_recorded(tmp_path, capsys):
+    """A projected LSTM with recurrent dropout, zoneout and a learnt initial carry, through the CLI."""
+    out = tmp_path / "lstmp"
+    code, _, _ = _run_main(["train", *SMALL, "--cell", "lstm", "--proj-size", "8", "--recurrent-dropout", "0.2",
+                            "--zoneout", "0.1", "--learn-initial-carry", "--steps", "10", "--out", str(out)], capsys)
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["proj_size"], config["recurrent_dropout"], config["zoneout"], config["learn_initial_carry"]) == (
+        8, 0.2, 0.1, True)
+    assert np.all(np.isfinite(json.loads((out / "report.json").read_text())["final"]["mse"]))
 
 
 def test_char_lm_prints_a_sample(capsys):
