@@ -12,6 +12,7 @@ Each field of the memcell params is an ``nnx.Param`` attribute of the same name 
 equals ``cell.step`` on it bit for bit.
 """
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -28,10 +29,24 @@ from memcell._flax import (
     lstm_carry_to_flax,
     single_carry_from_flax,
 )
-from memcell.cells import GRUCarry, RNNCarry, gru, lstm, rnn
+from memcell.cells import (
+    GRUCarry,
+    LRUCarry,
+    MinGRUCarry,
+    MinLSTMCarry,
+    RGLRUCarry,
+    RNNCarry,
+    gru,
+    lru,
+    lstm,
+    mingru,
+    minlstm,
+    rglru,
+    rnn,
+)
 from memcell.types import Array, Cell as PureCell, PyTree
 
-__all__ = ["GRU", "LSTM", "RNN", "Cell"]
+__all__ = ["GRU", "LRU", "LSTM", "RGLRU", "RNN", "Cell", "MinGRU", "MinLSTM"]
 
 
 def _is_var(x) -> bool:
@@ -237,13 +252,15 @@ class LSTM(_CellBase):
 
 
 class _SingleStateCell(_CellBase):
-    _carry_cls = None  # GRUCarry or RNNCarry, set by subclasses
+    """Cells whose Flax carry is the state array alone (``GRUCell``, ``SimpleCell``; memcell's one-field carries)."""
+
+    _carry_cls = None  # GRUCarry, RNNCarry, ..., set by subclasses
 
     def _to_memcell_carry(self, carry):
         return single_carry_from_flax(self._carry_cls, carry)
 
     def _from_memcell_carry(self, carry):
-        return carry.h
+        return carry[0]  # the carry NamedTuple's one field (h; the LRU's x)
 
 
 class GRU(_SingleStateCell):
@@ -329,4 +346,134 @@ class RNN(_SingleStateCell):
             param_dtype=param_dtype,
             dtype=dtype,
         )
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
+
+
+class MinGRU(_SingleStateCell):
+    """memcell's minGRU (``memcell.mingru``, Feng et al. 2024) as an ``nnx`` RNN cell.
+
+    Goes inside ``nnx.RNN`` / ``nnx.Bidirectional`` like ``GRU``. The carry is the hidden-state
+    array ``h: [*b, hidden_features]`` itself (``MinGRUCarry(h)`` unwrapped, as ``nnx.GRUCell``
+    carries); the params are ``w_x [d, 2h]`` and ``b [2h]``.
+
+    Args:
+      in_features, hidden_features: sizes.
+      log_space: the paper's log-space variant, as for ``memcell.mingru``.
+      kernel_init: ``"fan_in_uniform"`` (default) or any initialiser ``memcell.mingru`` takes.
+      dtype, param_dtype, carry_init, learn_initial_carry, rngs: as for ``LSTM``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> model = nnx.RNN(memcell.nnx.MinGRU(3, 8, log_space=True, rngs=nnx.Rngs(0)))
+      >>> model(jnp.ones((2, 5, 3)), seq_lengths=jnp.array([5, 2])).shape
+      (2, 5, 8)
+    """
+
+    _carry_cls = MinGRUCarry
+
+    def __init__(self, in_features: int, hidden_features: int, *, log_space: bool = False,
+                 kernel_init="fan_in_uniform", dtype=None, param_dtype=jnp.float32, carry_init=None,
+                 learn_initial_carry: bool = False, rngs: nnx.Rngs):
+        self.hidden_features = hidden_features
+        cell = mingru(hidden_features, log_space=log_space, kernel_init=kernel_init, param_dtype=param_dtype,
+                      dtype=dtype)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
+
+
+class MinLSTM(_SingleStateCell):
+    """memcell's minLSTM (``memcell.minlstm``, Feng et al. 2024) as an ``nnx`` RNN cell.
+
+    Carry: the hidden-state array ``h`` (``MinLSTMCarry(h)`` unwrapped). Params: ``w_x [d, 3h]``,
+    ``b [3h]``. Args as for ``MinGRU``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> nnx.RNN(memcell.nnx.MinLSTM(3, 8, rngs=nnx.Rngs(0)))(jnp.ones((2, 5, 3))).shape
+      (2, 5, 8)
+    """
+
+    _carry_cls = MinLSTMCarry
+
+    def __init__(self, in_features: int, hidden_features: int, *, log_space: bool = False,
+                 kernel_init="fan_in_uniform", dtype=None, param_dtype=jnp.float32, carry_init=None,
+                 learn_initial_carry: bool = False, rngs: nnx.Rngs):
+        self.hidden_features = hidden_features
+        cell = minlstm(hidden_features, log_space=log_space, kernel_init=kernel_init, param_dtype=param_dtype,
+                       dtype=dtype)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
+
+
+class LRU(_SingleStateCell):
+    """memcell's linear recurrent unit (``memcell.lru``, Orvieto et al. 2023) as an ``nnx`` RNN cell.
+
+    The outputs have the input's width ``in_features`` (``y = Re(x C) + D u``), not
+    ``hidden_features``; the carry is the complex state array ``x: [*b, hidden_features]``
+    (complex64; ``LRUCarry(x)`` unwrapped). The params are all real ``nnx.Param``s (``nu_log``,
+    ``theta_log``, ``gamma_log``, ``b_re``, ``b_im``, ``c_re``, ``c_im``, ``d``).
+
+    Args:
+      in_features: input (and output) features.
+      hidden_features: complex state units.
+      r_min, r_max, max_phase: the ring initialisation, as for ``memcell.lru``.
+      dtype, param_dtype, carry_init, learn_initial_carry, rngs: as for ``LSTM`` (a learnt
+        initial carry is a complex ``nnx.Param``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> model = nnx.RNN(memcell.nnx.LRU(3, 16, r_min=0.9, r_max=0.999, rngs=nnx.Rngs(0)), return_carry=True)
+      >>> x, ys = model(jnp.ones((2, 5, 3)))
+      >>> ys.shape, x.shape, x.dtype
+      ((2, 5, 3), (2, 16), dtype('complex64'))
+    """
+
+    _carry_cls = LRUCarry
+
+    def __init__(self, in_features: int, hidden_features: int, *, r_min: float = 0.0, r_max: float = 1.0,
+                 max_phase: float = 2 * math.pi, dtype=None, param_dtype=jnp.float32, carry_init=None,
+                 learn_initial_carry: bool = False, rngs: nnx.Rngs):
+        self.hidden_features = hidden_features
+        cell = lru(hidden_features, r_min=r_min, r_max=r_max, max_phase=max_phase, param_dtype=param_dtype,
+                   dtype=dtype)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
+
+
+class RGLRU(_SingleStateCell):
+    """memcell's RG-LRU (``memcell.rglru``, Griffin, De et al. 2024) as an ``nnx`` RNN cell.
+
+    Carry: the hidden-state array ``h`` (``RGLRUCarry(h)`` unwrapped). Params: ``w_gates [h, 2h]``,
+    ``b_gates [2h]``, ``lam [h]`` and, when ``in_features != hidden_features`` (or
+    ``input_projection=True``), the input projection ``w_in [d, h]``.
+
+    Args:
+      in_features, hidden_features: sizes.
+      c_scale, r_min, r_max, input_projection: as for ``memcell.rglru``.
+      kernel_init, dtype, param_dtype, carry_init, learn_initial_carry, rngs: as for ``LSTM``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> cell = memcell.nnx.RGLRU(3, 8, rngs=nnx.Rngs(0))
+      >>> sorted(nnx.to_pure_dict(nnx.state(cell, nnx.Param)))
+      ['b_gates', 'lam', 'w_gates', 'w_in']
+      >>> nnx.RNN(cell)(jnp.ones((2, 5, 3))).shape
+      (2, 5, 8)
+    """
+
+    _carry_cls = RGLRUCarry
+
+    def __init__(self, in_features: int, hidden_features: int, *, c_scale: float = 8.0, r_min: float = 0.9,
+                 r_max: float = 0.999, input_projection: bool | None = None, kernel_init="lecun_normal",
+                 dtype=None, param_dtype=jnp.float32, carry_init=None, learn_initial_carry: bool = False,
+                 rngs: nnx.Rngs):
+        self.hidden_features = hidden_features
+        cell = rglru(hidden_features, c_scale=c_scale, r_min=r_min, r_max=r_max,
+                     input_projection=input_projection, kernel_init=kernel_init, param_dtype=param_dtype,
+                     dtype=dtype)
         self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
