@@ -362,9 +362,9 @@ class MinLSTM(_SingleStateCell):
       >>> import jax, jax.numpy as jnp, flax.linen as nn
       >>> import memcell.linen
       >>> model = nn.RNN(memcell.linen.MinLSTM(8))
-      >>> xs = jnp.ones((2, 5, 3))
-      >>> model.apply(model.init(jax.random.key(0), xs), xs).shape
-      (2, 5, 8)
+      >>> ys, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), jnp.ones((2, 5, 3)))
+      >>> ys.shape, variables["params"]["cell"]["w_x"].shape
+      ((2, 5, 8), (3, 24))
     """
 
     features: int
@@ -401,8 +401,7 @@ class LRU(_SingleStateCell):
       >>> import jax, jax.numpy as jnp, flax.linen as nn
       >>> import memcell.linen
       >>> model = nn.RNN(memcell.linen.LRU(16, r_min=0.9, r_max=0.999), return_carry=True)
-      >>> xs = jnp.ones((2, 5, 3))
-      >>> x, ys = model.apply(model.init(jax.random.key(0), xs), xs)
+      >>> (x, ys), _ = jax.eval_shape(model.init_with_output, jax.random.key(0), jnp.ones((2, 5, 3)))
       >>> ys.shape, x.shape, x.dtype
       ((2, 5, 3), (2, 16), dtype('complex64'))
     """
@@ -438,8 +437,7 @@ class RGLRU(_SingleStateCell):
       >>> import jax, jax.numpy as jnp, flax.linen as nn
       >>> import memcell.linen
       >>> model = nn.RNN(memcell.linen.RGLRU(8))
-      >>> xs = jnp.ones((2, 5, 3))
-      >>> variables = model.init(jax.random.key(0), xs)
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((2, 5, 3)))
       >>> sorted(variables["params"]["cell"])
       ['b_gates', 'lam', 'w_gates', 'w_in']
     """

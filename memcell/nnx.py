@@ -392,8 +392,10 @@ class MinLSTM(_SingleStateCell):
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import memcell.nnx
-      >>> nnx.RNN(memcell.nnx.MinLSTM(3, 8, rngs=nnx.Rngs(0)))(jnp.ones((2, 5, 3))).shape
-      (2, 5, 8)
+      >>> cell = memcell.nnx.MinLSTM(3, 8, rngs=nnx.Rngs(0))
+      >>> h, y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))    # one step; nnx.RNN(cell) for sequences
+      >>> h.shape, y.shape
+      ((2, 8), (2, 8))
     """
 
     _carry_cls = MinLSTMCarry
@@ -426,10 +428,10 @@ class LRU(_SingleStateCell):
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import memcell.nnx
-      >>> model = nnx.RNN(memcell.nnx.LRU(3, 16, r_min=0.9, r_max=0.999, rngs=nnx.Rngs(0)), return_carry=True)
-      >>> x, ys = model(jnp.ones((2, 5, 3)))
-      >>> ys.shape, x.shape, x.dtype
-      ((2, 5, 3), (2, 16), dtype('complex64'))
+      >>> cell = memcell.nnx.LRU(3, 16, r_min=0.9, r_max=0.999, rngs=nnx.Rngs(0))
+      >>> x, y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))    # one step; nnx.RNN(cell) for sequences
+      >>> y.shape, x.shape, x.dtype
+      ((2, 3), (2, 16), dtype('complex64'))
     """
 
     _carry_cls = LRUCarry
@@ -462,8 +464,6 @@ class RGLRU(_SingleStateCell):
       >>> cell = memcell.nnx.RGLRU(3, 8, rngs=nnx.Rngs(0))
       >>> sorted(nnx.to_pure_dict(nnx.state(cell, nnx.Param)))
       ['b_gates', 'lam', 'w_gates', 'w_in']
-      >>> nnx.RNN(cell)(jnp.ones((2, 5, 3))).shape
-      (2, 5, 8)
     """
 
     _carry_cls = RGLRUCarry
