@@ -506,7 +506,9 @@ class Recurrent(nn.Module):
         (``"dropout"`` rng). One-directional layers only. With ``learn_initial_carry`` each layer's
         params are ``{"params": ..., "carry": ...}``.
       unroll, remat, backend: as for ``memcell.unroll`` (``backend="auto"``: the default LSTM,
-        GRU and RNN run on the fused path, ``memcell.fused``).
+        GRU and RNN run on the fused path, ``memcell.fused``; ``backend="parallel"``: the cells
+        whose carry update is linear in the carry, ``memcell.mingru``, ``minlstm``, ``lru`` and
+        ``rglru``, run on the parallel scan, ``memcell.parallel``, with the same params).
 
     ``__call__(xs, carry=None, *, lengths=None, resets=None, deterministic=True)`` returns
     ``(carry, ys)`` as ``Layer.apply`` does: ``carry`` is a tuple with one entry per layer

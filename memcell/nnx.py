@@ -366,8 +366,11 @@ class MinGRU(_SingleStateCell):
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import memcell.nnx
-      >>> model = nnx.RNN(memcell.nnx.MinGRU(3, 8, log_space=True, rngs=nnx.Rngs(0)))
-      >>> model(jnp.ones((2, 5, 3)), seq_lengths=jnp.array([5, 2])).shape
+      >>> import jax
+      >>> def run(xs, lengths):   # traced by jax.eval_shape below: shapes only, nothing computed
+      ...     model = nnx.RNN(memcell.nnx.MinGRU(3, 8, log_space=True, rngs=nnx.Rngs(0)))
+      ...     return model(xs, seq_lengths=lengths)
+      >>> jax.eval_shape(run, jnp.ones((2, 5, 3)), jnp.array([5, 2])).shape
       (2, 5, 8)
     """
 
@@ -392,10 +395,12 @@ class MinLSTM(_SingleStateCell):
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import memcell.nnx
-      >>> cell = memcell.nnx.MinLSTM(3, 8, rngs=nnx.Rngs(0))
-      >>> h, y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))    # one step; nnx.RNN(cell) for sequences
-      >>> h.shape, y.shape
-      ((2, 8), (2, 8))
+      >>> import jax
+      >>> def run(xs):   # traced by jax.eval_shape below: shapes only, nothing computed
+      ...     return nnx.RNN(memcell.nnx.MinLSTM(3, 8, rngs=nnx.Rngs(0)), return_carry=True)(xs)
+      >>> h, ys = jax.eval_shape(run, jnp.ones((2, 5, 3)))
+      >>> h.shape, ys.shape
+      ((2, 8), (2, 5, 8))
     """
 
     _carry_cls = MinLSTMCarry
@@ -428,10 +433,13 @@ class LRU(_SingleStateCell):
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import memcell.nnx
-      >>> cell = memcell.nnx.LRU(3, 16, r_min=0.9, r_max=0.999, rngs=nnx.Rngs(0))
-      >>> x, y = cell(cell.initialize_carry((2, 3)), jnp.ones((2, 3)))    # one step; nnx.RNN(cell) for sequences
-      >>> y.shape, x.shape, x.dtype
-      ((2, 3), (2, 16), dtype('complex64'))
+      >>> import jax
+      >>> def run(xs):   # traced by jax.eval_shape below: shapes only, nothing computed
+      ...     cell = memcell.nnx.LRU(3, 16, r_min=0.9, r_max=0.999, rngs=nnx.Rngs(0))
+      ...     return nnx.RNN(cell, return_carry=True)(xs)
+      >>> x, ys = jax.eval_shape(run, jnp.ones((2, 5, 3)))
+      >>> ys.shape, x.shape, x.dtype
+      ((2, 5, 3), (2, 16), dtype('complex64'))
     """
 
     _carry_cls = LRUCarry
@@ -461,9 +469,9 @@ class RGLRU(_SingleStateCell):
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import memcell.nnx
-      >>> cell = memcell.nnx.RGLRU(3, 8, rngs=nnx.Rngs(0))
-      >>> sorted(nnx.to_pure_dict(nnx.state(cell, nnx.Param)))
-      ['b_gates', 'lam', 'w_gates', 'w_in']
+      >>> cell = nnx.eval_shape(lambda: memcell.nnx.RGLRU(3, 8, rngs=nnx.Rngs(0)))   # shapes only
+      >>> {k: v.shape for k, v in sorted(nnx.to_pure_dict(nnx.state(cell, nnx.Param)).items())}
+      {'b_gates': (16,), 'lam': (8,), 'w_gates': (8, 16), 'w_in': (3, 8)}
     """
 
     _carry_cls = RGLRUCarry
