@@ -41,6 +41,7 @@ demo: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/modern.py
+	$(PY) benchmarks/practitioner.py
 
 # The API reference site, into site/. Strict: a broken link, a missing page or an unresolved
 # reference fails the build.

@@ -1,9 +1,11 @@
 """Long-term-dependency sweep: which sequence lengths T a tanh RNN, an IRNN, an LSTM and a GRU
-solve on the adding (or copy, or temporal order) problem within a fixed budget of updates.
+(or any of memcell.tasks.CELLS: the modern mingru, minlstm, lru, rglru, slstm, mlstm) solve on the
+adding (or copy, temporal order, selective copying) problem within a fixed budget of updates.
 
     python experiments/long_dependency.py                                  # adding, the CPU-sized default
     python experiments/long_dependency.py --task copy --lengths 10,20,40 --steps 2000
     python experiments/long_dependency.py --lengths 100,200,400 --steps 10000 --seeds 4   # a longer study
+    python experiments/long_dependency.py --task selective_copy --lengths 64 --cells lstm,mingru,lru
 
 Writes results/<task>/report.md (table), results.json and curves.png (learning curves).
 """
@@ -22,9 +24,9 @@ from _common import fmt_metric, parse_config, plot_curves, run_cell, write_repor
 class Config:
     """Sweep of T x cells on one long-dependency task; every (T, cell) gets the same budget."""
 
-    task: str = "adding"  # adding, copy or temporal_order
+    task: str = "adding"  # adding, copy, temporal_order or selective_copy
     lengths: tuple[int, ...] = (25, 50, 100, 200)
-    cells: tuple[str, ...] = ("rnn", "irnn", "lstm", "gru")
+    cells: tuple[str, ...] = ("rnn", "irnn", "lstm", "gru")  # any of memcell.tasks.CELLS
     hidden: int = 64
     seeds: int = 3
     steps: int = 2000  # the fixed budget of updates

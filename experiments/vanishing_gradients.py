@@ -2,7 +2,7 @@
 
 For plain tanh RNNs of several recurrent spectral radii (Bengio et al. 1994, Pascanu et al.
 2013), LSTMs with forget bias 0 and 1, chrono init (Tallec and Ollivier 2018) and no forget gate,
-and a GRU: the norm of d h_T / d h_{T-k} against the lag k, up to k = 1000, at initialisation and
+a GRU, and the modern minGRU, LRU and sLSTM: the norm of d h_T / d h_{T-k} against the lag k, up to k = 1000, at initialisation and
 after training on a small adding problem (Hochreiter and Schmidhuber 1997; memcell.tasks.adding,
 trained with memcell.train.fit). Every number comes
 from memcell.jacobian (gradient_norms_through_time, decay_rate, lyapunov_exponent, product_norms
@@ -49,7 +49,7 @@ class Config:
     learning_rate: float = 3e-3
     clip_norm: float = 1.0
     chrono_max_timescale: float = 1000.0
-    cells: str = "rnn_0.5,rnn_0.9,rnn_1.0,rnn_1.5,lstm_fb0,lstm_fb1,lstm_chrono,lstm_nfg,gru"
+    cells: str = "rnn_0.5,rnn_0.9,rnn_1.0,rnn_1.5,lstm_fb0,lstm_fb1,lstm_chrono,lstm_nfg,gru,mingru,lru,slstm"
     seed: int = 0
     out_dir: str = "results/vanishing_gradients"
     docs_dir: str = "docs"  # "" writes nothing under docs/
@@ -65,19 +65,26 @@ def make_cell(name: str, cfg: Config) -> tuple[memcell.Cell, str]:
     if name.startswith("rnn_"):
         radius = float(name[4:])
         return memcell.rnn(H, recurrent_scale=radius), f"tanh RNN, radius {radius:g}"
-    table = {
-        "lstm_fb0": (memcell.lstm(H, forget_bias=0.0), "LSTM, forget bias 0"),
-        "lstm_fb1": (memcell.lstm(H, forget_bias=1.0), "LSTM, forget bias 1"),
+    table = {  # name -> (factory of the cell, label): only the named cell is built
+        "lstm_fb0": (lambda: memcell.lstm(H, forget_bias=0.0), "LSTM, forget bias 0"),
+        "lstm_fb1": (lambda: memcell.lstm(H, forget_bias=1.0), "LSTM, forget bias 1"),
         "lstm_chrono": (
-            memcell.lstm(H, init="chrono", max_timescale=cfg.chrono_max_timescale),
+            lambda: memcell.lstm(H, init="chrono", max_timescale=cfg.chrono_max_timescale),
             f"LSTM, chrono init ({cfg.chrono_max_timescale:g})",
         ),
-        "lstm_nfg": (memcell.lstm(H, forget_gate=False), "LSTM, no forget gate"),
-        "gru": (memcell.gru(H), "GRU"),
+        "lstm_nfg": (lambda: memcell.lstm(H, forget_gate=False), "LSTM, no forget gate"),
+        "gru": (lambda: memcell.gru(H), "GRU"),
+        "mingru": (lambda: memcell.mingru(H), "minGRU"),
+        "minlstm": (lambda: memcell.minlstm(H), "minLSTM"),
+        "lru": (lambda: memcell.lru(H), "LRU"),
+        "rglru": (lambda: memcell.rglru(H), "RG-LRU"),
+        "slstm": (lambda: memcell.slstm(H, num_heads=4), "sLSTM, 4 heads"),
+        "mlstm": (lambda: memcell.mlstm(H, num_heads=4), "mLSTM, 4 heads"),
     }
     if name not in table:
         raise ValueError(f"cells: unknown cell {name!r}; use rnn_<radius> or one of {sorted(table)}")
-    return table[name]
+    factory, label = table[name]
+    return factory(), label
 
 
 BASELINE_MSE = 1.0 / 6.0  # predicting the mean target of the adding problem: the target's variance
@@ -133,6 +140,13 @@ def measure(name: str, cell, params, xs) -> dict:
         out["mean_log_f_best_unit"] = float(np.max(np.mean(forget_gates_log(cell, params, xs[0])[1:], axis=0)))
         H = params.w_h.shape[0]
         out["mean_forget_bias"] = float(jnp.mean(params.b[H : 2 * H]))
+    if isinstance(cell.spec, memcell.LinearSpec):
+        # The step Jacobian of a linear recurrence is diag(a_t), exactly: the gradient norm at lag k
+        # is max over units of prod |a_t|, so the coefficients predict the decay rate.
+        a, _ = cell.spec.coefficients(params, xs)
+        log_abs_a = np.asarray(a if cell.spec.log_space else jnp.log(jnp.abs(a)), np.float64)  # [n, T, h]
+        out["predicted_rate"] = float(np.max(np.mean(log_abs_a, axis=(0, 1))))
+        out["max_modulus"] = float(np.exp(np.max(log_abs_a)))
     return out
 
 
@@ -271,11 +285,19 @@ def story(results: dict, labels: dict, cfg: Config) -> str:
                 f"at init, and the mean log forget gate of the unit that keeps the most is "
                 f"{init['mean_log_f_best_unit']:+.4f}; d h_T/d h_(T-k) is {g100} at lag 100."
             )
+        elif "predicted_rate" in init:
+            line = (
+                f"- **{labels[name]}**: its step Jacobian is diag(a_t) exactly, so its coefficients predict the "
+                f"rate max over units of mean log|a_t| = {init['predicted_rate']:+.4f}/step (largest |a| "
+                f"{init['max_modulus']:.4f}); measured {init['rate']:+.4f}/step at init, {g100} at lag 100."
+            )
         else:
             line = f"- **{labels[name]}**: rate {init['rate']:+.4f}/step at init, {g100} at lag 100."
         out.append(line)
         if trained is not None:
             extra = ""
+            if "predicted_rate" in trained:
+                extra = f" (predicted by its coefficients: {trained['predicted_rate']:+.4f}/step)"
             if "cell_path_rate" in trained:
                 extra = (
                     f"; cell path {init['cell_path_rate']:+.4f} -> {trained['cell_path_rate']:+.4f}/step "
@@ -338,6 +360,15 @@ cell path loses about a factor 2 a step, as fast as a contracting RNN; a larger 
 chrono init (which spreads `1 / (1 - f)` up to a chosen timescale), starts them nearer 1.
 Training can also open a slow path elsewhere (see the results). The GRU's update gate plays the
 same part: `h' = (1 - z) n + z h` keeps `diag(z)` of the gradient each step.
+
+The modern recurrent cells keep the lesson and drop the rest. minGRU (Feng et al. 2024) computes
+its gates from the input alone, `h_t = (1 - z_t) h_(t-1) + z_t h~_t`, and the LRU (Orvieto et al.
+2023) is a complex diagonal linear recurrence `x_t = lambda x_(t-1) + gamma B u_t`: for both, the
+step Jacobian is exactly `diag(a_t)` (`1 - z_t`, or `lambda`), with no recurrent matrix and no
+squashing, so the gradient at lag `k` is the largest product of `|a_t|` over the `k` steps and its
+decay rate is read off the coefficients before any Jacobian is taken. The table below puts that
+prediction beside the measurement. sLSTM (Beck et al. 2024) keeps the LSTM's memory cell with an
+exponential input gate, a normaliser and head-wise recurrent weights: it is measured like the LSTM.
 
 ## The toolkit: `memcell.jacobian`
 

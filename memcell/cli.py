@@ -25,6 +25,7 @@ __all__ = ["build_parser", "main"]
 # The names the CLI offers are memcell.tasks' own lists, not copies of them.
 TASK_NAMES = tuple(tasks.TASKS)
 CELL_NAMES = tasks.CELLS
+_CLASSIC = ("rnn", "irnn", "lstm", "gru")  # the cells with a dense recurrent matrix (--recurrent-init applies)
 # What a resumed run must share with the run that wrote the checkpoint (steps may grow).
 _IDENTITY_KEYS = ("task", "length", "cell", "hidden", "layers", "seeds", "seed_offset", "batch_size", "lr",
                   "optimizer", "clip", "warmup", "decay", "forget_bias", "lstm_init", "recurrent_init",
@@ -70,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=_positive_int, default=32)
     g = t.add_argument_group("model")
     g.add_argument("--cell", default="lstm", choices=CELL_NAMES,
-                   help="rnn: tanh Elman; irnn: ReLU with identity recurrent init (Le et al. 2015)")
+                   help="rnn: tanh Elman; irnn: ReLU with identity recurrent init (Le et al. 2015); lstm, gru; "
+                        "the modern cells mingru, minlstm (Feng et al. 2024), lru (Orvieto et al. 2023), rglru "
+                        "(De et al. 2024), slstm, mlstm (Beck et al. 2024)")
     g.add_argument("--hidden", type=_positive_int, default=128, help="hidden units a layer")
     g.add_argument("--layers", type=_positive_int, default=1, help="stacked recurrent layers")
     g.add_argument("--forget-bias", type=float, default=None, help="LSTM forget-gate bias (default 1.0)")
@@ -183,6 +186,8 @@ def _build(args):
         options["recurrent_init"] = args.recurrent_init
     if args.recurrent_scale != 1.0:
         options["recurrent_scale"] = args.recurrent_scale
+    if args.cell not in _CLASSIC and ("recurrent_init" in options or "recurrent_scale" in options):
+        raise UsageError(f"--recurrent-init and --recurrent-scale apply to --cell {', '.join(_CLASSIC)}, not {args.cell!r}")
     if args.cell == "lstm":
         if args.lstm_init == "chrono":
             options.update(init="chrono", max_timescale=float(max(_sequence_length(task), 3)))

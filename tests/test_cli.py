@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from memcell import cli
@@ -121,6 +122,16 @@ def test_backend_auto_trains_like_the_reference(tmp_path, capsys, monkeypatch):
         finals[backend] = json.loads((out / "report.json").read_text())["final"]["mse"]
     assert finals["auto"] == pytest.approx(finals["reference"], rel=1e-3)
     assert calls["reference"] == 0 and calls["auto"] > 0
+
+
+def test_a_modern_cell_trains_on_the_parallel_path(tmp_path, capsys):
+    """The LRU (complex carry, output of the input's width) through the whole CLI on backend parallel."""
+    out = tmp_path / "lru"
+    code, stdout, _ = _run_main(["train", *SMALL, "--cell", "lru", "--steps", "10", "--backend", "parallel",
+                                 "--out", str(out)], capsys)
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert np.all(np.isfinite(report["final"]["mse"])) and json.loads((out / "config.json").read_text())["cell"] == "lru"
 
 
 def test_char_lm_prints_a_sample(capsys):

@@ -174,16 +174,21 @@ def test_parallel_path_has_second_derivatives():
         check_grads(f, (params, xs), order=2, modes=["rev"])
 
 
-def test_auto_runs_the_parallel_path_for_linear_cells_and_fused_for_the_lstm(monkeypatch):
+@pytest.mark.parametrize("platform, runs", [("cpu", False), ("gpu", True)])
+def test_auto_follows_the_measured_platform_choice(monkeypatch, platform, runs):
+    """On CPU the diagonal cells measured faster on the reference (memcell.parallel.tuning), so
+    "auto" runs it there; on other platforms "auto" runs the parallel path."""
+    import memcell.parallel.dispatch as dispatch
+
     cell, params = setup("toy")
     xs = jax.random.normal(jax.random.key(2), (T, D))
     calls = []
     real = memcell.parallel.linear_scan
-    import memcell.parallel.dispatch as dispatch
-
     monkeypatch.setattr(dispatch, "linear_scan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(memcell.parallel.tuning.jax, "default_backend", lambda: platform)
     _, ys = memcell.unroll(cell, params, xs, backend="auto")
-    assert calls, "backend='auto' did not run the parallel path for a LinearSpec cell"
+    assert bool(calls) == runs
+    assert memcell.parallel.tuning.auto_runs_parallel(cell.spec) == runs
     np.testing.assert_allclose(ys, memcell.unroll(cell, params, xs)[1], rtol=1e-6, atol=1e-6)
     lstm = memcell.lstm(H)
     assert memcell.parallel.why_not(lstm) is not None and memcell.fused.supports(lstm)

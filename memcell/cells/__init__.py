@@ -15,6 +15,17 @@ from memcell.cells.minrnn import (
 )
 from memcell.cells.rglru import RGLRUCarry, RGLRUParams, RGLRUSpec, rglru
 from memcell.cells.rnn import RNNCarry, RNNParams, RNNSpec, rnn
+from memcell.cells.xlstm import (
+    MLSTMCarry,
+    MLSTMGates,
+    MLSTMParams,
+    MLSTMSpec,
+    SLSTMCarry,
+    SLSTMParams,
+    SLSTMSpec,
+    mlstm,
+    slstm,
+)
 from memcell.types import Cell, CellSpec
 
 __all__ = [
@@ -28,6 +39,10 @@ __all__ = [
     "LSTMParams",
     "LSTMSpec",
     "LSTM_VARIANTS",
+    "MLSTMCarry",
+    "MLSTMGates",
+    "MLSTMParams",
+    "MLSTMSpec",
     "MinGRUCarry",
     "MinGRUParams",
     "MinGRUSpec",
@@ -37,6 +52,9 @@ __all__ = [
     "RNNCarry",
     "RNNParams",
     "RNNSpec",
+    "SLSTMCarry",
+    "SLSTMParams",
+    "SLSTMSpec",
     "LRUCarry",
     "LRUParams",
     "LRUSpec",
@@ -49,5 +67,7 @@ __all__ = [
     "lstm",
     "mingru",
     "minlstm",
+    "mlstm",
     "rnn",
+    "slstm",
 ]

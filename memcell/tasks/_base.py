@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from memcell import train as _train
-from memcell.cells import gru, lstm, rnn
+from memcell.cells import gru, lru, lstm, mingru, minlstm, mlstm, rglru, rnn, slstm
 from memcell._checks import check_backend as _check_backend
 from memcell.scan import layer, stack
 from memcell.types import Array, Cell, Key, Layer, PyTree
@@ -95,12 +95,16 @@ def classification_loss(outputs, batch):
 
 # ----------------------------------------------------------------------------- models
 
-CELLS = ("rnn", "irnn", "lstm", "gru")
+CELLS = ("rnn", "irnn", "lstm", "gru", "mingru", "minlstm", "lru", "rglru", "slstm", "mlstm")
+# The cells whose factories are named as the cell and take only the hidden size and their own options.
+_PLAIN = {"lstm": lstm, "gru": gru, "mingru": mingru, "minlstm": minlstm, "lru": lru, "rglru": rglru}
 
 
 def make_cell(name: str, hidden_size: int, **options) -> Cell:
     """A cell by name: ``"rnn"`` (tanh Elman), ``"irnn"`` (ReLU with identity recurrent init,
-    Le et al. 2015), ``"lstm"``, ``"gru"``; ``options`` go to the factory."""
+    Le et al. 2015), ``"lstm"``, ``"gru"``, and the modern cells ``"mingru"``, ``"minlstm"``,
+    ``"lru"``, ``"rglru"``, ``"slstm"``, ``"mlstm"`` (the xLSTM cells with 4 heads where
+    ``hidden_size`` allows, else 1); ``options`` go to the factory."""
     if name not in CELLS:
         raise ValueError(f"cell must be one of {list(CELLS)}, got {name!r}")
     if name == "rnn":
@@ -108,9 +112,10 @@ def make_cell(name: str, hidden_size: int, **options) -> Cell:
     if name == "irnn":
         options.setdefault("recurrent_init", "identity")
         return rnn(hidden_size, activation="relu", **options)
-    if name == "lstm":
-        return lstm(hidden_size, **options)
-    return gru(hidden_size, **options)
+    if name in ("slstm", "mlstm"):
+        options.setdefault("num_heads", 4 if hidden_size % 4 == 0 else 1)
+        return (slstm if name == "slstm" else mlstm)(hidden_size, **options)
+    return _PLAIN[name](hidden_size, **options)
 
 
 def sequence_model(
