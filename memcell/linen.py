@@ -44,13 +44,17 @@ from memcell.cells import (
     lstm,
     mingru,
     minlstm,
+    mlstm,
     rglru,
     rnn,
+    slstm,
 )
 from memcell.scan import bidirectional as bidirectional_layer, layer as as_layer, stack
 from memcell.types import Array, Cell as PureCell, PyTree
 
-__all__ = ["GRU", "LRU", "LSTM", "RGLRU", "RNN", "Cell", "MinGRU", "MinLSTM", "Recurrent", "memcell_params"]
+__all__ = [
+    "GRU", "LRU", "LSTM", "MLSTM", "RGLRU", "RNN", "SLSTM", "Cell", "MinGRU", "MinLSTM", "Recurrent", "memcell_params",
+]
 
 
 def _param_names(template) -> tuple[str, ...] | None:
@@ -460,6 +464,79 @@ class RGLRU(_SingleStateCell):
                      param_dtype=self.param_dtype, dtype=self.dtype)
 
 
+class SLSTM(_CellBase):
+    """memcell's sLSTM (``memcell.slstm``, xLSTM, Beck et al. 2024) as a ``flax.linen`` RNN cell.
+
+    The carry is memcell's ``SLSTMCarry(c, n, m, h)`` (each ``[*b, features]``): four states
+    with no Flax counterpart to mimic, so they keep their names. Params: ``w_x [d, 4h]``,
+    ``w_h`` (block-diagonal by head) and ``b``, as ``memcell.slstm`` lays them out.
+
+    Attributes:
+      features: hidden units.
+      num_heads, forget_gate, forget_bias, recurrent_scale: as for ``memcell.slstm``.
+      kernel_init, recurrent_kernel_init, dtype, param_dtype, carry_init: as for ``LSTM``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> import memcell.linen
+      >>> model = nn.RNN(memcell.linen.SLSTM(8, num_heads=2), return_carry=True)
+      >>> carry, ys = jax.eval_shape(model.init_with_output, jax.random.key(0), jnp.ones((2, 5, 3)))[0]
+      >>> type(carry).__name__, ys.shape
+      ('SLSTMCarry', (2, 5, 8))
+    """
+
+    features: int
+    num_heads: int = 1
+    forget_gate: str = "sigmoid"
+    forget_bias: Any = 1.0
+    recurrent_scale: float = 1.0
+    kernel_init: Any = "lecun_normal"
+    recurrent_kernel_init: Any = "orthogonal"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    carry_init: Callable | None = None
+
+    def _memcell(self) -> PureCell:
+        return slstm(self.features, num_heads=self.num_heads, forget_gate=self.forget_gate,
+                     forget_bias=self.forget_bias, recurrent_scale=self.recurrent_scale,
+                     kernel_init=self.kernel_init, recurrent_init=self.recurrent_kernel_init,
+                     param_dtype=self.param_dtype, dtype=self.dtype)
+
+
+class MLSTM(_CellBase):
+    """memcell's mLSTM (``memcell.mlstm``, xLSTM, Beck et al. 2024) as a ``flax.linen`` RNN cell.
+
+    The carry is memcell's ``MLSTMCarry(C, n, m)`` (the matrix memory ``C: [*b, heads, dk, dv]``,
+    ``n: [*b, heads, dk]``, ``m: [*b, heads]``); outputs ``[*b, features]``. For the chunkwise
+    parallel form over a whole sequence use ``Recurrent(memcell.mlstm(h), backend="parallel")``.
+
+    Attributes:
+      features: hidden units (``dk = dv = features / num_heads``).
+      num_heads, forget_bias: as for ``memcell.mlstm``.
+      kernel_init, dtype, param_dtype, carry_init: as for ``LSTM``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> import memcell.linen
+      >>> model = nn.RNN(memcell.linen.MLSTM(8, num_heads=2), return_carry=True)
+      >>> carry, ys = jax.eval_shape(model.init_with_output, jax.random.key(0), jnp.ones((2, 5, 3)))[0]
+      >>> carry.C.shape, ys.shape
+      ((2, 2, 4, 4), (2, 5, 8))
+    """
+
+    features: int
+    num_heads: int = 1
+    forget_bias: Any = (3.0, 6.0)
+    kernel_init: Any = "lecun_normal"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    carry_init: Callable | None = None
+
+    def _memcell(self) -> PureCell:
+        return mlstm(self.features, num_heads=self.num_heads, forget_bias=self.forget_bias,
+                     kernel_init=self.kernel_init, param_dtype=self.param_dtype, dtype=self.dtype)
+
+
 def memcell_params(module: nn.Module, params, input_size: int) -> PyTree:
     """The memcell params (NamedTuples) inside a memcell linen module's params.
 
@@ -507,8 +584,8 @@ class Recurrent(nn.Module):
         params are ``{"params": ..., "carry": ...}``.
       unroll, remat, backend: as for ``memcell.unroll`` (``backend="auto"``: the default LSTM,
         GRU and RNN run on the fused path, ``memcell.fused``; ``backend="parallel"``: the cells
-        whose carry update is linear in the carry, ``memcell.mingru``, ``minlstm``, ``lru`` and
-        ``rglru``, run on the parallel scan, ``memcell.parallel``, with the same params).
+        whose carry update is linear in the carry, ``memcell.mingru``, ``minlstm``, ``lru``,
+        ``rglru`` and ``mlstm``, run on the parallel path, ``memcell.parallel``, with the same params).
 
     ``__call__(xs, carry=None, *, lengths=None, resets=None, deterministic=True)`` returns
     ``(carry, ys)`` as ``Layer.apply`` does: ``carry`` is a tuple with one entry per layer

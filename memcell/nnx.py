@@ -41,12 +41,14 @@ from memcell.cells import (
     lstm,
     mingru,
     minlstm,
+    mlstm,
     rglru,
     rnn,
+    slstm,
 )
 from memcell.types import Array, Cell as PureCell, PyTree
 
-__all__ = ["GRU", "LRU", "LSTM", "RGLRU", "RNN", "Cell", "MinGRU", "MinLSTM"]
+__all__ = ["GRU", "LRU", "LSTM", "MLSTM", "RGLRU", "RNN", "SLSTM", "Cell", "MinGRU", "MinLSTM"]
 
 
 def _is_var(x) -> bool:
@@ -484,4 +486,68 @@ class RGLRU(_SingleStateCell):
         cell = rglru(hidden_features, c_scale=c_scale, r_min=r_min, r_max=r_max,
                      input_projection=input_projection, kernel_init=kernel_init, param_dtype=param_dtype,
                      dtype=dtype)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
+
+
+class SLSTM(_CellBase):
+    """memcell's sLSTM (``memcell.slstm``, xLSTM, Beck et al. 2024) as an ``nnx`` RNN cell.
+
+    The carry is memcell's ``SLSTMCarry(c, n, m, h)`` (four states with no Flax counterpart, so
+    they keep their names); params ``w_x``, ``w_h`` (block-diagonal by head), ``b``.
+
+    Args:
+      in_features, hidden_features: sizes.
+      num_heads, forget_gate, forget_bias, recurrent_scale: as for ``memcell.slstm``.
+      kernel_init, recurrent_kernel_init, dtype, param_dtype, carry_init, learn_initial_carry,
+        rngs: as for ``LSTM``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> def run(xs):   # traced by jax.eval_shape below: shapes only, nothing computed
+      ...     return nnx.RNN(memcell.nnx.SLSTM(3, 8, num_heads=2, rngs=nnx.Rngs(0)), return_carry=True)(xs)
+      >>> carry, ys = jax.eval_shape(run, jnp.ones((2, 5, 3)))
+      >>> type(carry).__name__, ys.shape
+      ('SLSTMCarry', (2, 5, 8))
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, *, num_heads: int = 1, forget_gate: str = "sigmoid",
+                 forget_bias=1.0, recurrent_scale: float = 1.0, kernel_init="lecun_normal",
+                 recurrent_kernel_init="orthogonal", dtype=None, param_dtype=jnp.float32, carry_init=None,
+                 learn_initial_carry: bool = False, rngs: nnx.Rngs):
+        self.hidden_features = hidden_features
+        cell = slstm(hidden_features, num_heads=num_heads, forget_gate=forget_gate, forget_bias=forget_bias,
+                     recurrent_scale=recurrent_scale, kernel_init=kernel_init, recurrent_init=recurrent_kernel_init,
+                     param_dtype=param_dtype, dtype=dtype)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
+
+
+class MLSTM(_CellBase):
+    """memcell's mLSTM (``memcell.mlstm``, xLSTM, Beck et al. 2024) as an ``nnx`` RNN cell.
+
+    The carry is memcell's ``MLSTMCarry(C, n, m)`` (matrix memory ``C: [*b, heads, dk, dv]``).
+
+    Args:
+      in_features, hidden_features: sizes (``dk = dv = hidden_features / num_heads``).
+      num_heads, forget_bias: as for ``memcell.mlstm``.
+      kernel_init, dtype, param_dtype, carry_init, learn_initial_carry, rngs: as for ``LSTM``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> def run(xs):   # traced by jax.eval_shape below: shapes only, nothing computed
+      ...     return nnx.RNN(memcell.nnx.MLSTM(3, 8, num_heads=2, rngs=nnx.Rngs(0)), return_carry=True)(xs)
+      >>> carry, ys = jax.eval_shape(run, jnp.ones((2, 5, 3)))
+      >>> carry.C.shape, ys.shape
+      ((2, 2, 4, 4), (2, 5, 8))
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, *, num_heads: int = 1, forget_bias=(3.0, 6.0),
+                 kernel_init="lecun_normal", dtype=None, param_dtype=jnp.float32, carry_init=None,
+                 learn_initial_carry: bool = False, rngs: nnx.Rngs):
+        self.hidden_features = hidden_features
+        cell = mlstm(hidden_features, num_heads=num_heads, forget_bias=forget_bias, kernel_init=kernel_init,
+                     param_dtype=param_dtype, dtype=dtype)
         self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
