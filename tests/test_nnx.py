@@ -35,6 +35,9 @@ MAKERS = {
     "MinLSTM_log": (lambda rngs: mn.MinLSTM(D, H, log_space=True, rngs=rngs), lambda c: c.h),
     "LRU": (lambda rngs: mn.LRU(D, H, r_min=0.5, max_phase=1.0, rngs=rngs), lambda c: c.x),
     "RGLRU": (lambda rngs: mn.RGLRU(D, H, c_scale=4.0, rngs=rngs), lambda c: c.h),
+    # the xLSTM cells keep memcell's NamedTuple carry
+    "SLSTM": (lambda rngs: mn.SLSTM(D, 4, num_heads=2, rngs=rngs), lambda c: c),
+    "MLSTM": (lambda rngs: mn.MLSTM(D, 4, num_heads=2, rngs=rngs), lambda c: c),
 }
 # the pure cells the new modules must run (their options reach the factory: same spec, same step)
 PURE = {
@@ -42,6 +45,8 @@ PURE = {
     "MinLSTM_log": memcell.minlstm(H, log_space=True),
     "LRU": memcell.lru(H, r_min=0.5, max_phase=1.0),
     "RGLRU": memcell.rglru(H, c_scale=4.0),
+    "SLSTM": memcell.slstm(4, num_heads=2),
+    "MLSTM": memcell.mlstm(4, num_heads=2),
 }
 
 
