@@ -15,6 +15,7 @@ This module and ``memcell.nnx`` are the only ones that import flax; what they sh
 (Flax's carry layouts, the argument checks) is in ``memcell._flax``.
 """
 
+import math
 from typing import Any, Callable, Sequence as SequenceOf
 
 import flax.linen as nn
@@ -31,11 +32,29 @@ from memcell._flax import (
     lstm_carry_to_flax,
     single_carry_from_flax,
 )
-from memcell.cells import GRUCarry, RNNCarry, gru, lstm, rnn
+from memcell.cells import (
+    GRUCarry,
+    LRUCarry,
+    MinGRUCarry,
+    MinLSTMCarry,
+    RGLRUCarry,
+    RNNCarry,
+    gru,
+    lru,
+    lstm,
+    mingru,
+    minlstm,
+    mlstm,
+    rglru,
+    rnn,
+    slstm,
+)
 from memcell.scan import bidirectional as bidirectional_layer, layer as as_layer, stack
 from memcell.types import Array, Cell as PureCell, PyTree
 
-__all__ = ["GRU", "LSTM", "RNN", "Cell", "Recurrent", "memcell_params"]
+__all__ = [
+    "GRU", "LRU", "LSTM", "MLSTM", "RGLRU", "RNN", "SLSTM", "Cell", "MinGRU", "MinLSTM", "Recurrent", "memcell_params",
+]
 
 
 def _param_names(template) -> tuple[str, ...] | None:
@@ -208,15 +227,15 @@ class LSTM(_CellBase):
 
 
 class _SingleStateCell(_CellBase):
-    """Cells whose Flax carry is the hidden state array alone (``GRUCell``, ``SimpleCell``)."""
+    """Cells whose Flax carry is the state array alone (``GRUCell``, ``SimpleCell``; memcell's one-field carries)."""
 
-    _carry_cls = None  # set by subclasses (GRUCarry, RNNCarry); not a dataclass field
+    _carry_cls = None  # set by subclasses (GRUCarry, RNNCarry, ...); not a dataclass field
 
     def _to_memcell_carry(self, carry):
         return single_carry_from_flax(self._carry_cls, carry)
 
     def _from_memcell_carry(self, carry):
-        return carry.h
+        return carry[0]  # the carry NamedTuple's one field (h; the LRU's x)
 
 
 class GRU(_SingleStateCell):
@@ -296,6 +315,228 @@ class RNN(_SingleStateCell):
         )
 
 
+class MinGRU(_SingleStateCell):
+    """memcell's minGRU (``memcell.mingru``, Feng et al. 2024) as a ``flax.linen`` RNN cell.
+
+    Goes inside ``nn.RNN`` / ``nn.Bidirectional`` like ``GRU``. The carry is the hidden-state
+    array ``h: [*b, features]`` itself (memcell's ``MinGRUCarry(h)`` unwrapped, as Flax's
+    ``GRUCell`` carries), the params are ``MinGRUParams``' fields (``w_x [d, 2h]``, ``b [2h]``).
+    For the whole sequence at once, with the parallel scan, use
+    ``Recurrent(memcell.mingru(h), backend="parallel")``.
+
+    Attributes:
+      features: hidden units.
+      log_space: the paper's log-space variant (positive candidate through ``g``), as for
+        ``memcell.mingru``.
+      kernel_init: ``"fan_in_uniform"`` (default, PyTorch's ``nn.Linear``) or any initialiser
+        ``memcell.mingru`` takes.
+      dtype, param_dtype, carry_init: as for ``LSTM``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> import memcell.linen
+      >>> model = nn.RNN(memcell.linen.MinGRU(8, log_space=True))
+      >>> xs = jnp.ones((2, 5, 3))
+      >>> model.apply(model.init(jax.random.key(0), xs), xs, seq_lengths=jnp.array([5, 2])).shape
+      (2, 5, 8)
+    """
+
+    features: int
+    log_space: bool = False
+    kernel_init: Any = "fan_in_uniform"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    carry_init: Callable | None = None
+
+    _carry_cls = MinGRUCarry
+
+    def _memcell(self) -> PureCell:
+        return mingru(self.features, log_space=self.log_space, kernel_init=self.kernel_init,
+                      param_dtype=self.param_dtype, dtype=self.dtype)
+
+
+class MinLSTM(_SingleStateCell):
+    """memcell's minLSTM (``memcell.minlstm``, Feng et al. 2024) as a ``flax.linen`` RNN cell.
+
+    Carry: the hidden-state array ``h: [*b, features]`` (``MinLSTMCarry(h)`` unwrapped; the
+    minLSTM has no separate cell state). Params: ``MinLSTMParams``' fields (``w_x [d, 3h]``,
+    ``b [3h]``). Attributes as for ``MinGRU``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> import memcell.linen
+      >>> model = nn.RNN(memcell.linen.MinLSTM(8))
+      >>> ys, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), jnp.ones((2, 5, 3)))
+      >>> ys.shape, variables["params"]["cell"]["w_x"].shape
+      ((2, 5, 8), (3, 24))
+    """
+
+    features: int
+    log_space: bool = False
+    kernel_init: Any = "fan_in_uniform"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    carry_init: Callable | None = None
+
+    _carry_cls = MinLSTMCarry
+
+    def _memcell(self) -> PureCell:
+        return minlstm(self.features, log_space=self.log_space, kernel_init=self.kernel_init,
+                       param_dtype=self.param_dtype, dtype=self.dtype)
+
+
+class LRU(_SingleStateCell):
+    """memcell's linear recurrent unit (``memcell.lru``, Orvieto et al. 2023) as a ``flax.linen`` RNN cell.
+
+    Two differences from the other cells, both the LRU's own: the outputs have the *input's*
+    width ``d``, not ``features`` (``y = Re(x C) + D u``, the paper's residual-style layer), and
+    the carry is the complex state array ``x: [*b, features]`` (complex64; ``LRUCarry(x)``
+    unwrapped). The params are all real (``nu_log``, ``theta_log``, ``gamma_log``, ``b_re``,
+    ``b_im``, ``c_re``, ``c_im``, ``d``), so optax and checkpointers see real arrays.
+
+    Attributes:
+      features: the number of complex state units ``h``.
+      r_min, r_max, max_phase: the ring initialisation of ``lambda``, as for ``memcell.lru``
+        (the paper's long-range choice is ``r_min=0.9, r_max=0.999, max_phase=pi/10``).
+      dtype, param_dtype: as for ``LSTM``.
+      carry_init: optional initialiser of the carry, called with a complex dtype.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> import memcell.linen
+      >>> model = nn.RNN(memcell.linen.LRU(16, r_min=0.9, r_max=0.999), return_carry=True)
+      >>> (x, ys), _ = jax.eval_shape(model.init_with_output, jax.random.key(0), jnp.ones((2, 5, 3)))
+      >>> ys.shape, x.shape, x.dtype
+      ((2, 5, 3), (2, 16), dtype('complex64'))
+    """
+
+    features: int
+    r_min: float = 0.0
+    r_max: float = 1.0
+    max_phase: float = 2 * math.pi
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    carry_init: Callable | None = None
+
+    _carry_cls = LRUCarry
+
+    def _memcell(self) -> PureCell:
+        return lru(self.features, r_min=self.r_min, r_max=self.r_max, max_phase=self.max_phase,
+                   param_dtype=self.param_dtype, dtype=self.dtype)
+
+
+class RGLRU(_SingleStateCell):
+    """memcell's RG-LRU (``memcell.rglru``, Griffin, De et al. 2024) as a ``flax.linen`` RNN cell.
+
+    Carry: the hidden-state array ``h: [*b, features]`` (``RGLRUCarry(h)`` unwrapped). Params:
+    ``w_gates [h, 2h]``, ``b_gates [2h]``, ``lam [h]`` and, when the input width differs from
+    ``features`` (or ``input_projection=True``), the input projection ``w_in [d, h]``.
+
+    Attributes:
+      features: hidden units.
+      c_scale, r_min, r_max, input_projection: as for ``memcell.rglru``.
+      kernel_init, dtype, param_dtype, carry_init: as for ``LSTM``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> import memcell.linen
+      >>> model = nn.RNN(memcell.linen.RGLRU(8))
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((2, 5, 3)))
+      >>> sorted(variables["params"]["cell"])
+      ['b_gates', 'lam', 'w_gates', 'w_in']
+    """
+
+    features: int
+    c_scale: float = 8.0
+    r_min: float = 0.9
+    r_max: float = 0.999
+    input_projection: bool | None = None
+    kernel_init: Any = "lecun_normal"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    carry_init: Callable | None = None
+
+    _carry_cls = RGLRUCarry
+
+    def _memcell(self) -> PureCell:
+        return rglru(self.features, c_scale=self.c_scale, r_min=self.r_min, r_max=self.r_max,
+                     input_projection=self.input_projection, kernel_init=self.kernel_init,
+                     param_dtype=self.param_dtype, dtype=self.dtype)
+
+
+class SLSTM(_CellBase):
+    """memcell's sLSTM (``memcell.slstm``, xLSTM, Beck et al. 2024) as a ``flax.linen`` RNN cell.
+
+    The carry is memcell's ``SLSTMCarry(c, n, m, h)`` (each ``[*b, features]``): four states
+    with no Flax counterpart to mimic, so they keep their names. Params: ``w_x [d, 4h]``,
+    ``w_h`` (block-diagonal by head) and ``b``, as ``memcell.slstm`` lays them out.
+
+    Attributes:
+      features: hidden units.
+      num_heads, forget_gate, forget_bias, recurrent_scale: as for ``memcell.slstm``.
+      kernel_init, recurrent_kernel_init, dtype, param_dtype, carry_init: as for ``LSTM``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> import memcell.linen
+      >>> model = nn.RNN(memcell.linen.SLSTM(8, num_heads=2), return_carry=True)
+      >>> carry, ys = jax.eval_shape(model.init_with_output, jax.random.key(0), jnp.ones((2, 5, 3)))[0]
+      >>> type(carry).__name__, ys.shape
+      ('SLSTMCarry', (2, 5, 8))
+    """
+
+    features: int
+    num_heads: int = 1
+    forget_gate: str = "sigmoid"
+    forget_bias: Any = 1.0
+    recurrent_scale: float = 1.0
+    kernel_init: Any = "lecun_normal"
+    recurrent_kernel_init: Any = "orthogonal"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    carry_init: Callable | None = None
+
+    def _memcell(self) -> PureCell:
+        return slstm(self.features, num_heads=self.num_heads, forget_gate=self.forget_gate,
+                     forget_bias=self.forget_bias, recurrent_scale=self.recurrent_scale,
+                     kernel_init=self.kernel_init, recurrent_init=self.recurrent_kernel_init,
+                     param_dtype=self.param_dtype, dtype=self.dtype)
+
+
+class MLSTM(_CellBase):
+    """memcell's mLSTM (``memcell.mlstm``, xLSTM, Beck et al. 2024) as a ``flax.linen`` RNN cell.
+
+    The carry is memcell's ``MLSTMCarry(C, n, m)`` (the matrix memory ``C: [*b, heads, dk, dv]``,
+    ``n: [*b, heads, dk]``, ``m: [*b, heads]``); outputs ``[*b, features]``. For the chunkwise
+    parallel form over a whole sequence use ``Recurrent(memcell.mlstm(h), backend="parallel")``.
+
+    Attributes:
+      features: hidden units (``dk = dv = features / num_heads``).
+      num_heads, forget_bias: as for ``memcell.mlstm``.
+      kernel_init, dtype, param_dtype, carry_init: as for ``LSTM``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> import memcell.linen
+      >>> model = nn.RNN(memcell.linen.MLSTM(8, num_heads=2), return_carry=True)
+      >>> carry, ys = jax.eval_shape(model.init_with_output, jax.random.key(0), jnp.ones((2, 5, 3)))[0]
+      >>> carry.C.shape, ys.shape
+      ((2, 2, 4, 4), (2, 5, 8))
+    """
+
+    features: int
+    num_heads: int = 1
+    forget_bias: Any = (3.0, 6.0)
+    kernel_init: Any = "lecun_normal"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    carry_init: Callable | None = None
+
+    def _memcell(self) -> PureCell:
+        return mlstm(self.features, num_heads=self.num_heads, forget_bias=self.forget_bias,
+                     kernel_init=self.kernel_init, param_dtype=self.param_dtype, dtype=self.dtype)
+
+
 def memcell_params(module: nn.Module, params, input_size: int) -> PyTree:
     """The memcell params (NamedTuples) inside a memcell linen module's params.
 
@@ -342,7 +583,9 @@ class Recurrent(nn.Module):
         (``"dropout"`` rng). One-directional layers only. With ``learn_initial_carry`` each layer's
         params are ``{"params": ..., "carry": ...}``.
       unroll, remat, backend: as for ``memcell.unroll`` (``backend="auto"``: the default LSTM,
-        GRU and RNN run on the fused path, ``memcell.fused``).
+        GRU and RNN run on the fused path, ``memcell.fused``; ``backend="parallel"``: the cells
+        whose carry update is linear in the carry, ``memcell.mingru``, ``minlstm``, ``lru``,
+        ``rglru`` and ``mlstm``, run on the parallel path, ``memcell.parallel``, with the same params).
 
     ``__call__(xs, carry=None, *, lengths=None, resets=None, deterministic=True)`` returns
     ``(carry, ys)`` as ``Layer.apply`` does: ``carry`` is a tuple with one entry per layer

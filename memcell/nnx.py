@@ -12,6 +12,7 @@ Each field of the memcell params is an ``nnx.Param`` attribute of the same name 
 equals ``cell.step`` on it bit for bit.
 """
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -28,10 +29,26 @@ from memcell._flax import (
     lstm_carry_to_flax,
     single_carry_from_flax,
 )
-from memcell.cells import GRUCarry, RNNCarry, gru, lstm, rnn
+from memcell.cells import (
+    GRUCarry,
+    LRUCarry,
+    MinGRUCarry,
+    MinLSTMCarry,
+    RGLRUCarry,
+    RNNCarry,
+    gru,
+    lru,
+    lstm,
+    mingru,
+    minlstm,
+    mlstm,
+    rglru,
+    rnn,
+    slstm,
+)
 from memcell.types import Array, Cell as PureCell, PyTree
 
-__all__ = ["GRU", "LSTM", "RNN", "Cell"]
+__all__ = ["GRU", "LRU", "LSTM", "MLSTM", "RGLRU", "RNN", "SLSTM", "Cell", "MinGRU", "MinLSTM"]
 
 
 def _is_var(x) -> bool:
@@ -237,13 +254,15 @@ class LSTM(_CellBase):
 
 
 class _SingleStateCell(_CellBase):
-    _carry_cls = None  # GRUCarry or RNNCarry, set by subclasses
+    """Cells whose Flax carry is the state array alone (``GRUCell``, ``SimpleCell``; memcell's one-field carries)."""
+
+    _carry_cls = None  # GRUCarry, RNNCarry, ..., set by subclasses
 
     def _to_memcell_carry(self, carry):
         return single_carry_from_flax(self._carry_cls, carry)
 
     def _from_memcell_carry(self, carry):
-        return carry.h
+        return carry[0]  # the carry NamedTuple's one field (h; the LRU's x)
 
 
 class GRU(_SingleStateCell):
@@ -329,4 +348,206 @@ class RNN(_SingleStateCell):
             param_dtype=param_dtype,
             dtype=dtype,
         )
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
+
+
+class MinGRU(_SingleStateCell):
+    """memcell's minGRU (``memcell.mingru``, Feng et al. 2024) as an ``nnx`` RNN cell.
+
+    Goes inside ``nnx.RNN`` / ``nnx.Bidirectional`` like ``GRU``. The carry is the hidden-state
+    array ``h: [*b, hidden_features]`` itself (``MinGRUCarry(h)`` unwrapped, as ``nnx.GRUCell``
+    carries); the params are ``w_x [d, 2h]`` and ``b [2h]``.
+
+    Args:
+      in_features, hidden_features: sizes.
+      log_space: the paper's log-space variant, as for ``memcell.mingru``.
+      kernel_init: ``"fan_in_uniform"`` (default) or any initialiser ``memcell.mingru`` takes.
+      dtype, param_dtype, carry_init, learn_initial_carry, rngs: as for ``LSTM``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> import jax
+      >>> def run(xs, lengths):   # traced by jax.eval_shape below: shapes only, nothing computed
+      ...     model = nnx.RNN(memcell.nnx.MinGRU(3, 8, log_space=True, rngs=nnx.Rngs(0)))
+      ...     return model(xs, seq_lengths=lengths)
+      >>> jax.eval_shape(run, jnp.ones((2, 5, 3)), jnp.array([5, 2])).shape
+      (2, 5, 8)
+    """
+
+    _carry_cls = MinGRUCarry
+
+    def __init__(self, in_features: int, hidden_features: int, *, log_space: bool = False,
+                 kernel_init="fan_in_uniform", dtype=None, param_dtype=jnp.float32, carry_init=None,
+                 learn_initial_carry: bool = False, rngs: nnx.Rngs):
+        self.hidden_features = hidden_features
+        cell = mingru(hidden_features, log_space=log_space, kernel_init=kernel_init, param_dtype=param_dtype,
+                      dtype=dtype)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
+
+
+class MinLSTM(_SingleStateCell):
+    """memcell's minLSTM (``memcell.minlstm``, Feng et al. 2024) as an ``nnx`` RNN cell.
+
+    Carry: the hidden-state array ``h`` (``MinLSTMCarry(h)`` unwrapped). Params: ``w_x [d, 3h]``,
+    ``b [3h]``. Args as for ``MinGRU``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> import jax
+      >>> def run(xs):   # traced by jax.eval_shape below: shapes only, nothing computed
+      ...     return nnx.RNN(memcell.nnx.MinLSTM(3, 8, rngs=nnx.Rngs(0)), return_carry=True)(xs)
+      >>> h, ys = jax.eval_shape(run, jnp.ones((2, 5, 3)))
+      >>> h.shape, ys.shape
+      ((2, 8), (2, 5, 8))
+    """
+
+    _carry_cls = MinLSTMCarry
+
+    def __init__(self, in_features: int, hidden_features: int, *, log_space: bool = False,
+                 kernel_init="fan_in_uniform", dtype=None, param_dtype=jnp.float32, carry_init=None,
+                 learn_initial_carry: bool = False, rngs: nnx.Rngs):
+        self.hidden_features = hidden_features
+        cell = minlstm(hidden_features, log_space=log_space, kernel_init=kernel_init, param_dtype=param_dtype,
+                       dtype=dtype)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
+
+
+class LRU(_SingleStateCell):
+    """memcell's linear recurrent unit (``memcell.lru``, Orvieto et al. 2023) as an ``nnx`` RNN cell.
+
+    The outputs have the input's width ``in_features`` (``y = Re(x C) + D u``), not
+    ``hidden_features``; the carry is the complex state array ``x: [*b, hidden_features]``
+    (complex64; ``LRUCarry(x)`` unwrapped). The params are all real ``nnx.Param``s (``nu_log``,
+    ``theta_log``, ``gamma_log``, ``b_re``, ``b_im``, ``c_re``, ``c_im``, ``d``).
+
+    Args:
+      in_features: input (and output) features.
+      hidden_features: complex state units.
+      r_min, r_max, max_phase: the ring initialisation, as for ``memcell.lru``.
+      dtype, param_dtype, carry_init, learn_initial_carry, rngs: as for ``LSTM`` (a learnt
+        initial carry is a complex ``nnx.Param``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> import jax
+      >>> def run(xs):   # traced by jax.eval_shape below: shapes only, nothing computed
+      ...     cell = memcell.nnx.LRU(3, 16, r_min=0.9, r_max=0.999, rngs=nnx.Rngs(0))
+      ...     return nnx.RNN(cell, return_carry=True)(xs)
+      >>> x, ys = jax.eval_shape(run, jnp.ones((2, 5, 3)))
+      >>> ys.shape, x.shape, x.dtype
+      ((2, 5, 3), (2, 16), dtype('complex64'))
+    """
+
+    _carry_cls = LRUCarry
+
+    def __init__(self, in_features: int, hidden_features: int, *, r_min: float = 0.0, r_max: float = 1.0,
+                 max_phase: float = 2 * math.pi, dtype=None, param_dtype=jnp.float32, carry_init=None,
+                 learn_initial_carry: bool = False, rngs: nnx.Rngs):
+        self.hidden_features = hidden_features
+        cell = lru(hidden_features, r_min=r_min, r_max=r_max, max_phase=max_phase, param_dtype=param_dtype,
+                   dtype=dtype)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
+
+
+class RGLRU(_SingleStateCell):
+    """memcell's RG-LRU (``memcell.rglru``, Griffin, De et al. 2024) as an ``nnx`` RNN cell.
+
+    Carry: the hidden-state array ``h`` (``RGLRUCarry(h)`` unwrapped). Params: ``w_gates [h, 2h]``,
+    ``b_gates [2h]``, ``lam [h]`` and, when ``in_features != hidden_features`` (or
+    ``input_projection=True``), the input projection ``w_in [d, h]``.
+
+    Args:
+      in_features, hidden_features: sizes.
+      c_scale, r_min, r_max, input_projection: as for ``memcell.rglru``.
+      kernel_init, dtype, param_dtype, carry_init, learn_initial_carry, rngs: as for ``LSTM``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> cell = nnx.eval_shape(lambda: memcell.nnx.RGLRU(3, 8, rngs=nnx.Rngs(0)))   # shapes only
+      >>> {k: v.shape for k, v in sorted(nnx.to_pure_dict(nnx.state(cell, nnx.Param)).items())}
+      {'b_gates': (16,), 'lam': (8,), 'w_gates': (8, 16), 'w_in': (3, 8)}
+    """
+
+    _carry_cls = RGLRUCarry
+
+    def __init__(self, in_features: int, hidden_features: int, *, c_scale: float = 8.0, r_min: float = 0.9,
+                 r_max: float = 0.999, input_projection: bool | None = None, kernel_init="lecun_normal",
+                 dtype=None, param_dtype=jnp.float32, carry_init=None, learn_initial_carry: bool = False,
+                 rngs: nnx.Rngs):
+        self.hidden_features = hidden_features
+        cell = rglru(hidden_features, c_scale=c_scale, r_min=r_min, r_max=r_max,
+                     input_projection=input_projection, kernel_init=kernel_init, param_dtype=param_dtype,
+                     dtype=dtype)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
+
+
+class SLSTM(_CellBase):
+    """memcell's sLSTM (``memcell.slstm``, xLSTM, Beck et al. 2024) as an ``nnx`` RNN cell.
+
+    The carry is memcell's ``SLSTMCarry(c, n, m, h)`` (four states with no Flax counterpart, so
+    they keep their names); params ``w_x``, ``w_h`` (block-diagonal by head), ``b``.
+
+    Args:
+      in_features, hidden_features: sizes.
+      num_heads, forget_gate, forget_bias, recurrent_scale: as for ``memcell.slstm``.
+      kernel_init, recurrent_kernel_init, dtype, param_dtype, carry_init, learn_initial_carry,
+        rngs: as for ``LSTM``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> def run(xs):   # traced by jax.eval_shape below: shapes only, nothing computed
+      ...     return nnx.RNN(memcell.nnx.SLSTM(3, 8, num_heads=2, rngs=nnx.Rngs(0)), return_carry=True)(xs)
+      >>> carry, ys = jax.eval_shape(run, jnp.ones((2, 5, 3)))
+      >>> type(carry).__name__, ys.shape
+      ('SLSTMCarry', (2, 5, 8))
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, *, num_heads: int = 1, forget_gate: str = "sigmoid",
+                 forget_bias=1.0, recurrent_scale: float = 1.0, kernel_init="lecun_normal",
+                 recurrent_kernel_init="orthogonal", dtype=None, param_dtype=jnp.float32, carry_init=None,
+                 learn_initial_carry: bool = False, rngs: nnx.Rngs):
+        self.hidden_features = hidden_features
+        cell = slstm(hidden_features, num_heads=num_heads, forget_gate=forget_gate, forget_bias=forget_bias,
+                     recurrent_scale=recurrent_scale, kernel_init=kernel_init, recurrent_init=recurrent_kernel_init,
+                     param_dtype=param_dtype, dtype=dtype)
+        self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)
+
+
+class MLSTM(_CellBase):
+    """memcell's mLSTM (``memcell.mlstm``, xLSTM, Beck et al. 2024) as an ``nnx`` RNN cell.
+
+    The carry is memcell's ``MLSTMCarry(C, n, m)`` (matrix memory ``C: [*b, heads, dk, dv]``).
+
+    Args:
+      in_features, hidden_features: sizes (``dk = dv = hidden_features / num_heads``).
+      num_heads, forget_bias: as for ``memcell.mlstm``.
+      kernel_init, dtype, param_dtype, carry_init, learn_initial_carry, rngs: as for ``LSTM``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import memcell.nnx
+      >>> def run(xs):   # traced by jax.eval_shape below: shapes only, nothing computed
+      ...     return nnx.RNN(memcell.nnx.MLSTM(3, 8, num_heads=2, rngs=nnx.Rngs(0)), return_carry=True)(xs)
+      >>> carry, ys = jax.eval_shape(run, jnp.ones((2, 5, 3)))
+      >>> carry.C.shape, ys.shape
+      ((2, 2, 4, 4), (2, 5, 8))
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, *, num_heads: int = 1, forget_bias=(3.0, 6.0),
+                 kernel_init="lecun_normal", dtype=None, param_dtype=jnp.float32, carry_init=None,
+                 learn_initial_carry: bool = False, rngs: nnx.Rngs):
+        self.hidden_features = hidden_features
+        cell = mlstm(hidden_features, num_heads=num_heads, forget_bias=forget_bias, kernel_init=kernel_init,
+                     param_dtype=param_dtype, dtype=dtype)
         self._setup(cell, in_features, rngs, carry_init, learn_initial_carry)

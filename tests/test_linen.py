@@ -35,6 +35,15 @@ CELLS = {
         memcell.lstm(H, peephole=True),
         lambda c: c,
     ),
+    # the linear-recurrence cells: one-field carries exposed as the bare array; the LRU's is complex
+    # and its outputs have D (the input's) units; the RG-LRU projects D != H inputs with w_in
+    "MinGRU_log": (ml.MinGRU(H, log_space=True), memcell.mingru(H, log_space=True), lambda c: c.h),
+    "MinLSTM": (ml.MinLSTM(H), memcell.minlstm(H), lambda c: c.h),
+    "LRU": (ml.LRU(H, r_min=0.5, max_phase=1.0), memcell.lru(H, r_min=0.5, max_phase=1.0), lambda c: c.x),
+    "RGLRU": (ml.RGLRU(H, c_scale=4.0), memcell.rglru(H, c_scale=4.0), lambda c: c.h),
+    # the xLSTM cells keep memcell's NamedTuple carry (several states, no Flax layout to mimic)
+    "SLSTM": (ml.SLSTM(4, num_heads=2), memcell.slstm(4, num_heads=2), lambda c: c),
+    "MLSTM": (ml.MLSTM(4, num_heads=2), memcell.mlstm(4, num_heads=2), lambda c: c),
 }
 
 
@@ -51,6 +60,7 @@ def _close(a, b, tol=1e-6):
 @pytest.mark.parametrize("name", list(CELLS))
 def test_one_step_equals_pure_step_bit_for_bit(name):
     mod, cell, to_flax_carry = CELLS[name]
+    assert mod.memcell_cell().spec == cell.spec  # the options reach the factory
     x = XS[:, 0]
     carry = mod.initialize_carry(jax.random.key(1), x.shape)
     variables = _randomize(mod.init(jax.random.key(2), carry, x))
@@ -62,7 +72,12 @@ def test_one_step_equals_pure_step_bit_for_bit(name):
     chex.assert_trees_all_equal((new_f, y_f), (to_flax_carry(new_m), y_m))
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+# These run the wrapper path of a cell kept in make test (MinGRU_log's, SLSTM's) and pass the step
+# test above bit for bit; their nn.RNN runs go to make test-slow to keep make test in budget.
+_RNN_SLOW = {"MinLSTM", "RGLRU", "MLSTM"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _RNN_SLOW else n for n in CELLS])
 def test_inside_nn_rnn_with_seq_lengths(name):
     mod, cell, to_flax_carry = CELLS[name]
     model = nn.RNN(mod, return_carry=True)
@@ -202,6 +217,21 @@ def test_recurrent_backend_auto_matches_the_reference():
     assert "custom_vjp" in jaxpr
     with pytest.raises(ValueError, match=r"backend must be one of .*got 'gpu'"):
         ml.Recurrent(memcell.lstm(H), backend="gpu").init(jax.random.key(0), XS)
+
+
+def test_recurrent_runs_the_linear_cells_on_the_parallel_path():
+    """``Recurrent(cell, backend="parallel")`` equals the reference path on the same params, complex LRU included."""
+    # the dispatch is cell-independent (tests/test_parallel.py covers the cells): one cell here, the complex one
+    for cell in (memcell.lru(H),):
+        ref, par = ml.Recurrent(cell), ml.Recurrent(cell, backend="parallel")
+        variables = _randomize(ref.init(jax.random.key(0), XS))
+        carry0 = _randomize(cell.initial_carry(ml.memcell_params(ref, variables["params"], D)[0], (B,)), 2)
+        out_ref = ref.apply(variables, XS, (carry0,), lengths=LENGTHS)
+        out_par = par.apply(variables, XS, (carry0,), lengths=LENGTHS)
+        _close(out_par, out_ref, 1e-5)
+    # the option reaches memcell's parallel dispatch, which refuses a cell that is not linear in its carry
+    with pytest.raises(ValueError, match="backend='parallel' cannot run this unroll"):
+        ml.Recurrent(memcell.gru(H), backend="parallel").init(jax.random.key(0), XS)
 
 
 def test_recurrent_list_of_cells_residual_dropout():
@@ -363,6 +393,11 @@ def test_bad_input():
         ml.Recurrent(memcell.lstm(H)).init(jax.random.key(0), jnp.ones((D,)))
     with pytest.raises(TypeError, match="module must be a memcell.linen cell or Recurrent"):
         ml.memcell_params(nn.Dense(3), {}, D)
+    # the new cells' options reach their factories, whose checks name them
+    with pytest.raises(ValueError, match="r_min must be below r_max, got r_min=0.9 and r_max=0.5"):
+        ml.LRU(H, r_min=0.9, r_max=0.5).initialize_carry(jax.random.key(0), (2, D))
+    with pytest.raises(ValueError, match="input_size must equal hidden_size=5 with input_projection=False"):
+        ml.RGLRU(H, input_projection=False).init(jax.random.key(0), jnp.zeros((2, H)), x)
 
 
 def test_docstring_examples():

@@ -30,6 +30,23 @@ MAKERS = {
         lambda rngs: mn.Cell(functools.partial(memcell.lstm, layer_norm=True), D, H, rngs=rngs),
         lambda c: c,
     ),
+    # the linear-recurrence cells: one-field carries exposed as the bare array (the LRU's complex)
+    "MinGRU": (lambda rngs: mn.MinGRU(D, H, rngs=rngs), lambda c: c.h),
+    "MinLSTM_log": (lambda rngs: mn.MinLSTM(D, H, log_space=True, rngs=rngs), lambda c: c.h),
+    "LRU": (lambda rngs: mn.LRU(D, H, r_min=0.5, max_phase=1.0, rngs=rngs), lambda c: c.x),
+    "RGLRU": (lambda rngs: mn.RGLRU(D, H, c_scale=4.0, rngs=rngs), lambda c: c.h),
+    # the xLSTM cells keep memcell's NamedTuple carry
+    "SLSTM": (lambda rngs: mn.SLSTM(D, 4, num_heads=2, rngs=rngs), lambda c: c),
+    "MLSTM": (lambda rngs: mn.MLSTM(D, 4, num_heads=2, rngs=rngs), lambda c: c),
+}
+# the pure cells the new modules must run (their options reach the factory: same spec, same step)
+PURE = {
+    "MinGRU": memcell.mingru(H),
+    "MinLSTM_log": memcell.minlstm(H, log_space=True),
+    "LRU": memcell.lru(H, r_min=0.5, max_phase=1.0),
+    "RGLRU": memcell.rglru(H, c_scale=4.0),
+    "SLSTM": memcell.slstm(4, num_heads=2),
+    "MLSTM": memcell.mlstm(4, num_heads=2),
 }
 
 
@@ -60,9 +77,11 @@ def test_one_step_equals_pure_step_bit_for_bit(name):
     make, to_flax_carry = MAKERS[name]
     mod = _randomize(make(nnx.Rngs(0)))
     params = mod.memcell_params()
-    mc = jax.tree.map(lambda a: a + 0.5, mod.cell.initial_carry(params, (B,)))
+    cell = PURE.get(name, mod.cell)
+    assert mod.cell.spec == cell.spec
+    mc = jax.tree.map(lambda a: a + 0.5, cell.initial_carry(params, (B,)))
     new_f, y_f = mod(to_flax_carry(mc), XS[:, 0])
-    new_m, y_m = mod.cell.step(params, mc, XS[:, 0])
+    new_m, y_m = cell.step(params, mc, XS[:, 0])
     chex.assert_trees_all_equal((new_f, y_f), (to_flax_carry(new_m), y_m))
 
 
@@ -188,6 +207,11 @@ def test_bad_input():
         mn.Cell(lambda h: None, D, H, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="input_shape must be"):
         cell.initialize_carry((2, 0))
+    # the new cells' options reach their factories, whose checks name them
+    with pytest.raises(ValueError, match="r_min must be below r_max, got r_min=0.9 and r_max=0.5"):
+        mn.LRU(D, H, r_min=0.9, r_max=0.5, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="input_size must equal hidden_size=5 with input_projection=False"):
+        mn.RGLRU(D, H, input_projection=False, rngs=nnx.Rngs(0))
 
 
 def test_docstring_examples():
