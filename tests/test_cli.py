@@ -110,6 +110,7 @@ def test_train_writes_report_and_mismatched_resume_exits_2(tmp_path, capsys):
     assert str(out / "checkpoints" / "40") in err
 
 
+@pytest.mark.slow  # 22 s; test_fused checks the auto dispatch, test_cli's bad-input cases the flag
 def test_backend_auto_trains_like_the_reference(tmp_path, capsys, monkeypatch):
     """``--backend auto`` runs the GRU on the fused path: the same run, up to float32 rounding."""
     from memcell.fused import layers  # the dispatcher (memcell.fused.dispatch) calls layers.gru
@@ -130,6 +131,7 @@ def test_backend_auto_trains_like_the_reference(tmp_path, capsys, monkeypatch):
     assert calls["reference"] == 0 and calls["auto"] > 0
 
 
+@pytest.mark.slow  # 14 s (the LRU's compile); test_practitioner_options_train_and_are_recorded runs the CLI
 def test_a_modern_cell_trains_on_the_parallel_path(tmp_path, capsys):
     """The LRU (complex carry, output of the input's width) through the whole CLI on backend parallel."""
     out = tmp_path / "lru"

@@ -102,7 +102,7 @@ def test_from_torch_three_layers():
 
 # Every mode is a case of its own (a sampled mode could miss one); Hypothesis draws the sizes.
 @pytest.mark.parametrize("mode", list(TORCH))
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(
     d=st.integers(1, 9),
     h=st.integers(1, 9),

@@ -303,8 +303,9 @@ def test_spec_coefficients_and_readout_match_the_step(name):
     np.testing.assert_allclose(spec.readout(params, hs, xs), ys, rtol=1e-5, atol=1e-6)
 
 
-@cells("lru")  # ~30 s here with reverse (the LRU), ~20 s (each RG-LRU): those with make test-slow
-@pytest.mark.parametrize("reverse", [False, pytest.param(True, marks=pytest.mark.slow)])
+# tests/test_parallel.py checks the LRU forwards in make test; this fuller check runs with the slow ones
+@cells()
+@pytest.mark.parametrize("reverse", [False, True])
 def test_parallel_path_equals_reference_values_and_gradients(name, reverse):
     # memcell.parallel's chunked scan over the spec's coefficients (chunks of 3 over T=7, so the
     # scan crosses chunk boundaries) against lax.scan over the step: lengths with a 0, resets,

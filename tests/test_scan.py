@@ -110,7 +110,7 @@ def test_reverse_with_lengths_starts_at_each_sequences_last_step(kind):
         close(jax.tree.map(lambda c: c[b], carry), c_b)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batch=st.integers(1, 3),
     T=st.integers(1, 6),
