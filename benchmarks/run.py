@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import datetime
 import os
-import platform
 import sys
 import time
 
@@ -35,6 +34,9 @@ import numpy as np
 import memcell
 from memcell import fused
 from memcell.fused import layout
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import cpu_name, race  # noqa: E402  (shared with modern.py and practitioner.py)
 
 SHAPES = [  # (B, T, D, H)
     (16, 200, 64, 128),
@@ -166,18 +168,6 @@ def torch_impl(B, T, D, H, xs_np, device):
     return Impl("torch.nn.LSTM" + (" (cuDNN)" if device == "cuda" else ""), train, forward)
 
 
-def race(fns: dict, rounds: int) -> dict:
-    """Min wall time of each function over ``rounds`` interleaved rounds (after one warm-up call each)."""
-    for f in fns.values():
-        f()
-    best = {k: float("inf") for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
-
 
 def matmul_rate(rounds: int) -> float:
     """float32 FLOP/s of one 2048 x 2048 matmul under XLA on this machine."""
@@ -283,12 +273,7 @@ def _targets(results, rate) -> list[str]:
 def render(results, matmuls, rate, args, elapsed) -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     lines = [
         "# Benchmarks: one LSTM layer, memcell against its peers",
         "",
