@@ -498,8 +498,8 @@ class SLSTM(_CellBase):
     Args:
       in_features, hidden_features: sizes.
       num_heads, forget_gate, forget_bias, recurrent_scale: as for ``memcell.slstm``.
-      kernel_init, recurrent_kernel_init, dtype, param_dtype, carry_init, learn_initial_carry,
-        rngs: as for ``LSTM``.
+      kernel_init, recurrent_kernel_init, dtype, param_dtype, carry_init, learn_initial_carry, rngs:
+        as for ``LSTM``.
 
     Example:
       >>> import jax, jax.numpy as jnp
