@@ -7,11 +7,13 @@ at once (one large matmul instead of ``T`` small ones) and runs the recurrence a
 (``linear``): no loop over all ``T`` steps on accelerators, one elementwise loop on CPU where
 that measures fastest (``tuning``). Lengths, resets, reverse and an initial carry give what the
 reference path gives (``dispatch``); every function here is tested equal to the reference path,
-values and gradients, and unlike the fused path it has derivatives of every order.
+values and gradients, and unlike the fused path it has derivatives of every order. The mLSTM,
+whose matrix memory is also updated linearly, runs its own chunkwise form (``mlstm``).
 
 The package, one module a concern: ``linear`` (the chunked linear and log-space scans),
-``tuning`` (the chunk length per platform, with its measurement) and ``dispatch`` (what
-``memcell.unroll`` runs in parallel). This module only re-exports.
+``mlstm`` (the mLSTM's chunkwise form), ``tuning`` (the chunk length and what ``auto`` runs, per
+platform, with the measurements) and ``dispatch`` (what ``memcell.unroll`` runs in parallel).
+This module only re-exports.
 """
 
 from memcell.parallel.dispatch import supports, unroll, why_not

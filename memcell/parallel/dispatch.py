@@ -2,7 +2,8 @@
 
 Only the cell's declared spec decides (see ``memcell.CellSpec``): a ``LinearSpec`` (minGRU,
 minLSTM, LRU, RG-LRU) runs the chunked linear scan of ``memcell.parallel.linear`` over the
-coefficients the spec computes for all steps at once; any other cell runs the reference path.
+coefficients the spec computes for all steps at once; an ``MLSTMSpec`` runs the mLSTM's chunkwise
+form (``memcell.parallel.mlstm``); any other cell is refused (``"auto"``: runs the next path).
 Lengths, resets, reverse and the initial carry are handled here, once, for every such cell, and
 give what the reference path gives.
 """
