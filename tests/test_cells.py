@@ -208,7 +208,7 @@ def test_unroll_equals_python_loop(name):
 # change of one of these steps, checked to first order against NumPy in make test (known values)
 # and to order 2 with the slow checks, to keep make test in its 15-minute budget.
 _GRADCHECK_SLOW = {"lstm_forget_bias0", "lstm_chrono", "lstm_NIG", "lstm_NFG", "lstm_NOG", "lstm_NIAF", "lstm_NOAF",
-                   "lstm_layer_norm", "lstm_peephole", "lstm_cifg", "rnn_relu_identity", "gru_reset_before",
+                   "lstm_layer_norm", "lstm_peephole", "lstm_cifg", "rnn_relu_identity", "gru_reset_before", "lstm_proj",
                    *_COMBINATIONS}
 
 

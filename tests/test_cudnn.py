@@ -77,6 +77,7 @@ def test_packed_weights_give_lstm_ref_the_outputs_of_memcell(name):
     assert float(jnp.abs(ys[2, 1:]).max()) == 0.0
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 def test_lone_layer_and_lone_bidirectional_pack_like_a_one_layer_stack():
     cell = memcell.lstm(H)
     p = _random_params(memcell.layer(cell), 0)
@@ -209,6 +210,7 @@ def test_cudnn_path_matches_reference_values_and_gradients(on_gpu, reverse):
     assert float(jnp.abs(out_c[1][0, 2]).max()) == 0.0 and float(jnp.abs(grads_c[1][0, 2]).max()) == 0.0
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 def test_cudnn_path_under_jit_unbatched_and_in_layers(on_gpu):
     cell = memcell.lstm(H)
     params = _random_params(memcell.layer(cell), 0)
@@ -264,6 +266,7 @@ def test_auto_runs_cudnn_on_a_gpu(on_gpu):
     assert mcudnn.why_not(cell, params, xs.astype(jnp.bfloat16)).endswith("got xs of dtype bfloat16")
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 def test_under_vmap_cudnn_refuses_and_auto_runs_fused(on_gpu):
     """cuDNN's primitive has no batching rule: under jax.vmap the fused path runs instead."""
     cell = memcell.lstm(H)

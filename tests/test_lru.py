@@ -113,6 +113,7 @@ def test_shapes_and_dtypes_unbatched_and_batched(name):
         chex.assert_type(y, jnp.float32)
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 @cells("lru")
 def test_vmap_equals_broadcasting(name):
     cell, params, d = setup(name)
@@ -122,6 +123,7 @@ def test_vmap_equals_broadcasting(name):
     chex.assert_trees_all_close(batched, mapped, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 @cells("lru")
 def test_jit_equals_eager(name):
     cell, params, d = setup(name)
@@ -132,6 +134,7 @@ def test_jit_equals_eager(name):
     chex.assert_trees_all_close(jitted, eager, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 @cells("lru")
 def test_unroll_equals_python_loop_and_is_causal(name):
     cell, params, d = setup(name)
@@ -149,6 +152,7 @@ def test_unroll_equals_python_loop_and_is_causal(name):
         assert float(jnp.abs(jac[t, :, t]).max()) > 0.0
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 @cells("lru")
 def test_lengths_resets_and_reverse(name):
     cell, params, d = setup(name)
@@ -208,6 +212,7 @@ def test_bfloat16_compute_keeps_float32_carry_and_stays_close(name):
     assert 0 < err < 0.05  # bf16 rounding is visible but small
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 @cells("lru", "rglru")
 def test_bfloat16_params_keep_float32_carry(name):
     factory, kw, d = CONFIGS[name]
@@ -220,6 +225,7 @@ def test_bfloat16_params_keep_float32_carry(name):
     assert bool(jnp.all(jnp.isfinite(ys)))
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 def test_rglru_gradient_is_finite_where_a_rounds_to_one():
     # r = sigmoid(-200) = 0 in float32, so log a = 0 and 1 - a^2 = 0: the exact derivative of the
     # sqrt is inf there (inf * 0 = nan); the bounded one (recurrentgemma's) keeps it finite.
@@ -343,6 +349,7 @@ def _lru_with_moduli(moduli, phases, d=2):
     )
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 def test_jacobian_toolkit_on_lru_measures_max_modulus():
     # x' = lambda x + ...: d x_T / d x_{T-k} = diag(lambda^k), whose norm (as a real map of
     # (Re x, Im x)) is max |lambda|^k, whatever the phases and inputs.
@@ -370,6 +377,7 @@ def test_jacobian_toolkit_on_lru_measures_max_modulus():
     assert bool(jnp.all(jnp.isfinite(input_gradient_norms(cell, params, xs))))
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 def test_loss_gradient_norms_on_lru_are_those_of_the_real_and_imaginary_parts():
     cell, params = _lru_with_moduli([0.9, 0.5], [0.3, 1.0])
     xs = jax.random.normal(jax.random.key(2), (4, 2))

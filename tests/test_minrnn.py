@@ -120,6 +120,7 @@ def test_shapes_unbatched_and_batched(name):
 pairs = pytest.mark.parametrize("name", ["mingru", "minlstm_log"])
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 @pairs
 def test_vmap_equals_broadcasting(name):
     cell, params = setup(name)
@@ -127,6 +128,7 @@ def test_vmap_equals_broadcasting(name):
     close(memcell.unroll(cell, params, xs), jax.vmap(lambda x: memcell.unroll(cell, params, x))(xs), 1e-6)
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 @pairs
 def test_jit_equals_eager(name):
     cell, params = setup(name)
@@ -195,6 +197,7 @@ def test_lengths_and_resets_match_separate_segments(name, reverse):
 
 # The linear-space step is the log-space one without g (same ops otherwise): its order-2 checks
 # run with the slow checks (`make test-slow`), to keep `make test` in its budget.
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=pytest.mark.slow) if not CONFIGS[n][1] else n for n in CONFIGS]
 )
@@ -215,6 +218,7 @@ def test_check_grads_float64_order2(name):
         check_grads(f, (params, xs, h0), order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5, eps=1e-5)
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 @pytest.mark.parametrize("name", ["minlstm_log"])  # the dtype handling (_pre_activations) is shared by all four
 def test_bfloat16_compute_has_float32_carry_and_stays_close(name):
     cell32, params = setup(name)
@@ -348,6 +352,7 @@ def test_long_strongly_decaying_sequence_matches_float64(name):
 # --------------------------------------------------------------------------- analysis, init, bad input
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 @pytest.mark.parametrize("name", ["minlstm_log"])
 def test_jacobian_flow_is_the_product_of_the_decays(name):
     """d h_T / d h_{T-k} is diag(a_T ... a_{T-k+1}): its spectral norm is the largest product over units."""

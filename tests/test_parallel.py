@@ -150,8 +150,8 @@ def test_parallel_equals_reference_values_and_gradients_float32(name, reverse, r
     jax.tree.map(lambda c, c0: np.testing.assert_array_equal(c[2], c0[2]), c_ref, carry0)  # length 0: carry0
 
 
-@pytest.mark.parametrize("name", ["toy", pytest.param("toy_log", marks=pytest.mark.slow),
-                                  pytest.param("toy_complex", marks=pytest.mark.slow)])
+@pytest.mark.slow  # make test budget: the float32 test checks the same cases at 1e-5
+@pytest.mark.parametrize("name", list(TOYS))
 def test_parallel_equals_reference_float64_tight(name):
     with jax.enable_x64(True):
         cell, params = setup(name, jnp.float64)

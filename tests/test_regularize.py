@@ -112,6 +112,7 @@ def test_keys_matter():
     assert not np.allclose(a, lyr.apply(params, xs)[1])
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 def test_input_dropout_gradients_flow_only_through_kept_inputs():
     """One input mask a sequence: the w_x rows of dropped features get no gradient, for every step."""
     cell = memcell.lstm(H)
@@ -148,6 +149,7 @@ def test_zoneout_one_step_mean_over_keys_is_the_expectation():
         assert np.all(np.isclose(s, old, atol=1e-6) | np.isclose(s, cur, atol=1e-6))
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 def test_zoneout_gradients_flow_only_through_updated_units():
     """A unit that kept its previous value at a step passes no gradient to that step's input."""
     cell, params = setup("lstm")
@@ -306,6 +308,7 @@ def test_linen_recurrent_options_are_memcell_layer_options():
         memcell.linen.Recurrent(cell, bidirectional=True, zoneout=0.1).init(jax.random.key(0), xs)
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 def test_nnx_cells_learn_their_initial_carry():
     from flax import nnx
 

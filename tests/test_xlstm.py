@@ -180,6 +180,7 @@ def test_huge_preactivations_do_not_overflow(name):
 # --------------------------------------------------------------------------- shapes, vmap, jit, loop
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 @cells
 def test_shapes_unbatched_and_batched(name):
     cell, params = setup(name)
@@ -199,6 +200,7 @@ def test_shapes_unbatched_and_batched(name):
         chex.assert_shape(list(new), [(2, 3, H)] * 4)
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 @cells
 def test_vmap_equals_broadcasting(name):
     cell, params = setup(name)
@@ -233,6 +235,7 @@ def test_unroll_equals_python_loop(name):
 # --------------------------------------------------------------------------- gradients, dtypes, jacobian
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 @pytest.mark.parametrize("order, modes", [(1, ("rev",)), pytest.param(2, ("fwd", "rev"), marks=pytest.mark.slow)])
 @cells
 def test_check_grads_float64(name, order, modes):
@@ -265,6 +268,7 @@ def test_bfloat16_compute_has_float32_carry_and_stays_close(name):
     assert 0 < err < 0.1  # bf16 rounding of params, inputs and matmuls is visible but small
 
 
+@pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)
 def test_jacobian_runs_on_each_cell():
     xs = normal(9, (5, D))
     for name, hidden in (("slstm", "h"), ("mlstm", "n")):  # the mLSTM's carry has no h: its normaliser
