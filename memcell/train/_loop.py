@@ -15,6 +15,7 @@ from memcell.train._checkpoint import Checkpointer
 from memcell.train._early_stopping import EarlyStopping, StopProgress
 from memcell.train._metrics_log import MetricsLog
 from memcell.train._state import TrainState, current_step, step_keys
+from memcell.train._stream import sample_stream
 
 
 @dataclasses.dataclass
@@ -70,7 +71,10 @@ def compiled_run(train_step: Callable, sample: Callable, multi: bool) -> Callabl
 
     def one_step(s, _):
         data_key, _ = step_keys(s)
-        return train_step(s, sample(data_key))
+        if s.stream is None:
+            return train_step(s, sample(data_key))
+        s, batch = sample_stream(sample, s, data_key)  # truncated BPTT: the sampler keeps a cursor
+        return train_step(s, batch)
 
     def run(s, n):
         return jax.lax.scan(one_step, s, None, length=n)
