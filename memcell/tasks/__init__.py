@@ -32,6 +32,7 @@ from memcell.tasks._base import (
     sequence_model,
     train_task,
 )
+from memcell.tasks._streams import TokenStreams, stream_eval_fn, stream_loss_fn, stream_sampler
 from memcell.tasks.digits import digits
 from memcell.tasks.sunspots import sunspots
 from memcell.tasks.synthetic import adding, copy_memory, selective_copy, temporal_order
@@ -71,6 +72,7 @@ __all__ = [
     "ModelParams",
     "TASKS",
     "Task",
+    "TokenStreams",
     "adding",
     "beats",
     "char_lm",
@@ -89,6 +91,9 @@ __all__ = [
     "sample_text",
     "selective_copy",
     "sequence_model",
+    "stream_eval_fn",
+    "stream_loss_fn",
+    "stream_sampler",
     "sunspots",
     "temporal_order",
     "train_task",
