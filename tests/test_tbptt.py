@@ -36,28 +36,34 @@ def _model(backend="reference"):
 
 
 def test_window_carries_equal_one_long_unroll():
-    """Three windows, each from the carry the last one ended with (on the fused path, as
-    backend="auto" trains), give the carries of one reference unroll over the rows' whole
-    streams at every window boundary (a 2-layer stack: its carry is a tuple)."""
+    """Windows run one after another, each from the carry the last one ended with (on the fused
+    path, as backend="auto" trains), give the carries of one reference unroll over the rows'
+    whole streams at every window boundary (a 2-layer stack: its carry is a tuple). Row 0 has a
+    document starting at 6: its second window is cut there, the third restarts the carry, as
+    the reference's ``resets`` do from the initial carry."""
     B, L, W = 2, 4, 3
-    streams = _streams(B * (L * W + 1))
+    streams = _streams(B * (L * W + 1))._replace(train_starts=np.array([6], np.int32))
     task, model = _task(streams), _model("auto")
     params = model.init(jax.random.key(0), V)
     sample, cursor = tasks.stream_sampler(streams, B, L)
     loss = jax.jit(tasks.stream_loss_fn(task, model))
     # Any carry at the start: the first window of each row restarts from the initial one.
     carry = jax.tree.map(lambda x: x + 0.3, model.layers.apply(params.rnn, jnp.zeros((B, 0, V)))[0])
-    carries = []
+    carries, ends, end = [], [], np.zeros(B, np.int32)
     for w in range(W):
         batch, cursor = sample(None, cursor)
-        assert bool(jnp.all(batch["lengths"] == L)) and bool(jnp.all(batch["reset"] == (w == 0)))
         _, (carry, _) = loss(params, carry, batch, None)
+        end = end + np.asarray(batch["lengths"])
         carries.append(carry)
+        ends.append(end)
+    np.testing.assert_array_equal(np.stack(ends), [[4, 4], [6, 8], [10, 12]])  # row 0 cut before 6
     rows = streams.train[: B * (L * W + 1)].reshape(B, L * W + 1)[:, :-1]
     xs = jax.nn.one_hot(rows, V)
-    apply = jax.jit(lambda p, xs, n: _model().layers.apply(p, xs, lengths=n))
+    resets = np.zeros(rows.shape, bool)
+    resets[0, 6] = True
+    apply = jax.jit(lambda p, xs, n: _model().layers.apply(p, xs, lengths=n, resets=resets))
     for w in range(W):  # the long unroll's carry after each window (the reference path; lengths: one compile)
-        want, _ = apply(params.rnn, xs, jnp.full((B,), (w + 1) * L))
+        want, _ = apply(params.rnn, xs, jnp.asarray(ends[w]))
         np.testing.assert_allclose(np.concatenate([np.ravel(x) for x in jax.tree.leaves(carries[w])]),
                                    np.concatenate([np.ravel(x) for x in jax.tree.leaves(want)]), rtol=1e-5, atol=1e-6)
 
