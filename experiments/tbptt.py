@@ -47,7 +47,7 @@ def _cpu() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
         return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:  # no lscpu: the platform's own name
+    except (OSError, subprocess.CalledProcessError, StopIteration):  # no lscpu: the platform's own name
         return platform.processor() or platform.machine()
 
 
@@ -114,7 +114,7 @@ def _markdown(report: dict) -> str:
     from memcell.train import summarize
 
     c = report["config"]
-    lines = [f"# char_lm: truncated BPTT against independent windows", "",
+    lines = ["# char_lm: truncated BPTT against independent windows", "",
              f"{c['layers']}-layer LSTM {c['hidden']}, window {c['length']}, batch {c['batch_size']}, "
              f"{c['steps']} Adam updates at lr {c['lr']} (clip 1.0), {c['seeds']} seeds vmapped, backend "
              f"{c['backend']}; {report['n_valid_chars']} validation characters; CPU {report['cpu']}, jax {report['jax']}.",
