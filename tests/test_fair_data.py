@@ -50,6 +50,15 @@ def test_vowels_and_sunspots_validation_splits():
         tasks.digits(valid_fraction=1.5)
 
 
+def test_choose_takes_the_best_mean_over_seeds_and_sinks_diverged_seeds():
+    valid_loss = np.array([[0.5, 0.7, 0.6], [0.4, 0.9, 0.8], [0.6, 0.5, 0.4]])  # [lr, seed]
+    assert fair_data.choose(valid_loss, "min") == 2  # means 0.6, 0.7, 0.5: not the best single seed's lr (1)
+    assert fair_data.choose(valid_loss, "max") == 1
+    assert fair_data.choose(np.array([[np.nan, 1.0], [2.0, 2.0]]), "min") == 1
+    assert fair_data.choose(np.array([[0.99, np.nan], [0.5, 0.6]]), "max") == 1  # a diverged seed sinks its lr
+
+
+@pytest.mark.slow  # ~12 s of CPU (compiling the vmapped sweep); make test keeps the choice's check above
 def test_sweep_keeps_best_validation_params_and_chooses_the_best_lr():
     task = tasks.make("adding", length=6)
     task = task._replace(test=jax.tree.map(lambda x: x[:64], task.test))
