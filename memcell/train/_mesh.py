@@ -115,13 +115,19 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
 
     With no argument, JAX detects the cluster itself (SLURM, Open MPI, Kubernetes, or the
     ``JAX_COORDINATOR_ADDRESS`` environment variable with ``JAX_NUM_PROCESSES`` and
-    ``JAX_PROCESS_ID``). On CPU the processes reduce through gloo.
+    ``JAX_PROCESS_ID``). On CPU the processes reduce through gloo. A process that has joined
+    already stays in its run (so ``fit`` may be called again, e.g. to resume).
 
     Args:
       coordinator: ``host:port`` of process 0's coordinator.
       num_processes: how many processes take part.
       process_id: this process's index, ``0 <= process_id < num_processes``.
     """
+    if jax.distributed.is_initialized():  # a second run in the same processes (e.g. a resume) joins the same run
+        if num_processes is not None and num_processes != jax.process_count():
+            raise ValueError(f"num_processes must match the run this process already joined "
+                             f"({jax.process_count()} processes), got {num_processes}")
+        return
     given = [v is not None for v in (coordinator, num_processes, process_id)]
     if any(given) and not all(given):
         raise ValueError("coordinator, num_processes and process_id go together: give all three or none, got "
@@ -132,8 +138,12 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         num_processes = _check_size("num_processes", num_processes)
         if isinstance(process_id, bool) or not isinstance(process_id, (int, np.integer)) or not 0 <= process_id < num_processes:
             raise ValueError(f"process_id must be an int in [0, {num_processes}), got {process_id!r}")
-    if os.environ.get("JAX_NUM_PROCESSES") and num_processes is None:
-        num_processes, process_id = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ.get("JAX_PROCESS_ID", "0"))
+    if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):  # beside jax's own JAX_COORDINATOR_ADDRESS
+        try:
+            num_processes, process_id = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+        except (KeyError, ValueError):
+            raise ValueError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must both be ints, got "
+                             f"{os.environ.get('JAX_NUM_PROCESSES')!r} and {os.environ.get('JAX_PROCESS_ID')!r}") from None
     # CPU devices of several processes need a cross-process collective implementation; it only
     # applies to the CPU client, so it is harmless on accelerators.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -176,13 +186,14 @@ def check_mesh(mesh, n_models: int | None, sample: Callable, state) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
         shape = tuple(leaf.shape)
         if not shape or shape[0] % data:
+            got = f"batch size {shape[0]}" if shape else "a scalar"
             raise ValueError(
                 f"the mesh's data axis ({data}) must divide the batch size (the leading axis of every batch "
-                f"leaf), got shape {shape} at batch{jax.tree_util.keystr(path)}")
+                f"leaf), got {got} (shape {shape} at batch{jax.tree_util.keystr(path)})")
 
 
 def _state_spec(leaf, multi: bool, mesh: Mesh) -> P:
-    if multi and np.ndim(leaf) >= 1 and "seeds" in mesh.axis_names:
+    if multi and np.ndim(leaf) >= 1 and axis_size(mesh, "seeds") > 1:
         return P("seeds")
     return P()
 
@@ -221,7 +232,7 @@ def constrain_batch(batch, mesh: Mesh):
 
 
 def _vmapped(fn: Callable, mesh: Mesh, **kw) -> Callable:
-    spmd = "seeds" if "seeds" in mesh.axis_names else None
+    spmd = "seeds" if axis_size(mesh, "seeds") > 1 else None
     return jax.vmap(fn, spmd_axis_name=spmd, **kw)
 
 
