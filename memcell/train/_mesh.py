@@ -205,6 +205,9 @@ def state_shardings(state, mesh: Mesh, multi: bool):
 
 
 def _place_leaf(x, sharding: NamedSharding):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        # Already global (a state a sharded fit returned): JAX reshards it where it lies.
+        return x if x.sharding == sharding else jax.device_put(x, sharding)
     is_key = jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
     impl = jax.random.key_impl(x) if is_key else None
     host = np.asarray(jax.device_get(jax.random.key_data(x) if is_key else x))
