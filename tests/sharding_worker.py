@@ -22,7 +22,7 @@ import sys
 import time
 
 # Both modes: CLI runs of one small problem, every seed trained together.
-ARGS = ["train", "--task", "adding", "--length", "8", "--cell", "gru", "--hidden", "8", "--batch-size", "16",
+ARGS = ["train", "--task", "adding", "--length", "8", "--cell", "rnn", "--hidden", "8", "--batch-size", "16",
         "--seeds", "4", "--steps-per-call", "4", "--no-progress"]
 STEPS, HALF = 8, 4
 
@@ -41,7 +41,7 @@ def _cli(args) -> dict:
 
 
 def _train(out_dir, *extra, steps=STEPS, resume=False) -> dict:
-    args = ARGS + ["--steps", str(steps), "--checkpoint-every", str(HALF), "--out", str(out_dir), *extra]
+    args = ARGS + ["--steps", str(steps), "--out", str(out_dir), *extra]  # a checkpoint at the end of each run
     args += ["--resume"] if resume else []
     r = _cli(args)
     if r["code"] != 0:
