@@ -238,10 +238,10 @@ def test_gradient_flow_plot_refuses_mismatched_shapes(tmp_path):
 
 @pytest.mark.slow  # a training run a cell (~15 s each on 2 CPU cores)
 @pytest.mark.parametrize("extra, wrt", [
-    (["--cell", "mingru"], "hidden"),
-    (["--cell", "mlstm"], "input"),  # its carry (C, n, m) has no hidden part
-    (["--cell", "rnn", "--layers", "2"], "input"),
-    (["--cell", "lru", "--seeds", "3"], "hidden"),
+    pytest.param(["--cell", "mingru"], "hidden", id="mingru"),
+    pytest.param(["--cell", "mlstm"], "input", id="mlstm"),  # its carry (C, n, m) has no hidden part
+    pytest.param(["--cell", "rnn", "--layers", "2"], "input", id="rnn-2-layers"),
+    pytest.param(["--cell", "lru", "--seeds", "3"], "hidden", id="lru-3-seeds"),
 ])
 def test_flow_on_modern_cells_stacks_and_more_seeds(extra, wrt, tmp_path, capsys):
     argv = [a for a in TINY if a not in ("--cell", "lstm")]
