@@ -47,10 +47,10 @@ def gradient_norms_by_lag(task: Task, model: Model, params: PyTree, *, n: int = 
     Example:
       >>> import jax, memcell
       >>> from memcell import tasks
-      >>> task = tasks.make("adding", length=12)
+      >>> task = tasks.adding(12, n_test=16)
       >>> model = tasks.sequence_model(memcell.rnn(8), task.output_size, task.readout)
       >>> params = model.init(jax.random.key(0), task.input_size)
-      >>> g = tasks.gradient_norms_by_lag(task, model, params, n=16)
+      >>> g = jax.jit(lambda p: tasks.gradient_norms_by_lag(task, model, p))(params)
       >>> g.shape, bool(g[10] < g[1])     # a tanh RNN at init: the gradient fades with the lag
       ((12,), True)
     """
