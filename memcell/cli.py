@@ -447,7 +447,7 @@ def _flow(args) -> int:
     try:
         norms = [np.asarray(measure(s.params), np.float64) for s in (initial, trained)]
     except ValueError as e:
-        raise UsageError(f"--wrt {wrt}: {e}") from None
+        raise UsageError(f"--wrt {wrt}: {e} (--wrt input works for every model)") from None
     K = norms[0].shape[1]
     if K < 3:
         raise UsageError(f"RUN_DIR {args.run_dir!r}: the task's sequences have {K} steps; a decay rate needs >= 3")
