@@ -14,13 +14,15 @@ The pure pieces come first and compose with plain JAX:
 ``fit`` runs the loop: batches drawn from a pure, seeded sampler (``sample(key) -> batch``,
 with the key a function of the run's key and the step only, so a resumed run sees the same
 data), several steps per jit call with ``lax.scan``, metrics of every step to JSONL, a progress
-bar, periodic evaluation, early stopping, and orbax checkpoints that resume bit-identically.
+bar, periodic evaluation, early stopping, and orbax checkpoints that resume bit-identically
+(``load_checkpoint`` reads the latest one back, e.g. to analyse a trained run).
 
 One concern a module, all private and re-exported here: ``_optimizer``, ``_state``, ``_steps``,
 ``_evaluate``, ``_early_stopping``, ``_metrics_log``, ``_checkpoint``, ``_loop`` (the loop of
 ``fit``) and ``_fit`` (its argument checks and set-up); ``_args`` holds their argument checks.
 """
 
+from memcell.train._checkpoint import load_checkpoint
 from memcell.train._early_stopping import EarlyStopping, StopProgress
 from memcell.train._evaluate import evaluate, summarize
 from memcell.train._fit import FitResult, fit
@@ -38,6 +40,7 @@ __all__ = [
     "init_state",
     "init_states",
     "learning_rate",
+    "load_checkpoint",
     "make_eval_step",
     "make_train_step",
     "optimizer",
