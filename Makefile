@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $@ $(CORE_STAMP)
 
 # The demo needs only the core dependencies (matplotlib included), not the test extra's torch,
-# scikit-learn and statsmodels: a fresh `make demo` installs in about half the time.
+# scikit-learn and statsmodels (a fresh install took 44 s instead of 66 s, on a loaded machine).
 $(CORE_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e .
 	touch $@
