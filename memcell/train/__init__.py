@@ -14,7 +14,8 @@ The pure pieces come first and compose with plain JAX:
 ``fit`` runs the loop: batches drawn from a pure, seeded sampler (``sample(key) -> batch``,
 with the key a function of the run's key and the step only, so a resumed run sees the same
 data), several steps per jit call with ``lax.scan``, metrics of every step to JSONL, a progress
-bar, periodic evaluation, early stopping, and orbax checkpoints that resume bit-identically.
+bar, periodic evaluation, early stopping, and orbax checkpoints that resume bit-identically
+(``load_checkpoint`` reads the latest one back, e.g. to analyse a trained run).
 
 One concern a module, all private and re-exported here: ``_optimizer``, ``_state``, ``_steps``,
 ``_evaluate``, ``_early_stopping``, ``_metrics_log``, ``_checkpoint``, ``_loop`` (the loop of
@@ -22,6 +23,7 @@ One concern a module, all private and re-exported here: ``_optimizer``, ``_state
 ``_mesh`` the device meshes of ``fit(..., mesh=...)`` and the set-up of multi-host runs.
 """
 
+from memcell.train._checkpoint import load_checkpoint
 from memcell.train._early_stopping import EarlyStopping, StopProgress
 from memcell.train._evaluate import evaluate, summarize
 from memcell.train._fit import FitResult, fit
@@ -42,6 +44,7 @@ __all__ = [
     "initialize_distributed",
     "is_main_process",
     "learning_rate",
+    "load_checkpoint",
     "make_eval_step",
     "make_mesh",
     "make_train_step",

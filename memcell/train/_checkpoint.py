@@ -98,3 +98,29 @@ class Checkpointer:
             raise ValueError(f"checkpoint {path} is corrupted or unreadable: {type(e).__name__}: {e}") from e
         restored = jax.tree.map(jnp.asarray, restored)
         return restored._replace(key=jax.random.wrap_key_data(restored.key)), meta
+
+
+def load_checkpoint(checkpoint_dir: str | os.PathLike, template: TrainState, *, config: dict | None = None) -> TrainState:
+    """The latest checkpoint that ``fit`` wrote in ``checkpoint_dir``, read without training.
+
+    Args:
+      checkpoint_dir: the ``checkpoint_dir`` given to ``fit`` (e.g. a CLI run's ``checkpoints/``).
+      template: a ``TrainState`` of the same model, optimizer and number of models (its values
+        are not used), e.g. the state the run started from.
+      config: if given, must equal the config the checkpoint was written with.
+
+    Returns:
+      The checkpoint's ``TrainState``.
+
+    Raises:
+      FileNotFoundError: ``checkpoint_dir`` is not a directory.
+      ValueError: it holds no checkpoint; or the checkpoint is corrupted, of another model or
+        of another config (the message names the file and the difference).
+    """
+    path = pathlib.Path(checkpoint_dir)
+    if not path.is_dir():  # checked first: orbax would create the directory
+        raise FileNotFoundError(f"checkpoint_dir {str(path)!r} is not a directory")
+    checkpointer = Checkpointer(path)
+    if checkpointer.latest() is None:
+        raise ValueError(f"checkpoint_dir {str(path)!r} holds no checkpoint")
+    return checkpointer.restore(template, config)[0]
