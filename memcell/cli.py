@@ -2,6 +2,7 @@
 
     memcell train --task adding --cell lstm --length 200 --seeds 4 --steps 5000 --out runs/x
     memcell train --task adding --cell lstm --length 200 --seeds 4 --steps 8000 --out runs/x --resume
+    memcell train --task adding --cell lstm --seeds 4 --mesh data=2,seeds=4   # 8 devices (docs/scaling.md)
     memcell tasks                       # the tasks, their metric and baselines
     memcell flow runs/x                 # gradient norm against lag, initial vs trained params
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pathlib
 import sys
 from typing import Sequence
@@ -125,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log ||dL/dh_t|| at the first step vs its peak at every evaluation (one layer only)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    g = t.add_argument_group("devices", "one device by default; see docs/scaling.md")
+    g.add_argument("--devices", type=_positive_int, default=None,
+                   help="split each batch over the first N devices (a 1-D data mesh)")
+    g.add_argument("--mesh", default=None, metavar="SPEC",
+                   help="a device mesh such as data=4,seeds=2: the batch over 'data', the seeds over 'seeds'")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-host: process 0's coordinator address (with --num-processes and --process-id)")
+    g.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: how many processes")
+    g.add_argument("--process-id", type=_nonneg_int, default=None, help="multi-host: this process's index")
+    g.add_argument("--distributed", action="store_true",
+                   help="multi-host with the cluster detected by jax.distributed (SLURM, Open MPI, "
+                        "JAX_COORDINATOR_ADDRESS)")
     g = t.add_argument_group("char_lm")
     g.add_argument("--sample-chars", type=_nonneg_int, default=0, help="after training, print this many sampled characters")
     g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
@@ -159,7 +173,7 @@ def _check_out(out: str | None, resume: bool) -> pathlib.Path | None:
     path = pathlib.Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".memcell-write-test"
+        probe = path / f".memcell-write-test-{os.getpid()}"  # one a process: hosts may share --out
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -289,6 +303,41 @@ def _table(report: dict, task) -> str:
     return "\n".join(out + [""] + verdict)
 
 
+def _distributed(args) -> None:
+    """Joins a multi-host run when the flags (or JAX_COORDINATOR_ADDRESS) say so; before jax starts."""
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    if any(f is not None for f in flags) and not all(f is not None for f in flags):
+        raise UsageError("--coordinator, --num-processes and --process-id go together: give all three "
+                         f"(or --distributed to detect them), got {args.coordinator}, {args.num_processes}, "
+                         f"{args.process_id}")
+    if args.coordinator is None and not (args.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+        return
+    from memcell import train
+
+    try:
+        train.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(f"multi-host set-up failed: {e}") from None
+
+
+def _mesh(args):
+    """The mesh of --devices / --mesh (None: one device; every device in a multi-host run)."""
+    import jax
+
+    from memcell import train
+
+    if args.devices is not None and args.mesh is not None:
+        raise UsageError(f"--devices and --mesh exclude each other, got --devices {args.devices} --mesh {args.mesh}")
+    try:
+        if args.mesh is not None:
+            return train.mesh_from_spec(args.mesh)
+        if args.devices is not None:
+            return None if args.devices == 1 and jax.process_count() == 1 else train.make_mesh(data=args.devices)
+        return train.make_mesh(data=jax.device_count()) if jax.process_count() > 1 else None
+    except ValueError as e:
+        raise UsageError(f"--{'mesh' if args.mesh is not None else 'devices'}: {e}") from None
+
+
 def _run_config(args, task) -> dict:
     """What a checkpoint records of its run (and a resumed run or ``flow`` must share)."""
     config = {k: getattr(args, k) for k in _IDENTITY_KEYS}
@@ -297,12 +346,17 @@ def _run_config(args, task) -> dict:
 
 
 def _train(args) -> int:
+    _distributed(args)
+    mesh = _mesh(args)
+    from memcell.train import is_main_process
+
+    main_process = is_main_process()
     out = _check_out(args.out, args.resume)
     task, model = _build(args)
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     config = _run_config(args, task)
 
-    if out is not None:
+    if out is not None and main_process:
         (out / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     try:
         report = tasks.train_task(
@@ -312,6 +366,7 @@ def _train(args) -> int:
             stop_at_solved=args.stop_at_solved, patience=args.patience, out_dir=out,
             checkpoint_every=args.checkpoint_every, resume=args.resume, config=config,
             progress=not args.no_progress, steps_per_call=args.steps_per_call, gradient_flow=args.gradient_flow,
+            mesh=mesh,
         )
     except ValueError as e:
         # Input the loop rejects (a mismatched or corrupted checkpoint, bad sizes): a usage error.
@@ -328,6 +383,8 @@ def _train(args) -> int:
         text = sample_text(task, model, params0, jax.random.key(args.seed_offset), prompt=args.prompt,
                            length=args.sample_chars, temperature=args.temperature, top_k=args.top_k)
         report["sample"] = text
+    if not main_process:  # process 0 alone writes and prints the report
+        return 0
     if out is not None:
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         from memcell import plot  # lazily: matplotlib is only needed here

@@ -19,6 +19,12 @@ def _fingerprint(tree) -> list:
             for p, x in leaves]
 
 
+def _sharding(x):
+    """A leaf's sharding when it is a ``jax.Array`` laid out on a mesh, else None (orbax's default)."""
+    sharding = getattr(x, "sharding", None)
+    return sharding if isinstance(sharding, jax.sharding.NamedSharding) else None
+
+
 def _storable(state: TrainState) -> TrainState:
     # Typed PRNG keys are stored as their raw uint32 data.
     return state._replace(key=jax.random.key_data(state.key))
@@ -83,7 +89,8 @@ class Checkpointer:
         expected = _fingerprint(tree)
         if meta["fingerprint"] != expected:
             raise ValueError(_fingerprint_diff(path, meta["fingerprint"], expected))
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+        # Restored with the template's shardings (on a mesh: every process reads its own shards).
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=_sharding(x)), tree)
         args = self.ocp.args
         try:
             restored = self.manager.restore(step, args=args.Composite(state=args.StandardRestore(abstract)))["state"]
