@@ -32,6 +32,7 @@ from memcell.tasks._base import (
     sequence_model,
     train_task,
 )
+from memcell.tasks._flow import gradient_norms_by_lag
 from memcell.tasks.digits import digits
 from memcell.tasks.sunspots import sunspots
 from memcell.tasks.synthetic import adding, copy_memory, selective_copy, temporal_order
@@ -81,6 +82,7 @@ __all__ = [
     "eval_fn",
     "features",
     "gradient_flow_fn",
+    "gradient_norms_by_lag",
     "japanese_vowels",
     "loss_fn",
     "make",

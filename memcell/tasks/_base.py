@@ -308,6 +308,7 @@ def train_task(
     progress: bool = False,
     steps_per_call: int = 50,
     gradient_flow: bool = False,
+    mesh=None,
 ) -> dict:
     """Trains ``model`` on ``task`` for every seed at once (``jax.vmap``) and reports against the baselines.
 
@@ -325,6 +326,8 @@ def train_task(
       checkpoint_every, resume, config, progress, steps_per_call: as for ``memcell.train.fit``.
       gradient_flow: log how far the loss gradient reaches back in time at every evaluation
         (``gradient_flow_fn``; single-cell models).
+      mesh: a ``jax.sharding.Mesh`` for ``memcell.train.fit`` (the batch over ``data``, the
+        seeds over ``seeds``; ``memcell.train.make_mesh``); None: one device.
 
     Returns:
       A dict: ``final`` (per-seed test metrics), ``summary`` (mean/std/min/max over seeds of
@@ -353,7 +356,7 @@ def train_task(
         checkpoint_dir=None if out is None else out / "checkpoints",
         checkpoint_every=checkpoint_every, resume=resume, config=config,
         log_path=None if out is None else out / "metrics.jsonl",
-        progress=progress, steps_per_call=steps_per_call,
+        progress=progress, steps_per_call=steps_per_call, mesh=mesh,
     )
     return _report(task, seeds, result)
 
@@ -380,7 +383,7 @@ def _report(task: Task, seeds: list[int], result) -> dict:
     return {
         "task": task.name,
         "seeds": seeds,
-        "steps": int(np.max(jax.device_get(result.state.step))),
+        "steps": int(final["step"]),  # fit evaluates at its last step (read from the host, even multi-host)
         "final": {k: final[k] for k in metric_names},
         "summary": summary,
         "metric": task.metric,
