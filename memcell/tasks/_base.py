@@ -253,6 +253,30 @@ def eval_fn(task: Task, model: Model, max_batch: int = 4096, *, gradient_flow: b
     return evaluate
 
 
+# ----------------------------------------------------------------------------- splits
+
+
+def check_split(valid_fraction, split) -> float:
+    """Checks a task factory's ``valid_fraction`` (in ``[0, 1)``) and ``split`` (``"test"`` or
+    ``"valid"``; ``"valid"`` needs ``valid_fraction > 0``); returns ``valid_fraction`` as a float."""
+    ok = isinstance(valid_fraction, (int, float, np.integer, np.floating)) and not isinstance(valid_fraction, bool)
+    if not (ok and 0.0 <= valid_fraction < 1.0):
+        raise ValueError(f"valid_fraction must lie in [0, 1), got {valid_fraction!r}")
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+    if split == "valid" and valid_fraction == 0:
+        raise ValueError("split='valid' needs a validation split: valid_fraction must be > 0, got 0")
+    return float(valid_fraction)
+
+
+def holdout(n: int, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit, valid)`` index arrays: a random ``valid_fraction`` of ``range(n)`` (fixed by
+    ``seed``) held out for validation, the rest to fit on, each sorted."""
+    order = np.random.RandomState(seed).permutation(n)
+    n_valid = int(round(valid_fraction * n))
+    return np.sort(order[n_valid:]), np.sort(order[:n_valid])
+
+
 # ----------------------------------------------------------------------------- training
 
 
