@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
+CORE_STAMP := $(VENV)/.installed-core
 BENCH_STAMP := $(VENV)/.installed-bench
 DOCS_STAMP := $(VENV)/.installed-docs
 
@@ -15,6 +16,12 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[dev]"
+	touch $@ $(CORE_STAMP)
+
+# The demo needs only the core dependencies (matplotlib included), not the test extra's torch,
+# scikit-learn and statsmodels (a fresh install took 44 s instead of 66 s, on a loaded machine).
+$(CORE_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
 	touch $@
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
@@ -35,7 +42,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-demo: $(STAMP)
+demo: $(CORE_STAMP)
 	$(PY) experiments/vanishing_gradients.py
 
 bench: $(BENCH_STAMP)

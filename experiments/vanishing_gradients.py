@@ -388,6 +388,10 @@ Pure functions, for any `Cell` (user-defined ones too), batched, under `jit` and
 The hidden part of a carry is its field named `hidden` (default `"h"`; a one-leaf carry is its
 own), and derivatives with respect to `h_t` hold the carry's other parts (the LSTM's `c`) fixed
 at step `t`. `log=True` returns log-norms that stay exact where the norms under- or overflow.
+On a run of your own, `memcell flow RUN_DIR` applies them to a `memcell train --out RUN_DIR`
+run: the loss gradient against the lag on the task's test sequences, for the initial and the
+trained params of every seed, with its decay rate per step (see
+[the command line](tasks.md#seeing-a-run-learning-curves-and-memcell-flow)).
 
 ```python
 import jax, memcell

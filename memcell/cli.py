@@ -2,7 +2,11 @@
 
     memcell train --task adding --cell lstm --length 200 --seeds 4 --steps 5000 --out runs/x
     memcell train --task adding --cell lstm --length 200 --seeds 4 --steps 8000 --out runs/x --resume
+    memcell train --task adding --cell lstm --seeds 4 --mesh data=2,seeds=4   # 8 devices (docs/scaling.md)
     memcell tasks                       # the tasks, their metric and baselines
+    memcell flow runs/x                 # gradient norm against lag, initial vs trained params
+
+A run with ``--out`` writes its learning curves beside its report (``learning_curves.png``).
 
 Bad input (an unknown task or option, a bad length, an unwritable output directory, a
 checkpoint that does not match) prints a message and exits with code 2.
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pathlib
 import sys
 from typing import Sequence
@@ -61,9 +66,9 @@ _rate = _number_type(float, lambda v: 0 <= v < 1, "a rate in [0, 1)", show_text=
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``memcell`` (subcommands ``train`` and ``tasks``)."""
+    """The argument parser of ``memcell`` (subcommands ``train``, ``tasks`` and ``flow``)."""
     p = argparse.ArgumentParser(prog="memcell", description="Recurrent cells as pure JAX functions: training and benchmarks.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,tasks}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,tasks,flow}")
 
     t = sub.add_parser("train", help="train a cell on a task, several seeds at once",
                        description="Train a recurrent cell on a task; all seeds train together in one jit (jax.vmap).")
@@ -122,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log ||dL/dh_t|| at the first step vs its peak at every evaluation (one layer only)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    g = t.add_argument_group("devices", "one device by default; see docs/scaling.md")
+    g.add_argument("--devices", type=_positive_int, default=None,
+                   help="split each batch over the first N devices (a 1-D data mesh)")
+    g.add_argument("--mesh", default=None, metavar="SPEC",
+                   help="a device mesh such as data=4,seeds=2: the batch over 'data', the seeds over 'seeds'")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-host: process 0's coordinator address (with --num-processes and --process-id)")
+    g.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: how many processes")
+    g.add_argument("--process-id", type=_nonneg_int, default=None, help="multi-host: this process's index")
+    g.add_argument("--distributed", action="store_true",
+                   help="multi-host with the cluster detected by jax.distributed (SLURM, Open MPI, "
+                        "JAX_COORDINATOR_ADDRESS)")
     g = t.add_argument_group("char_lm")
     g.add_argument("--tbptt", action="store_true",
                    help="truncated BPTT: each batch row reads its own part of the text, window (--length) after "
@@ -133,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", default="\n", help="text the sample continues")
 
     sub.add_parser("tasks", help="list the tasks with their metric and baselines")
+
+    f = sub.add_parser("flow", help="gradient norm against lag of a trained run, initial vs trained params",
+                       description="Loads a `memcell train --out` run's config and latest checkpoint and measures, "
+                                   "for the initial and the trained params of every seed, the norm of the loss "
+                                   "gradient at each lag before the last step on the task's test sequences, with "
+                                   "its decay rate per step; writes flow.png and flow.json.")
+    f.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a memcell train run")
+    f.add_argument("--out", default=None, help="where flow.png and flow.json go (default RUN_DIR)")
+    f.add_argument("--wrt", default="auto", choices=("auto", "hidden", "input"),
+                   help="gradient with respect to the cell's hidden state or the model's inputs (auto: the "
+                        "hidden state where the model is one cell with one, else the inputs)")
+    f.add_argument("--sequences", type=_positive_int, default=64, help="test sequences averaged over")
+    f.add_argument("--json", action="store_true", help="print flow.json instead of the table")
     return p
 
 
@@ -147,7 +177,7 @@ def _check_out(out: str | None, resume: bool) -> pathlib.Path | None:
     path = pathlib.Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".memcell-write-test"
+        probe = path / f".memcell-write-test-{os.getpid()}"  # one a process: hosts may share --out
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -279,16 +309,62 @@ def _table(report: dict, task) -> str:
     return "\n".join(out + [""] + verdict)
 
 
-def _train(args) -> int:
-    out = _check_out(args.out, args.resume)
-    task, model = _build(args)
-    seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
+def _distributed(args) -> None:
+    """Joins a multi-host run when the flags (or JAX_COORDINATOR_ADDRESS) say so; before jax starts."""
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    if any(f is not None for f in flags) and not all(f is not None for f in flags):
+        raise UsageError("--coordinator, --num-processes and --process-id go together: give all three "
+                         f"(or --distributed to detect them), got {args.coordinator}, {args.num_processes}, "
+                         f"{args.process_id}")
+    if args.coordinator is None and not (args.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+        return
+    from memcell import train
+
+    try:
+        train.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(f"multi-host set-up failed: {e}") from None
+
+
+def _mesh(args):
+    """The mesh of --devices / --mesh (None: one device; every device in a multi-host run)."""
+    import jax
+
+    from memcell import train
+
+    if args.devices is not None and args.mesh is not None:
+        raise UsageError(f"--devices and --mesh exclude each other, got --devices {args.devices} --mesh {args.mesh}")
+    try:
+        if args.mesh is not None:
+            return train.mesh_from_spec(args.mesh)
+        if args.devices is not None:
+            return None if args.devices == 1 and jax.process_count() == 1 else train.make_mesh(data=args.devices)
+        return train.make_mesh(data=jax.device_count()) if jax.process_count() > 1 else None
+    except ValueError as e:
+        raise UsageError(f"--{'mesh' if args.mesh is not None else 'devices'}: {e}") from None
+
+
+def _run_config(args, task) -> dict:
+    """What a checkpoint records of its run (and a resumed run or ``flow`` must share)."""
     config = {k: getattr(args, k) for k in _IDENTITY_KEYS}
     config["length"] = _sequence_length(task) if args.length is None else args.length
     if args.tbptt:  # only when set, so the checkpoints of runs without it keep their config
         config["tbptt"] = True
+    return config
 
-    if out is not None:
+
+def _train(args) -> int:
+    _distributed(args)
+    mesh = _mesh(args)
+    from memcell.train import is_main_process
+
+    main_process = is_main_process()
+    out = _check_out(args.out, args.resume)
+    task, model = _build(args)
+    seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
+    config = _run_config(args, task)
+
+    if out is not None and main_process:
         (out / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     try:
         report = tasks.train_task(
@@ -298,6 +374,7 @@ def _train(args) -> int:
             stop_at_solved=args.stop_at_solved, patience=args.patience, out_dir=out,
             checkpoint_every=args.checkpoint_every, resume=args.resume, config=config,
             progress=not args.no_progress, steps_per_call=args.steps_per_call, gradient_flow=args.gradient_flow,
+            mesh=mesh,
             tbptt=args.tbptt,
         )
     except ValueError as e:
@@ -315,9 +392,14 @@ def _train(args) -> int:
         text = sample_text(task, model, params0, jax.random.key(args.seed_offset), prompt=args.prompt,
                            length=args.sample_chars, temperature=args.temperature, top_k=args.top_k)
         report["sample"] = text
+    if not main_process:  # process 0 alone writes and prints the report
+        return 0
     if out is not None:
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out / "report.md").write_text(_table(report, task) + "\n")
+        from memcell import plot  # lazily: matplotlib is only needed here
+
+        png = plot.learning_curves(out)
+        (out / "report.md").write_text(_table(report, task) + f"\n\n![learning curves]({png.name})\n")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -341,6 +423,123 @@ def _tasks() -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- flow
+
+
+def _load_run(run_dir: str):
+    """The ``train`` arguments of the run in ``run_dir``: its config.json over the parser's defaults."""
+    path = pathlib.Path(run_dir)
+    if not path.is_dir():
+        raise UsageError(f"RUN_DIR {run_dir!r} is not a directory")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise UsageError(f"RUN_DIR {run_dir!r} is not a memcell run: it holds no config.json "
+                         "(memcell train --out DIR writes one)")
+    try:
+        saved = json.loads(cfg.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"RUN_DIR {run_dir!r} is not a memcell run: {cfg} is not readable JSON ({e})") from None
+    if not isinstance(saved, dict) or saved.get("command") != "train" or saved.get("task") not in TASK_NAMES:
+        raise UsageError(f"RUN_DIR {run_dir!r} is not a memcell run: {cfg} is not the config of a memcell train "
+                         f"run (expected \"command\": \"train\" and a task of {list(TASK_NAMES)})")
+    if not (path / "checkpoints").is_dir():
+        raise UsageError(f"RUN_DIR {run_dir!r} holds no checkpoint (no checkpoints/ directory: the run was "
+                         "killed before its first one; --checkpoint-every N writes them during training)")
+    args = build_parser().parse_args(["train", "--task", saved["task"]])
+    for k, v in saved.items():
+        if k != "command" and hasattr(args, k):
+            setattr(args, k, v)
+    return args, path
+
+
+def _initial_states(args, task, model, seeds):
+    """The states ``train`` started from: ``tasks.train_task``'s optimizer and ``init_states``."""
+    from memcell import train
+
+    tx = train.optimizer(args.lr[0], name=args.optimizer, clip_norm=args.clip or None, warmup_steps=args.warmup,
+                         decay_steps=args.steps if args.decay else None)
+    lrs = None if len(args.lr) == 1 else args.lr
+    return train.init_states(seeds, lambda k: model.init(k, task.input_size), tx, learning_rates=lrs)
+
+
+def _flow_wrt(wrt: str, task, model, params) -> str:
+    """``--wrt auto``: the hidden state where the model is one cell whose carry has one, else the inputs."""
+    import jax
+
+    if wrt != "auto":
+        return wrt
+    if model.cell is None:
+        return "input"
+    try:
+        jax.eval_shape(lambda p: tasks.gradient_norms_by_lag(task, model, p, n=1, wrt="hidden"), params)
+    except ValueError:  # a carry without a hidden part (the mLSTM's C, n, m)
+        return "input"
+    return "hidden"
+
+
+def _flow_table(result: dict) -> str:
+    K = result["lags"]
+    head = ["seed", "rate initial", f"rate trained (step {result['trained']['step']})",
+            f"norm at lag {K - 1} initial", "trained"]
+    rows = [[str(s), _fmt(result["initial"]["decay_rate"][i]), _fmt(result["trained"]["decay_rate"][i]),
+             _fmt(result["initial"]["norm_at_max_lag"][i]), _fmt(result["trained"]["norm_at_max_lag"][i])]
+            for i, s in enumerate(result["seeds"])]
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    return "\n".join([f"{result['quantity']}", f"decay rate: {result['fit']}", "",
+                      line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+
+def _flow(args) -> int:
+    import jax
+    import numpy as np
+
+    from memcell import jacobian, plot, train
+
+    run_args, run_dir = _load_run(args.run_dir)
+    out = _check_out(args.out or args.run_dir, False)
+    # Measured on the reference path: the fast paths compute the same function (tested), and
+    # the jacobian tools differentiate the cell's own step. The checkpoint's config keeps the run's backend.
+    task, model = _build(argparse.Namespace(**{**vars(run_args), "backend": "reference"}))
+    config = _run_config(run_args, task)
+    seeds = list(range(run_args.seed_offset, run_args.seed_offset + run_args.seeds))
+    initial = _initial_states(run_args, task, model, seeds)
+    try:
+        trained = train.load_checkpoint(run_dir / "checkpoints", initial, config=config)
+    except ValueError as e:  # no checkpoint, or one of another model or config
+        raise UsageError(f"RUN_DIR {args.run_dir!r}: {e}") from None
+    wrt = _flow_wrt(args.wrt, task, model, jax.tree.map(lambda x: x[0], initial.params))
+    measure = jax.jit(jax.vmap(lambda p: tasks.gradient_norms_by_lag(task, model, p, n=args.sequences, wrt=wrt)))
+    try:
+        norms = [np.asarray(measure(s.params), np.float64) for s in (initial, trained)]
+    except ValueError as e:
+        raise UsageError(f"--wrt {wrt}: {e} (--wrt input works for every model)") from None
+    K = norms[0].shape[1]
+    if K < 3:
+        raise UsageError(f"RUN_DIR {args.run_dir!r}: the task's sequences have {K} steps; a decay rate needs >= 3")
+    with np.errstate(divide="ignore"):
+        rates = [np.asarray(jacobian.decay_rate(np.log(g), log=True, start=1)) for g in norms]
+    grad, of = ("||dL/dh_t||", "the cell's hidden state") if wrt == "hidden" else ("||dL/dx_t||", "the model's inputs")
+    n_seq = min(args.sequences, int(np.shape(task.test["xs"])[0]))
+    step = int(np.max(jax.device_get(trained.step)))
+    result = {
+        "run_dir": str(run_dir), "task": run_args.task, "cell": run_args.cell, "hidden": run_args.hidden,
+        "layers": run_args.layers, "seeds": seeds, "wrt": wrt, "sequences": n_seq, "lags": K,
+        "quantity": f"{grad} at lag k = 0..{K - 1} before each sequence's last step, mean over {n_seq} test "
+                    f"sequences of {run_args.task}, with respect to {of}",
+        "fit": f"least-squares slope of ln(norm) against lag over lags 1..{K - 1} (memcell.jacobian.decay_rate; "
+               "norms that underflowed to 0 left out), nats per step; negative: the gradient vanishes",
+    }
+    for name, g, r, at in (("initial", norms[0], rates[0], 0), ("trained", norms[1], rates[1], step)):
+        result[name] = {"step": at, "decay_rate": r.tolist(), "norm_at_max_lag": g[:, -1].tolist(), "norms": g.tolist()}
+    (out / "flow.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot.gradient_flow(out / "flow.png", norms[0], norms[1], rates=(rates[0], rates[1]), seeds=seeds,
+                       steps=(0, step), ylabel=grad,
+                       title=f"{run_args.task}, {run_args.cell}, {run_args.hidden} units: {grad} against lag")
+    print(json.dumps(result, indent=2) if args.json else _flow_table(result) + f"\n\nwrote {out / 'flow.png'} and {out / 'flow.json'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code (2 on bad input)."""
     parser = build_parser()
@@ -348,6 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "flow":
+            return _flow(args)
         return _tasks()
     except UsageError as e:
         parser.exit(2, f"memcell: error: {e}\n")

@@ -33,6 +33,7 @@ from memcell.tasks._base import (
     train_task,
 )
 from memcell.tasks._streams import TokenStreams, stream_eval_fn, stream_loss_fn, stream_sampler
+from memcell.tasks._flow import gradient_norms_by_lag
 from memcell.tasks.digits import digits
 from memcell.tasks.sunspots import sunspots
 from memcell.tasks.synthetic import adding, copy_memory, selective_copy, temporal_order
@@ -83,6 +84,7 @@ __all__ = [
     "eval_fn",
     "features",
     "gradient_flow_fn",
+    "gradient_norms_by_lag",
     "japanese_vowels",
     "loss_fn",
     "make",

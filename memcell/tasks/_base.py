@@ -257,6 +257,30 @@ def eval_fn(task: Task, model: Model, max_batch: int = 4096, *, gradient_flow: b
     return evaluate
 
 
+# ----------------------------------------------------------------------------- splits
+
+
+def check_split(valid_fraction, split) -> float:
+    """Checks a task factory's ``valid_fraction`` (in ``[0, 1)``) and ``split`` (``"test"`` or
+    ``"valid"``; ``"valid"`` needs ``valid_fraction > 0``); returns ``valid_fraction`` as a float."""
+    ok = isinstance(valid_fraction, (int, float, np.integer, np.floating)) and not isinstance(valid_fraction, bool)
+    if not (ok and 0.0 <= valid_fraction < 1.0):
+        raise ValueError(f"valid_fraction must lie in [0, 1), got {valid_fraction!r}")
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+    if split == "valid" and valid_fraction == 0:
+        raise ValueError("split='valid' needs a validation split: valid_fraction must be > 0, got 0")
+    return float(valid_fraction)
+
+
+def holdout(n: int, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit, valid)`` index arrays: a random ``valid_fraction`` of ``range(n)`` (fixed by
+    ``seed``) held out for validation, the rest to fit on, each sorted."""
+    order = np.random.RandomState(seed).permutation(n)
+    n_valid = int(round(valid_fraction * n))
+    return np.sort(order[n_valid:]), np.sort(order[:n_valid])
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -288,6 +312,7 @@ def train_task(
     progress: bool = False,
     steps_per_call: int = 50,
     gradient_flow: bool = False,
+    mesh=None,
     tbptt: bool = False,
 ) -> dict:
     """Trains ``model`` on ``task`` for every seed at once (``jax.vmap``) and reports against the baselines.
@@ -306,6 +331,8 @@ def train_task(
       checkpoint_every, resume, config, progress, steps_per_call: as for ``memcell.train.fit``.
       gradient_flow: log how far the loss gradient reaches back in time at every evaluation
         (``gradient_flow_fn``; single-cell models).
+      mesh: a ``jax.sharding.Mesh`` for ``memcell.train.fit`` (the batch over ``data``, the
+        seeds over ``seeds``; ``memcell.train.make_mesh``); None: one device.
       tbptt: truncated backpropagation through time over ``task.stream``: each of the
         ``batch_size`` rows reads its own contiguous part of the training stream, window after
         window of ``task.info["length"]``, starting from the carry the last window ended with
@@ -345,7 +372,7 @@ def train_task(
         checkpoint_dir=None if out is None else out / "checkpoints",
         checkpoint_every=checkpoint_every, resume=resume, config=config,
         log_path=None if out is None else out / "metrics.jsonl",
-        progress=progress, steps_per_call=steps_per_call,
+        progress=progress, steps_per_call=steps_per_call, mesh=mesh,
     )
     return _report(task, seeds, result)
 
@@ -387,7 +414,7 @@ def _report(task: Task, seeds: list[int], result) -> dict:
     return {
         "task": task.name,
         "seeds": seeds,
-        "steps": int(np.max(jax.device_get(result.state.step))),
+        "steps": int(final["step"]),  # fit evaluates at its last step (read from the host, even multi-host)
         "final": {k: final[k] for k in metric_names},
         "summary": summary,
         "metric": task.metric,

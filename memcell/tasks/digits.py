@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memcell.tasks._base import Task, classification_loss
+from memcell.tasks._base import Task, check_split, classification_loss, holdout
 
 __all__ = ["digits", "load_digits"]
 
@@ -37,7 +37,8 @@ def _nearest_neighbour_accuracy(x_train, y_train, x_test, y_test) -> float:
     return float(np.mean(y_train[d.argmin(1)] == y_test))
 
 
-def digits(*, permuted: bool = False, test_fraction: float = 0.2, seed: int = 0) -> Task:
+def digits(*, permuted: bool = False, test_fraction: float = 0.2, seed: int = 0, valid_fraction: float = 0.0,
+           split: str = "test") -> Task:
     """Pixel-by-pixel classification of 8x8 digits: ``xs: [b, 64, 1]``, ``ys: [b]`` in ``0..9``.
 
     With ``permuted=True`` the pixels are read in one fixed random order, which spreads the
@@ -49,8 +50,18 @@ def digits(*, permuted: bool = False, test_fraction: float = 0.2, seed: int = 0)
       permuted: read the pixels in a fixed permutation.
       test_fraction: share of the 1797 images held out.
       seed: the split.
+      valid_fraction: share of the training images held out for validation (fixed by
+        ``seed``); the model trains on the rest.
+      split: which held-out set is ``task.test`` (and scores the baselines): ``"test"`` or
+        ``"valid"`` (needs ``valid_fraction > 0``).
     """
+    valid_fraction = check_split(valid_fraction, split)
     x_tr, y_tr, x_te, y_te = load_digits(test_fraction, seed)
+    if valid_fraction:
+        fit, valid = holdout(len(y_tr), valid_fraction, seed + 1)
+        if split == "valid":
+            x_te, y_te = x_tr[valid], y_tr[valid]
+        x_tr, y_tr = x_tr[fit], y_tr[fit]
     perm = np.random.RandomState(_PERMUTATION_SEED).permutation(64) if permuted else np.arange(64)
     x_tr, x_te = x_tr[:, perm, None], x_te[:, perm, None]
     train_x, train_y = jnp.asarray(x_tr), jnp.asarray(y_tr)
@@ -68,6 +79,6 @@ def digits(*, permuted: bool = False, test_fraction: float = 0.2, seed: int = 0)
             "nearest_neighbour": {"accuracy": _nearest_neighbour_accuracy(x_tr[..., 0], y_tr, x_te[..., 0], y_te)},
         },
         solved=None,
-        info={"length": 64, "n_train": len(y_tr), "n_test": len(y_te), "permuted": permuted,
+        info={"length": 64, "n_train": len(y_tr), "n_test": len(y_te), "permuted": permuted, "split": split,
               "source": "sklearn.datasets.load_digits (UCI optical recognition of handwritten digits)"},
     )

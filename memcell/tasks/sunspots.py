@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memcell.tasks._base import Task
+from memcell.tasks._base import Task, check_split
 
 __all__ = ["load_sunspots", "sunspots"]
 
@@ -28,7 +28,8 @@ def _windows(z: np.ndarray, starts: np.ndarray, window: int, horizon: int):
     return x, y
 
 
-def sunspots(window: int = 24, horizon: int = 5, *, test_fraction: float = 0.25) -> Task:
+def sunspots(window: int = 24, horizon: int = 5, *, test_fraction: float = 0.25, valid_fraction: float = 0.0,
+             split: str = "test") -> Task:
     """Forecast the next ``horizon`` yearly sunspot numbers from the last ``window``.
 
     The series is split in time: the last ``test_fraction`` of the years are test targets
@@ -43,20 +44,33 @@ def sunspots(window: int = 24, horizon: int = 5, *, test_fraction: float = 0.25)
       window: input years (>= 2).
       horizon: years forecast (>= 1).
       test_fraction: share of the years held out at the end.
+      valid_fraction: share of the training years, at their end, held out for validation
+        (their windows' targets); the model, the standardisation and the linear baseline are
+        fitted on the years before.
+      split: which held-out set is ``task.test`` (and scores the baselines): ``"test"`` or
+        ``"valid"`` (needs ``valid_fraction > 0``).
     """
+    valid_fraction = check_split(valid_fraction, split)
     for name, v, low in (("window", window, 2), ("horizon", horizon, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
             raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
     years, v = load_sunspots()
-    split = int(round(len(v) * (1.0 - test_fraction)))
-    if split < window + horizon + 1 or len(v) - split < horizon:
-        raise ValueError(f"window={window} and horizon={horizon} leave no windows in {split} / {len(v) - split} years")
-    mu, sd = v[:split].mean(), v[:split].std()
+    train_end = int(round(len(v) * (1.0 - test_fraction)))
+    if train_end < window + horizon + 1 or len(v) - train_end < horizon:
+        raise ValueError(f"window={window} and horizon={horizon} leave no windows in {train_end} / {len(v) - train_end} years")
+    fit_end = int(round(train_end * (1.0 - valid_fraction)))
+    if fit_end < window + horizon + 1 or (valid_fraction and train_end - fit_end < horizon):
+        raise ValueError(f"valid_fraction={valid_fraction} leaves no windows in {fit_end} / {train_end - fit_end} "
+                         f"training / validation years (window={window}, horizon={horizon})")
+    mu, sd = v[:fit_end].mean(), v[:fit_end].std()
     z = ((v - mu) / sd).astype(np.float32)
-    train_starts = np.arange(0, split - window - horizon + 1)
-    test_starts = np.arange(split - window, len(v) - window - horizon + 1)
+    train_starts = np.arange(0, fit_end - window - horizon + 1)
+    if split == "valid":
+        test_starts = np.arange(fit_end - window, train_end - window - horizon + 1)
+    else:
+        test_starts = np.arange(train_end - window, len(v) - window - horizon + 1)
     x_tr, y_tr = _windows(z, train_starts, window, horizon)
     x_te, y_te = _windows(z, test_starts, window, horizon)
 
@@ -87,8 +101,10 @@ def sunspots(window: int = 24, horizon: int = 5, *, test_fraction: float = 0.25)
         baselines={"naive": {"rmse_1": naive[0], "rmse": naive[1]},
                    "linear": {"rmse_1": linear[0], "rmse": linear[1]}},
         solved=None,
-        info={"window": window, "horizon": horizon, "train_years": f"{years[0]}-{years[split - 1]}",
-              "test_target_years": f"{years[split]}-{years[-1]}", "n_train": len(x_tr), "n_test": len(x_te),
+        info={"window": window, "horizon": horizon, "train_years": f"{years[0]}-{years[fit_end - 1]}",
+              "test_target_years": (f"{years[fit_end]}-{years[train_end - 1]}" if split == "valid"
+                                    else f"{years[train_end]}-{years[-1]}"),
+              "split": split, "n_train": len(x_tr), "n_test": len(x_te),
               "mean": float(mu), "std": float(sd), "units": "sunspot number (yearly)",
               "source": "statsmodels.datasets.sunspots"},
     )

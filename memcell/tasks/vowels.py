@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memcell.tasks._base import Task, classification_loss
+from memcell.tasks._base import Task, check_split, classification_loss, holdout
 
 __all__ = ["japanese_vowels", "read_ts"]
 
@@ -81,7 +81,7 @@ def _resample(s: np.ndarray, n: int) -> np.ndarray:
     return np.stack([np.interp(dst, src, s[:, j]) for j in range(s.shape[1])], axis=-1)
 
 
-def japanese_vowels(*, data_dir=None) -> Task:
+def japanese_vowels(*, data_dir=None, valid_fraction: float = 0.0, split: str = "test", seed: int = 0) -> Task:
     """Speaker classification (9 classes) from utterances of 7 to 29 frames of 12 coefficients.
 
     Inputs are standardised per coefficient with training statistics, padded to 29 frames,
@@ -91,12 +91,23 @@ def japanese_vowels(*, data_dir=None) -> Task:
     Args:
       data_dir: a directory holding ``JapaneseVowels_{TRAIN,TEST}.ts`` (default: the copy
         shipped with memcell).
+      valid_fraction: share of the training utterances held out for validation (fixed by
+        ``seed``); the model trains, and the standardisation is fitted, on the rest.
+      split: which held-out set is ``task.test`` (and scores the baselines): ``"test"`` or
+        ``"valid"`` (needs ``valid_fraction > 0``).
+      seed: the validation split.
     """
+    valid_fraction = check_split(valid_fraction, split)
     d = DATA if data_dir is None else pathlib.Path(data_dir)
     tr, y_tr, classes = read_ts(d / "JapaneseVowels_TRAIN.ts")
     te, y_te, classes_te = read_ts(d / "JapaneseVowels_TEST.ts")
     if classes != classes_te:
         raise ValueError(f"train and test files declare different classes: {classes} vs {classes_te}")
+    if valid_fraction:
+        fit, valid = holdout(len(y_tr), valid_fraction, seed)
+        if split == "valid":
+            te, y_te = [tr[i] for i in valid], y_tr[valid]
+        tr, y_tr = [tr[i] for i in fit], y_tr[fit]
     frames = np.concatenate(tr)
     mu, sd = frames.mean(0), frames.std(0) + 1e-6
     tr = [(s - mu) / sd for s in tr]
@@ -124,6 +135,6 @@ def japanese_vowels(*, data_dir=None) -> Task:
                    "nearest_neighbour": {"accuracy": nn_acc}},
         solved=None,
         info={"n_train": len(y_tr), "n_test": len(y_te), "max_length": T,
-              "min_length": int(min(l_tr.min(), l_te.min())), "classes": classes,
+              "min_length": int(min(l_tr.min(), l_te.min())), "classes": classes, "split": split,
               "source": "UCI Japanese Vowels (Kudo et al. 1999), .ts files from the aeon 1.6.0 wheel"},
     )

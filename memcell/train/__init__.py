@@ -19,16 +19,20 @@ stateful sampler ``sample(key, cursor) -> (batch, cursor)``.
 ``fit`` runs the loop: batches drawn from a pure, seeded sampler (``sample(key) -> batch``,
 with the key a function of the run's key and the step only, so a resumed run sees the same
 data), several steps per jit call with ``lax.scan``, metrics of every step to JSONL, a progress
-bar, periodic evaluation, early stopping, and orbax checkpoints that resume bit-identically.
+bar, periodic evaluation, early stopping, and orbax checkpoints that resume bit-identically
+(``load_checkpoint`` reads the latest one back, e.g. to analyse a trained run).
 
 One concern a module, all private and re-exported here: ``_optimizer``, ``_state``, ``_steps``,
 ``_stream``, ``_evaluate``, ``_early_stopping``, ``_metrics_log``, ``_checkpoint``, ``_loop`` (the loop of
-``fit``) and ``_fit`` (its argument checks and set-up); ``_args`` holds their argument checks.
+``fit``) and ``_fit`` (its argument checks and set-up); ``_args`` holds their argument checks;
+``_mesh`` the device meshes of ``fit(..., mesh=...)`` and the set-up of multi-host runs.
 """
 
+from memcell.train._checkpoint import load_checkpoint
 from memcell.train._early_stopping import EarlyStopping, StopProgress
 from memcell.train._evaluate import evaluate, summarize
 from memcell.train._fit import FitResult, fit
+from memcell.train._mesh import initialize_distributed, is_main_process, make_mesh, mesh_from_spec
 from memcell.train._optimizer import learning_rate, optimizer
 from memcell.train._state import TrainState, init_state, init_states
 from memcell.train._steps import make_eval_step, make_train_step
@@ -44,10 +48,15 @@ __all__ = [
     "fit",
     "init_state",
     "init_states",
+    "initialize_distributed",
+    "is_main_process",
     "learning_rate",
+    "load_checkpoint",
     "make_eval_step",
+    "make_mesh",
     "make_stream_train_step",
     "make_train_step",
+    "mesh_from_spec",
     "optimizer",
     "summarize",
 ]

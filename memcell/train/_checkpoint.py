@@ -19,6 +19,12 @@ def _fingerprint(tree) -> list:
             for p, x in leaves]
 
 
+def _sharding(x):
+    """A leaf's sharding when it is a ``jax.Array`` laid out on a mesh, else None (orbax's default)."""
+    sharding = getattr(x, "sharding", None)
+    return sharding if isinstance(sharding, jax.sharding.NamedSharding) else None
+
+
 def _storable(state: TrainState) -> TrainState:
     # Typed PRNG keys are stored as their raw uint32 data.
     return state._replace(key=jax.random.key_data(state.key))
@@ -83,7 +89,8 @@ class Checkpointer:
         expected = _fingerprint(tree)
         if meta["fingerprint"] != expected:
             raise ValueError(_fingerprint_diff(path, meta["fingerprint"], expected))
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+        # Restored with the template's shardings (on a mesh: every process reads its own shards).
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=_sharding(x)), tree)
         args = self.ocp.args
         try:
             restored = self.manager.restore(step, args=args.Composite(state=args.StandardRestore(abstract)))["state"]
@@ -91,3 +98,29 @@ class Checkpointer:
             raise ValueError(f"checkpoint {path} is corrupted or unreadable: {type(e).__name__}: {e}") from e
         restored = jax.tree.map(jnp.asarray, restored)
         return restored._replace(key=jax.random.wrap_key_data(restored.key)), meta
+
+
+def load_checkpoint(checkpoint_dir: str | os.PathLike, template: TrainState, *, config: dict | None = None) -> TrainState:
+    """The latest checkpoint that ``fit`` wrote in ``checkpoint_dir``, read without training.
+
+    Args:
+      checkpoint_dir: the ``checkpoint_dir`` given to ``fit`` (e.g. a CLI run's ``checkpoints/``).
+      template: a ``TrainState`` of the same model, optimizer and number of models (its values
+        are not used), e.g. the state the run started from.
+      config: if given, must equal the config the checkpoint was written with.
+
+    Returns:
+      The checkpoint's ``TrainState``.
+
+    Raises:
+      FileNotFoundError: ``checkpoint_dir`` is not a directory.
+      ValueError: it holds no checkpoint; or the checkpoint is corrupted, of another model or
+        of another config (the message names the file and the difference).
+    """
+    path = pathlib.Path(checkpoint_dir)
+    if not path.is_dir():  # checked first: orbax would create the directory
+        raise FileNotFoundError(f"checkpoint_dir {str(path)!r} is not a directory")
+    checkpointer = Checkpointer(path)
+    if checkpointer.latest() is None:
+        raise ValueError(f"checkpoint_dir {str(path)!r} holds no checkpoint")
+    return checkpointer.restore(template, config)[0]

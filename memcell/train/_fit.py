@@ -25,6 +25,7 @@ from memcell.train._loop import (
     compiled_run,
     run_loop,
 )
+from memcell.train._mesh import check_mesh, is_main_process, place
 from memcell.train._metrics_log import MetricsLog
 from memcell.train._state import TrainState, check_state, current_step
 from memcell.types import Key, PyTree
@@ -127,6 +128,7 @@ def fit(
     progress: bool = True,
     steps_per_call: int = 50,
     max_nonfinite: int = 100,
+    mesh=None,
 ) -> FitResult:
     """Trains until ``steps`` updates (or early stopping), logging, evaluating and checkpointing.
 
@@ -158,6 +160,11 @@ def fit(
         reduced to divide ``eval_every`` and ``checkpoint_every``.
       max_nonfinite: stop with ``stop_reason="diverged"`` after this many consecutive skipped
         (non-finite) updates of every model.
+      mesh: a ``jax.sharding.Mesh`` with axes among ``("data", "seeds")`` (``make_mesh``):
+        each step's batch is split over ``data`` (params and optimizer state replicated, the
+        gradient reduced by the compiler), the models of ``init_states`` over ``seeds``. In a
+        multi-host run every process calls ``fit`` alike, computes only its own shards, and
+        only process 0 writes the log and the progress bar. None: one device, as without it.
 
     Returns:
       A ``FitResult``.
@@ -179,13 +186,18 @@ def fit(
     """
     config, n = _check_args(train_step, state, sample, steps, eval_fn, eval_every, early_stopping, checkpoint_dir,
                             checkpoint_every, resume, config, log_path, progress, steps_per_call, max_nonfinite)
+    if mesh is not None:
+        check_mesh(mesh, n, sample, state)
+        state = place(state, mesh, n is not None)  # so a restored checkpoint takes this layout too
+        if not is_main_process():  # process 0 alone writes the log and shows progress
+            log_path, progress = None, False
     t0 = time.perf_counter()
     checkpointer = None if checkpoint_dir is None else Checkpointer(checkpoint_dir)
     state, record = _resume(checkpointer, state, config, resume, n or 1)
     start = current_step(state)
     run = Run(
-        run_jit=compiled_run(train_step, sample, n is not None),
-        eval_jit=None if eval_fn is None else compiled_eval(eval_fn, n is not None),
+        run_jit=compiled_run(train_step, sample, n is not None, mesh),
+        eval_jit=None if eval_fn is None else compiled_eval(eval_fn, n is not None, mesh),
         multi=n is not None, record=record, log=MetricsLog(log_path, start), bar=_progress_bar(progress, steps, start),
         checkpointer=checkpointer, early_stopping=early_stopping, config=config,
     )

@@ -13,6 +13,7 @@ import numpy as np
 
 from memcell.train._checkpoint import Checkpointer
 from memcell.train._early_stopping import EarlyStopping, StopProgress
+from memcell.train._mesh import constrain_batch, sharded_eval, sharded_run
 from memcell.train._metrics_log import MetricsLog
 from memcell.train._state import TrainState, current_step, step_keys
 from memcell.train._stream import sample_stream
@@ -65,25 +66,31 @@ class Record:
 
 
 @functools.lru_cache(maxsize=32)
-def compiled_run(train_step: Callable, sample: Callable, multi: bool) -> Callable:
-    """``(state, n) -> (state, metrics of n steps)``, jit-compiled once per (step, sampler)
-    so that repeated and resumed ``fit`` calls reuse the compilation."""
+def compiled_run(train_step: Callable, sample: Callable, multi: bool, mesh=None) -> Callable:
+    """``(state, n) -> (state, metrics of n steps)``, jit-compiled once per (step, sampler, mesh)
+    so that repeated and resumed ``fit`` calls reuse the compilation. With a mesh, the batch
+    drawn inside the jit is sharded over its ``data`` axis (``memcell.train._mesh``)."""
 
     def one_step(s, _):
         data_key, _ = step_keys(s)
         if s.stream is None:
-            return train_step(s, sample(data_key))
-        s, batch = sample_stream(sample, s, data_key)  # truncated BPTT: the sampler keeps a cursor
-        return train_step(s, batch)
+            batch = sample(data_key)
+        else:  # truncated BPTT: the sampler keeps a cursor
+            s, batch = sample_stream(sample, s, data_key)
+        return train_step(s, batch if mesh is None else constrain_batch(batch, mesh))
 
     def run(s, n):
         return jax.lax.scan(one_step, s, None, length=n)
 
+    if mesh is not None:
+        return sharded_run(run, mesh, multi)
     return jax.jit(jax.vmap(run, in_axes=(0, None)) if multi else run, static_argnums=1)
 
 
 @functools.lru_cache(maxsize=32)
-def compiled_eval(eval_fn: Callable, multi: bool) -> Callable:
+def compiled_eval(eval_fn: Callable, multi: bool, mesh=None) -> Callable:
+    if mesh is not None:
+        return sharded_eval(eval_fn, mesh, multi)
     return jax.jit(jax.vmap(eval_fn) if multi else eval_fn)
 
 

@@ -142,7 +142,11 @@ def step_keys(state: TrainState) -> tuple[Key, Key]:
 
 def current_step(state: TrainState) -> int:
     """The step a (possibly vmapped) state has reached, on the host."""
-    return int(np.max(jax.device_get(state.step)))
+    step = state.step
+    if isinstance(step, jax.Array) and not step.is_fully_addressable:
+        # Models sharded over several hosts: they step together, so this process's shards suffice.
+        return int(max(np.max(np.asarray(s.data)) for s in step.addressable_shards))
+    return int(np.max(jax.device_get(step)))
 
 
 def check_state(state) -> int | None:
