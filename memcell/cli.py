@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multi-host with the cluster detected by jax.distributed (SLURM, Open MPI, "
                         "JAX_COORDINATOR_ADDRESS)")
     g = t.add_argument_group("char_lm")
+    g.add_argument("--tbptt", action="store_true",
+                   help="truncated BPTT: each batch row reads its own part of the text, window (--length) after "
+                        "window, from the carry the last window ended with; validation reads the whole stream "
+                        "with the carry kept")
     g.add_argument("--sample-chars", type=_nonneg_int, default=0, help="after training, print this many sampled characters")
     g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
     g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely characters only (1: greedy)")
@@ -203,6 +207,8 @@ def _build(args):
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.tbptt and args.task != "char_lm":
+        raise UsageError(f"--tbptt only applies to --task char_lm (the task with long streams), got {args.task!r}")
     if args.sample_chars and args.task != "char_lm":
         raise UsageError("--sample-chars only applies to --task char_lm")
     if args.stop_at_solved and not args.eval_every:
@@ -342,6 +348,8 @@ def _run_config(args, task) -> dict:
     """What a checkpoint records of its run (and a resumed run or ``flow`` must share)."""
     config = {k: getattr(args, k) for k in _IDENTITY_KEYS}
     config["length"] = _sequence_length(task) if args.length is None else args.length
+    if args.tbptt:  # only when set, so the checkpoints of runs without it keep their config
+        config["tbptt"] = True
     return config
 
 
@@ -367,6 +375,7 @@ def _train(args) -> int:
             checkpoint_every=args.checkpoint_every, resume=args.resume, config=config,
             progress=not args.no_progress, steps_per_call=args.steps_per_call, gradient_flow=args.gradient_flow,
             mesh=mesh,
+            tbptt=args.tbptt,
         )
     except ValueError as e:
         # Input the loop rejects (a mismatched or corrupted checkpoint, bad sizes): a usage error.

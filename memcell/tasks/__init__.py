@@ -32,6 +32,7 @@ from memcell.tasks._base import (
     sequence_model,
     train_task,
 )
+from memcell.tasks._streams import TokenStreams, stream_eval_fn, stream_loss_fn, stream_sampler
 from memcell.tasks._flow import gradient_norms_by_lag
 from memcell.tasks.digits import digits
 from memcell.tasks.sunspots import sunspots
@@ -72,6 +73,7 @@ __all__ = [
     "ModelParams",
     "TASKS",
     "Task",
+    "TokenStreams",
     "adding",
     "beats",
     "char_lm",
@@ -91,6 +93,9 @@ __all__ = [
     "sample_text",
     "selective_copy",
     "sequence_model",
+    "stream_eval_fn",
+    "stream_loss_fn",
+    "stream_sampler",
     "sunspots",
     "temporal_order",
     "train_task",

@@ -16,6 +16,7 @@ from memcell import train as _train
 from memcell.cells import gru, lru, lstm, mingru, minlstm, mlstm, rglru, rnn, slstm
 from memcell._checks import check_backend as _check_backend
 from memcell.scan import layer, stack
+from memcell.tasks._streams import TokenStreams, initial_carry, stream_eval_fn, stream_loss_fn, stream_sampler
 from memcell.types import Array, Cell, Key, Layer, PyTree
 
 
@@ -38,6 +39,8 @@ class Task(NamedTuple):
       baselines: ``{name: {metric: value}}``, every value computed from the data on the test set.
       solved: the threshold on ``metric`` that counts as solved (None where the task has none).
       info: protocol details (sequence length, split sizes, vocabulary, units, references).
+      stream: the task's data as long ``TokenStreams`` for truncated BPTT (``train_task``'s
+        ``tbptt``), or None where the task has none (all but ``char_lm``).
     """
 
     name: str
@@ -52,6 +55,7 @@ class Task(NamedTuple):
     baselines: dict
     solved: float | None
     info: dict
+    stream: TokenStreams | None = None
 
 
 class Model(NamedTuple):
@@ -309,6 +313,7 @@ def train_task(
     steps_per_call: int = 50,
     gradient_flow: bool = False,
     mesh=None,
+    tbptt: bool = False,
 ) -> dict:
     """Trains ``model`` on ``task`` for every seed at once (``jax.vmap``) and reports against the baselines.
 
@@ -328,6 +333,11 @@ def train_task(
         (``gradient_flow_fn``; single-cell models).
       mesh: a ``jax.sharding.Mesh`` for ``memcell.train.fit`` (the batch over ``data``, the
         seeds over ``seeds``; ``memcell.train.make_mesh``); None: one device.
+      tbptt: truncated backpropagation through time over ``task.stream``: each of the
+        ``batch_size`` rows reads its own contiguous part of the training stream, window after
+        window of ``task.info["length"]``, starting from the carry the last window ended with
+        (gradient stopped there; restarted where a document begins); evaluation reads the whole
+        validation stream with the carry kept (``stream_eval_fn``). Tasks without streams refuse it.
 
     Returns:
       A dict: ``final`` (per-seed test metrics), ``summary`` (mean/std/min/max over seeds of
@@ -344,13 +354,19 @@ def train_task(
     peak = float(learning_rate) if lrs is None else lrs[0]
     tx = _train.optimizer(peak, name=optimizer, clip_norm=clip_norm, warmup_steps=warmup_steps,
                           decay_steps=steps if decay else None)
+    if tbptt and task.stream is None:
+        raise ValueError(f"tbptt needs a task with long streams (char_lm), got task {task.name!r}")
     states = _train.init_states(seeds, lambda k: model.init(k, task.input_size), tx, learning_rates=lrs)
-    step = _train.make_train_step(loss_fn(task, model), tx)
-    sample = lambda key: task.sample(key, batch_size)
+    if tbptt:
+        states, step, sample, evaluate = _tbptt(task, model, tx, states, batch_size, gradient_flow)
+    else:
+        step = _train.make_train_step(loss_fn(task, model), tx)
+        sample = lambda key: task.sample(key, batch_size)
+        evaluate = eval_fn(task, model, gradient_flow=gradient_flow)
     es = _early_stopping(task, stop_at_solved, patience)
     out = None if out_dir is None else pathlib.Path(out_dir)
     result = _train.fit(
-        step, states, sample, steps=steps, eval_fn=eval_fn(task, model, gradient_flow=gradient_flow),
+        step, states, sample, steps=steps, eval_fn=evaluate,
         eval_every=eval_every,
         early_stopping=es,
         checkpoint_dir=None if out is None else out / "checkpoints",
@@ -359,6 +375,21 @@ def train_task(
         progress=progress, steps_per_call=steps_per_call, mesh=mesh,
     )
     return _report(task, seeds, result)
+
+
+def _tbptt(task: Task, model: Model, tx, states, batch_size: int, gradient_flow: bool):
+    """``train_task``'s truncated-BPTT pieces: the states with their streams, the step, the
+    stateful sampler and the evaluation over the whole validation stream."""
+    sample, cursor = stream_sampler(task.stream, batch_size, task.info["length"])
+    carry = jax.vmap(lambda p: initial_carry(model, p, batch_size, task.input_size))(states.params)
+    n = states.step.shape[0]
+    states = states._replace(stream=_train.StreamState(jnp.tile(cursor, (n, 1)), carry))
+    step = _train.make_stream_train_step(stream_loss_fn(task, model), tx)
+    evaluate = stream_eval_fn(task, model)
+    if gradient_flow:
+        flow = gradient_flow_fn(task, model)
+        evaluate = (lambda ev: lambda p: {**ev(p), **flow(p)})(evaluate)
+    return states, step, sample, evaluate
 
 
 def _early_stopping(task: Task, stop_at_solved: bool, patience: int | None):

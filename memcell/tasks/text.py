@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import numpy as np
 
 from memcell.streaming import stream
 from memcell.tasks._base import Model, ModelParams, Task, cross_entropy
+from memcell.tasks._streams import TokenStreams
 
 __all__ = ["char_lm", "sample_text"]
 
@@ -34,8 +36,17 @@ def _ngram_bpc(train: np.ndarray, valid: np.ndarray, vocab: int) -> tuple[float,
 
 
 def _lm_loss(outputs, batch):
-    xent, acc = cross_entropy(outputs, batch["ys"])
+    # Truncated-BPTT windows end early before a document start: only their real steps count.
+    lengths = batch.get("lengths")
+    mask = None if lengths is None else jnp.arange(outputs.shape[-2]) < lengths[..., None]
+    xent, acc = cross_entropy(outputs, batch["ys"], mask)
     return xent, {"xent": xent, "bpc": xent / _LN2, "accuracy": acc}
+
+
+def _document_starts(text: str) -> np.ndarray:
+    """Where each play begins (its title line, two lines above "by William Shakespeare"), int32."""
+    starts = [m.start() for m in re.finditer(r"^[^\n]+\n\nby William Shakespeare$", text, flags=re.M)]
+    return np.asarray(starts, np.int32)
 
 
 def char_lm(length: int = 100, *, valid_fraction: float = 0.1, max_valid_chars: int | None = None,
@@ -46,6 +57,11 @@ def char_lm(length: int = 100, *, valid_fraction: float = 0.1, max_valid_chars: 
     windows of ``length + 1`` characters), the rest for validation (consecutive windows of
     ``length``, each predicting its next characters). Metric: validation bits per character.
     Baselines: add-one smoothed unigram and bigram models fitted on the training part.
+
+    ``task.stream`` holds the same splits as long streams for truncated BPTT
+    (``train_task(..., tbptt=True)``), with the documents' starts: in the shipped corpus the
+    seven plays (each begins at its title, found by the "by William Shakespeare" line under
+    it); another corpus is one document unless it has the same marker.
 
     Args:
       length: characters a training window reads (``T``).
@@ -78,6 +94,10 @@ def char_lm(length: int = 100, *, valid_fraction: float = 0.1, max_valid_chars: 
     xs = stream[: n_win * length].reshape(n_win, length)
     ys = stream[1 : n_win * length + 1].reshape(n_win, length)
     unigram, bigram = _ngram_bpc(train, ys.reshape(-1), len(vocab))
+    doc = _document_starts(text)
+    valid_starts = doc[(doc > split - 1) & (doc < split - 1 + ys.size)] - (split - 1)  # in the stream's inputs
+    streams = TokenStreams(train=train, train_starts=doc[(doc > 0) & (doc < split)], valid_xs=xs.reshape(-1),
+                           valid_ys=ys.reshape(-1), valid_starts=valid_starts)
     train_ids = jnp.asarray(train)
 
     def sample(key, batch_size: int) -> dict:
@@ -89,8 +109,8 @@ def char_lm(length: int = 100, *, valid_fraction: float = 0.1, max_valid_chars: 
         name="char_lm", input_size=len(vocab), output_size=len(vocab), readout="all", sample=sample,
         test={"xs": xs, "ys": ys}, loss=_lm_loss, metric="bpc", mode="min",
         baselines={"unigram": {"bpc": unigram}, "bigram": {"bpc": bigram}},
-        solved=None,
-        info={"length": length, "vocab": vocab, "n_train_chars": len(train), "n_valid_chars": int(ys.size),
+        solved=None, stream=streams,
+        info={"length": length, "n_documents": len(doc) + int(0 not in doc), "vocab": vocab, "n_train_chars": len(train), "n_valid_chars": int(ys.size),
               "source": "Shakespeare, seven plays (memcell/tasks/data/README.md)"},
     )
 

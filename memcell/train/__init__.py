@@ -2,7 +2,7 @@
 
 The pure pieces come first and compose with plain JAX:
 
-- ``TrainState(params, opt_state, step, key)``: everything a run needs to continue.
+- ``TrainState(params, opt_state, step, key, stream=None)``: everything a run needs to continue.
 - ``optimizer(...)``: an optax chain (clip by global norm, Adam/SGD/..., an optional
   warmup/cosine schedule) inside ``optax.apply_if_finite``, so a non-finite gradient skips the
   update instead of poisoning the params, with the learning rate held in the optimizer state
@@ -11,6 +11,11 @@ The pure pieces come first and compose with plain JAX:
 - ``init_state`` / ``init_states``: one model, or N models stacked on a leading axis for
   ``jax.vmap`` (one key and optionally one learning rate each).
 
+Truncated BPTT over long streams: ``make_stream_train_step`` carries the model's carry from
+window to window in ``TrainState.stream`` (a ``StreamState(cursor, carry)``, with the sampler's
+place in its streams), the gradient stopped at each window boundary; ``fit`` then draws from a
+stateful sampler ``sample(key, cursor) -> (batch, cursor)``.
+
 ``fit`` runs the loop: batches drawn from a pure, seeded sampler (``sample(key) -> batch``,
 with the key a function of the run's key and the step only, so a resumed run sees the same
 data), several steps per jit call with ``lax.scan``, metrics of every step to JSONL, a progress
@@ -18,7 +23,7 @@ bar, periodic evaluation, early stopping, and orbax checkpoints that resume bit-
 (``load_checkpoint`` reads the latest one back, e.g. to analyse a trained run).
 
 One concern a module, all private and re-exported here: ``_optimizer``, ``_state``, ``_steps``,
-``_evaluate``, ``_early_stopping``, ``_metrics_log``, ``_checkpoint``, ``_loop`` (the loop of
+``_stream``, ``_evaluate``, ``_early_stopping``, ``_metrics_log``, ``_checkpoint``, ``_loop`` (the loop of
 ``fit``) and ``_fit`` (its argument checks and set-up); ``_args`` holds their argument checks;
 ``_mesh`` the device meshes of ``fit(..., mesh=...)`` and the set-up of multi-host runs.
 """
@@ -31,11 +36,13 @@ from memcell.train._mesh import initialize_distributed, is_main_process, make_me
 from memcell.train._optimizer import learning_rate, optimizer
 from memcell.train._state import TrainState, init_state, init_states
 from memcell.train._steps import make_eval_step, make_train_step
+from memcell.train._stream import StreamState, make_stream_train_step
 
 __all__ = [
     "EarlyStopping",
     "FitResult",
     "StopProgress",
+    "StreamState",
     "TrainState",
     "evaluate",
     "fit",
@@ -47,6 +54,7 @@ __all__ = [
     "load_checkpoint",
     "make_eval_step",
     "make_mesh",
+    "make_stream_train_step",
     "make_train_step",
     "mesh_from_spec",
     "optimizer",

@@ -62,9 +62,9 @@ def _check_args(train_step, state, sample, steps, eval_fn, eval_every, early_sto
     check_count("steps_per_call", steps_per_call, 1)
     check_count("max_nonfinite", max_nonfinite, 1)
     check_callable("train_step", train_step, "(state, batch) -> (state, metrics), e.g. from make_train_step")
-    check_callable("sample", sample, "key -> batch")
-    check_optional_callable("eval_fn", eval_fn, "params -> metrics")
     n_models = check_state(state)
+    check_callable("sample", sample, "key -> batch" if state.stream is None else "(key, cursor) -> (batch, cursor)")
+    check_optional_callable("eval_fn", eval_fn, "params -> metrics")
     if eval_every and eval_fn is None:
         raise ValueError(f"eval_every > 0 needs an eval_fn, got eval_every={eval_every} and eval_fn=None")
     if early_stopping is not None:
@@ -138,7 +138,10 @@ def fit(
         ``jax.vmap`` (each with its own key, data stream and learning rate).
       sample: ``sample(key) -> batch``, a pure, jit-able function; the key of step ``t`` is
         derived from ``(state.key, t)``, so data is seeded, deterministic and the same after a
-        resume. Tasks provide one (``task.sample``).
+        resume. Tasks provide one (``task.sample``). For truncated BPTT (``state.stream`` a
+        ``StreamState`` and ``train_step`` from ``make_stream_train_step``) it is stateful,
+        ``sample(key, cursor) -> (batch, cursor)``, with the cursor kept in ``state.stream``
+        (and in its checkpoints, with the carries, so a resumed run continues the same streams).
       steps: total number of updates (counted from step 0, not from a resumed step), >= 1.
       eval_fn: ``params -> dict`` of scalar metrics, jit-able (e.g. on a fixed test set).
       eval_every: evaluate every this many steps (0: only at the end; needs ``eval_fn``).

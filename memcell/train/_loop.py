@@ -16,6 +16,7 @@ from memcell.train._early_stopping import EarlyStopping, StopProgress
 from memcell.train._mesh import constrain_batch, sharded_eval, sharded_run
 from memcell.train._metrics_log import MetricsLog
 from memcell.train._state import TrainState, current_step, step_keys
+from memcell.train._stream import sample_stream
 
 
 @dataclasses.dataclass
@@ -72,7 +73,10 @@ def compiled_run(train_step: Callable, sample: Callable, multi: bool, mesh=None)
 
     def one_step(s, _):
         data_key, _ = step_keys(s)
-        batch = sample(data_key)
+        if s.stream is None:
+            batch = sample(data_key)
+        else:  # truncated BPTT: the sampler keeps a cursor
+            s, batch = sample_stream(sample, s, data_key)
         return train_step(s, batch if mesh is None else constrain_batch(batch, mesh))
 
     def run(s, n):

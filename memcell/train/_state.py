@@ -26,6 +26,7 @@ class TrainState(NamedTuple):
     opt_state: PyTree
     step: Array  # int32 [] (or [n] for n vmapped models): number of updates attempted
     key: Key  # the run's key; the key of step t is derived from (key, t), never advanced
+    stream: PyTree = None  # truncated BPTT: a StreamState (cursor, carry) carried from window to window
 
 
 def as_key(name: str, key) -> Key:
@@ -170,7 +171,7 @@ def check_state(state) -> int | None:
     if not step_shape:
         return None
     n = step_shape[0]
-    for part in ("params", "opt_state"):
+    for part in ("params", "opt_state", "stream"):
         for path, leaf in jax.tree_util.tree_leaves_with_path(getattr(state, part)):
             if np.shape(leaf)[:1] != (n,):
                 raise ValueError(

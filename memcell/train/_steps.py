@@ -83,14 +83,20 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation) -> Callab
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         _, loss_key = step_keys(state)
         (loss, aux), grads = jax.value_and_grad(checked_loss, has_aux=True)(state.params, batch, loss_key)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        finite = _tree_finite(grads)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "skipped": 1.0 - finite.astype(jnp.float32)}
-        metrics.update(aux)
-        return TrainState(params, opt_state, state.step + 1, state.key), metrics
+        return apply_gradients(tx, state, loss, aux, grads)
 
     return train_step
+
+
+def apply_gradients(tx: optax.GradientTransformation, state: TrainState, loss, aux: dict, grads):
+    """One optimizer update of ``state`` from ``grads``: the new state (``stream`` kept as it
+    is) and the step's metrics (``loss``, ``grad_norm``, ``skipped`` and ``aux``)."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = _tree_finite(grads)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "skipped": 1.0 - finite.astype(jnp.float32)}
+    metrics.update(aux)
+    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
 
 def make_eval_step(loss_fn: LossFn) -> Callable:
