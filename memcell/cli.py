@@ -364,7 +364,10 @@ def _train(args) -> int:
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     config = _run_config(args, task)
 
-    if out is not None and main_process:
+    # A resume is written over the run's config.json only once its checkpoint accepted it: a refused
+    # resume (another configuration) must leave the run as it was, for a later resume or `memcell flow`.
+    write_config = out is not None and main_process
+    if write_config and not (args.resume and (out / "config.json").exists()):
         (out / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     try:
         report = tasks.train_task(
@@ -380,6 +383,8 @@ def _train(args) -> int:
     except ValueError as e:
         # Input the loop rejects (a mismatched or corrupted checkpoint, bad sizes): a usage error.
         raise UsageError(str(e)) from None
+    if write_config:
+        (out / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     state = report.pop("state")
     report.pop("history")
     text = None
@@ -504,6 +509,8 @@ def _flow(args) -> int:
     config = _run_config(run_args, task)
     seeds = list(range(run_args.seed_offset, run_args.seed_offset + run_args.seeds))
     initial = _initial_states(run_args, task, model, seeds)
+    if getattr(run_args, "tbptt", False):  # a truncated-BPTT run's state holds its streams too
+        initial = tasks.with_stream(task, model, initial, run_args.batch_size)
     try:
         trained = train.load_checkpoint(run_dir / "checkpoints", initial, config=config)
     except ValueError as e:  # no checkpoint, or one of another model or config

@@ -108,6 +108,7 @@ def test_train_writes_report_and_mismatched_resume_exits_2(tmp_path, capsys):
     code, _, err = _run_main(["train", *bad, "--steps", "60", "--out", str(out), "--resume"], capsys)
     assert code == 2 and "different configuration" in err and "hidden: checkpoint 16, now 17" in err
     assert str(out / "checkpoints" / "40") in err
+    assert json.loads((out / "config.json").read_text())["hidden"] == 16  # the refused resume left the run's config
 
 
 @pytest.mark.slow  # 22 s; test_fused checks the auto dispatch, test_cli's bad-input cases the flag

@@ -227,3 +227,8 @@ def test_cli_tbptt_trains_char_lm_and_resume_checks_the_flag(tmp_path, capsys):
     code, _, err = _main([a for a in argv if a != "--tbptt"][:-2] + ["--steps", "4", "--out", str(tmp_path),
                                                                       "--resume"], capsys)
     assert code == 2 and "tbptt" in err, err
+    # memcell flow rebuilds the run's initial state with its streams (tasks.with_stream) and measures it
+    code, out, err = _main(["flow", str(tmp_path), "--sequences", "2"], capsys)
+    assert code == 0, err
+    flow = json.loads((tmp_path / "flow.json").read_text())
+    assert flow["trained"]["step"] == 2 and np.all(np.isfinite(flow["initial"]["decay_rate"]))

@@ -31,6 +31,7 @@ from memcell.tasks._base import (
     make_cell,
     sequence_model,
     train_task,
+    with_stream,
 )
 from memcell.tasks._streams import TokenStreams, stream_eval_fn, stream_loss_fn, stream_sampler
 from memcell.tasks._flow import gradient_norms_by_lag
@@ -99,4 +100,5 @@ __all__ = [
     "sunspots",
     "temporal_order",
     "train_task",
+    "with_stream",
 ]

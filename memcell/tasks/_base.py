@@ -377,13 +377,33 @@ def train_task(
     return _report(task, seeds, result)
 
 
+def with_stream(task: Task, model: Model, states: _train.TrainState, batch_size: int) -> _train.TrainState:
+    """``states`` (from ``init_states``) with the stream state ``train_task(..., tbptt=True)`` starts
+    from: every row at its first position, zero carries. ``memcell flow`` rebuilds a truncated-BPTT
+    run's initial state with it.
+
+    Args:
+      task: a task with long streams (``task.stream``: ``char_lm``).
+      model: the task's ``sequence_model``.
+      states: ``init_states``'s stacked states (a leading models axis).
+      batch_size: rows of the stream, one a batch row.
+
+    Returns:
+      ``states`` with ``stream`` set to a ``StreamState(cursor [n, batch_size], carry)``.
+    """
+    if task.stream is None:
+        raise ValueError(f"with_stream needs a task with long streams (char_lm), got task {task.name!r}")
+    _, cursor = stream_sampler(task.stream, batch_size, task.info["length"])
+    carry = jax.vmap(lambda p: initial_carry(model, p, batch_size, task.input_size))(states.params)
+    n = states.step.shape[0]
+    return states._replace(stream=_train.StreamState(jnp.tile(cursor, (n, 1)), carry))
+
+
 def _tbptt(task: Task, model: Model, tx, states, batch_size: int, gradient_flow: bool):
     """``train_task``'s truncated-BPTT pieces: the states with their streams, the step, the
     stateful sampler and the evaluation over the whole validation stream."""
-    sample, cursor = stream_sampler(task.stream, batch_size, task.info["length"])
-    carry = jax.vmap(lambda p: initial_carry(model, p, batch_size, task.input_size))(states.params)
-    n = states.step.shape[0]
-    states = states._replace(stream=_train.StreamState(jnp.tile(cursor, (n, 1)), carry))
+    sample, _ = stream_sampler(task.stream, batch_size, task.info["length"])
+    states = with_stream(task, model, states, batch_size)
     step = _train.make_stream_train_step(stream_loss_fn(task, model), tx)
     evaluate = stream_eval_fn(task, model)
     if gradient_flow:
