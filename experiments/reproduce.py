@@ -61,7 +61,7 @@ class Protocol:
 class GreffProtocol:
     """Greff et al.'s variants on our small tasks: a learning-rate sweep per variant, several seeds."""
 
-    tasks: tuple[str, ...] = ("adding", "vowels", "char_lm")
+    tasks: tuple[str, ...] = ("adding", "vowels")  # "char_lm" too where the budget allows (~5 CPU-minutes more)
     variants: tuple[str, ...] = ("vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG")
     hidden: int = 32
     steps: int = 300
@@ -85,14 +85,17 @@ PAPERS = {
 REPRODUCTIONS = {
     "adding_arjovsky": dict(
         paper="arjovsky",
-        protocol=Protocol("adding", (100, 200, 400, 750), ("rnn", "irnn", "lstm"), hidden=128, steps=300,
+        protocol=Protocol("adding", (100, 200, 400), ("rnn", "irnn", "lstm"), hidden=128, steps=600,
                           batch_size=20, lrs=(1e-3,), seeds=2),
         quick=Protocol("adding", (10, 60), ("rnn", "lstm"), hidden=32, steps=300, batch_size=20, lrs=(1e-2,),
                        seeds=1, eval_every=100, n_test=200, flow=False),
         claims={"rnn": "at the baseline (0.167) from T = 100", "irnn": "at the baseline (0.167) from T = 100",
                 "lstm": "beats the baseline up to T = 400; at it for T = 750"},
         differs="RMSprop lr 1e-3 (decay 0.9), clip 1, batch 20 and 128 units as the paper; far fewer updates "
-                "(the paper trains for tens of thousands), 2 seeds, stopped early once every seed solves (MSE < 0.01).",
+                "(their script's default is 20 000), 2 seeds, stopped early once every seed solves (MSE < 0.01); T = 750 is left "
+                "to adding_chrono (the budget did not stretch to every cell at T = 750). Their clipping is elementwise "
+                "to [-1, 1] (their adding_problem.py); ours clips the global norm to 1. They draw a fixed training set "
+                "of 100 000 sequences; we draw fresh batches.",
     ),
     "adding_chrono": dict(
         paper="tallec",
@@ -138,7 +141,7 @@ REPRODUCTIONS = {
                 "hurts significantly", "CIFG": "coupling input and forget gates costs nothing",
                 "NP": "removing peepholes costs nothing"},
         differs="Greff et al. ran 5400 random-search trials on TIMIT, IAM and JSB; ours: every variant on "
-                "adding (T = 50), vowels and char_lm with 32 units, Adam, 2 learning rates x 3 seeds vmapped, "
+                "adding (T = 50) and vowels (char_lm left out of the default for the budget; GreffProtocol(tasks=...) adds it) with 32 units, Adam, 2 learning rates x 3 seeds vmapped, "
                 "300 updates; the best learning rate is picked on the test (char_lm: validation) metric for "
                 "every variant alike.",
     ),
