@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import plot_curves  # noqa: E402
+from _common import plot_curves
 
 # A run "beats" a baseline when its final test metric is below this fraction of it (min tasks):
 # a clear margin, so a seed hovering at the baseline does not count.
@@ -83,68 +83,68 @@ PAPERS = {
 }
 
 REPRODUCTIONS = {
-    "adding_arjovsky": dict(
-        paper="arjovsky",
-        protocol=Protocol("adding", (100, 200, 400), ("rnn", "irnn", "lstm"), hidden=128, steps=600,
+    "adding_arjovsky": {
+        "paper": "arjovsky",
+        "protocol": Protocol("adding", (100, 200, 400), ("rnn", "irnn", "lstm"), hidden=128, steps=600,
                           batch_size=20, lrs=(1e-3,), seeds=2),
-        quick=Protocol("adding", (10, 60), ("rnn", "lstm"), hidden=32, steps=300, batch_size=20, lrs=(1e-2,),
+        "quick": Protocol("adding", (10, 60), ("rnn", "lstm"), hidden=32, steps=300, batch_size=20, lrs=(1e-2,),
                        seeds=1, eval_every=100, n_test=200, flow=False),
-        claims={"rnn": "at the baseline (0.167) from T = 100", "irnn": "at the baseline (0.167) from T = 100",
+        "claims": {"rnn": "at the baseline (0.167) from T = 100", "irnn": "at the baseline (0.167) from T = 100",
                 "lstm": "beats the baseline up to T = 400; at it for T = 750"},
-        differs="RMSprop lr 1e-3 (decay 0.9), clip 1, batch 20 and 128 units as the paper; far fewer updates "
+        "differs": "RMSprop lr 1e-3 (decay 0.9), clip 1, batch 20 and 128 units as the paper; far fewer updates "
                 "(their script's default is 20 000), 2 seeds, stopped early once every seed solves (MSE < 0.01); T = 750 is left "
                 "to adding_chrono (the budget did not stretch to every cell at T = 750). Their clipping is elementwise "
                 "to [-1, 1] (their adding_problem.py); ours clips the global norm to 1. They draw a fixed training set "
                 "of 100 000 sequences; we draw fresh batches.",
-    ),
-    "adding_chrono": dict(
-        paper="tallec",
-        protocol=Protocol("adding", (750, 1000), ("lstm_chrono",), hidden=128, steps=1000, batch_size=20,
+    },
+    "adding_chrono": {
+        "paper": "tallec",
+        "protocol": Protocol("adding", (750, 1000), ("lstm_chrono",), hidden=128, steps=1000, batch_size=20,
                           lrs=(1e-3,), seeds=1),
-        quick=Protocol("adding", (60,), ("lstm_chrono", "lstm"), hidden=32, steps=300, batch_size=20, lrs=(1e-2,),
+        "quick": Protocol("adding", (60,), ("lstm_chrono", "lstm"), hidden=32, steps=300, batch_size=20, lrs=(1e-2,),
                        seeds=1, n_test=200, flow=False),
-        claims={"lstm_chrono": "solves T = 750 about 7x faster than the default init (which needs ~tens of thousands "
+        "claims": {"lstm_chrono": "solves T = 750 about 7x faster than the default init (which needs ~tens of thousands "
                                "of updates); goal here: MSE < 0.01 at T = 750, and T = 1000 reported",
                 "lstm": "the default init: slower (see adding_arjovsky at T = 750)"},
-        differs="Tallec and Ollivier use the Arjovsky protocol (128 units, RMSprop 1e-3, batch 20) with chrono init "
+        "differs": "Tallec and Ollivier use the Arjovsky protocol (128 units, RMSprop 1e-3, batch 20) with chrono init "
                 "T_max = T; ours as theirs, with at most 1000 updates and 1 seed a length.",
-    ),
-    "copy_arjovsky": dict(
-        paper="arjovsky",
-        protocol=Protocol("copy", (100, 200, 500), ("lstm", "lstm_chrono"), hidden=40, steps=500, batch_size=20,
+    },
+    "copy_arjovsky": {
+        "paper": "arjovsky",
+        "protocol": Protocol("copy", (100, 200, 500), ("lstm", "lstm_chrono"), hidden=40, steps=500, batch_size=20,
                           lrs=(1e-3,), seeds=1, eval_every=100),
-        quick=Protocol("copy", (10,), ("lstm", "lstm_chrono"), hidden=32, steps=300, batch_size=20, lrs=(1e-2,),
+        "quick": Protocol("copy", (10,), ("lstm", "lstm_chrono"), hidden=32, steps=300, batch_size=20, lrs=(1e-2,),
                        seeds=1, n_test=200, flow=False),
-        claims={"lstm": "beats the memoryless baseline at T = 100, sits on it from T = 200 (default init)",
+        "claims": {"lstm": "beats the memoryless baseline at T = 100, sits on it from T = 200 (default init)",
                 "lstm_chrono": "leaves the baseline at T = 500 (Tallec and Ollivier)"},
-        differs="10 symbols of 8, lag T, RMSprop 1e-3, batch 20, 40 LSTM units as in the paper; chrono T_max = T + 20 "
+        "differs": "10 symbols of 8, lag T, RMSprop 1e-3, batch 20, 40 LSTM units as in the paper; chrono T_max = T + 20 "
                 "(the sequence length); far fewer updates than the paper's.",
-    ),
-    "irnn_le": dict(
-        paper="le",
-        protocol=Protocol("adding", (150, 300), ("rnn", "irnn"), hidden=100, steps=300, batch_size=16,
+    },
+    "irnn_le": {
+        "paper": "le",
+        "protocol": Protocol("adding", (150, 300), ("rnn", "irnn"), hidden=100, steps=300, batch_size=16,
                           lrs=(1e-2, 1e-3, 1e-4), optimizer="sgd", clip_norm=10.0, seeds=1),
-        quick=Protocol("adding", (20,), ("rnn", "irnn"), hidden=16, steps=200, batch_size=16, lrs=(1e-2, 1e-3),
+        "quick": Protocol("adding", (20,), ("rnn", "irnn"), hidden=16, steps=200, batch_size=16, lrs=(1e-2, 1e-3),
                        optimizer="sgd", clip_norm=10.0, seeds=1, n_test=200, flow=False),
-        claims={"rnn": "tanh RNN: fails from T = 150 (stays at the baseline)",
+        "claims": {"rnn": "tanh RNN: fails from T = 150 (stays at the baseline)",
                 "irnn": "IRNN: solves T = 150 to 300 (MSE near 0), with small learning rates and clipping"},
-        differs="Le et al.: 100 units, SGD, batch 16, a grid of learning rates and clipping; ours: SGD with lrs "
+        "differs": "Le et al.: 100 units, SGD, batch 16, a grid of learning rates and clipping; ours: SGD with lrs "
                 "1e-2, 1e-3, 1e-4 vmapped and clip 10, and a few hundred updates where they used about a million "
                 "examples.",
-    ),
-    "greff_variants": dict(
-        paper="greff",
-        protocol=GreffProtocol(),
-        quick=GreffProtocol(tasks=("adding",), variants=("vanilla", "NFG", "CIFG"), hidden=8, steps=100,
+    },
+    "greff_variants": {
+        "paper": "greff",
+        "protocol": GreffProtocol(),
+        "quick": GreffProtocol(tasks=("adding",), variants=("vanilla", "NFG", "CIFG"), hidden=8, steps=100,
                             lrs=(1e-2,), seeds=2, adding_length=10, eval_every=50),
-        claims={"NFG": "removing the forget gate hurts significantly", "NOAF": "removing the output activation "
+        "claims": {"NFG": "removing the forget gate hurts significantly", "NOAF": "removing the output activation "
                 "hurts significantly", "CIFG": "coupling input and forget gates costs nothing",
                 "NP": "removing peepholes costs nothing"},
-        differs="Greff et al. ran 5400 random-search trials on TIMIT, IAM and JSB; ours: every variant on "
+        "differs": "Greff et al. ran 5400 random-search trials on TIMIT, IAM and JSB; ours: every variant on "
                 "adding (T = 50) and vowels (char_lm left out of the default for the budget; GreffProtocol(tasks=...) adds it) with 32 units, Adam, 2 learning rates x 3 seeds vmapped, "
                 "300 updates; the best learning rate is picked on the test (char_lm: validation) metric for "
                 "every variant alike.",
-    ),
+    },
 }
 
 
@@ -185,6 +185,7 @@ def train_sweep(task, cell, *, seeds: int, lrs, steps: int, batch_size: int, opt
       ``steps``, ``wall_time``, and ``params`` (the best rate's final params, stacked over seeds).
     """
     import jax
+
     from memcell import tasks
 
     model = tasks.sequence_model(cell, task.output_size, task.readout, backend="auto")
@@ -235,7 +236,7 @@ def _flow_figure(path, runs: dict, task_of: dict) -> dict:
         init = model.init(jax.random.key(0), task.input_size)
         trained = jax.tree.map(lambda x: x[0], run["params"])
         for phase, params, ls in (("init", init, "--"), ("trained", trained, "-")):
-            loss_of_ys = lambda ys, p=params: task.loss(model.head(p, ys, None), batch)[0]
+            loss_of_ys = lambda ys, p=params, t=task, m=model, b=batch: t.loss(m.head(p, ys, None), b)[0]
             g = np.asarray(jacobian.loss_gradient_norms(model.cell, params.rnn, xs, loss_of_ys).mean(0), np.float64)
             lag = np.arange(len(g))[::-1]  # steps between h_t and the loss read at the last step
             ok = g > 0
@@ -257,7 +258,6 @@ def run_protocol(name: str, p: Protocol, out: pathlib.Path) -> dict:
     """Every (cell, T) of ``p``: train, tabulate against the paper's claims, plot."""
     from memcell import tasks
 
-    spec = REPRODUCTIONS[name]
     results, panels, base_lines, flow_runs, flow_tasks = {}, {}, {}, {}, {}
     for T in p.lengths:
         task = tasks.make(p.task, T, n_test=p.n_test)
@@ -326,14 +326,14 @@ def _verdict(claim: str, n_beat: int, n: int, T: int) -> str:
 def _protocol_table(name, p: Protocol, results, metric) -> list[str]:
     spec = REPRODUCTIONS[name]
     lines = [f"Paper: {PAPERS[spec['paper']]}.", "", f"Where ours differs: {spec['differs']}", "",
-             f"Budget: at most {p.steps} updates of batch {p.batch_size}, {p.optimizer} lr "
+             (f"Budget: at most {p.steps} updates of batch {p.batch_size}, {p.optimizer} lr "
              f"{'/'.join(map(str, p.lrs))}{' (best of the sweep)' if len(p.lrs) > 1 else ''}, clip {p.clip_norm}, "
              f"{p.hidden} units, {p.seeds} seed(s), test set of {p.n_test}; 'beats' means final test {metric} "
-             f"< {BEAT_FRACTION} x the baseline; solved: {metric} < the task's threshold.", "",
-             "| cell | T | paper | memcell: final " + metric + " (mean ± std; seeds) | beats baseline | solved | "
-             "first step below baseline x0.9 | updates | wall s | verdict |",
+             f"< {BEAT_FRACTION} x the baseline; solved: {metric} < the task's threshold."), "",
+             ("| cell | T | paper | memcell: final " + metric + " (mean ± std; seeds) | beats baseline | solved | "
+             "first step below baseline x0.9 | updates | wall s | verdict |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for key, r in results.items():
+    for r in results.values():
         claim = spec["claims"].get(r["cell"], "")
         n = len(r["final"])
         base = min(r["baselines"].values())
@@ -405,9 +405,9 @@ def compare_to_vanilla(a: list, b: list, mode: str) -> str:
 def _greff_table(name, g: GreffProtocol, results) -> list[str]:
     spec = REPRODUCTIONS[name]
     lines = [f"Paper: {PAPERS[spec['paper']]}.", "", f"Where ours differs: {spec['differs']}", "",
-             f"Budget: {g.steps} updates of batch {g.batch_size} a run, Adam, lrs {'/'.join(map(str, g.lrs))} "
+             (f"Budget: {g.steps} updates of batch {g.batch_size} a run, Adam, lrs {'/'.join(map(str, g.lrs))} "
              f"(best by mean final metric), {g.seeds} seeds, {g.hidden} units. 'vs vanilla': the difference of "
-             "means against twice its standard error (Welch).", "",
+             "means against twice its standard error (Welch)."), "",
              "| variant | paper (Greff et al.) | " + " | ".join(f"{t}: {results[f'{t}/vanilla']['metric']} "
                                                              f"(mean ± std) | vs vanilla" for t in g.tasks) + " |",
              "|---|---|" + "---|---|" * len(g.tasks)]

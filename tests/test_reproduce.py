@@ -10,7 +10,7 @@ import pytest
 EXPERIMENTS = pathlib.Path(__file__).parent.parent / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 
-import reproduce  # noqa: E402
+import reproduce
 
 
 def test_list_names_every_reproduction_with_its_budget(capsys):
