@@ -85,7 +85,7 @@ PAPERS = {
 REPRODUCTIONS = {
     "adding_arjovsky": {
         "paper": "arjovsky",
-        "protocol": Protocol("adding", (100, 200, 400), ("rnn", "irnn", "lstm"), hidden=128, steps=600,
+        "protocol": Protocol("adding", (100, 200, 400), ("rnn", "irnn", "lstm"), hidden=128, steps=500,
                           batch_size=20, lrs=(1e-3,), seeds=2),
         "quick": Protocol("adding", (10, 60), ("rnn", "lstm"), hidden=32, steps=300, batch_size=20, lrs=(1e-2,),
                        seeds=1, eval_every=100, n_test=200, flow=False),
