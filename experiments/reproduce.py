@@ -85,7 +85,7 @@ PAPERS = {
 REPRODUCTIONS = {
     "adding_arjovsky": {
         "paper": "arjovsky",
-        "protocol": Protocol("adding", (100, 200, 400), ("rnn", "irnn", "lstm"), hidden=128, steps=500,
+        "protocol": Protocol("adding", (100, 400), ("rnn", "irnn", "lstm"), hidden=128, steps=400,
                           batch_size=20, lrs=(1e-3,), seeds=2),
         "quick": Protocol("adding", (10, 60), ("rnn", "lstm"), hidden=32, steps=300, batch_size=20, lrs=(1e-2,),
                        seeds=1, eval_every=100, n_test=200, flow=False),
@@ -111,7 +111,7 @@ REPRODUCTIONS = {
     },
     "copy_arjovsky": {
         "paper": "arjovsky",
-        "protocol": Protocol("copy", (100, 200, 500), ("lstm", "lstm_chrono"), hidden=40, steps=500, batch_size=20,
+        "protocol": Protocol("copy", (100, 200, 500), ("lstm", "lstm_chrono"), hidden=40, steps=400, batch_size=20,
                           lrs=(1e-3,), seeds=1, eval_every=100),
         "quick": Protocol("copy", (10,), ("lstm", "lstm_chrono"), hidden=32, steps=300, batch_size=20, lrs=(1e-2,),
                        seeds=1, n_test=200, flow=False),
