@@ -39,6 +39,8 @@ def test_verdicts_and_the_comparison_to_vanilla():
     assert reproduce._verdict(claim["lstm"], 1, 2, 750) == "disagrees (beats it)"
     assert reproduce._verdict(claim["rnn"], 0, 2, 200) == "agrees"
     assert reproduce._verdict(claim["rnn"], 2, 2, 10) == "-"  # the claim is about T >= 100
+    copy = reproduce.REPRODUCTIONS["copy_arjovsky"]["claims"]["lstm"]
+    assert [reproduce._verdict(copy, 0, 1, T) for T in (100, 200)] == ["not reached (budget)", "agrees"]
     assert reproduce.compare_to_vanilla([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], "min") == "worse"
     assert reproduce.compare_to_vanilla([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], "max") == "better"
     assert reproduce.compare_to_vanilla([1.0, 1.5, 0.5], [1.2, 1.7, 0.7], "min") == "same"
@@ -47,7 +49,7 @@ def test_verdicts_and_the_comparison_to_vanilla():
 
 def test_a_tiny_run_writes_its_json_table_and_figures(tmp_path, monkeypatch):
     tiny = reproduce.Protocol("adding", (6,), ("lstm_chrono",), hidden=4, steps=4, batch_size=4, lrs=(1e-2, 1e-3),
-                              seeds=2, eval_every=2, n_test=16, stop_at_solved=False, flow=True)
+                              seeds=2, eval_every=2, n_test=16, stop_at_solved=False, flow=False)
     spec = dict(reproduce.REPRODUCTIONS["adding_chrono"], protocol=tiny)
     monkeypatch.setitem(reproduce.REPRODUCTIONS, "adding_chrono", spec)
     result = reproduce.main(["--only", "adding_chrono", "--out", str(tmp_path)])
@@ -57,11 +59,10 @@ def test_a_tiny_run_writes_its_json_table_and_figures(tmp_path, monkeypatch):
     assert run["steps"] == 4 and len(run["final"]) == 2 and run["lr"] in (1e-2, 1e-3)
     assert set(run["per_lr"]) == {"0.01", "0.001"} and [h["step"] for h in run["history"]] == [2, 4]
     assert run["final"] == result["adding_chrono"]["runs"]["lstm_chrono/T=6"]["final"]
-    assert set(saved["flow"]) == {"lstm_chrono/init", "lstm_chrono/trained"}
+    assert saved["flow"] == {}  # the flow figure is checked by the slow test (a second compile)
     report = (out / "report.md").read_text()
     assert "| lstm_chrono | 6 | solves T = 750" in report and "Where ours differs:" in report
-    for fig in ("curves.png", "flow.png"):
-        assert (out / fig).stat().st_size > 0 and f"]({fig})" in report
+    assert (out / "curves.png").stat().st_size > 0 and "](curves.png)" in report and not (out / "flow.png").exists()
 
 
 @pytest.mark.slow
@@ -70,6 +71,9 @@ def test_quick_adding_chrono_beats_the_baseline_and_the_default_init(tmp_path):
     chrono, default = runs["lstm_chrono/T=60"], runs["lstm/T=60"]
     assert chrono["n_beat"] == 1 and chrono["mean"] < 0.5 * min(chrono["baselines"].values())
     assert chrono["mean"] < default["mean"]
+    flow = json.loads((tmp_path / "adding_chrono" / "results.json").read_text())["flow"]
+    assert set(flow) == {f"{c}/{phase}" for c in ("lstm_chrono", "lstm") for phase in ("init", "trained")}
+    assert (tmp_path / "adding_chrono" / "flow.png").stat().st_size > 0
 
 
 @pytest.mark.slow
