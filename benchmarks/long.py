@@ -11,7 +11,8 @@ Columns: XLA's temp memory of the compiled step (``memory_analysis().temp_size_i
 not run) and the step time (run, after compiling ahead). The smallest T is timed as the minimum of
 ``--rounds`` interleaved rounds after a warm-up; longer T with a single call each (seconds to
 minutes a call). A config is not run where its temp memory exceeds ``--max-gb`` or 75% of the
-memory available when it would start; at the largest T only ``--long-policies`` are timed, and the
+memory available when it would start; at the largest T only ``--long-policies`` are timed (in
+between, ``--mid-policies``; default all), and the
 loss over every output only up to ``--time-every-up-to``. Written into docs/benchmarks.md between
 the ``long`` markers; the raw numbers go to ``results/long.json``.
 
@@ -64,7 +65,7 @@ def available_bytes() -> float:
         return float("inf")
 
 
-def measure(ts, rounds: int, max_gb: float, long_policies: set, every_up_to: int) -> list[dict]:
+def measure(ts, rounds: int, max_gb: float, mid_policies: set | None, long_policies: set, every_up_to: int) -> list[dict]:
     params = memcell.lstm(H).init(jax.random.key(0), D)
     rows = []
     for T in ts:
@@ -85,8 +86,9 @@ def measure(ts, rounds: int, max_gb: float, long_policies: set, every_up_to: int
         xs = jax.random.normal(jax.random.key(1), (B, T, D))
         runs = {}
         for (loss_on, path, name), (row, fn) in compiled.items():
-            if T == max(ts) and len(ts) > 1 and f"{path}:{name}" not in long_policies:
-                row["why"] = f"timed at T={T} only for {', '.join(sorted(long_policies))} (time budget)"
+            timed = long_policies if T == max(ts) else mid_policies
+            if T > min(ts) and timed is not None and f"{path}:{name}" not in timed:
+                row["why"] = f"timed at T={T:,} only for {', '.join(sorted(timed))} (time budget)"
             elif loss_on == "every" and T > every_up_to:
                 row["why"] = f"the loss over every output is timed up to T={every_up_to} (time budget)"
             elif row["temp"] > max_gb * 1e9:
@@ -170,6 +172,8 @@ def main(argv=None):
     parser.add_argument("--max-gb", type=float, default=16.0, help="run no config whose temp memory exceeds this")
     parser.add_argument("--long-policies", default="fused:none,fused:sqrt,reference:sqrt",
                         help="path:policy pairs timed at the largest T")
+    parser.add_argument("--mid-policies", default="",
+                        help="path:policy pairs timed at the T between the smallest and the largest (default: all)")
     parser.add_argument("--time-every-up-to", type=int, default=1000, help="largest T at which the every-output loss is timed")
     parser.add_argument("--out", default="docs/benchmarks.md", help="markdown file whose section to write ('' to skip)")
     args = parser.parse_args(argv)
@@ -182,7 +186,8 @@ def main(argv=None):
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
     start = time.perf_counter()
-    rows = measure(ts, args.rounds, args.max_gb, set(args.long_policies.split(",")), args.time_every_up_to)
+    mid = set(args.mid_policies.split(",")) if args.mid_policies else None
+    rows = measure(ts, args.rounds, args.max_gb, mid, set(args.long_policies.split(",")), args.time_every_up_to)
     os.makedirs("results", exist_ok=True)
     with open("results/long.json", "w") as f:
         json.dump(rows, f, indent=1)
