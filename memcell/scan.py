@@ -46,8 +46,14 @@ def unroll(
       reverse: read each sequence backwards; with ``lengths`` each starts from its own last real
         step. Outputs stay aligned with the inputs (``ys[..., t, :]`` belongs to ``xs[..., t, :]``).
       unroll: passed to ``jax.lax.scan``.
-      remat: rematerialise each step in the backward pass (``jax.checkpoint``): memory
-        O(T * carry) instead of O(T * activations), for one more forward pass.
+      remat: what the backward pass recomputes instead of keeping (``jax.checkpoint``), for one
+        more forward pass. ``False``: nothing, every step's activations are kept. ``True`` or
+        ``"step"``: each step, keeping every step's carry (O(T) carries). ``"sqrt"``: blocks of
+        k = round(sqrt(T)) steps, keeping one carry a block and one block's activations at a
+        time (O(sqrt(T))). An int k: blocks of k steps. T need not be a multiple of k (the last
+        block is shorter); lengths, resets, reverse and the initial carry work with every policy.
+        The fused path runs its kernel on each block; the parallel path refuses remat. See
+        docs/cells_and_unrolling.md#long-sequences-in-memory for the measured memory and time.
       backend: ``"reference"`` (default) scans ``cell.step`` and is differentiable to any order;
         ``"fused"`` runs ``memcell.fused`` (one input matmul for all steps, hand-written
         first-order backward pass; same values and gradients) and raises a ``ValueError`` for a
@@ -71,6 +77,8 @@ def unroll(
       >>> carry, ys = memcell.unroll(cell, params, xs, lengths=jnp.array([5, 2, 0]))
       >>> bool((ys[1, 2:] == 0).all()), bool((carry.h[2] == 0).all())
       (True, True)
+      >>> long = jnp.ones((100, 2))                        # 10 checkpointed blocks of 10 steps
+      >>> g = jax.grad(lambda p: memcell.unroll(cell, p, long, remat="sqrt")[0].h.sum())(params)
     """
     _checks.check_backend(backend)
     reverse = _checks.check_bool("reverse", reverse)
