@@ -49,6 +49,7 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/modern.py
 	$(PY) benchmarks/practitioner.py
+	$(PY) benchmarks/long.py
 
 # The API reference site, into site/. Strict: a broken link, a missing page or an unresolved
 # reference fails the build.

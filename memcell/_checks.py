@@ -46,6 +46,29 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
+def check_remat(value, name: str = "remat") -> bool | str | int:
+    """A remat policy: ``False`` (none), ``True`` or ``"step"`` (every step, returned as ``"step"``),
+    ``"sqrt"`` (blocks of round(sqrt(T)) steps) or a positive int k (blocks of k steps)."""
+    if isinstance(value, (bool, np.bool_)):
+        return "step" if value else False
+    if isinstance(value, str) and value in ("step", "sqrt"):
+        return value
+    if isinstance(value, (int, np.integer)) and value >= 1:
+        return int(value)
+    shown = repr(value) if type(value) in (int, float) else f"{type(value).__name__} {value!r}"
+    error = ValueError if isinstance(value, (str, int, np.integer)) else TypeError
+    raise error(f"{name} must be a bool, 'step', 'sqrt' or a positive int (steps a checkpointed block), got {shown}")
+
+
+def remat_block(policy, T: int) -> int | None:
+    """The steps a checkpointed block under ``policy`` (``check_remat``'s value) for ``T`` steps;
+    None for no remat, per-step remat or no steps. Never more than T (at least 1)."""
+    if policy is False or policy == "step" or T == 0:
+        return None
+    k = max(1, round(T ** 0.5)) if policy == "sqrt" else policy
+    return max(1, min(k, T))
+
+
 def check_float_dtype(name: str, value, allow_none: bool = False):
     if value is None and allow_none:
         return None

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from memcell import _checks, cudnn, fused, parallel, regularize
+from memcell._remat import blocked_scan
 from memcell._sequence import reverse_within, segment_ends, tree_where
 from memcell.types import Array, Backend, Cell, Layer, Lengths, Outputs, PyTree, Resets, Sequence
 
@@ -26,7 +27,7 @@ def unroll(
     resets: Resets | None = None,
     reverse: bool = False,
     unroll: int | bool = 1,
-    remat: bool = False,
+    remat: bool | str | int = False,
     backend: Backend = "reference",
 ) -> tuple[PyTree, Outputs]:
     """Runs ``cell.step`` over the time axis of ``xs`` with ``jax.lax.scan``.
@@ -45,8 +46,14 @@ def unroll(
       reverse: read each sequence backwards; with ``lengths`` each starts from its own last real
         step. Outputs stay aligned with the inputs (``ys[..., t, :]`` belongs to ``xs[..., t, :]``).
       unroll: passed to ``jax.lax.scan``.
-      remat: rematerialise each step in the backward pass (``jax.checkpoint``): memory
-        O(T * carry) instead of O(T * activations), for one more forward pass.
+      remat: what the backward pass recomputes instead of keeping (``jax.checkpoint``), for one
+        more forward pass. ``False``: nothing, every step's activations are kept. ``True`` or
+        ``"step"``: each step, keeping every step's carry (O(T) carries). ``"sqrt"``: blocks of
+        k = round(sqrt(T)) steps, keeping one carry a block and one block's activations at a
+        time (O(sqrt(T))). An int k: blocks of k steps. T need not be a multiple of k (the last
+        block is shorter); lengths, resets, reverse and the initial carry work with every policy.
+        The fused path runs its kernel on each block; the parallel path refuses remat. See
+        docs/cells_and_unrolling.md#long-sequences-in-memory for the measured memory and time.
       backend: ``"reference"`` (default) scans ``cell.step`` and is differentiable to any order;
         ``"fused"`` runs ``memcell.fused`` (one input matmul for all steps, hand-written
         first-order backward pass; same values and gradients) and raises a ``ValueError`` for a
@@ -70,10 +77,12 @@ def unroll(
       >>> carry, ys = memcell.unroll(cell, params, xs, lengths=jnp.array([5, 2, 0]))
       >>> bool((ys[1, 2:] == 0).all()), bool((carry.h[2] == 0).all())
       (True, True)
+      >>> long = jnp.ones((100, 2))                        # 10 checkpointed blocks of 10 steps
+      >>> g = jax.grad(lambda p: memcell.unroll(cell, p, long, remat="sqrt")[0].h.sum())(params)
     """
     _checks.check_backend(backend)
     reverse = _checks.check_bool("reverse", reverse)
-    remat = _checks.check_bool("remat", remat)
+    remat = _checks.check_remat(remat)
     unroll = _checks.check_unroll(unroll)
     xs = _checks.check_xs(xs, params)
     # A fast path checks the params against the cell when it runs; "auto" tries the parallel path
@@ -100,10 +109,10 @@ def unroll(
     return _reference(cell, params, xs, carry0, lengths, resets, reverse, unroll, remat)
 
 
-def _reference(cell, params, xs, carry0, lengths, resets, reverse: bool, unroll, remat: bool):
+def _reference(cell, params, xs, carry0, lengths, resets, reverse: bool, unroll, remat):
     """The reference path on checked arguments: ``jax.lax.scan`` over ``cell.step``."""
     T = xs.shape[-2]
-    step = jax.checkpoint(cell.step) if remat else cell.step
+    step = jax.checkpoint(cell.step) if remat == "step" else cell.step
 
     scan_reverse = False
     if reverse:
@@ -127,10 +136,20 @@ def _reference(cell, params, xs, carry0, lengths, resets, reverse: bool, unroll,
         new, y = step(params, c_in, jnp.where(ok[..., None], x, jnp.zeros_like(x)))
         return tree_where(ok, new, c), jnp.where(ok[..., None], y, jnp.zeros_like(y))
 
-    time_major = lambda a: None if a is None else jnp.moveaxis(a, -1, 0)  # [*b, T] -> [T, *b]
-    inputs = (jnp.moveaxis(xs, -2, 0), time_major(valid), time_major(resets))
-    carry, ys = jax.lax.scan(body, carry0, inputs, reverse=scan_reverse, unroll=unroll)
-    ys = jnp.moveaxis(ys, 0, -2)
+    flags = lambda a: None if a is None else a[..., None]  # [*b, T] -> [*b, T, 1]: time on -2, as in xs
+
+    def scan(c, inputs):  # inputs [*b, t, .] -> (carry, ys [*b, t, H]); time-major only inside
+        x, ok, reset = (None if a is None else jnp.moveaxis(a, -2, 0) for a in inputs)
+        ok, reset = (None if a is None else a[..., 0] for a in (ok, reset))
+        c, ys = jax.lax.scan(body, c, (x, ok, reset), reverse=scan_reverse, unroll=unroll)
+        return c, jnp.moveaxis(ys, 0, -2)
+
+    inputs = (xs, flags(valid), flags(resets))
+    k = _checks.remat_block(remat, T)
+    if k is None:
+        carry, ys = scan(carry0, inputs)
+    else:  # blocks cut from the batch-major inputs: no time-major copy of all of xs
+        carry, ys = blocked_scan(scan, carry0, inputs, T, k, axis=-2, reverse=scan_reverse)
     if reverse and lengths is not None:
         ys = reverse_within(ys, lengths, axis=-2)
     return carry, ys
@@ -147,7 +166,7 @@ def layer(
     *,
     reverse: bool = False,
     unroll: int | bool = 1,
-    remat: bool = False,
+    remat: bool | str | int = False,
     backend: Backend = "reference",
     dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
@@ -193,7 +212,7 @@ def layer(
     _checks.check_cell(cell)
     _checks.check_backend(backend)
     reverse = _checks.check_bool("reverse", reverse)
-    remat = _checks.check_bool("remat", remat)
+    remat = _checks.check_remat(remat)
     unroll = _checks.check_unroll(unroll)
     dropout = _checks.check_in("dropout", dropout, 0.0, 1.0, hi_open=True)
     recurrent_dropout = _checks.check_in("recurrent_dropout", recurrent_dropout, 0.0, 1.0, hi_open=True)
@@ -263,7 +282,7 @@ def bidirectional(
     *,
     merge: str | Callable[[Array, Array], Array] = "concat",
     unroll: int | bool = 1,
-    remat: bool = False,
+    remat: bool | str | int = False,
     backend: Backend = "reference",
 ) -> Layer:
     """A bidirectional layer: ``forward`` reads each sequence left to right, ``backward`` right
@@ -280,7 +299,7 @@ def bidirectional(
         raise ValueError(f"merge must be one of {sorted(_MERGES)} or a callable, got {merge!r}")
     merge_fn = merge if callable(merge) else _MERGES[merge]
     _checks.check_backend(backend)
-    remat = _checks.check_bool("remat", remat)
+    remat = _checks.check_remat(remat)
     unroll = _checks.check_unroll(unroll)
 
     def init(key, input_size: int) -> DirectionPair:

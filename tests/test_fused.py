@@ -372,7 +372,6 @@ UNSUPPORTED = {
     "no_output_activation": (memcell.lstm(H, output_activation=False), {}),
     "gru_reset_before": (memcell.gru(H, reset_after=False), {}),
     "resets": (memcell.lstm(H), dict(resets=jnp.array([False, False, True, False, False]))),
-    "remat": (memcell.rnn(H), dict(remat=True)),
     "user_cell": (memcell.Cell(memcell.rnn(H).init, memcell.rnn(H).initial_carry, lambda p, c, x: memcell.rnn(H).step(p, c, x)), {}),
 }
 
@@ -388,6 +387,15 @@ def test_unsupported_options_fall_back_with_auto_and_raise_with_fused(case):
     _assert_close(auto, ref, 0, 0)  # the reference path itself, bit for bit
     with pytest.raises(ValueError, match="backend='fused' cannot run"):
         memcell.unroll(cell, params, xs, backend="fused", **kw)
+
+
+def test_remat_runs_on_the_fused_path():
+    """remat was refused here until blocks of steps were checkpointed (tests/test_remat.py has the rest)."""
+    cell = memcell.rnn(H)
+    params = _params(cell)
+    xs = jax.random.normal(jax.random.key(1), (B, 5, D))
+    assert fused.supports(cell, remat=True)
+    _assert_close(memcell.unroll(cell, params, xs, backend="fused", remat=True), memcell.unroll(cell, params, xs), 1e-5, 1e-6)
 
 
 def test_proj_size_is_named_when_the_fused_path_refuses_it():

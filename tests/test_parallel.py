@@ -215,7 +215,7 @@ def test_parallel_refuses_what_it_cannot_run_and_says_why(make, match):
 def test_parallel_refuses_remat_and_bad_chunk_size():
     cell, params = setup("toy")
     xs = jnp.ones((T, D))
-    with pytest.raises(ValueError, match="remat=True"):
+    with pytest.raises(ValueError, match="remat='step' is not implemented by the parallel path"):
         memcell.unroll(cell, params, xs, remat=True, backend="parallel")
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         memcell.parallel.unroll(cell, params, xs, chunk_size=0)

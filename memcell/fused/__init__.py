@@ -17,8 +17,9 @@ only (no jvp, no second derivatives): jacobian studies and higher-order checks u
 reference path.
 
 Options these functions do not implement (peepholes, layer norm, gate ablations, GRU
-``reset_after=False``, packed-sequence resets, remat) raise a ``ValueError`` here, and make
-``memcell.unroll(..., backend="auto")`` fall back to the reference path.
+``reset_after=False``, packed-sequence resets) raise a ``ValueError`` here, and make
+``memcell.unroll(..., backend="auto")`` fall back to the reference path. ``remat`` runs the whole
+kernel on checkpointed blocks of steps (``"sqrt"``, an int k; per-step remat is blocks of one step).
 
 The package, one module a concern: ``tuning`` (the per-platform constants), ``layout`` (layouts,
 blocks of steps, batch groups, the recurrent matmul), ``kinds`` (each cell's step and backward

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from memcell import _numerics
+from memcell._remat import blocked_scan
 from memcell.fused.kinds import Kind
 from memcell.fused.layout import (blocks, cast, groups, mm, per_step, recurrent_matmul, step_mask, to_layout,
                                   transposed_copy, write)
@@ -199,3 +200,15 @@ def _fused_bwd(kind, saved, cotangents):
 
 
 fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def blocked(kind: Kind, w_x, w_h, b_x, b_h, xs, carry0, mask, k: int):
+    """``fused`` over checkpointed blocks of k steps (a tail of T % k steps as one more block).
+
+    Each block runs the whole fused kernel, its input projection included, on its own steps under
+    ``jax.checkpoint``: the forward pass keeps only the carry at each block boundary, and the
+    backward pass reruns one block's forward (with its coefficients) before that block's
+    hand-written backward. Nothing [B, T, G] wide exists at once, not even the projection.
+    """
+    block = lambda c, inp: fused(kind, w_x, w_h, b_x, b_h, inp[0], c, inp[1])
+    return blocked_scan(block, tuple(carry0), (xs, mask), xs.shape[1], k, axis=1)

@@ -15,7 +15,7 @@ __all__ = ["supports", "unroll", "why_not"]
 _LSTM_DEFAULTS = LSTMSpec(step=None)  # the default options: the only LSTM the fused kernel implements
 
 
-def _plan(cell: Cell, *, resets=None, remat: bool = False):
+def _plan(cell: Cell, *, resets=None, remat: bool | str | int = False):
     """``(function, keyword args)`` that runs ``cell`` fused, or a string saying why it cannot.
 
     Only the cell's declared spec decides (see ``memcell.CellSpec``): a cell without one, or whose
@@ -28,8 +28,6 @@ def _plan(cell: Cell, *, resets=None, remat: bool = False):
         return "the cell's spec was made for another step function (its step was wrapped or replaced)"
     if resets is not None:
         return "resets (packed sequences) are not implemented by the fused path"
-    if remat:
-        return "remat=True is not implemented by the fused path"
     if isinstance(spec, LSTMSpec):
         off = sorted(f.name for f in dataclasses.fields(LSTMSpec)
                      if f.name not in ("step", "dtype") and getattr(spec, f.name) != getattr(_LSTM_DEFAULTS, f.name))
@@ -45,13 +43,13 @@ def _plan(cell: Cell, *, resets=None, remat: bool = False):
     return f"no fused path for a cell with a {type(spec).__name__}"
 
 
-def why_not(cell: Cell, *, resets=None, remat: bool = False) -> str | None:
+def why_not(cell: Cell, *, resets=None, remat: bool | str | int = False) -> str | None:
     """Why ``memcell.unroll(cell, ..., backend="fused")`` would refuse these options, or None if it runs."""
     plan = _plan(cell, resets=resets, remat=remat)
     return plan if isinstance(plan, str) else None
 
 
-def supports(cell: Cell, *, resets=None, remat: bool = False) -> bool:
+def supports(cell: Cell, *, resets=None, remat: bool | str | int = False) -> bool:
     """Whether ``memcell.unroll(cell, ..., backend="auto")`` would run the fused path for these options."""
     return why_not(cell, resets=resets, remat=remat) is None
 
@@ -65,7 +63,7 @@ def unroll(
     lengths: Lengths | None = None,
     resets=None,
     reverse: bool = False,
-    remat: bool = False,
+    remat: bool | str | int = False,
     backend: str = "fused",
 ):
     """``memcell.unroll`` on the fused path: what ``memcell.unroll(..., backend=...)`` calls.
@@ -87,4 +85,4 @@ def unroll(
     fn, kwargs = plan
     xs = _checks.check_xs(xs, params)
     _checks.check_params(cell, params, xs.shape[-1])  # the kernel would run any consistent params
-    return fn(params, xs, carry, lengths=lengths, reverse=reverse, **kwargs)
+    return fn(params, xs, carry, lengths=lengths, reverse=reverse, remat=remat, **kwargs)

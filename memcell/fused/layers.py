@@ -6,7 +6,7 @@ from memcell import _checks, _numerics
 from memcell._sequence import flat_batch_size, reverse_within
 from memcell.cells import GRUCarry, GRUParams, LSTMCarry, LSTMParams, RNNCarry, RNNParams
 from memcell.fused import tuning
-from memcell.fused._kernel import fused
+from memcell.fused._kernel import blocked, fused
 from memcell.fused.kinds import Kind, gru_kind, lstm_kind, rnn_kind
 from memcell.fused.layout import feature_axis
 from memcell.types import Cell, Lengths, Outputs, Sequence
@@ -14,9 +14,10 @@ from memcell.types import Cell, Lengths, Outputs, Sequence
 __all__ = ["gru", "lstm", "rnn"]
 
 
-def _run(kind: Kind, params, w_x, w_h, b_x, b_h, xs, carry, lengths, reverse, carry_type, initial_carry):
+def _run(kind: Kind, params, w_x, w_h, b_x, b_h, xs, carry, lengths, reverse, remat, carry_type, initial_carry):
     """Checks the arguments like ``memcell.unroll``, flattens the batch axes and runs the kernel."""
     reverse = _checks.check_bool("reverse", reverse)
+    remat = _checks.check_remat(remat)
     xs = _checks.check_xs(xs, params)
     batch_shape, (T, D) = tuple(xs.shape[:-2]), xs.shape[-2:]
     lengths = _checks.check_lengths(lengths, batch_shape, T)
@@ -39,7 +40,11 @@ def _run(kind: Kind, params, w_x, w_h, b_x, b_h, xs, carry, lengths, reverse, ca
     if T == 0:  # nothing to run; the same answer as the reference's empty scan
         ys = jnp.zeros(batch_shape + (0, H), carry0[0].dtype)
         return carry0, ys
-    carry_T, ys = fused(kind, w_x, w_h, b_x, b_h, flat_x, flat_c, mask)
+    k = 1 if remat == "step" else _checks.remat_block(remat, T)
+    if k is None:
+        carry_T, ys = fused(kind, w_x, w_h, b_x, b_h, flat_x, flat_c, mask)
+    else:
+        carry_T, ys = blocked(kind, w_x, w_h, b_x, b_h, flat_x, flat_c, mask, k)
     ys = ys.reshape(batch_shape + (T, H))
     if reverse:
         ys = jnp.flip(ys, -2) if lengths is None else reverse_within(ys, lengths, axis=-2)
@@ -89,6 +94,7 @@ def lstm(
     *,
     lengths: Lengths | None = None,
     reverse: bool = False,
+    remat: bool | str | int = False,
     dtype=None,
 ) -> tuple[LSTMCarry, Outputs]:
     """The LSTM over a sequence, fused: equal to ``memcell.unroll(memcell.lstm(h, dtype=dtype), ...)``.
@@ -104,6 +110,9 @@ def lstm(
       lengths: ``[*b]`` integers in ``[0, T]``, as in ``memcell.unroll``: padded steps keep the
         carry, output zeros and get zero gradients.
       reverse: read each sequence backwards (from its own last real step with ``lengths``).
+      remat: ``False``, ``"sqrt"`` or an int k, as for ``memcell.unroll``: the kernel runs on
+        checkpointed blocks of k steps (``"sqrt"``: round(sqrt(T))), so the backward pass keeps
+        one carry a block and one block's coefficients instead of every step's.
       dtype: matmul computation dtype, the factory's ``dtype`` (bfloat16 accumulates in float32;
         the carry stays float32).
 
@@ -127,7 +136,7 @@ def lstm(
                        "w_hr": "the output projection (proj_size)"})
     init = lambda p, batch_shape=(): LSTMCarry(*(_numerics.zeros_carry(p.w_h, batch_shape),) * 2)
     return _run(lstm_kind(dtype, **_tuned(H)), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths,
-                reverse, LSTMCarry, init)
+                reverse, remat, LSTMCarry, init)
 
 
 def gru(
@@ -137,6 +146,7 @@ def gru(
     *,
     lengths: Lengths | None = None,
     reverse: bool = False,
+    remat: bool | str | int = False,
     reset_after: bool = True,
     dtype=None,
 ) -> tuple[GRUCarry, Outputs]:
@@ -147,7 +157,7 @@ def gru(
 
     Args:
       params: ``GRUParams`` (``w_x: [d, 3h]``, ``w_h: [h, 3h]``, ``b_x, b_h: [3h]``).
-      xs, carry, lengths, reverse, dtype: as for ``memcell.fused.lstm``.
+      xs, carry, lengths, reverse, remat, dtype: as for ``memcell.fused.lstm``.
       reset_after: must be True; the keyword mirrors the factory's so a mismatch is refused.
 
     Returns:
@@ -168,7 +178,7 @@ def gru(
     H = _check_params("gru", params, GRUParams, 3, ("b_x", "b_h"), {})
     init = lambda p, batch_shape=(): GRUCarry(_numerics.zeros_carry(p.w_h, batch_shape))
     return _run(gru_kind(dtype, **_tuned(H)), params, params.w_x, params.w_h, params.b_x, params.b_h, xs, carry, lengths,
-                reverse, GRUCarry, init)
+                reverse, remat, GRUCarry, init)
 
 
 def rnn(
@@ -178,6 +188,7 @@ def rnn(
     *,
     lengths: Lengths | None = None,
     reverse: bool = False,
+    remat: bool | str | int = False,
     activation: str = "tanh",
     dtype=None,
 ) -> tuple[RNNCarry, Outputs]:
@@ -185,7 +196,7 @@ def rnn(
 
     Args:
       params: ``RNNParams`` (``w_x: [d, h]``, ``w_h: [h, h]``, ``b: [h]``).
-      xs, carry, lengths, reverse, dtype: as for ``memcell.fused.lstm``.
+      xs, carry, lengths, reverse, remat, dtype: as for ``memcell.fused.lstm``.
       activation: ``"tanh"`` or ``"relu"``, as the factory's.
 
     Returns:
@@ -203,4 +214,4 @@ def rnn(
     H = _check_params("rnn", params, RNNParams, 1, ("b",), {})
     init = lambda p, batch_shape=(): RNNCarry(_numerics.zeros_carry(p.w_h, batch_shape))
     return _run(rnn_kind(dtype, activation, **_tuned(H)), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths,
-                reverse, RNNCarry, init)
+                reverse, remat, RNNCarry, init)

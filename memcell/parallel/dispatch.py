@@ -21,7 +21,7 @@ from memcell.types import Cell, Lengths, LinearSpec, PyTree, Sequence
 __all__ = ["supports", "unroll", "why_not"]
 
 
-def _plan(cell: Cell, *, remat: bool = False):
+def _plan(cell: Cell, *, remat: bool | str | int = False):
     """The function that runs ``cell`` in parallel over time, or a string saying why none does."""
     spec = getattr(cell, "spec", None) if isinstance(cell, Cell) else None
     if spec is None:
@@ -29,7 +29,9 @@ def _plan(cell: Cell, *, remat: bool = False):
     if not spec.describes(cell):
         return "the cell's spec was made for another step function (its step was wrapped or replaced)"
     if remat:
-        return "remat=True is not implemented by the parallel path (it keeps only the carries of every step)"
+        return (f"remat={remat!r} is not implemented by the parallel path (it computes every step's coefficients "
+                "at once; checkpointed blocks of steps are not written for it); backend='auto' runs remat on the "
+                "reference path")
     if isinstance(spec, LinearSpec):
         return _linear
     if isinstance(spec, MLSTMSpec):
@@ -37,13 +39,13 @@ def _plan(cell: Cell, *, remat: bool = False):
     return f"no parallel path for a cell with a {type(spec).__name__}: its carry update is not linear in the carry"
 
 
-def why_not(cell: Cell, *, remat: bool = False) -> str | None:
+def why_not(cell: Cell, *, remat: bool | str | int = False) -> str | None:
     """Why ``memcell.unroll(cell, ..., backend="parallel")`` would refuse, or None if it runs."""
     plan = _plan(cell, remat=remat)
     return plan if isinstance(plan, str) else None
 
 
-def supports(cell: Cell, *, remat: bool = False) -> bool:
+def supports(cell: Cell, *, remat: bool | str | int = False) -> bool:
     """Whether ``memcell.unroll(cell, ..., backend="parallel")`` runs for these options (``"auto"``
     runs it where ``memcell.parallel.tuning`` also measured it faster on the platform)."""
     return why_not(cell, remat=remat) is None
@@ -98,7 +100,7 @@ def unroll(
     lengths: Lengths | None = None,
     resets=None,
     reverse: bool = False,
-    remat: bool = False,
+    remat: bool | str | int = False,
     backend: str = "parallel",
     chunk_size: int | None = None,
 ):
