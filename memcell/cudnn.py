@@ -8,7 +8,7 @@ params, same shapes, same ``lengths`` and ``reverse`` semantics, zero outputs pa
 What cuDNN cannot run, and what happens then (``why_not`` says it in words):
 
 - a cell other than the default LSTM (GRU, Elman RNN, any LSTM option: peepholes, layer norm,
-  gate ablations), a cell without a spec, packed-sequence ``resets``, ``remat=True``;
+  gate ablations), a cell without a spec, packed-sequence ``resets``, any ``remat`` policy;
 - dtypes other than float32 (cuDNN's LSTM in JAX is float32 only: no bfloat16, no float64),
   and ``xs`` without time steps;
 - ``jax.vmap`` over the unroll (cuDNN's primitive has no batching rule): use leading batch axes.
@@ -122,7 +122,7 @@ def _under_vmap(x) -> bool:
 
 
 def why_not(cell: Cell, params: PyTree = None, xs: Sequence | None = None, *, resets=None,
-            remat: bool = False) -> str | None:
+            remat: bool | str | int = False) -> str | None:
     """Why ``memcell.unroll(cell, params, xs, ..., backend="cudnn")`` would refuse, or None if it runs.
 
     Args:
@@ -148,7 +148,8 @@ def why_not(cell: Cell, params: PyTree = None, xs: Sequence | None = None, *, re
     if resets is not None:
         return "resets (packed sequences) are not implemented by cuDNN"
     if remat:
-        return "remat=True is not implemented by cuDNN (it keeps its own reserve space)"
+        return (f"remat={remat!r} is not implemented by cuDNN (it keeps its own reserve space); "
+                "the fused path runs every remat policy")
     reason = _dtypes_reason(spec, params, xs)
     if reason is not None:
         return reason
@@ -161,7 +162,7 @@ def why_not(cell: Cell, params: PyTree = None, xs: Sequence | None = None, *, re
 
 
 def supports(cell: Cell, params: PyTree = None, xs: Sequence | None = None, *, resets=None,
-             remat: bool = False) -> bool:
+             remat: bool | str | int = False) -> bool:
     """Whether ``memcell.unroll(..., backend="auto")`` would run cuDNN for these arguments (see ``why_not``)."""
     return why_not(cell, params, xs, resets=resets, remat=remat) is None
 
@@ -175,7 +176,7 @@ def unroll(
     lengths: Lengths | None = None,
     resets=None,
     reverse: bool = False,
-    remat: bool = False,
+    remat: bool | str | int = False,
     backend: str = "cudnn",
 ):
     """``memcell.unroll`` through cuDNN: what ``memcell.unroll(..., backend="cudnn" | "auto")`` calls.

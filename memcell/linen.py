@@ -610,7 +610,7 @@ class Recurrent(nn.Module):
     residual: bool = False
     dropout: float = 0.0
     unroll: int = 1
-    remat: bool = False
+    remat: bool | str | int = False  # a memcell.unroll policy: False, True/"step", "sqrt" or k
     backend: str = "reference"
     input_dropout: float = 0.0
     recurrent_dropout: float = 0.0
