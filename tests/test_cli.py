@@ -143,6 +143,7 @@ def test_a_modern_cell_trains_on_the_parallel_path(tmp_path, capsys):
     assert np.all(np.isfinite(report["final"]["mse"])) and json.loads((out / "config.json").read_text())["cell"] == "lru"
 
 
+@pytest.mark.slow  # 13 s; the options themselves are tested in test_regularize, their flag checks in test_bad_input_exits_2
 def test_practitioner_options_train_and_are_recorded(tmp_path, capsys):
     """A projected LSTM with recurrent dropout, zoneout and a learnt initial carry, through the CLI."""
     out = tmp_path / "lstmp"
@@ -155,6 +156,7 @@ def test_practitioner_options_train_and_are_recorded(tmp_path, capsys):
     assert np.all(np.isfinite(json.loads((out / "report.json").read_text())["final"]["mse"]))
 
 
+@pytest.mark.slow  # 7 s; tasks.sample_text is tested in test_tasks, the flag checks in test_bad_input_exits_2
 def test_char_lm_prints_a_sample(capsys):
     code, stdout, _ = _run_main(["train", "--task", "char_lm", "--length", "20", "--hidden", "16", "--steps", "20",
                                  "--steps-per-call", "20", "--no-progress", "--sample-chars", "30",

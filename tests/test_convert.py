@@ -101,7 +101,8 @@ def test_from_torch_three_layers():
 
 
 # Every mode is a case of its own (a sampled mode could miss one); Hypothesis draws the sizes.
-@pytest.mark.parametrize("mode", list(TORCH))
+# LSTM and GRU here; the two RNN modes (one code path with the activation swapped) with the slow checks.
+@pytest.mark.parametrize("mode", [m if m in ("lstm", "gru") else pytest.param(m, marks=pytest.mark.slow) for m in TORCH])
 @settings(max_examples=3, deadline=None)
 @given(
     d=st.integers(1, 9),

@@ -23,20 +23,31 @@ KINDS = {
 }
 
 
-@pytest.fixture(params=["batch_major", "batch_major_grouped", "feature_major"])
+def _use_layout(name, monkeypatch):
+    """Lower the CPU tuning's thresholds (``memcell.fused.tuning.CPU``) so the H = 8 cells run ``name``."""
+    t = tuning.CPU
+    if name == "feature_major":
+        t = t._replace(feature_major_from_h=1)
+    if name == "batch_major_grouped":
+        t = t._replace(groups_from_h=1, groups_min_b=2)
+    monkeypatch.setitem(tuning.BY_PLATFORM, jax.default_backend(), t)
+    return name
+
+
+# The full grid of the two layouts other than CPU's default runs with the slow checks (make
+# test-slow); make test checks each of them against the reference in
+# test_every_layout_matches_the_reference, with lengths, an initial carry and reverse at once.
+_OTHER_LAYOUTS = ("batch_major_grouped", "feature_major")
+
+
+@pytest.fixture(params=["batch_major", *(pytest.param(n, marks=pytest.mark.slow) for n in _OTHER_LAYOUTS)])
 def layout(request, monkeypatch):
     """Every layout of the fused path, on these small cells, on any platform: the CPU tuning
     (``memcell.fused.tuning.CPU``) with its thresholds lowered so these H = 8 cells take each path.
     From ``feature_major_from_h`` hidden units on it runs feature-major ([h, B] per step); from
     ``groups_from_h`` on (batch-major) each step runs the batch as two independent groups; with
     B = 3 the groups are uneven (2 and 1)."""
-    t = tuning.CPU
-    if request.param == "feature_major":
-        t = t._replace(feature_major_from_h=1)
-    if request.param == "batch_major_grouped":
-        t = t._replace(groups_from_h=1, groups_min_b=2)
-    monkeypatch.setitem(tuning.BY_PLATFORM, jax.default_backend(), t)
-    return request.param
+    return _use_layout(request.param, monkeypatch)
 
 
 def _params(cell, key=0, scale=0.3):
@@ -122,6 +133,21 @@ def test_values_and_gradients_match_reference_float32(kind, option, layout):
     kw = dict(OPTIONS[option])
     carry = _carry(cell, params, (B,)) if kw.pop("carry", False) else None
     kw = {k: (jnp.asarray(v) if k == "lengths" else v) for k, v in kw.items()}
+    got = _value_and_grads(lambda p, x, c: run(p, x, c, **kw), params, xs, carry)
+    want = _value_and_grads(lambda p, x, c: memcell.unroll(cell, p, x, c, **kw), params, xs, carry)
+    _assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("name", _OTHER_LAYOUTS)
+def test_every_layout_matches_the_reference(name, kind, monkeypatch):
+    _use_layout(name, monkeypatch)
+    make, run = KINDS[kind]
+    cell = make()
+    params = _params(cell)
+    xs = jax.random.normal(jax.random.key(1), (B, 7, D))
+    kw = dict(reverse=True, lengths=jnp.array([2, 7, 5]))
+    carry = _carry(cell, params, (B,))
     got = _value_and_grads(lambda p, x, c: run(p, x, c, **kw), params, xs, carry)
     want = _value_and_grads(lambda p, x, c: memcell.unroll(cell, p, x, c, **kw), params, xs, carry)
     _assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -151,7 +151,8 @@ def test_gradient_and_input_norms_match_brute_force(index, name):
     assert lag_norms[0, 0] == pytest.approx(1.0 if norm == "spectral" else math.sqrt(H), rel=1e-6)  # lag 0: identity
 
 
-@pytest.mark.parametrize("name", ["lstm_peephole_ln", "gru"])
+# The peephole + layer-norm LSTM (9 s) runs with the slow checks; the GRU keeps the brute-force check here.
+@pytest.mark.parametrize("name", [pytest.param("lstm_peephole_ln", marks=pytest.mark.slow), "gru"])
 def test_spectra_and_state_jacobians_match_brute_force(name):
     cell, params, xs_b = setup(name, key=1)
     xs = xs_b[0]

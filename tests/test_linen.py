@@ -57,7 +57,12 @@ def _close(a, b, tol=1e-6):
     chex.assert_trees_all_close(a, b, rtol=0, atol=tol)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+# Three of the linear-recurrence wrappers with the slow checks (tests/test_nnx.py runs every cell's
+# one step here too, and test_inside_nn_rnn_with_seq_lengths covers the LRU and RG-LRU wrappers' steps).
+_STEP_SLOW = {"MinLSTM", "RGLRU", "LRU"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _STEP_SLOW else n for n in CELLS])
 def test_one_step_equals_pure_step_bit_for_bit(name):
     mod, cell, to_flax_carry = CELLS[name]
     assert mod.memcell_cell().spec == cell.spec  # the options reach the factory
@@ -74,7 +79,7 @@ def test_one_step_equals_pure_step_bit_for_bit(name):
 
 # These run the wrapper path of a cell kept in make test (MinGRU_log's, SLSTM's) and pass the step
 # test above bit for bit; their nn.RNN runs go to make test-slow to keep make test in budget.
-_RNN_SLOW = {"MinLSTM", "RGLRU", "MLSTM"}
+_RNN_SLOW = {"MinLSTM", "MLSTM", "SLSTM"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _RNN_SLOW else n for n in CELLS])

@@ -47,6 +47,7 @@ def test_verdicts_and_the_comparison_to_vanilla():
     assert reproduce.compare_to_vanilla([1.0], [2.0], "min") == "n/a"
 
 
+@pytest.mark.slow  # 12-19 s (two compiles); the slow quick runs write the same files
 def test_a_tiny_run_writes_its_json_table_and_figures(tmp_path, monkeypatch):
     tiny = reproduce.Protocol("adding", (6,), ("lstm_chrono",), hidden=4, steps=4, batch_size=4, lrs=(1e-2, 1e-3),
                               seeds=2, eval_every=2, n_test=16, stop_at_solved=False, flow=False)

@@ -194,7 +194,8 @@ def test_initial_carry_is_used_and_broadcast(kind):
     assert float(jnp.abs(ys - ys0).max()) > 1e-3
 
 
-@kinds
+# The LSTM here; the GRU and RNN with the slow checks (tests/test_remat.py checks every remat policy on both paths).
+@pytest.mark.parametrize("kind", [k if k == "lstm" else pytest.param(k, marks=pytest.mark.slow) for k in FACTORIES])
 def test_remat_and_unroll_change_nothing(kind):
     cell, params = setup(kind)
     xs = rand((2, 9, D))

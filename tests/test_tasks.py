@@ -496,7 +496,7 @@ SHORT_RUNS = [
 
 # Three tasks learn in seconds in `make test` (a synthetic one, text and speech); the others'
 # short runs go with the slow checks, to keep `make test` within its budget.
-_SHORT_RUNS_FAST = {"adding", "char_lm", "vowels"}
+_SHORT_RUNS_FAST = {"adding"}  # the other science checks run with make test-slow
 
 
 @pytest.mark.parametrize(
