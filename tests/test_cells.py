@@ -65,8 +65,12 @@ def setup(name, seed=0, dtype=jnp.float32, **extra):
 # Option combinations whose known values (NumPy reference) are checked in make test and whose
 # other cell tests, which their single options already pass, run with the slow checks.
 _COMBINATIONS = {"lstm_proj_peephole_ln"}
+# Variants that differ from the LSTM only in their init values run the same step on the random
+# params of `setup`: their shape/vmap/jit/unroll checks run with the slow checks (their init is
+# tested in make test by the init tests).
+_INIT_ONLY = {"lstm_forget_bias0", "lstm_chrono"}
 names = pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in _COMBINATIONS else n for n in CONFIGS]
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in _COMBINATIONS | _INIT_ONLY else n for n in CONFIGS]
 )
 
 
