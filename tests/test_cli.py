@@ -11,19 +11,13 @@ import time
 
 import numpy as np
 import pytest
+from cli_helpers import run_main as _run_main
 
 from memcell import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _run_main(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ----------------------------------------------------------------------------- bad input, exit 2
@@ -114,7 +108,9 @@ def test_train_writes_report_and_mismatched_resume_exits_2(tmp_path, capsys):
 @pytest.mark.slow  # 22 s; test_fused checks the auto dispatch, test_cli's bad-input cases the flag
 def test_backend_auto_trains_like_the_reference(tmp_path, capsys, monkeypatch):
     """``--backend auto`` runs the GRU on the fused path: the same run, up to float32 rounding."""
-    from memcell.fused import layers  # the dispatcher (memcell.fused.dispatch) calls layers.gru
+    from memcell.fused import (
+        layers,  # the dispatcher (memcell.fused.dispatch) calls layers.gru
+    )
 
     calls = {"reference": 0, "auto": 0}
     real_gru = layers.gru

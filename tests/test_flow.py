@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_helpers import run_main as _main
 
 import memcell
 from memcell import cli, plot, tasks, train
@@ -23,13 +24,6 @@ TINY = ["train", "--task", "adding", "--length", "8", "--cell", "lstm", "--hidde
         "--no-progress"]
 
 
-def _main(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _recording_init_states(calls):

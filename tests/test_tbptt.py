@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_helpers import run_main as _main
 
 import memcell
-from memcell import cli, tasks, train
+from memcell import tasks, train
 
 V = 5  # vocabulary of the synthetic streams
 
@@ -184,15 +185,6 @@ def test_refusals_name_the_problem():
     state = train.init_state(0, lambda k: jnp.zeros(2), tx)._replace(stream=train.StreamState(0, jnp.zeros(2)))
     with pytest.raises(TypeError, match=r"loss_fn must return \(loss, \(carry, metrics\)\)"):
         bad(state, None)
-
-
-def _main(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_tbptt_refuses_a_task_without_streams(capsys):
