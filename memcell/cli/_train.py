@@ -1,0 +1,272 @@
+"""``memcell train`` and ``memcell tasks``: the model a command line describes, the multi-host and
+mesh set-up, the run and its report."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+from memcell import cudnn, fused, parallel, tasks
+from memcell.cli._parser import CLASSIC, IDENTITY_KEYS, TASK_NAMES, UsageError
+from memcell.scan import layer as as_layer
+
+
+def check_out(out: str | None, resume: bool) -> pathlib.Path | None:
+    """``--out`` as a writable directory (created), or None; with ``resume`` it must hold checkpoints."""
+    if out is None:
+        if resume:
+            raise UsageError("--resume needs --out (the directory holding the checkpoints)")
+        return None
+    path = pathlib.Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".memcell-write-test-{os.getpid()}"  # one a process: hosts may share --out
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--out {out!r} is not a writable directory: {e.strerror or e}") from None
+    if resume and not (path / "checkpoints").exists():
+        raise UsageError(f"--resume: {out!r} holds no checkpoints to resume from")
+    return path
+
+
+def build(args):
+    """The task and the model a ``train`` command line describes; ``UsageError`` on a bad combination."""
+    import jax.numpy as jnp
+
+    if args.task in ("digits", "permuted_digits", "vowels") and args.length is not None:
+        raise UsageError(f"--length: task {args.task!r} has its length fixed by the data (64 for digits, 7-29 frames for vowels)")
+    if args.task == "temporal_order" and args.length is not None and args.length < 11:
+        raise UsageError(f"--length must be >= 11 for temporal_order, got {args.length}")
+    if args.task == "adding" and args.length is not None and args.length < 2:
+        raise UsageError(f"--length must be >= 2 for adding, got {args.length}")
+    if args.task == "sunspots" and args.length is not None and args.length < 2:
+        raise UsageError(f"--length (the input window) must be >= 2 for sunspots, got {args.length}")
+    if len(args.lr) not in (1, args.seeds):
+        raise UsageError(f"--lr takes one value or one per seed ({args.seeds}), got {len(args.lr)}")
+    if args.clip < 0:
+        raise UsageError(f"--clip must be >= 0, got {args.clip}")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.tbptt and args.task != "char_lm":
+        raise UsageError(f"--tbptt only applies to --task char_lm (the task with long streams), got {args.task!r}")
+    if args.sample_chars and args.task != "char_lm":
+        raise UsageError("--sample-chars only applies to --task char_lm")
+    if args.stop_at_solved and not args.eval_every:
+        raise UsageError("--stop-at-solved needs --eval-every N to check the threshold during training")
+    if args.patience and not args.eval_every:
+        raise UsageError("--patience needs --eval-every N")
+    if args.gradient_flow and args.layers > 1:
+        raise UsageError(f"--gradient-flow needs a single recurrent layer, got --layers {args.layers}")
+    if args.checkpoint_every and args.out is None:
+        raise UsageError("--checkpoint-every needs --out")
+
+    try:
+        task = tasks.make(args.task, args.length)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    options: dict = {}
+    if args.dtype != "float32":
+        options["dtype"] = jnp.dtype(args.dtype)
+    if args.recurrent_init is not None:
+        options["recurrent_init"] = args.recurrent_init
+    if args.recurrent_scale != 1.0:
+        options["recurrent_scale"] = args.recurrent_scale
+    if args.cell not in CLASSIC and ("recurrent_init" in options or "recurrent_scale" in options):
+        raise UsageError(f"--recurrent-init and --recurrent-scale apply to --cell {', '.join(CLASSIC)}, not {args.cell!r}")
+    if args.cell == "lstm":
+        if args.lstm_init == "chrono":
+            options.update(init="chrono", max_timescale=float(max(sequence_length(task), 3)))
+        if args.forget_bias is not None:
+            options["forget_bias"] = args.forget_bias
+        if args.layer_norm:
+            options["layer_norm"] = True
+        if args.proj_size is not None:
+            if args.proj_size >= args.hidden:
+                raise UsageError(f"--proj-size must be < --hidden ({args.hidden}), got {args.proj_size}")
+            options["proj_size"] = args.proj_size
+    else:
+        if args.forget_bias is not None or args.lstm_init != "default" or args.layer_norm or args.proj_size:
+            raise UsageError(f"--forget-bias, --lstm-init, --layer-norm and --proj-size apply to --cell lstm, "
+                             f"not {args.cell!r}")
+    if args.cell == "gru":
+        options["reset_after"] = args.reset_after == "true"
+    elif args.reset_after != "true":
+        raise UsageError(f"--reset-after applies to --cell gru, not {args.cell!r}")
+    cells = [tasks.make_cell(args.cell, args.hidden, **options) for _ in range(args.layers)]
+    why_not = {"fused": fused.why_not, "parallel": parallel.why_not, "cudnn": cudnn.why_not}.get(args.backend)
+    reason = None if why_not is None else why_not(cells[0])
+    if reason is None and args.backend == "cudnn":  # the seeds train under jax.vmap, which cuDNN cannot batch
+        reason = "the seeds train under jax.vmap, which has no cuDNN batching rule in JAX"
+    if reason is not None:
+        raise UsageError(f"--backend {args.backend} cannot run this cell: {reason}; use --backend auto or reference")
+    regularised = dict(recurrent_dropout=args.recurrent_dropout, zoneout=args.zoneout,
+                       learn_initial_carry=args.learn_initial_carry)
+    if any(regularised.values()):  # each cell becomes a memcell.layer with these options
+        if args.gradient_flow:
+            raise UsageError("--gradient-flow measures a bare cell: leave out --recurrent-dropout, --zoneout "
+                             "and --learn-initial-carry")
+        try:
+            cells = [as_layer(c, backend=args.backend, **regularised) for c in cells]
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    model = tasks.sequence_model(cells if args.layers > 1 else cells[0], task.output_size, task.readout,
+                                 backend=args.backend)
+    return task, model
+
+
+def sequence_length(task) -> int:
+    return int(task.test["xs"].shape[1])
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def table(report: dict, task) -> str:
+    # "loss" repeats one of the named metrics (mse, xent) in every task
+    metrics = [m for m in report["final"] if m != "loss"]
+    head = ["seed"] + metrics
+    rows = [[str(s)] + [fmt(float(report["final"][m][i])) for m in metrics] for i, s in enumerate(report["seeds"])]
+    rows.append(["mean"] + [fmt(report["summary"][m]["mean"]) for m in metrics])
+    rows.append(["std"] + [fmt(report["summary"][m]["std"]) for m in metrics])
+    for name, vals in report["baselines"].items():
+        rows.append([f"{name} baseline"] + [fmt(vals.get(m)) for m in metrics])
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows]
+    n = len(report["seeds"])
+    verdict = [f"task {report['task']}: metric {report['metric']} ({task.mode} is better), {report['steps']} steps, "
+               f"stopped: {report['stop_reason']}, {report['wall_time']:.1f} s"]
+    for name, k in report["beats"].items():
+        verdict.append(f"beats the {name} baseline: {k}/{n} seeds")
+    if report["solved_threshold"] is not None:
+        verdict.append(f"solved ({report['metric']} {'<=' if task.mode == 'min' else '>='} {report['solved_threshold']:.4g}): "
+                       f"{report['n_solved']}/{n} seeds")
+    return "\n".join(out + [""] + verdict)
+
+
+def distributed(args) -> None:
+    """Joins a multi-host run when the flags (or JAX_COORDINATOR_ADDRESS) say so; before jax starts."""
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    if any(f is not None for f in flags) and not all(f is not None for f in flags):
+        raise UsageError("--coordinator, --num-processes and --process-id go together: give all three "
+                         f"(or --distributed to detect them), got {args.coordinator}, {args.num_processes}, "
+                         f"{args.process_id}")
+    if args.coordinator is None and not (args.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+        return
+    from memcell import train
+
+    try:
+        train.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(f"multi-host set-up failed: {e}") from None
+
+
+def mesh_of(args):
+    """The mesh of --devices / --mesh (None: one device; every device in a multi-host run)."""
+    import jax
+
+    from memcell import train
+
+    if args.devices is not None and args.mesh is not None:
+        raise UsageError(f"--devices and --mesh exclude each other, got --devices {args.devices} --mesh {args.mesh}")
+    try:
+        if args.mesh is not None:
+            return train.mesh_from_spec(args.mesh)
+        if args.devices is not None:
+            return None if args.devices == 1 and jax.process_count() == 1 else train.make_mesh(data=args.devices)
+        return train.make_mesh(data=jax.device_count()) if jax.process_count() > 1 else None
+    except ValueError as e:
+        raise UsageError(f"--{'mesh' if args.mesh is not None else 'devices'}: {e}") from None
+
+
+def run_config(args, task) -> dict:
+    """What a checkpoint records of its run (and a resumed run or ``flow`` must share)."""
+    config = {k: getattr(args, k) for k in IDENTITY_KEYS}
+    config["length"] = sequence_length(task) if args.length is None else args.length
+    if args.tbptt:  # only when set, so the checkpoints of runs without it keep their config
+        config["tbptt"] = True
+    return config
+
+
+def train_command(args) -> int:
+    distributed(args)
+    mesh = mesh_of(args)
+    from memcell.train import is_main_process
+
+    main_process = is_main_process()
+    out = check_out(args.out, args.resume)
+    task, model = build(args)
+    seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
+    config = run_config(args, task)
+
+    # A resume is written over the run's config.json only once its checkpoint accepted it: a refused
+    # resume (another configuration) must leave the run as it was, for a later resume or `memcell flow`.
+    write_config = out is not None and main_process
+    if write_config and not (args.resume and (out / "config.json").exists()):
+        (out / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    try:
+        report = tasks.train_task(
+            task, model, seeds=seeds, steps=args.steps, batch_size=args.batch_size,
+            learning_rate=args.lr[0] if len(args.lr) == 1 else args.lr, optimizer=args.optimizer,
+            clip_norm=args.clip or None, warmup_steps=args.warmup, decay=args.decay, eval_every=args.eval_every,
+            stop_at_solved=args.stop_at_solved, patience=args.patience, out_dir=out,
+            checkpoint_every=args.checkpoint_every, resume=args.resume, config=config,
+            progress=not args.no_progress, steps_per_call=args.steps_per_call, gradient_flow=args.gradient_flow,
+            mesh=mesh,
+            tbptt=args.tbptt,
+        )
+    except ValueError as e:
+        # Input the loop rejects (a mismatched or corrupted checkpoint, bad sizes): a usage error.
+        raise UsageError(str(e)) from None
+    if write_config:
+        (out / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    state = report.pop("state")
+    report.pop("history")
+    text = None
+    if args.sample_chars:
+        import jax
+
+        from memcell.tasks import sample_text
+
+        params0 = jax.tree.map(lambda x: x[0], state.params)
+        text = sample_text(task, model, params0, jax.random.key(args.seed_offset), prompt=args.prompt,
+                           length=args.sample_chars, temperature=args.temperature, top_k=args.top_k)
+        report["sample"] = text
+    if not main_process:  # process 0 alone writes and prints the report
+        return 0
+    if out is not None:
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        from memcell import plot  # lazily: matplotlib is only needed here
+
+        png = plot.learning_curves(out)
+        (out / "report.md").write_text(table(report, task) + f"\n\n![learning curves]({png.name})\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(table(report, task))
+        if text is not None:
+            print(f"\nsample of seed {seeds[0]} (temperature {args.temperature}):\n{args.prompt}{text}")
+    return 0
+
+
+def tasks_command() -> int:
+
+    for name in TASK_NAMES:
+        try:
+            task = tasks.make(name)
+        except ImportError as e:
+            print(f"{name}: unavailable ({e})")
+            continue
+        base = "; ".join(f"{b}: " + ", ".join(f"{m} {v:.4g}" for m, v in vals.items()) for b, vals in task.baselines.items())
+        solved = "" if task.solved is None else f", solved at {task.metric} {task.solved:.4g}"
+        print(f"{name}: metric {task.metric} ({task.mode}){solved}; baselines {base}")
+    return 0
