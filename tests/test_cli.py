@@ -42,6 +42,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
         (["train", "--task", "adding", "--sample-chars", "10"], "--sample-chars only applies to --task char_lm"),
         (["train", "--task", "char_lm", "--top-k", "0"], "--top-k must be >= 1, got 0"),
         (["train", "--task", "adding", "--layers", "2", "--gradient-flow"], "--gradient-flow needs a single recurrent layer"),
+        (["train", "--task", "adding", "--cell", "mlstm", "--hidden", "4", "--gradient-flow"],
+         "--gradient-flow cannot measure --cell mlstm"),
         (["train", "--task", "adding", "--backend", "fast"], "invalid choice: 'fast'"),
         (["train", "--task", "adding", "--layer-norm", "--backend", "fused"],
          "--backend fused cannot run this cell: the fused LSTM implements the default cell only"),

@@ -115,6 +115,12 @@ def build(args):
             raise UsageError(str(e)) from None
     model = tasks.sequence_model(cells if args.layers > 1 else cells[0], task.output_size, task.readout,
                                  backend=args.backend)
+    if args.gradient_flow:
+        try:
+            tasks.gradient_flow_fn(task, model)
+        except ValueError as e:
+            raise UsageError(f"--gradient-flow cannot measure --cell {args.cell} (it reads dL/dh of the cell's hidden "
+                             f"state): {e}; after training, `memcell flow RUN_DIR --wrt input` measures any model") from None
     return task, model
 
 

@@ -229,6 +229,9 @@ def gradient_flow_fn(task: Task, model: Model, n: int = 32) -> Callable:
         return {"grad_h_first": g[0], "grad_h_max": peak,
                 "grad_flow_log10": jnp.log10(jnp.maximum(g[0], 1e-38) / jnp.maximum(peak, 1e-38))}
 
+    # Traced once here (shapes only), so a cell the measure cannot read (the mLSTM's carry has no
+    # hidden state h) is refused before training, not at the first evaluation after it.
+    jax.eval_shape(flow, jax.eval_shape(lambda k: model.init(k, task.input_size), jax.random.key(0)))
     return flow
 
 
