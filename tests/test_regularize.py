@@ -79,8 +79,9 @@ def test_recurrent_dropout_is_one_mask_for_all_steps(kind):
             carry = carry._replace(h=y)
             ref.append(y)
     close(ys, jnp.asarray(np.stack(ref), jnp.float32))
-    # keys matter: the same key gives the same masks, another key others
-    chex.assert_trees_all_equal(lyr.apply(params, xs, key=key)[1], ys)
+    # keys matter: the same key gives the same masks, another key others (the call here and the
+    # traced one under jax.vjp are two programs: equal to float32 rounding, not bit for bit)
+    np.testing.assert_allclose(lyr.apply(params, xs, key=key)[1], ys, rtol=1e-6, atol=1e-6)
     assert not np.allclose(lyr.apply(params, xs, key=jax.random.key(4))[1], ys)
 
 
