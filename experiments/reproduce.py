@@ -460,7 +460,7 @@ def _write(out: pathlib.Path, name: str, protocol: dict, lines: list[str], resul
 
 
 def run(name: str, *, quick: bool = False, out="results/reproduce", steps: int | None = None,
-        seeds: int | None = None) -> dict:
+        seeds: int | None = None, lengths: tuple[int, ...] | None = None, eval_every: int | None = None) -> dict:
     """Runs one reproduction; writes ``out/name/{results.json, report.md, *.png}``.
 
     Args:
@@ -468,6 +468,8 @@ def run(name: str, *, quick: bool = False, out="results/reproduce", steps: int |
       quick: the short version (minutes; what the slow tests run).
       out: the parent folder.
       steps, seeds: override the protocol's updates and seeds.
+      lengths, eval_every: override the sequence lengths and the evaluation interval (not for
+        ``greff_variants``, whose lengths are per task).
 
     Returns:
       The results written to ``results.json``.
@@ -476,9 +478,16 @@ def run(name: str, *, quick: bool = False, out="results/reproduce", steps: int |
         raise ValueError(f"name must be one of {sorted(REPRODUCTIONS)}, got {name!r}")
     spec = REPRODUCTIONS[name]
     p = spec["quick" if quick else "protocol"]
-    changes = {k: v for k, v in (("steps", steps), ("seeds", seeds)) if v is not None}
+    changes = {k: v for k, v in (("steps", steps), ("seeds", seeds), ("eval_every", eval_every)) if v is not None}
+    if lengths is not None:
+        lengths = tuple(lengths)
+        if not lengths or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in lengths):
+            raise ValueError(f"lengths must be positive ints, got {lengths!r}")
+        if isinstance(p, GreffProtocol):
+            raise ValueError(f"lengths cannot be overridden for {name!r} (its lengths are per task)")
+        changes["lengths"] = lengths
     for k, v in changes.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if k != "lengths" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{k} must be a positive int, got {v!r}")
     p = dataclasses.replace(p, **changes)
     target = pathlib.Path(out) / name
@@ -511,6 +520,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="results/reproduce", help="parent folder of the NAME/ folders")
     ap.add_argument("--steps", type=int, default=None, help="override the updates of every run")
     ap.add_argument("--seeds", type=int, default=None, help="override the seeds of every run")
+    ap.add_argument("--lengths", default="", help="comma-separated sequence lengths (override the protocol's)")
+    ap.add_argument("--eval-every", type=int, default=None, help="override the evaluation interval")
     return ap
 
 
@@ -524,11 +535,16 @@ def main(argv=None) -> dict:
     unknown = [n for n in names if n not in REPRODUCTIONS]
     if unknown:
         raise SystemExit(f"--only must name reproductions among {list(REPRODUCTIONS)}, got {unknown}")
-    for k in ("steps", "seeds"):
+    for k in ("steps", "seeds", "eval_every"):
         v = getattr(args, k)
         if v is not None and v < 1:
-            raise SystemExit(f"--{k} must be a positive int, got {v}")
-    return {n: run(n, quick=args.quick, out=args.out, steps=args.steps, seeds=args.seeds) for n in names}
+            raise SystemExit(f"--{k.replace('_', '-')} must be a positive int, got {v}")
+    try:
+        lengths = tuple(int(x) for x in args.lengths.split(",") if x) or None
+    except ValueError:
+        raise SystemExit(f"--lengths must be comma-separated ints, got {args.lengths!r}") from None
+    return {n: run(n, quick=args.quick, out=args.out, steps=args.steps, seeds=args.seeds, lengths=lengths,
+                   eval_every=args.eval_every) for n in names}
 
 
 if __name__ == "__main__":

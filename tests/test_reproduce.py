@@ -30,6 +30,14 @@ def test_bad_arguments_name_the_argument_and_the_value():
         reproduce.run("adding")
     with pytest.raises(ValueError, match="seeds must be a positive int, got -1"):
         reproduce.run("adding_chrono", seeds=-1)
+    with pytest.raises(SystemExit, match="--lengths must be comma-separated ints, got '750,x'"):
+        reproduce.main(["--only", "adding_chrono", "--lengths", "750,x"])
+    with pytest.raises(SystemExit, match="--eval-every must be a positive int, got 0"):
+        reproduce.main(["--only", "adding_chrono", "--eval-every", "0"])
+    with pytest.raises(ValueError, match=r"lengths must be positive ints, got \(750, 0\)"):
+        reproduce.run("adding_chrono", lengths=(750, 0))
+    with pytest.raises(ValueError, match="lengths cannot be overridden for 'greff_variants'"):
+        reproduce.run("greff_variants", lengths=(50,))
 
 
 def test_verdicts_and_the_comparison_to_vanilla():
