@@ -3,6 +3,7 @@ RUN_DIR`` (gradient norm against lag, initial vs trained params), and the pieces
 (``memcell.plot``, ``tasks.gradient_norms_by_lag``, ``train.load_checkpoint``)."""
 
 import contextlib
+import inspect
 import io
 import json
 import math
@@ -151,6 +152,13 @@ def test_flow_rebuilds_the_whole_state_train_task_starts_from(argv, tmp_path, mo
     else:
         assert by_flow.stream is None
         np.testing.assert_allclose(train.learning_rate(by_flow.opt_state), [1e-2, 3e-3], rtol=1e-6)
+
+
+def test_initial_states_takes_train_tasks_arguments_and_defaults():
+    # tasks.initial_states(task, model, **kw) starts where train_task(task, model, **kw) starts
+    start = inspect.signature(tasks.initial_states).parameters
+    run = inspect.signature(tasks.train_task).parameters
+    assert [(n, p.kind, p.default) for n, p in start.items()] == [(n, run[n].kind, run[n].default) for n in start]
 
 
 def test_flow_prints_a_table_of_both_seeds(run):
