@@ -28,21 +28,17 @@ around it (packing, lengths, reverse, carries, gradients) by running
 ``jax.experimental.rnn.lstm_ref``, JAX's reference of the same flat-weight LSTM, in its place.
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from jax.experimental import rnn as jax_rnn
 
-from memcell import _checks
+from memcell import _checks, _dispatch
 from memcell._sequence import flat_batch_size, reverse_within
 from memcell.cells import LSTMCarry, LSTMParams, LSTMSpec
 from memcell.types import Array, Cell, Lengths, PyTree, Sequence
 
 __all__ = ["pack", "supports", "unpack", "unroll", "why_not"]
 
-_LSTM_DEFAULTS = LSTMSpec(step=None)  # the default options: the only LSTM cuDNN computes
-_OPTIONS = tuple(f.name for f in dataclasses.fields(LSTMSpec) if f.name not in ("step", "dtype"))
 
 
 def pack(directions) -> Array:
@@ -135,14 +131,13 @@ def why_not(cell: Cell, params: PyTree = None, xs: Sequence | None = None, *, re
       A sentence saying why, or None. The platform is checked last: off a GPU the reason is
       ``"cuDNN needs a GPU: jax.default_backend() is 'cpu'"``.
     """
-    spec = getattr(cell, "spec", None) if isinstance(cell, Cell) else None
-    if spec is None:
-        return "the cell declares no fast path (only a default memcell.lstm runs on cuDNN)"
-    if not spec.describes(cell):
-        return "the cell's spec was made for another step function (its step was wrapped or replaced)"
+    spec, reason = _dispatch.declared_spec(
+        cell, "the cell declares no fast path (only a default memcell.lstm runs on cuDNN)")
+    if reason is not None:
+        return reason
     if not isinstance(spec, LSTMSpec):
         return f"cuDNN runs the default LSTM only, this cell has a {type(spec).__name__}"
-    off = sorted(name for name in _OPTIONS if getattr(spec, name) != getattr(_LSTM_DEFAULTS, name))
+    off = _dispatch.options_set(spec, LSTMSpec)  # cuDNN computes the default LSTM only
     if off:
         return f"cuDNN runs the default LSTM only, this one sets {', '.join(off)}"
     if resets is not None:

@@ -3,6 +3,7 @@ RUN_DIR`` (gradient norm against lag, initial vs trained params), and the pieces
 (``memcell.plot``, ``tasks.gradient_norms_by_lag``, ``train.load_checkpoint``)."""
 
 import contextlib
+import inspect
 import io
 import json
 import math
@@ -107,6 +108,57 @@ def test_flow_starts_from_the_params_train_started_from(run):
     _, (made_by_train, made_by_flow), _ = run
     for a, b in zip(jax.tree.leaves(made_by_train.params), jax.tree.leaves(made_by_flow.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+class _Started(Exception):
+    """Stops a command where it has its initial states, so nothing trains."""
+
+
+def _stop_with(calls, position):
+    def stop(*args, **kwargs):
+        calls.append(args[position])
+        raise _Started
+
+    return stop
+
+
+def _arrays(states):
+    return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+            for x in jax.tree.leaves(states)]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--task", "adding", "--length", "4", "--cell", "gru", "--hidden", "4", "--seeds", "2", "--lr", "1e-2", "3e-3",
+     "--clip", "0", "--warmup", "2", "--decay", "--optimizer", "sgd"],
+    ["--task", "char_lm", "--tbptt", "--length", "6", "--hidden", "4", "--batch-size", "3", "--seed-offset", "5"],
+], ids=["adding-two-rates-no-clip", "char_lm-tbptt"])
+def test_flow_rebuilds_the_whole_state_train_task_starts_from(argv, tmp_path, monkeypatch):
+    # train_task's states as fit receives them, and flow's as load_checkpoint receives them: params,
+    # optimizer state (per-seed rates, no clipping), keys and, for truncated BPTT, the streams.
+    calls = []
+    monkeypatch.setattr(train, "fit", _stop_with(calls, 1))
+    monkeypatch.setattr(train, "load_checkpoint", _stop_with(calls, 1))
+    with pytest.raises(_Started):
+        cli.main(["train", *argv, "--steps", "7", "--no-progress", "--out", str(tmp_path)])
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(_Started):
+        cli.main(["flow", str(tmp_path)])
+    by_train, by_flow = calls
+    assert jax.tree.structure(by_flow) == jax.tree.structure(by_train)
+    for a, b in zip(_arrays(by_train), _arrays(by_flow)):
+        np.testing.assert_array_equal(a, b)
+    if "--tbptt" in argv:
+        assert by_flow.stream.cursor.shape == (1, 3)
+    else:
+        assert by_flow.stream is None
+        np.testing.assert_allclose(train.learning_rate(by_flow.opt_state), [1e-2, 3e-3], rtol=1e-6)
+
+
+def test_initial_states_takes_train_tasks_arguments_and_defaults():
+    # tasks.initial_states(task, model, **kw) starts where train_task(task, model, **kw) starts
+    start = inspect.signature(tasks.initial_states).parameters
+    run = inspect.signature(tasks.train_task).parameters
+    assert [(n, p.kind, p.default) for n, p in start.items()] == [(n, run[n].kind, run[n].default) for n in start]
 
 
 def test_flow_prints_a_table_of_both_seeds(run):

@@ -137,3 +137,18 @@ def test_the_step_carries_no_attribute_for_the_fast_path():
     """Nothing about the fast path hides in function attributes, which wrappers copy."""
     for factory in FACTORIES.values():
         assert not hasattr(factory(H).step, "spec")
+
+
+def test_every_fast_path_reads_the_spec_by_the_same_rule():
+    # fused, parallel and cuDNN: the same sentence for a replaced step, their own for a cell
+    # without a spec, and the same LSTM options named (dtype is not an option)
+    stale = "the cell's spec was made for another step function (its step was wrapped or replaced)"
+    lstm, mingru = memcell.lstm(H), memcell.mingru(H)
+    assert fused.why_not(_replaced(lstm)) == memcell.cudnn.why_not(_replaced(lstm)) == stale
+    assert memcell.parallel.why_not(_replaced(mingru)) == stale
+    plain = memcell.Cell(lstm.init, lstm.initial_carry, lstm.step)
+    for path in (fused, memcell.parallel, memcell.cudnn):
+        assert path.why_not(plain).startswith("the cell declares no "), path.__name__
+    options = memcell.lstm(H, peephole=True, cifg=True, dtype=jnp.bfloat16)
+    assert fused.why_not(options) == "the fused LSTM implements the default cell only, this one sets cifg, peephole"
+    assert memcell.cudnn.why_not(options) == "cuDNN runs the default LSTM only, this one sets cifg, peephole"

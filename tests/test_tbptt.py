@@ -187,6 +187,19 @@ def test_refusals_name_the_problem():
         bad(state, None)
 
 
+def test_with_stream_takes_the_samplers_first_cursor_or_makes_it():
+    task, model = _task(_streams(40)), tasks.sequence_model(memcell.rnn(3), V, "all")
+    states = train.init_states([0, 1], lambda k: model.init(k, V), train.optimizer(1e-2))
+    _, cursor = tasks.stream_sampler(task.stream, 3, 4)
+    made, given = tasks.with_stream(task, model, states, 3), tasks.with_stream(task, model, states, 3, cursor=cursor + 1)
+    np.testing.assert_array_equal(made.stream.cursor, np.zeros((2, 3)))
+    np.testing.assert_array_equal(given.stream.cursor, np.ones((2, 3)))  # the cursor given, one a model
+    for a, b in zip(jax.tree.leaves(made.stream.carry), jax.tree.leaves(given.stream.carry)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"cursor must have shape \(batch_size,\) = \(3,\), got \(2,\)"):
+        tasks.with_stream(task, model, states, 3, cursor=jnp.zeros(2, jnp.int32))
+
+
 def test_cli_tbptt_refuses_a_task_without_streams(capsys):
     code, _, err = _main(["train", "--task", "adding", "--tbptt", "--steps", "1"], capsys)
     assert code == 2 and "--tbptt only applies to --task char_lm" in err, err

@@ -38,13 +38,14 @@ def load_run(run_dir: str):
 
 
 def initial_states(args, task, model, seeds):
-    """The states ``train`` started from: ``tasks.train_task``'s optimizer and ``init_states``."""
-    from memcell import train
-
-    tx = train.optimizer(args.lr[0], name=args.optimizer, clip_norm=args.clip or None, warmup_steps=args.warmup,
-                         decay_steps=args.steps if args.decay else None)
-    lrs = None if len(args.lr) == 1 else args.lr
-    return train.init_states(seeds, lambda k: model.init(k, task.input_size), tx, learning_rates=lrs)
+    """The states ``train`` started from: ``tasks.initial_states`` of the run's arguments, mapped
+    as ``train`` maps them for ``tasks.train_task`` (a truncated-BPTT run's states hold its streams)."""
+    _, states = tasks.initial_states(
+        task, model, seeds=seeds, steps=args.steps, batch_size=args.batch_size,
+        learning_rate=args.lr[0] if len(args.lr) == 1 else args.lr, optimizer=args.optimizer,
+        clip_norm=args.clip or None, warmup_steps=args.warmup, decay=args.decay,
+        tbptt=getattr(args, "tbptt", False))
+    return states
 
 
 def flow_wrt(wrt: str, task, model, params) -> str:
@@ -89,8 +90,6 @@ def flow_command(args) -> int:
     config = run_config(run_args, task)
     seeds = list(range(run_args.seed_offset, run_args.seed_offset + run_args.seeds))
     initial = initial_states(run_args, task, model, seeds)
-    if getattr(run_args, "tbptt", False):  # a truncated-BPTT run's state holds its streams too
-        initial = tasks.with_stream(task, model, initial, run_args.batch_size)
     try:
         trained = train.load_checkpoint(run_dir / "checkpoints", initial, config=config)
     except ValueError as e:  # no checkpoint, or one of another model or config

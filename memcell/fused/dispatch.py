@@ -3,16 +3,13 @@
 Only the cell's declared spec decides (see ``memcell.CellSpec``), never attributes of its functions.
 """
 
-import dataclasses
-
-from memcell import _checks
+from memcell import _checks, _dispatch
 from memcell.cells import GRUSpec, LSTMSpec, RNNSpec
 from memcell.fused import layers
 from memcell.types import Cell, Lengths, PyTree, Sequence
 
 __all__ = ["supports", "unroll", "why_not"]
 
-_LSTM_DEFAULTS = LSTMSpec(step=None)  # the default options: the only LSTM the fused kernel implements
 
 
 def _plan(cell: Cell, *, resets=None, remat: bool | str | int = False):
@@ -21,16 +18,14 @@ def _plan(cell: Cell, *, resets=None, remat: bool | str | int = False):
     Only the cell's declared spec decides (see ``memcell.CellSpec``): a cell without one, or whose
     spec was made for another step function (a wrapped, partial or replaced step), runs the reference.
     """
-    spec = getattr(cell, "spec", None) if isinstance(cell, Cell) else None
-    if spec is None:
-        return "the cell declares no fast path (only memcell.lstm, memcell.gru and memcell.rnn cells do)"
-    if not spec.describes(cell):
-        return "the cell's spec was made for another step function (its step was wrapped or replaced)"
+    spec, reason = _dispatch.declared_spec(
+        cell, "the cell declares no fast path (only memcell.lstm, memcell.gru and memcell.rnn cells do)")
+    if reason is not None:
+        return reason
     if resets is not None:
         return "resets (packed sequences) are not implemented by the fused path"
     if isinstance(spec, LSTMSpec):
-        off = sorted(f.name for f in dataclasses.fields(LSTMSpec)
-                     if f.name not in ("step", "dtype") and getattr(spec, f.name) != getattr(_LSTM_DEFAULTS, f.name))
+        off = _dispatch.options_set(spec, LSTMSpec)  # the fused kernel implements the default LSTM only
         if off:
             return f"the fused LSTM implements the default cell only, this one sets {', '.join(off)}"
         return layers.lstm, dict(dtype=spec.dtype)

@@ -11,7 +11,7 @@ give what the reference path gives.
 import jax
 import jax.numpy as jnp
 
-from memcell import _checks
+from memcell import _checks, _dispatch
 from memcell._sequence import reverse_within, segment_ends
 from memcell.cells.xlstm import MLSTMSpec
 from memcell.parallel import mlstm, tuning
@@ -23,11 +23,10 @@ __all__ = ["supports", "unroll", "why_not"]
 
 def _plan(cell: Cell, *, remat: bool | str | int = False):
     """The function that runs ``cell`` in parallel over time, or a string saying why none does."""
-    spec = getattr(cell, "spec", None) if isinstance(cell, Cell) else None
-    if spec is None:
-        return "the cell declares no parallel path (only cells whose carry update is linear in the carry do)"
-    if not spec.describes(cell):
-        return "the cell's spec was made for another step function (its step was wrapped or replaced)"
+    spec, reason = _dispatch.declared_spec(
+        cell, "the cell declares no parallel path (only cells whose carry update is linear in the carry do)")
+    if reason is not None:
+        return reason
     if remat:
         return (f"remat={remat!r} is not implemented by the parallel path (it computes every step's coefficients "
                 "at once; checkpointed blocks of steps are not written for it); backend='auto' runs remat on the "

@@ -11,6 +11,7 @@ from typing import Callable, NamedTuple, Sequence as SequenceOf
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from memcell import train as _train
 from memcell.cells import gru, lru, lstm, mingru, minlstm, mlstm, rglru, rnn, slstm
@@ -349,19 +350,11 @@ def train_task(
       ``state`` (the final vmapped ``TrainState``).
     """
     seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed, got none")
-    if model.readout != task.readout:
-        raise ValueError(f"the model's readout must be {task.readout!r} for task {task.name!r}")
-    lrs = None if isinstance(learning_rate, (int, float)) else [float(x) for x in learning_rate]
-    peak = float(learning_rate) if lrs is None else lrs[0]
-    tx = _train.optimizer(peak, name=optimizer, clip_norm=clip_norm, warmup_steps=warmup_steps,
-                          decay_steps=steps if decay else None)
-    if tbptt and task.stream is None:
-        raise ValueError(f"tbptt needs a task with long streams (char_lm), got task {task.name!r}")
-    states = _train.init_states(seeds, lambda k: model.init(k, task.input_size), tx, learning_rates=lrs)
+    tx, states, sample = _start(task, model, seeds=seeds, steps=steps, batch_size=batch_size,
+                                learning_rate=learning_rate, optimizer=optimizer, clip_norm=clip_norm,
+                                warmup_steps=warmup_steps, decay=decay, tbptt=tbptt)
     if tbptt:
-        states, step, sample, evaluate = _tbptt(task, model, tx, states, batch_size, gradient_flow)
+        step, evaluate = _tbptt(task, model, tx, gradient_flow)
     else:
         step = _train.make_train_step(loss_fn(task, model), tx)
         sample = lambda key: task.sample(key, batch_size)
@@ -380,9 +373,78 @@ def train_task(
     return _report(task, seeds, result)
 
 
-def with_stream(task: Task, model: Model, states: _train.TrainState, batch_size: int) -> _train.TrainState:
+def initial_states(
+    task: Task,
+    model: Model,
+    *,
+    seeds: SequenceOf[int] = (0,),
+    steps: int = 1000,
+    batch_size: int = 32,
+    learning_rate: float | SequenceOf[float] = 1e-3,
+    optimizer: str = "adam",
+    clip_norm: float | None = 1.0,
+    warmup_steps: int = 0,
+    decay: bool = False,
+    tbptt: bool = False,
+) -> tuple[optax.GradientTransformation, _train.TrainState]:
+    """The optimizer and the states ``train_task`` starts from, for the same arguments.
+
+    ``train_task`` builds its start with this very code, so a run's initial state can be made
+    again from its arguments alone (``memcell flow`` measures the params a run started from).
+
+    Args:
+      task, model: the task and a ``sequence_model`` whose readout matches ``task.readout``.
+      seeds: one model a seed, stacked on a leading axis (``memcell.train.init_states``).
+      steps: the run's updates (the end of the cosine decay, with ``decay``).
+      batch_size: rows of the streams (only read with ``tbptt``).
+      learning_rate, optimizer, clip_norm, warmup_steps, decay, tbptt: as for ``train_task``.
+
+    Returns:
+      ``(tx, states)``: the ``memcell.train.optimizer`` and the stacked ``TrainState``s, with
+      the stream state (``with_stream``) for ``tbptt``.
+
+    Example:
+      >>> import memcell
+      >>> from memcell import tasks
+      >>> task = tasks.make("adding", length=8)
+      >>> model = tasks.sequence_model(memcell.lstm(4), task.output_size, task.readout)
+      >>> tx, states = tasks.initial_states(task, model, seeds=[0, 1], steps=100, decay=True)
+      >>> states.step.tolist(), states.stream is None  # two models at step 0; no streams without tbptt
+      ([0, 0], True)
+    """
+    tx, states, _ = _start(task, model, seeds=seeds, steps=steps, batch_size=batch_size,
+                           learning_rate=learning_rate, optimizer=optimizer, clip_norm=clip_norm,
+                           warmup_steps=warmup_steps, decay=decay, tbptt=tbptt)
+    return tx, states
+
+
+def _start(task: Task, model: Model, *, seeds, steps, batch_size, learning_rate, optimizer, clip_norm,
+           warmup_steps, decay, tbptt):
+    """``initial_states`` and, for ``tbptt``, the stream sampler whose first cursor the states hold
+    (built once for both); None without ``tbptt``."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, got none")
+    if model.readout != task.readout:
+        raise ValueError(f"the model's readout must be {task.readout!r} for task {task.name!r}")
+    lrs = None if isinstance(learning_rate, (int, float)) else [float(x) for x in learning_rate]
+    peak = float(learning_rate) if lrs is None else lrs[0]
+    tx = _train.optimizer(peak, name=optimizer, clip_norm=clip_norm, warmup_steps=warmup_steps,
+                          decay_steps=steps if decay else None)
+    if tbptt and task.stream is None:
+        raise ValueError(f"tbptt needs a task with long streams (char_lm), got task {task.name!r}")
+    states = _train.init_states(seeds, lambda k: model.init(k, task.input_size), tx, learning_rates=lrs)
+    sample = None
+    if tbptt:
+        sample, cursor = stream_sampler(task.stream, batch_size, task.info["length"])
+        states = with_stream(task, model, states, batch_size, cursor=cursor)
+    return tx, states, sample
+
+
+def with_stream(task: Task, model: Model, states: _train.TrainState, batch_size: int, *,
+                cursor: Array | None = None) -> _train.TrainState:
     """``states`` (from ``init_states``) with the stream state ``train_task(..., tbptt=True)`` starts
-    from: every row at its first position, zero carries. ``memcell flow`` rebuilds a truncated-BPTT
+    from: every row at its first position, zero carries. ``initial_states`` builds a truncated-BPTT
     run's initial state with it.
 
     Args:
@@ -390,29 +452,32 @@ def with_stream(task: Task, model: Model, states: _train.TrainState, batch_size:
       model: the task's ``sequence_model``.
       states: ``init_states``'s stacked states (a leading models axis).
       batch_size: rows of the stream, one a batch row.
+      cursor: the first cursor, int ``[batch_size]``, where the caller already holds the
+        ``stream_sampler`` (its second result); None: ``stream_sampler``'s.
 
     Returns:
       ``states`` with ``stream`` set to a ``StreamState(cursor [n, batch_size], carry)``.
     """
     if task.stream is None:
         raise ValueError(f"with_stream needs a task with long streams (char_lm), got task {task.name!r}")
-    _, cursor = stream_sampler(task.stream, batch_size, task.info["length"])
+    if cursor is None:
+        _, cursor = stream_sampler(task.stream, batch_size, task.info["length"])
+    elif jnp.shape(cursor) != (batch_size,):
+        raise ValueError(f"cursor must have shape (batch_size,) = ({batch_size},), got {jnp.shape(cursor)}")
     carry = jax.vmap(lambda p: initial_carry(model, p, batch_size, task.input_size))(states.params)
     n = states.step.shape[0]
     return states._replace(stream=_train.StreamState(jnp.tile(cursor, (n, 1)), carry))
 
 
-def _tbptt(task: Task, model: Model, tx, states, batch_size: int, gradient_flow: bool):
-    """``train_task``'s truncated-BPTT pieces: the states with their streams, the step, the
-    stateful sampler and the evaluation over the whole validation stream."""
-    sample, _ = stream_sampler(task.stream, batch_size, task.info["length"])
-    states = with_stream(task, model, states, batch_size)
+def _tbptt(task: Task, model: Model, tx, gradient_flow: bool):
+    """``train_task``'s truncated-BPTT step and its evaluation over the whole validation stream
+    (``_start`` builds the states with their streams and the stateful sampler)."""
     step = _train.make_stream_train_step(stream_loss_fn(task, model), tx)
     evaluate = stream_eval_fn(task, model)
     if gradient_flow:
         flow = gradient_flow_fn(task, model)
         evaluate = (lambda ev: lambda p: {**ev(p), **flow(p)})(evaluate)
-    return states, step, sample, evaluate
+    return step, evaluate
 
 
 def _early_stopping(task: Task, stop_at_solved: bool, patience: int | None):
