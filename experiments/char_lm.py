@@ -115,7 +115,8 @@ def train(config: Config, task, model) -> dict:
     keys = [s for _ in config.lrs for s in seeds]
     lr_of = [lr for lr in config.lrs for _ in seeds]
     n = len(keys)
-    tx = mtrain.optimizer(config.lrs[0], clip_norm=1.0, warmup_steps=config.warmup, decay_steps=config.steps)
+    warmup = min(config.warmup, config.steps // 2)  # a short run (a quick look) keeps room to decay
+    tx = mtrain.optimizer(config.lrs[0], clip_norm=1.0, warmup_steps=warmup, decay_steps=config.steps)
     states = mtrain.init_states(keys, lambda k: model.init(k, task.input_size), tx, learning_rates=lr_of)
     states = tasks.with_stream(task, model, states, config.batch_size)
     sample, _ = tasks.stream_sampler(task.stream, config.batch_size, config.length)
@@ -158,6 +159,8 @@ def train(config: Config, task, model) -> dict:
     return {
         "chosen_lr": config.lrs[k], "best_step": best_step[k * len(seeds):(k + 1) * len(seeds)].tolist(),
         "select_bpc": np.asarray(best_sel)[k * len(seeds):(k + 1) * len(seeds)].tolist(),
+        "select_by_lr": {str(lr): np.asarray(best_sel).reshape(len(config.lrs), len(seeds))[i].tolist()
+                         for i, lr in enumerate(config.lrs)},
         "report_bpc": final[:, sel:].mean(1).tolist(), "valid_bpc": final.mean(1).tolist(),
         "history": history, "steps_run": history[-1]["step"],
         "wall_time": time.perf_counter() - t0, "cpu_minutes": (time.process_time() - c0) / 60,

@@ -5,8 +5,9 @@ tuned per cell by a sweep (every learning rate x seed trained together, vmapped 
 early stopping on validation, keeping each model's best-validation params; the learning rate
 with the best mean validation metric over seeds is chosen, and only then is the test split
 evaluated, once, with those params. Cells are compared at equal width and at equal parameters
-(a tanh RNN widened to the LSTM's parameter count). The char LM is a stacked LSTM trained
-on independent windows for the budget left.
+(a tanh RNN widened to the LSTM's parameter count). The char LM is a stacked LSTM under
+``experiments/char_lm.py``'s protocol (truncated BPTT, dropout, selection on the held-out
+text's first part, report on the rest).
 
     python experiments/fair_data.py                       # vowels, digits, sunspots, char_lm
     python experiments/fair_data.py --quick true          # a short version (vowels, a few hundred updates)
@@ -51,24 +52,25 @@ class Config:
     valid_fraction: float = 0.2
     backend: str = "auto"  # the fused path where it applies
     max_minutes: float = 0.0  # wall-time cap of one cell's sweep (0: none)
-    # char LM: a stacked LSTM on independent windows
+    # char LM: a stacked LSTM, experiments/char_lm.py's protocol (truncated BPTT, dropout, cosine decay)
     lm_cells: tuple[str, ...] = ("lstm",)
     lm_hidden: int = 256
     lm_layers: int = 2
+    lm_dropout: float = 0.25
     lm_length: int = 100
     lm_batch_size: int = 32
-    lm_steps: int = 3000
+    lm_steps: int = 8000
     lm_lrs: tuple[float, ...] = (3e-3,)
     lm_seeds: int = 1
-    lm_eval_every: int = 250
+    lm_eval_every: int = 500
     lm_valid_chars: int = 20000  # the first ones of the held-out text select; the rest report
-    lm_max_minutes: float = 12.0  # wall-time cap of the char LM's run (0: none)
+    lm_max_minutes: float = 0.0  # wall-time cap of the char LM's run (0: none)
     quick: bool = False
     out: str = "results"
 
 
 QUICK = {"tasks": ("vowels",), "cells": ("rnn", "lstm"), "lrs": (3e-3, 1e-2), "seeds": 2, "steps": 400, "eval_every": 50,
-         "patience": 4, "lm_hidden": 64, "lm_layers": 1, "lm_steps": 100, "lm_eval_every": 50, "lm_valid_chars": 2000}
+         "patience": 4, "lm_hidden": 64, "lm_layers": 1, "lm_steps": 200, "lm_eval_every": 100, "lm_valid_chars": 2000}
 
 
 def param_count(params) -> int:
@@ -247,25 +249,19 @@ def run_task(config: Config, name: str) -> dict:
 
     t_task = time.process_time()
     if name == "char_lm":
-        full = tasks.char_lm(config.lm_length)
-        task_valid, task_test = split_heldout(full, config.lm_valid_chars // config.lm_length)
-        cells = [(c, config.lm_hidden, config.lm_layers) for c in config.lm_cells]
-        kw = {"lrs": config.lm_lrs, "seeds": config.lm_seeds, "steps": config.lm_steps,
-              "batch_size": config.lm_batch_size, "eval_every": config.lm_eval_every,
-              "max_minutes": config.lm_max_minutes}
-    else:
-        task_valid = tasks.make(name, valid_fraction=config.valid_fraction, split="valid")
-        task_test = tasks.make(name, valid_fraction=config.valid_fraction)
-        cells = []
-        for c in config.cells:
-            if c == "rnn_eq":
-                lstm = build_model("lstm", config.hidden, task_valid, 1, "reference")
-                target = param_count(lstm.init(jax.random.key(0), task_valid.input_size))
-                cells.append(("rnn", equal_param_width(task_valid.input_size, task_valid.output_size, target), 1))
-            else:
-                cells.append((c, config.hidden, 1))
-        kw = {"lrs": config.lrs, "seeds": config.seeds, "steps": config.steps or TASK_STEPS[name],
-              "batch_size": config.batch_size, "eval_every": config.eval_every, "max_minutes": config.max_minutes}
+        return run_char_lm(config)
+    task_valid = tasks.make(name, valid_fraction=config.valid_fraction, split="valid")
+    task_test = tasks.make(name, valid_fraction=config.valid_fraction)
+    cells = []
+    for c in config.cells:
+        if c == "rnn_eq":
+            lstm = build_model("lstm", config.hidden, task_valid, 1, "reference")
+            target = param_count(lstm.init(jax.random.key(0), task_valid.input_size))
+            cells.append(("rnn", equal_param_width(task_valid.input_size, task_valid.output_size, target), 1))
+        else:
+            cells.append((c, config.hidden, 1))
+    kw = {"lrs": config.lrs, "seeds": config.seeds, "steps": config.steps or TASK_STEPS[name],
+          "batch_size": config.batch_size, "eval_every": config.eval_every, "max_minutes": config.max_minutes}
     runs, curves, flows = {}, {}, {}
     for cell, hidden, layers in cells:
         label = f"{cell} {layers}x{hidden}" if layers > 1 else f"{cell} {hidden}"
@@ -283,6 +279,41 @@ def run_task(config: Config, name: str) -> dict:
     return {"task": name, "metric": task_test.metric, "mode": task_test.mode, "runs": runs, "curves": curves,
             "gradient_flow": flows, "test_baselines": task_test.baselines, "valid_baselines": task_valid.baselines,
             "info": {k: v for k, v in task_test.info.items() if k != "vocab"},
+            "config": dataclasses.asdict(config), "cpu_minutes": (time.process_time() - t_task) / 60}
+
+
+def run_char_lm(config: Config) -> dict:
+    """The char LM under ``experiments/char_lm.py``'s protocol, one run a cell of ``config.lm_cells``,
+    in ``run_task``'s form (valid: the held-out text's selection part; test: the rest)."""
+    import char_lm
+
+    from memcell import tasks
+
+    t_task = time.process_time()
+    task = tasks.char_lm(config.lm_length)
+    runs, curves = {}, {}
+    for cell in config.lm_cells:
+        cfg = char_lm.Config(cell=cell, hidden=config.lm_hidden, layers=config.lm_layers, dropout=config.lm_dropout,
+                             length=config.lm_length, batch_size=config.lm_batch_size, steps=config.lm_steps,
+                             lrs=config.lm_lrs, seeds=config.lm_seeds, eval_every=config.lm_eval_every,
+                             valid_chars=config.lm_valid_chars, max_minutes=config.lm_max_minutes,
+                             backend=config.backend)
+        r = char_lm.train(cfg, task, char_lm.build_model(cfg, task))
+        label = f"{cell} {cfg.layers}x{cfg.hidden}" if cfg.layers > 1 else f"{cell} {cfg.hidden}"
+        k = cfg.lrs.index(r["chosen_lr"]) * cfg.seeds
+        curves[label] = [{"step": h["step"], "bpc": h["select_bpc"][k:k + cfg.seeds]} for h in r["history"]]
+        runs[label] = {"cell": cell, "hidden": cfg.hidden, "layers": cfg.layers, "params": r["params"],
+                       "lrs": list(cfg.lrs), "seeds": list(range(cfg.seeds)), "chosen_lr": r["chosen_lr"],
+                       "valid_by_lr": {lr: stats(v) for lr, v in r["select_by_lr"].items()},
+                       "best_step": r["best_step"], "steps_run": r["steps_run"], "valid": stats(r["select_bpc"]),
+                       "test": {"bpc": stats(r["report_bpc"])}, "test_per_seed": {"bpc": r["report_bpc"]},
+                       "valid_split_bpc": r["valid_bpc"], "wall_time": r["wall_time"], "cpu_minutes": r["cpu_minutes"]}
+        print(f"char_lm {label}: params {r['params']}, lr {r['chosen_lr']}, select {fmt(runs[label]['valid'], 4)}, "
+              f"report bpc {fmt(runs[label]['test']['bpc'], 4)}, {r['steps_run']} steps, {r['wall_time']:.0f} s wall, "
+              f"{r['cpu_minutes']:.1f} CPU min", flush=True)
+    return {"task": "char_lm", "metric": "bpc", "mode": "min", "runs": runs, "curves": curves, "gradient_flow": {},
+            "test_baselines": task.baselines, "valid_baselines": task.baselines,
+            "info": {"train_chars": int(len(task.stream.train)), "valid_chars": int(len(task.stream.valid_xs))},
             "config": dataclasses.asdict(config), "cpu_minutes": (time.process_time() - t_task) / 60}
 
 

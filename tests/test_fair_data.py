@@ -89,3 +89,29 @@ def test_quick_run_tunes_on_validation_and_reads_the_test_split_once(tmp_path, m
     assert lstm["chosen_lr"] == min(by_lr, key=by_lr.get)
     assert lstm["test"]["accuracy"]["mean"] > 0.8 > result["test_baselines"]["majority"]["accuracy"]
     assert (tmp_path / "fair_data" / "report.md").exists() and (tmp_path / "fair_data" / "gradient_flow.png").exists()
+
+
+@pytest.mark.slow  # ~30 s: three evaluations of the whole held-out text
+def test_char_lm_keeps_each_models_best_selection_params_and_reports_the_rest(tmp_path):
+    import char_lm
+
+    # lr 2 overshoots, so the models' best evaluations are not all their last (asserted below): keeping the
+    # last params instead of the best would fail
+    cfg = char_lm.Config(hidden=8, layers=2, steps=8, eval_every=2, warmup=1, lrs=(2.0,), seeds=2,
+                         out=str(tmp_path))
+    r = char_lm.main(cfg)
+    sel = np.array([h["select_bpc"] for h in r["history"]])  # [evaluations, models], lr-major
+    means = sel.min(0).reshape(len(cfg.lrs), 2).mean(1)
+    k = int(np.argmin(means))
+    assert r["chosen_lr"] == cfg.lrs[k]
+    assert any(int(np.argmin(sel[:, k * 2 + j])) < len(sel) - 1 for j in range(2)), sel
+    for j in range(2):
+        i = int(np.argmin(sel[:, k * 2 + j]))
+        assert r["best_step"][j] == r["history"][i]["step"]
+        assert r["select_bpc"][j] == pytest.approx(sel[i, k * 2 + j], rel=1e-6)
+        # the report part read at the kept params is what that evaluation measured there
+        assert r["report_bpc"][j] == pytest.approx(r["history"][i]["report_bpc"][k * 2 + j], rel=1e-5)
+        assert r["valid_bpc"][j] == pytest.approx(r["history"][i]["valid_bpc"][k * 2 + j], rel=1e-5)
+    saved = json.loads((tmp_path / "char_lm" / "results.json").read_text())
+    assert saved["select_by_lr"][str(cfg.lrs[k])] == pytest.approx(r["select_bpc"])
+    assert (tmp_path / "char_lm" / "curves.png").stat().st_size > 0
