@@ -27,13 +27,11 @@ from memcell.tasks._base import (
     eval_fn,
     features,
     gradient_flow_fn,
-    initial_states,
     loss_fn,
     make_cell,
     sequence_model,
-    train_task,
-    with_stream,
 )
+from memcell.tasks._training import initial_states, train_task, with_stream
 from memcell.tasks._streams import TokenStreams, stream_eval_fn, stream_loss_fn, stream_sampler
 from memcell.tasks._flow import gradient_norms_by_lag
 from memcell.tasks.digits import digits
