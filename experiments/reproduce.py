@@ -460,7 +460,8 @@ def _write(out: pathlib.Path, name: str, protocol: dict, lines: list[str], resul
 
 
 def run(name: str, *, quick: bool = False, out="results/reproduce", steps: int | None = None,
-        seeds: int | None = None, lengths: tuple[int, ...] | None = None, eval_every: int | None = None) -> dict:
+        seeds: int | None = None, lengths: tuple[int, ...] | None = None, eval_every: int | None = None,
+        cells: tuple[str, ...] | None = None) -> dict:
     """Runs one reproduction; writes ``out/name/{results.json, report.md, *.png}``.
 
     Args:
@@ -468,8 +469,8 @@ def run(name: str, *, quick: bool = False, out="results/reproduce", steps: int |
       quick: the short version (minutes; what the slow tests run).
       out: the parent folder.
       steps, seeds: override the protocol's updates and seeds.
-      lengths, eval_every: override the sequence lengths and the evaluation interval (not for
-        ``greff_variants``, whose lengths are per task).
+      lengths, eval_every, cells: override the sequence lengths, the evaluation interval and the
+        cells (a subset of the protocol's; not for ``greff_variants``).
 
     Returns:
       The results written to ``results.json``.
@@ -486,8 +487,14 @@ def run(name: str, *, quick: bool = False, out="results/reproduce", steps: int |
         if isinstance(p, GreffProtocol):
             raise ValueError(f"lengths cannot be overridden for {name!r} (its lengths are per task)")
         changes["lengths"] = lengths
+    if cells is not None:
+        cells = tuple(cells)
+        if isinstance(p, GreffProtocol) or not cells or not set(cells) <= set(p.cells):
+            allowed = "none (its variants are fixed)" if isinstance(p, GreffProtocol) else list(p.cells)
+            raise ValueError(f"cells must be a subset of {name!r}'s cells, {allowed}, got {list(cells)}")
+        changes["cells"] = cells
     for k, v in changes.items():
-        if k != "lengths" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        if k not in ("lengths", "cells") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{k} must be a positive int, got {v!r}")
     p = dataclasses.replace(p, **changes)
     target = pathlib.Path(out) / name
@@ -522,6 +529,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", type=int, default=None, help="override the seeds of every run")
     ap.add_argument("--lengths", default="", help="comma-separated sequence lengths (override the protocol's)")
     ap.add_argument("--eval-every", type=int, default=None, help="override the evaluation interval")
+    ap.add_argument("--cells", default="", help="comma-separated cells, a subset of the protocol's")
     return ap
 
 
@@ -543,8 +551,9 @@ def main(argv=None) -> dict:
         lengths = tuple(int(x) for x in args.lengths.split(",") if x) or None
     except ValueError:
         raise SystemExit(f"--lengths must be comma-separated ints, got {args.lengths!r}") from None
+    cells = tuple(c for c in args.cells.split(",") if c) or None
     return {n: run(n, quick=args.quick, out=args.out, steps=args.steps, seeds=args.seeds, lengths=lengths,
-                   eval_every=args.eval_every) for n in names}
+                   eval_every=args.eval_every, cells=cells) for n in names}
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ def test_bad_arguments_name_the_argument_and_the_value():
         reproduce.run("adding_chrono", lengths=(750, 0))
     with pytest.raises(ValueError, match="lengths cannot be overridden for 'greff_variants'"):
         reproduce.run("greff_variants", lengths=(50,))
+    with pytest.raises(ValueError, match=r"cells must be a subset of 'adding_arjovsky'.s cells, \['rnn', 'irnn', "
+                                         r"'lstm'\], got \['gru'\]"):
+        reproduce.run("adding_arjovsky", cells=("gru",))
 
 
 def test_verdicts_and_the_comparison_to_vanilla():
@@ -72,6 +75,20 @@ def test_a_tiny_run_writes_its_json_table_and_figures(tmp_path, monkeypatch):
     report = (out / "report.md").read_text()
     assert "| lstm_chrono | 6 | solves T = 750" in report and "Where ours differs:" in report
     assert (out / "curves.png").stat().st_size > 0 and "](curves.png)" in report and not (out / "flow.png").exists()
+
+
+@pytest.mark.slow  # ~8 s (one compile)
+def test_lengths_cells_and_eval_every_override_the_protocol(tmp_path, monkeypatch):
+    tiny = reproduce.Protocol("adding", (6, 9), ("lstm_chrono", "lstm"), hidden=4, steps=4, batch_size=4,
+                              lrs=(1e-2,), seeds=1, eval_every=4, n_test=16, stop_at_solved=False, flow=False)
+    monkeypatch.setitem(reproduce.REPRODUCTIONS, "adding_chrono", dict(reproduce.REPRODUCTIONS["adding_chrono"],
+                                                                      protocol=tiny))
+    result = reproduce.main(["--only", "adding_chrono", "--out", str(tmp_path), "--lengths", "5",
+                             "--cells", "lstm", "--eval-every", "1", "--steps", "3"])
+    runs = result["adding_chrono"]["runs"]
+    assert list(runs) == ["lstm/T=5"] and [h["step"] for h in runs["lstm/T=5"]["history"]] == [1, 2, 3]
+    saved = json.loads((tmp_path / "adding_chrono" / "results.json").read_text())
+    assert saved["protocol"]["lengths"] == [5] and saved["protocol"]["cells"] == ["lstm"]
 
 
 @pytest.mark.slow
