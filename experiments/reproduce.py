@@ -8,7 +8,8 @@
 Each reproduction writes results/reproduce/NAME/: ``results.json`` (every number, per seed),
 ``report.md`` (the table: the paper's finding beside ours, and a verdict per row),
 ``curves.png`` (test metric against updates, mean over seeds with a min-max band, baselines
-dashed) and, where it explains the result, ``flow.png`` (the loss gradient's norm against lag,
+dashed; a sweep of several learning rates trains against a validation set instead, chooses the
+rate on it, and reads the test set once with the chosen rate's params) and, where it explains the result, ``flow.png`` (the loss gradient's norm against lag,
 ``memcell.jacobian.loss_gradient_norms``, at init and after training).
 
 The published budgets (tens of thousands of updates at T = 750) do not fit a shared 2-core CPU;
