@@ -5,6 +5,7 @@ import json
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 EXPERIMENTS = pathlib.Path(__file__).parent.parent / "experiments"
@@ -107,3 +108,67 @@ def test_quick_adding_arjovsky_lstm_solves_short_tanh_rnn_fails_longer(tmp_path)
     runs = reproduce.run("adding_arjovsky", quick=True, out=tmp_path)["runs"]
     assert runs["lstm/T=10"]["n_beat"] == 1 and runs["lstm/T=10"]["mean"] < 0.02
     assert runs["rnn/T=60"]["n_beat"] == 0  # at (or above) the 0.167 baseline
+
+
+def _fake_training(monkeypatch, valid_by_member, test_by_member, seen):
+    """``train_task`` and ``eval_fn`` replaced: member ``i`` (lr-major) of the sweep ends with
+    ``valid_by_member[i]`` on the task it trained on and scores ``test_by_member[i]`` on the test set."""
+    import types
+
+    import jax.numpy as jnp
+
+    from memcell import tasks
+
+    def train_task(task, model, *, seeds, **_):
+        seen.setdefault("trained_on", []).append(task)
+        n = len(seeds)
+        assert n == len(valid_by_member)
+        return {"final": {task.metric: jnp.asarray(valid_by_member, jnp.float32)}, "steps": 4,
+                "history": [{"step": 4, task.metric: list(valid_by_member)}],
+                "state": types.SimpleNamespace(params={"member": jnp.arange(n, dtype=jnp.float32)})}
+
+    def eval_fn(task, model):
+        seen.setdefault("evaluated_on", []).append(task)
+        table = jnp.asarray(test_by_member, jnp.float32)
+        return lambda params: {task.metric: table[params["member"].astype(jnp.int32)], "loss": params["member"]}
+
+    monkeypatch.setattr(tasks, "train_task", train_task)
+    monkeypatch.setattr(tasks, "eval_fn", eval_fn)
+
+
+def test_the_learning_rate_is_chosen_on_validation_and_the_test_set_read_once_after(monkeypatch):
+    import memcell
+
+    seen = {}
+    # lr 1e-2 (members 0, 1) is best on test, lr 1e-3 (members 2, 3) on validation; a NaN seed sinks 1e-4.
+    _fake_training(monkeypatch, valid_by_member=[0.5, 0.7, 0.1, 0.2, 0.0, float("nan")],
+                   test_by_member=[0.01, 0.02, 0.30, 0.40, 0.0, 0.0], seen=seen)
+    from memcell import tasks
+
+    valid, test = tasks.make("adding", 6, n_test=8, seed=reproduce.VALID_SEED), tasks.make("adding", 6, n_test=8)
+    run = reproduce.train_sweep(valid, memcell.lstm(4), seeds=2, lrs=(1e-2, 1e-3, 1e-4), steps=4, batch_size=4,
+                                task_test=test)
+    assert run["lr"] == 1e-3  # validation's choice, not test's (1e-2) nor the NaN seed's rate
+    assert run["valid"] == pytest.approx([0.1, 0.2]) and run["final"] == pytest.approx([0.30, 0.40])
+    assert run["test"]["mse"] == run["final"] and run["per_lr"]["0.01"] == pytest.approx(0.6)
+    assert seen["trained_on"] == [valid] and seen["evaluated_on"] == [test]
+
+
+def test_greff_trains_on_a_validation_draw_and_tabulates_test(tmp_path, monkeypatch):
+    seen = {}
+    _fake_training(monkeypatch, valid_by_member=[0.3, 0.3, 0.1, 0.1], test_by_member=[0.01, 0.01, 0.2, 0.4],
+                   seen=seen)
+    g = reproduce.GreffProtocol(tasks=("adding",), variants=("vanilla", "NFG"), hidden=4, steps=4, lrs=(1e-2, 1e-3),
+                                seeds=2, adding_length=6)
+    assert reproduce.GreffProtocol().lrs == (3e-3, 1e-2, 3e-2)
+    runs = reproduce.run_greff("greff_variants", g, tmp_path)["runs"]
+    valid, test = seen["trained_on"][0].test, seen["evaluated_on"][0].test
+    assert valid["xs"].shape == test["xs"].shape and not np.array_equal(valid["xs"], test["xs"])  # independent draws
+    assert all(t.test is not test for t in seen["trained_on"])
+    r = runs["adding/NFG"]
+    assert r["lr"] == 1e-3 and r["final"] == pytest.approx([0.2, 0.4]) and r["valid"] == pytest.approx([0.1, 0.1])
+    report = (tmp_path / "report.md").read_text()
+    assert "| NFG | removing the forget gate hurts significantly | 0.3 ± 0.14 (lr 0.001) | same |" in report
+    assert "lr chosen on validation" in report and "TEST set" in report
+    saved = json.loads((tmp_path / "results.json").read_text())["runs"]["adding/vanilla"]
+    assert saved["valid_mean"] == pytest.approx(0.1) and saved["mean"] == pytest.approx(0.3)
