@@ -9,11 +9,11 @@ Protocol (the fair-comparison one, adapted to one long text):
 - the held-out text (the last 10%, the task's validation split) is read as one stream, the
   carry kept, and cut in two: the first ``valid_chars`` characters select (the best evaluation
   of each model is kept, and the learning rate with the best mean over seeds is chosen), the
-  rest reports, read once with the chosen params. The bpc of the whole held-out text at those
-  params is given too (the issue's "validation split").
+  rest reports (measured at every evaluation for the curves, it never enters a choice). The bpc
+  of the whole held-out text at those params is given too (the issue's "validation split").
 
     python experiments/char_lm.py                         # the recorded run (docs/tasks.md)
-    python experiments/char_lm.py --steps 40 --hidden 32 --eval-every 20 --out /tmp/x   # a quick look
+    python experiments/char_lm.py --steps 40 --hidden 32 --eval-every 20 --warmup 5 --out /tmp/x   # a quick look
 
 Writes results/char_lm/report.md and results.json (``experiments/fair_data.py`` reads the
 latter into its table when present).
@@ -111,6 +111,13 @@ def train(config: Config, task, model) -> dict:
 
     from memcell import tasks, train as mtrain
 
+    if not 1 <= config.eval_every <= config.steps:
+        raise ValueError(f"eval_every must lie in [1, steps={config.steps}], got {config.eval_every}")
+    if config.seeds < 1 or not config.lrs:
+        raise ValueError(f"seeds must be >= 1 and lrs non-empty, got seeds={config.seeds}, lrs={config.lrs}")
+    if not 0 < config.valid_chars < len(task.stream.valid_xs):
+        raise ValueError(f"valid_chars must lie in (0, {len(task.stream.valid_xs)}) (the held-out characters), "
+                         f"got {config.valid_chars}")
     seeds = list(range(config.seeds))
     keys = [s for _ in config.lrs for s in seeds]
     lr_of = [lr for lr in config.lrs for _ in seeds]
@@ -155,7 +162,7 @@ def train(config: Config, task, model) -> dict:
             break
     k = int(np.argmin(np.asarray(best_sel).reshape(len(config.lrs), len(seeds)).mean(1)))
     chosen = jax.tree.map(lambda x: x[k * len(seeds):(k + 1) * len(seeds)], best_params)
-    final = np.asarray(bits(chosen))  # the reporting part, read once at the chosen params
+    final = np.asarray(bits(chosen))  # at the chosen params: the reporting part and the whole held-out text
     return {
         "chosen_lr": config.lrs[k], "best_step": best_step[k * len(seeds):(k + 1) * len(seeds)].tolist(),
         "select_bpc": np.asarray(best_sel)[k * len(seeds):(k + 1) * len(seeds)].tolist(),
