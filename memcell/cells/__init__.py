@@ -1,4 +1,4 @@
-"""Cell factories and their params/carry NamedTuples."""
+"""Cell factories, their params/carry NamedTuples and specs, and the one table of built-in cells (``CELLS``)."""
 
 from memcell.cells.gru import GRUCarry, GRUParams, GRUSpec, gru
 from memcell.cells.lru import LRUCarry, LRUParams, LRUSpec, lru
@@ -14,7 +14,7 @@ from memcell.cells.minrnn import (
     minlstm,
 )
 from memcell.cells.rglru import RGLRUCarry, RGLRUParams, RGLRUSpec, rglru
-from memcell.cells.rnn import RNNCarry, RNNParams, RNNSpec, rnn
+from memcell.cells.rnn import RNNCarry, RNNParams, RNNSpec, irnn, rnn
 from memcell.cells.xlstm import (
     MLSTMCarry,
     MLSTMGates,
@@ -26,10 +26,16 @@ from memcell.cells.xlstm import (
     mlstm,
     slstm,
 )
+from memcell.cells._table import CELLS, Factory, factory_name, resolve
 from memcell.types import Cell, CellSpec
 
 __all__ = [
+    "CELLS",
     "Cell",
+    "Factory",
+    "factory_name",
+    "irnn",
+    "resolve",
     "CellSpec",
     "GRUCarry",
     "GRUParams",

@@ -93,3 +93,22 @@ def rnn(
         return RNNCarry(h), h
 
     return Cell(init, initial_carry, step, RNNSpec(step=step, dtype=dtype, activation=activation))
+
+
+def irnn(hidden_size: int, **options) -> Cell:
+    """The IRNN of Le et al. 2015: ``memcell.rnn`` with ReLU and an identity recurrent init.
+
+    ``options`` go to ``memcell.rnn`` (``recurrent_init`` may still be given; ``activation`` is
+    ReLU by definition and refused).
+
+    Example:
+      >>> import jax, memcell
+      >>> from memcell.cells import irnn
+      >>> params = irnn(4).init(jax.random.key(0), input_size=2)
+      >>> bool((params.w_h == jax.numpy.eye(4)).all())
+      True
+    """
+    if "activation" in options:
+        raise TypeError(f"irnn is the ReLU RNN by definition: activation cannot be set, got {options['activation']!r}")
+    options.setdefault("recurrent_init", "identity")
+    return rnn(hidden_size, activation="relu", **options)

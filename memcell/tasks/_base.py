@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memcell.cells import gru, lru, lstm, mingru, minlstm, mlstm, rglru, rnn, slstm
+from memcell import cells as cell_table
 from memcell._checks import check_backend as _check_backend
 from memcell.scan import layer, stack
 from memcell.tasks._streams import TokenStreams
@@ -97,27 +97,15 @@ def classification_loss(outputs, batch):
 
 # ----------------------------------------------------------------------------- models
 
-CELLS = ("rnn", "irnn", "lstm", "gru", "mingru", "minlstm", "lru", "rglru", "slstm", "mlstm")
-# The cells whose factories are named as the cell and take only the hidden size and their own options.
-_PLAIN = {"lstm": lstm, "gru": gru, "mingru": mingru, "minlstm": minlstm, "lru": lru, "rglru": rglru}
+CELLS = tuple(cell_table.CELLS)  # the names of memcell.cells.CELLS, the one table of built-in cells
 
 
-def make_cell(name: str, hidden_size: int, **options) -> Cell:
-    """A cell by name: ``"rnn"`` (tanh Elman), ``"irnn"`` (ReLU with identity recurrent init,
-    Le et al. 2015), ``"lstm"``, ``"gru"``, and the modern cells ``"mingru"``, ``"minlstm"``,
-    ``"lru"``, ``"rglru"``, ``"slstm"``, ``"mlstm"`` (the xLSTM cells with 4 heads where
-    ``hidden_size`` allows, else 1); ``options`` go to the factory."""
-    if name not in CELLS:
-        raise ValueError(f"cell must be one of {list(CELLS)}, got {name!r}")
-    if name == "rnn":
-        return rnn(hidden_size, **options)
-    if name == "irnn":
-        options.setdefault("recurrent_init", "identity")
-        return rnn(hidden_size, activation="relu", **options)
-    if name in ("slstm", "mlstm"):
-        options.setdefault("num_heads", 4 if hidden_size % 4 == 0 else 1)
-        return (slstm if name == "slstm" else mlstm)(hidden_size, **options)
-    return _PLAIN[name](hidden_size, **options)
+def make_cell(name: str | cell_table.Factory, hidden_size: int, **options) -> Cell:
+    """A cell from ``memcell.cells.CELLS`` by name (``"rnn"``, ``"irnn"``, ``"lstm"``, ``"gru"``,
+    ``"mingru"``, ``"minlstm"``, ``"lru"``, ``"rglru"``, ``"slstm"``, ``"mlstm"``), a user's
+    ``"module:factory"``, or a factory itself (see ``memcell.cells.resolve``); ``options`` go to
+    the factory."""
+    return cell_table.resolve(name)(hidden_size, **options)
 
 
 def sequence_model(
