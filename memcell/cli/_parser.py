@@ -48,7 +48,7 @@ _rate = _number_type(float, lambda v: 0 <= v < 1, "a rate in [0, 1)", show_text=
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``memcell`` (subcommands ``train``, ``tasks`` and ``flow``)."""
     p = argparse.ArgumentParser(prog="memcell", description="Recurrent cells as pure JAX functions: training and benchmarks.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,tasks,flow}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,tasks,flow,export}")
 
     t = sub.add_parser("train", help="train a cell on a task, several seeds at once",
                        description="Train a recurrent cell on a task; all seeds train together in one jit (jax.vmap).")
@@ -143,4 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "hidden state where the model is one cell with one, else the inputs)")
     f.add_argument("--sequences", type=_positive_int, default=64, help="test sequences averaged over")
     f.add_argument("--json", action="store_true", help="print flow.json instead of the table")
+
+    from memcell.cli._export import add_parser as add_export  # memcell export: its own module
+
+    add_export(sub)
     return p

@@ -46,8 +46,8 @@ def why_not_native(model, *, streaming: bool = False) -> str | None:
 def check_params(params, target: str = "ONNX") -> None:
     """Refuses params with floating leaves other than float32 (the exported model's type), naming one."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        dtype = jnp.result_type(leaf)
-        if jnp.issubdtype(dtype, jnp.floating) and dtype != jnp.float32:
+        dtype = np.dtype(leaf.dtype if hasattr(leaf, "dtype") else np.result_type(leaf))  # as stored, not as JAX reads it
+        if jnp.issubdtype(dtype, jnp.floating) and dtype != np.float32:
             raise ValueError(
                 f"params{jax.tree_util.keystr(path)} is {dtype.name}; the {target} model computes in float32 "
                 f"(ONNX Runtime's recurrent and Loop kernels run float32): cast the params first, "
@@ -193,8 +193,8 @@ def to_onnx(
       ((2, 7, 8), 5)
     """
     m = _structure.read(model)
-    prog = _program.program(m, params, input_size=input_size, with_lengths=with_lengths, streaming=streaming)
     check_params(params)
+    prog = _program.program(m, params, input_size=input_size, with_lengths=with_lengths, streaming=streaming)
     opset = DEFAULT_OPSET if opset is None else _check_opset(opset)
     if _native.why_not(m, streaming=streaming) is None:
         proto = _native.build(m, params, prog, streaming=streaming, opset=opset)
