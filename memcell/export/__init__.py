@@ -8,8 +8,8 @@ a sequence model (``xs [B, T, D]``, optional ``lengths``) or a one-step streamin
 ONNX side needs the ``export`` extra (``pip install memcell[export]``: onnx, onnxruntime, jax2onnx).
 
 One concern a module: ``_structure`` (what a model is made of), ``_program`` (the JAX function
-exported, its inputs and names), ``_native`` (ONNX's operators), ``_complex`` (complex arithmetic
-in real numbers, for the Loop form), ``_onnx`` (``to_onnx``) and ``_jax`` (``to_jax_export``).
+exported, its inputs and names), ``_native`` (ONNX's operators), ``_rewrite`` (the program in the form
+jax2onnx lowers: complex values as real pairs, reverse scans forward), ``_onnx`` (``to_onnx``) and ``_jax`` (``to_jax_export``).
 """
 
 from memcell.export._jax import to_jax_export

@@ -62,7 +62,7 @@ def to_jax_export(
         if not platforms or not all(isinstance(p, str) for p in platforms):
             raise ValueError(f"platforms must be a non-empty sequence of platform names such as ('cpu', 'cuda'), "
                              f"got {platforms!r}")
-    exported = jax.export.export(jax.jit(prog.fn), platforms=platforms)(*prog.specs)
+    exported = _program.symbolic(lambda: jax.export.export(jax.jit(prog.fn), platforms=platforms)(*prog.specs))
     blob = bytes(exported.serialize())
     if path is not None:
         pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)

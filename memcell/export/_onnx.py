@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memcell.export import _complex, _native, _program, _structure
+from memcell.export import _native, _program, _rewrite, _structure
 
 __all__ = ["check_params", "to_onnx", "why_not_native"]
 
@@ -61,7 +61,7 @@ def _avals(jaxpr):
     for eqn in j.eqns:
         for v in eqn.outvars:
             yield eqn, v.aval
-        for inner in _complex._inner(eqn):
+        for inner in _rewrite._inner(eqn):
             yield from _avals(inner)
 
 
@@ -106,7 +106,7 @@ def _loop(prog: _program.Program, opset: int):
     """The Loop form: ``prog.fn`` traced once with symbolic shapes, complex values made real, then jax2onnx."""
     j2o = _jax2onnx()
 
-    closed = jax.make_jaxpr(prog.fn)(*prog.specs)
+    closed = _program.symbolic(lambda: jax.make_jaxpr(prog.fn)(*prog.specs))
     _check_program(closed)
     specs, in_names = [], []
     for spec, name in zip(prog.specs, prog.input_names):
@@ -120,12 +120,9 @@ def _loop(prog: _program.Program, opset: int):
     out_names = []
     for aval, name in zip(closed.out_avals, prog.output_names):
         out_names += [name + "_re", name + "_im"] if jnp.issubdtype(aval.dtype, jnp.complexfloating) else [name]
-    if _complex.has_complex(closed):
-        fn = _complex.realify(closed)
-    else:
-        fn = lambda *a: jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *a)  # noqa: E731
     # Traced again from the jaxpr: its primitives are bound as they are (jax2onnx's own jnp patches, such
-    # as its arange for symbolic sizes, never see memcell's code).
+    # as its arange for symbolic sizes, never see memcell's code), complex values and reverse scans rewritten.
+    fn = _rewrite.realify(closed)
     try:
         return j2o(fn, specs, model_name="memcell", opset=opset, input_names=in_names, output_names=out_names)
     except NotImplementedError as e:
@@ -144,6 +141,7 @@ def to_onnx(
     opset: int | None = None,
     path: str | os.PathLike | None = None,
     check: bool = True,
+    native: bool | None = None,
 ):
     """Writes ``model`` with ``params`` as an ONNX model, run in evaluation mode (no dropout).
 
@@ -170,6 +168,8 @@ def to_onnx(
       path: also write the model to this file.
       check: run the written model once in ONNX Runtime on a small input and compare it with
         memcell, raising a ``RuntimeError`` if they differ by more than 1e-4 (relative).
+      native: None (default) chooses as ``why_not_native`` says; True requires the native form
+        (a ``ValueError`` says why not); False writes the Loop form even where operators exist.
 
     Returns:
       The ``onnx.ModelProto``.
@@ -196,7 +196,10 @@ def to_onnx(
     check_params(params)
     prog = _program.program(m, params, input_size=input_size, with_lengths=with_lengths, streaming=streaming)
     opset = DEFAULT_OPSET if opset is None else _check_opset(opset)
-    if _native.why_not(m, streaming=streaming) is None:
+    reason = _native.why_not(m, streaming=streaming)
+    if native is not None and _program.check_flag("native", native) and reason is not None:
+        raise ValueError(f"native=True: the model has no native ONNX form: {reason}")
+    if reason is None and native is not False:
         proto = _native.build(m, params, prog, streaming=streaming, opset=opset)
     else:
         proto = _loop(prog, opset)

@@ -48,6 +48,20 @@ def _head_step(model: Model, params):
     return head
 
 
+def symbolic(trace):
+    """Runs ``trace()`` (a trace with symbolic batch and time), turning JAX's error for a model that needs
+    fixed sizes into a ``ValueError`` that says what to do."""
+    try:
+        return trace()
+    except Exception as e:
+        if type(e).__name__ != "InconclusiveDimensionOperation":  # JAX's shape_poly error has no public name
+            raise
+        raise ValueError(
+            "the model needs a fixed batch size or length (a fast path such as backend='fused' or 'cudnn' inside a "
+            "layer memcell cannot see into); build its layers with backend='reference' to export them, "
+            f"which computes the same function ({str(e).splitlines()[0]})") from None
+
+
 def program(model: Model, params, *, input_size, with_lengths: bool, streaming: bool) -> Program:
     """The function to export, its input specs and names; ``ValueError`` for a bad combination."""
     input_size = check_positive_int("input_size", input_size)

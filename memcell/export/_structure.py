@@ -27,7 +27,11 @@ class CellNode:
     cell: Cell
     reverse: bool = False
     learn_initial_carry: bool = False
-    changes_step: tuple[str, ...] = ()  # options that change the step at evaluation (zoneout)
+    zoneout: Any = 0.0  # changes the step at evaluation (the expectation of the kept carry)
+
+    @property
+    def changes_step(self) -> tuple[str, ...]:
+        return ("zoneout",) if self.zoneout else ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +41,7 @@ class PairNode:
     forward: Cell
     backward: Cell
     merge: str | None
+    merge_fn: Callable = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +82,7 @@ def _references() -> dict[str, Any]:
         _REFERENCE["stack"] = scan.stack([c]).apply.__code__
         _REFERENCE["merges"] = {_closure(scan.bidirectional(c, c, merge=m).apply)["merge_fn"]: m
                                 for m in ("concat", "sum", "mean", "mul")}
-        heads = {r: tasks.sequence_model(c, 1, r).head for r in ("last", "all")}
-        _REFERENCE["head"] = heads["last"].__code__
-        _REFERENCE["readouts"] = {r: _closure(h)["readout"] for r, h in heads.items()}
+        _REFERENCE["head"] = tasks.sequence_model(c, 1, "last").head.__code__
     return _REFERENCE
 
 
@@ -94,11 +97,10 @@ def _read_layer(lyr: Layer):
     try:
         if code is ref["layer"]:
             v = _closure(lyr.apply)
-            changes = tuple(k for k in ("zoneout",) if v[k])
-            return CellNode(v["cell"], bool(v["reverse"]), bool(v["learn_initial_carry"]), changes)
+            return CellNode(v["cell"], bool(v["reverse"]), bool(v["learn_initial_carry"]), v["zoneout"])
         if code is ref["bidirectional"]:
             v = _closure(lyr.apply)
-            return PairNode(v["forward"], v["backward"], ref["merges"].get(v["merge_fn"]))
+            return PairNode(v["forward"], v["backward"], ref["merges"].get(v["merge_fn"]), v["merge_fn"])
         if code is ref["stack"]:
             v = _closure(lyr.apply)
             return StackNode(tuple(_read_layer(x) for x in v["layers"]), bool(v["residual"]))
@@ -106,6 +108,32 @@ def _read_layer(lyr: Layer):
         return Opaque(f"the layer's parts cannot be read (memcell.scan's factories hold no {e.args[0]!r})")
     return Opaque("the layer was not made by memcell.layer, memcell.bidirectional or memcell.stack, so memcell "
                   "cannot see its cells")
+
+
+def reference_layer(node, layer: Layer) -> Layer:
+    """The layer ``node`` describes, in evaluation mode on the reference path (``layer`` itself where opaque).
+
+    Fast paths (fused, cuDNN) need a fixed batch size; the exported programs have a symbolic one, and
+    the reference path computes the same function (memcell tests each path against it).
+    """
+    if isinstance(node, CellNode):
+        return scan.layer(node.cell, reverse=node.reverse, zoneout=node.zoneout,
+                          learn_initial_carry=node.learn_initial_carry)
+    if isinstance(node, PairNode):
+        return scan.bidirectional(node.forward, node.backward, merge=node.merge_fn)
+    if isinstance(node, StackNode):
+        return scan.stack([reference_layer(x, None) for x in node.layers], residual=node.residual)
+    if layer is None:
+        raise ValueError(f"a layer of the stack cannot be exported: {node.reason}")
+    return layer
+
+
+def _reference_or_opaque(node, layer: Layer) -> Layer:
+    """The reference layer, or ``layer`` itself where a part is opaque (it then runs as it is)."""
+    try:
+        return reference_layer(node, layer)
+    except ValueError:  # an opaque layer inside a stack: the whole stack runs as it is
+        return layer
 
 
 def read(model) -> Model:
@@ -124,7 +152,9 @@ def read(model) -> Model:
         if code is ref["head"]:
             readout = _closure(head)["readout"]
             reason = None if readout in ("last", "all") else reason
-        return Model(_read_layer(model.layers), model.layers, readout, head, reason)
+        node = _read_layer(model.layers)
+        return Model(node, _reference_or_opaque(node, model.layers), readout, head, reason)
     if isinstance(model, Layer):
-        return Model(_read_layer(model), model)
+        node = _read_layer(model)
+        return Model(node, _reference_or_opaque(node, model))
     raise TypeError(f"model must be a memcell.Cell, a memcell.Layer or a memcell.tasks.Model, got {type(model).__name__}")

@@ -1,12 +1,13 @@
-"""Complex arithmetic rewritten in real numbers, so that a model with a complex carry (the LRU) runs where
-complex tensors do not (ONNX Runtime has no complex kernels; ONNX's ``Loop`` no complex state).
+"""The traced program, evaluated again in the form jax2onnx lowers: complex values as pairs of real arrays,
+reverse scans as forward scans over reversed inputs.
 
-``realify(closed_jaxpr)`` returns a function of real arrays: each complex value of the program is a
-``Pair(re, im)`` of real arrays, each complex input is given, and each complex output returned, as
-its real part then its imaginary part. Primitives that only move data (reshape, broadcast, select,
-slices, concatenation) run on both parts; arithmetic runs on the pair by its definition; ``scan``,
-``cond``, ``while`` and inner calls are rewritten inside. A primitive not covered here raises a
-``NotImplementedError`` naming it.
+ONNX Runtime has no complex kernels (and ONNX's ``Loop`` no complex state), and jax2onnx lowers no
+reverse ``scan`` (memcell's backward direction without lengths). ``realify(closed_jaxpr)`` returns
+a function of real arrays computing the program: each complex value is a ``Pair(re, im)``, each
+complex input is given, and each complex output returned, as its real part then its imaginary part.
+Primitives that only move data (reshape, broadcast, select, slices, concatenation) run on both
+parts; arithmetic runs on the pair by its definition; ``scan``, ``cond``, ``while`` and inner calls
+are rewritten inside. A primitive not covered here raises a ``NotImplementedError`` naming it.
 """
 
 from __future__ import annotations
@@ -185,8 +186,9 @@ def _higher(eqn, invals):
 
         # The length from the inputs where there are some: it may be a symbolic size of this trace.
         length = None if jax.tree.leaves(list(xs)) else p["length"]
-        carry, ys = lax.scan(step, list(init), list(xs), length=length, reverse=p["reverse"], unroll=p["unroll"])
-        return list(carry) + list(ys)
+        flip = (lambda a: jax.tree.map(lambda x: jnp.flip(x, 0), a)) if p["reverse"] else (lambda a: a)  # noqa: E731
+        carry, ys = lax.scan(step, list(init), flip(list(xs)), length=length, unroll=p["unroll"])
+        return list(carry) + list(flip(list(ys)))
     if name == "cond":
         branches = [lambda *a, b=b: _eval(b.jaxpr, b.consts, *a) for b in p["branches"]]
         return list(lax.switch(invals[0], branches, *invals[1:]))
@@ -218,7 +220,7 @@ def _eval(jaxpr, consts, *args) -> list:
         invals = [read(v) for v in eqn.invars]
         inner = _inner(eqn)
         avals = [getattr(v, "aval", None) for v in list(eqn.invars) + list(eqn.outvars)]
-        if inner and any(has_complex(j) for j in inner):
+        if eqn.primitive.name == "scan" or (inner and any(has_complex(j) for j in inner)):
             outs = _higher(eqn, invals)
         elif any(_is_complex(a) for a in avals) or any(isinstance(v, Pair) for v in invals):
             outs = _apply(eqn, invals)
