@@ -10,24 +10,6 @@ from memcell.cli._parser import UsageError
 from memcell.cli._train import build, run_config
 
 
-def add_parser(sub) -> None:
-    """The ``export`` subcommand's arguments."""
-    e = sub.add_parser("export", help="a trained run's model as an ONNX model or a serialized jax.export program",
-                       description="Loads a `memcell train --out` run's config and its checkpoint and writes the "
-                                   "model (recurrent layers and readout, evaluation mode) for one of its seeds: "
-                                   "an ONNX model (ONNX's LSTM/GRU/RNN operators where the cells allow, else a Loop) "
-                                   "checked once in ONNX Runtime, or a jax.export program. Inputs: xs [B, T, D] "
-                                   "float32 (token tasks: one-hot), then lengths [B] int32 with --lengths; outputs: "
-                                   "the readout, then the final carry's leaves. See docs/deployment.md.")
-    e.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a memcell train run")
-    e.add_argument("--format", required=True, choices=("onnx", "jax"), help="onnx: an .onnx file; jax: jax.export bytes")
-    e.add_argument("--out", required=True, metavar="FILE", help="the file to write")
-    e.add_argument("--streaming", action="store_true", help="a one-step model: x [B, D] and the carry in, y and the "
-                                                            "new carry out")
-    e.add_argument("--lengths", action="store_true", help="the sequence model takes lengths [B] as a second input")
-    e.add_argument("--seed", type=int, default=None, help="which of the run's seeds (default: its first)")
-
-
 def trained_params(args, run_args, run_dir: pathlib.Path, task, model):
     """The params of one seed from the run's checkpoint."""
     import jax

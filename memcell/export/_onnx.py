@@ -61,7 +61,7 @@ def _avals(jaxpr):
     for eqn in j.eqns:
         for v in eqn.outvars:
             yield eqn, v.aval
-        for inner in _rewrite._inner(eqn):
+        for inner in _rewrite.inner_jaxprs(eqn):
             yield from _avals(inner)
 
 

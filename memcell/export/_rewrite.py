@@ -20,7 +20,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jcore
 
-__all__ = ["has_complex", "realify"]
+__all__ = ["has_complex", "inner_jaxprs", "realify"]
 
 
 class Pair(NamedTuple):
@@ -39,7 +39,7 @@ def _real_dtype(dtype):
 _SUBJAXPRS = ("jaxpr", "call_jaxpr", "fun_jaxpr", "branches", "cond_jaxpr", "body_jaxpr")
 
 
-def _inner(eqn) -> list:
+def inner_jaxprs(eqn) -> list:
     out = []
     for k in _SUBJAXPRS:
         v = eqn.params.get(k)
@@ -55,7 +55,7 @@ def has_complex(jaxpr) -> bool:
     vs = list(jaxpr.invars) + list(jaxpr.constvars) + list(jaxpr.outvars)
     for eqn in jaxpr.eqns:
         vs += list(eqn.invars) + list(eqn.outvars)
-        if any(has_complex(j) for j in _inner(eqn)):
+        if any(has_complex(j) for j in inner_jaxprs(eqn)):
             return True
     return any(_is_complex(getattr(v, "aval", None)) for v in vs)
 
@@ -218,7 +218,7 @@ def _eval(jaxpr, consts, *args) -> list:
         env[v] = val
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
-        inner = _inner(eqn)
+        inner = inner_jaxprs(eqn)
         avals = [getattr(v, "aval", None) for v in list(eqn.invars) + list(eqn.outvars)]
         if eqn.primitive.name == "scan" or (inner and any(has_complex(j) for j in inner)):
             outs = _higher(eqn, invals)
