@@ -42,6 +42,7 @@ def check_sequences(model, params, proto, *, with_lengths, seed=0):
     """ONNX Runtime against ``model.apply`` (or ``memcell.unroll``) at every (B, T) of SIZES."""
     s = session(proto)
     rng = np.random.default_rng(seed)
+    prog = _program_of(model, params, with_lengths)
     worst = 0.0
     for B, T in SIZES:
         xs = rng.normal(size=(B, T, D)).astype(np.float32)
@@ -54,7 +55,6 @@ def check_sequences(model, params, proto, *, with_lengths, seed=0):
         carry, ys = lyr.apply(params, jnp.asarray(xs), lengths=None if lengths is None else jnp.asarray(lengths))
         want = [ys] + jax.tree.leaves(carry)
         inputs = [xs] + ([lengths] if with_lengths else [])
-        prog = _program_of(model, params, with_lengths)
         got = _onnx.join_complex(prog, s.run(None, _onnx.feeds(proto.graph.input, inputs)), inputs)
         assert len(got) == len(want)
         for g, w in zip(got, want):
