@@ -1,7 +1,6 @@
 """memcell.export: the exported models run in ONNX Runtime (and plain jax.export) and compute what memcell
 computes, at several batch sizes and lengths from one file; what cannot be exported is refused by name."""
 
-import dataclasses
 import functools
 
 import jax
@@ -11,7 +10,7 @@ import pytest
 from cli_helpers import run_main
 
 import memcell
-from memcell import export, tasks
+from memcell import export
 from memcell.export import _onnx, _program, _structure
 from memcell.types import Cell, Layer
 
@@ -19,7 +18,9 @@ pytest.importorskip("onnxruntime")
 import onnxruntime as ort  # noqa: E402
 
 D = 3
-TOL = 2e-5  # largest |ONNX Runtime - memcell| allowed, on outputs of order 1 (measured: a few 1e-7)
+# Largest |ONNX Runtime - memcell| / (1 + max |memcell|) allowed: float32 sums taken in another order (measured:
+# a few 1e-7 on the small models here; 2e-5 on a 4-layer stack ending in an mLSTM at T = 200, in test-slow).
+TOL = 2e-5
 SIZES = ((1, 1), (3, 6), (2, 11))  # (B, T): one exported file serves them all
 
 
@@ -38,19 +39,21 @@ def lengths_for(B, T):
     return np.array(([T, 1, max(1, T // 2)] * B)[:B], np.int32)
 
 
-def check_sequences(model, params, proto, *, with_lengths, seed=0):
-    """ONNX Runtime against ``model.apply`` (or ``memcell.unroll``) at every (B, T) of SIZES."""
+def relative(got, want) -> float:
+    want = np.asarray(want)
+    return float(np.max(np.abs(got - want), initial=0.0) / (1.0 + np.max(np.abs(want), initial=0.0)))
+
+
+def check_sequences(model, params, proto, *, with_lengths, seed=0, sizes=SIZES, tol=TOL):
+    """ONNX Runtime against ``model.apply`` (a cell: ``memcell.layer(cell).apply``) at every (B, T) of ``sizes``;
+    returns the largest difference."""
     s = session(proto)
     rng = np.random.default_rng(seed)
     prog = _program_of(model, params, with_lengths)
     worst = 0.0
-    for B, T in SIZES:
+    for B, T in sizes:
         xs = rng.normal(size=(B, T, D)).astype(np.float32)
-        feed = {"xs": xs}
-        lengths = None
-        if with_lengths:
-            lengths = lengths_for(B, T)
-            feed["lengths"] = lengths
+        lengths = lengths_for(B, T) if with_lengths else None
         lyr = memcell.layer(model) if isinstance(model, Cell) else model
         carry, ys = lyr.apply(params, jnp.asarray(xs), lengths=None if lengths is None else jnp.asarray(lengths))
         want = [ys] + jax.tree.leaves(carry)
@@ -59,8 +62,8 @@ def check_sequences(model, params, proto, *, with_lengths, seed=0):
         assert len(got) == len(want)
         for g, w in zip(got, want):
             assert g.shape == w.shape
-            err = float(np.max(np.abs(g - np.asarray(w)), initial=0.0))
-            assert err < TOL, (B, T, err)
+            err = relative(g, w)
+            assert err < tol, (B, T, err)
             worst = max(worst, err)
         if with_lengths:  # padding reads as memcell's: zeros past each length
             for b in range(B):
@@ -73,12 +76,12 @@ def _program_of(model, params, with_lengths, streaming=False):
                             streaming=streaming)
 
 
-def export_and_check(model, *, with_lengths=True, expect=None, key=0):
+def export_and_check(model, *, with_lengths=True, expect=None, key=0, sizes=SIZES, tol=TOL):
     params = model.init(jax.random.key(key), D)
     proto = export.to_onnx(model, params, input_size=D, with_lengths=with_lengths, check=False)
     if expect is not None:
         assert expect <= ops(proto), ops(proto)
-    return check_sequences(model, params, proto, with_lengths=with_lengths), proto
+    return check_sequences(model, params, proto, with_lengths=with_lengths, sizes=sizes, tol=tol), proto
 
 
 # ----------------------------------------------------------------------------- native operators
@@ -113,17 +116,19 @@ def test_native_without_lengths_and_in_training_layers_evaluate():
 # ----------------------------------------------------------------------------- the Loop form
 
 
-@pytest.mark.parametrize("name, model", [
-    ("mingru", lambda: c.mingru(4)),
-    ("lru (complex carry)", lambda: c.lru(4)),
-    ("slstm", lambda: c.slstm(4)),
-    ("gru reset_after=False", lambda: c.gru(4, reset_after=False)),
-    ("bidirectional lstm with peepholes", lambda: c.bidirectional(c.lstm(4, peephole=True), c.lstm(4))),
+@pytest.mark.parametrize("name, model, with_lengths", [
+    ("mingru", lambda: c.mingru(4), True),
+    ("lru (complex carry)", lambda: c.lru(4), True),
+    ("slstm", lambda: c.slstm(4), True),
+    ("gru reset_after=False", lambda: c.gru(4, reset_after=False), True),
+    ("bidirectional lstm with peepholes", lambda: c.bidirectional(c.lstm(4, peephole=True), c.lstm(4)), True),
+    # without lengths the backward direction is a reverse scan, which jax2onnx lowers only once rewritten
+    ("bidirectional mingru, no lengths", lambda: c.bidirectional(c.mingru(4), c.mingru(4)), False),
 ])
-def test_loop_form_matches_memcell(name, model):
+def test_loop_form_matches_memcell(name, model, with_lengths):
     model = model()
     assert export.why_not_native(model) is not None
-    _, proto = export_and_check(model, expect={"Loop"})
+    _, proto = export_and_check(model, expect={"Loop"}, with_lengths=with_lengths)
     assert not ({"LSTM", "GRU", "RNN"} & ops(proto))
 
 
@@ -191,9 +196,8 @@ def stream_round_trip(model, steps=40, B=3, seed=0):
         ys.append(y)
     lyr = memcell.layer(model) if isinstance(model, Cell) else model
     final, want = lyr.apply(params, jnp.asarray(xs))
-    err = max(float(np.max(np.abs(np.stack(ys, 1) - np.asarray(want)))),
-              *(float(np.max(np.abs(a - np.asarray(b)))) for a, b in zip(carry, jax.tree.leaves(final))))
-    assert err < 5 * TOL, err
+    err = max(relative(np.stack(ys, 1), want), *(relative(a, b) for a, b in zip(carry, jax.tree.leaves(final))))
+    assert err < TOL, err
     return ops(proto)
 
 
@@ -210,7 +214,8 @@ def test_streaming_round_trip_loop_complex_carry():
 
 
 def test_jax_export_one_program_many_sizes():
-    model = c.stack([c.bidirectional(c.gru(4), c.gru(4)), c.lru(4)])
+    # backend="fused" needs a fixed batch size: the export rebuilds the layer on the reference path
+    model = c.stack([c.bidirectional(c.gru(4), c.gru(4), backend="fused"), c.lru(4)])
     params = model.init(jax.random.key(0), D)
     blob = export.to_jax_export(model, params, input_size=D, with_lengths=True)
     exported = jax.export.deserialize(bytearray(blob))
@@ -220,7 +225,7 @@ def test_jax_export_one_program_many_sizes():
         got = exported.call(xs, lengths)
         carry, ys = model.apply(params, xs, lengths=lengths)
         for g, w in zip(got, [ys] + jax.tree.leaves(carry)):
-            assert g.dtype == w.dtype and float(jnp.max(jnp.abs(g - w))) < TOL
+            assert g.dtype == w.dtype and relative(np.asarray(g), w) < TOL
 
 
 # ----------------------------------------------------------------------------- the check, and refusals
@@ -301,12 +306,12 @@ def test_cli_trained_model_exported_and_run(tmp_path, capsys):
     y, *carry = s.run(None, {"xs": xs, "lengths": lengths})
     want = model.apply(params, jnp.asarray(xs), lengths=jnp.asarray(lengths))
     assert y.shape == want.shape == (3, 1) and len(carry) == 2
-    assert float(np.max(np.abs(y - np.asarray(want)))) < TOL
+    assert relative(y, want) < TOL
     code, _, err = run_main(["export", str(run), "--format", "jax", "--out", str(tmp_path / "m.jax")], capsys)
     assert code == 0, err
     exported = jax.export.deserialize(bytearray((tmp_path / "m.jax").read_bytes()))
     p0, _, _ = trained_params(argparse.Namespace(seed=None, run_dir=str(run)), run_args, run_dir, task, model)
-    assert float(jnp.max(jnp.abs(exported.call(jnp.asarray(xs))[0] - model.apply(p0, jnp.asarray(xs))))) < TOL
+    assert relative(np.asarray(exported.call(jnp.asarray(xs))[0]), model.apply(p0, jnp.asarray(xs))) < TOL
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -329,10 +334,5 @@ def test_cli_bad_input_exits_2(argv, message, capsys):
     lambda: c.stack([c.lstm(16, layer_norm=True), c.mingru(16), c.rglru(16), c.mlstm(16, num_heads=2)]),
 ])
 def test_larger_models_many_sizes(model):
-    global SIZES
-    model = model()
-    old, SIZES = SIZES, ((1, 1), (7, 50), (16, 200))
-    try:
-        export_and_check(model)
-    finally:
-        SIZES = old
+    # deeper stacks at T = 200 sum longer: to_onnx's own check's bound (1e-4), 2e-5 measured
+    export_and_check(model(), sizes=((1, 1), (7, 50), (16, 200)), tol=1e-4)
