@@ -10,7 +10,7 @@ import pytest
 from cli_helpers import run_main
 
 import memcell
-from memcell import export
+from memcell import export, tasks
 from memcell.export import _onnx, _program, _structure
 from memcell.types import Cell, Layer
 
@@ -276,6 +276,31 @@ def test_refusals_name_what_and_why(model, params, kw, error, match):
         params = model.init(jax.random.key(0), D)
     with pytest.raises(error, match=match):
         export.to_onnx(model, params, **{"input_size": D, **kw})
+
+
+@pytest.mark.parametrize("readout, with_lengths, streaming", [("last", True, False), ("last", False, False),
+                                                             ("all", True, False), ("last", False, True)])
+def test_task_model_readout_native(readout, with_lengths, streaming):
+    """memcell.tasks' model (what memcell train trains): its dense readout written as ONNX ops after the layers."""
+    model = tasks.sequence_model([c.gru(4), c.lstm(4)], output_size=2, readout=readout)
+    params = model.init(jax.random.key(0), D)
+    assert export.why_not_native(model, streaming=streaming) is None
+    proto = export.to_onnx(model, params, input_size=D, with_lengths=with_lengths, streaming=streaming, check=False)
+    assert {"GRU", "LSTM", "MatMul"} <= ops(proto) and "Loop" not in ops(proto)
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(3, 7, D)).astype(np.float32)
+    lengths = np.array([7, 1, 4], np.int32)
+    s = session(proto)
+    if streaming:  # the readout of every step, fed one at a time
+        carry = [np.zeros((3, 4), np.float32)] * 3
+        for t in range(7):
+            y, *carry = s.run(None, {"x": xs[:, t], "carry_0": carry[0], "carry_1": carry[1], "carry_2": carry[2]})
+        want = model.apply(params, jnp.asarray(xs))
+    else:
+        feed = {"xs": xs, "lengths": lengths} if with_lengths else {"xs": xs}
+        y = s.run(None, feed)[0]
+        want = model.apply(params, jnp.asarray(xs), lengths=jnp.asarray(lengths) if with_lengths else None)
+    assert y.shape == want.shape and relative(y, want) < TOL
 
 
 # ----------------------------------------------------------------------------- the command line
