@@ -231,6 +231,12 @@ def test_jax_export_one_program_many_sizes():
 # ----------------------------------------------------------------------------- the check, and refusals
 
 
+def test_native_false_writes_the_loop_form_and_the_default_check_passes():
+    cell = c.lstm(4)
+    proto = export.to_onnx(cell, cell.init(jax.random.key(0), D), input_size=D, native=False)  # check=True
+    assert "Loop" in ops(proto) and "LSTM" not in ops(proto)
+
+
 def test_check_catches_a_model_that_differs():
     cell = c.gru(4)
     p0, p1 = cell.init(jax.random.key(0), D), cell.init(jax.random.key(1), D)
@@ -268,6 +274,7 @@ def _not_lowerable(hidden_size):
     (c.lstm(4), None, {"streaming": True, "with_lengths": True}, ValueError, "exclude each other"),
     (c.lstm(4), None, {"input_size": 0}, ValueError, "input_size"),
     (c.lstm(4), None, {"opset": 9}, ValueError, "opset must be"),
+    (c.gru(4, reset_after=False), None, {"native": True}, ValueError, "native=True: .*reset_after=True only"),
     (c.lstm(4), None, {"with_lengths": "yes"}, TypeError, "with_lengths must be a bool"),
     ("lstm", None, {}, TypeError, "model must be a memcell.Cell"),
 ])
