@@ -1,11 +1,9 @@
 """What a model to export is made of: its cells, their directions, how layers join, the readout.
 
-A ``Cell`` says what it is in its spec. A ``Layer`` is a pair of functions that does not say what it
-holds, so the layers ``memcell.layer``, ``memcell.bidirectional`` and ``memcell.stack`` make are
-recognised by their ``apply``'s code object (the very function those factories return, compared by
-identity, never by name) and read through the values that factory was given (its cell or cells,
-``reverse``, ``merge``, ``residual``, the regularisers). Any other layer is opaque: it is exported
-whole through the Loop form. A ``memcell.tasks.Model`` adds its declared readout.
+A ``Cell`` says what it is in its spec, and so does a layer made by ``memcell.layer``,
+``memcell.bidirectional`` or ``memcell.stack`` (its ``Layer.spec``: its cell or cells, ``reverse``,
+``merge``, ``residual``, the regularisers; bound to its ``apply`` by identity). Any other layer is
+opaque: it is exported whole through the Loop form. A ``memcell.tasks.Model`` adds its declared readout.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from typing import Any, Callable
 
 from memcell import scan, tasks
 from memcell.cells import rnn
-from memcell.types import Cell, Layer
+from memcell.types import BidirectionalSpec, Cell, CellLayerSpec, Layer, StackSpec
 
 __all__ = ["CellNode", "Model", "Opaque", "PairNode", "StackNode", "read"]
 
@@ -74,15 +72,10 @@ _REFERENCE: dict[str, Any] = {}
 
 
 def _references() -> dict[str, Any]:
-    """The code objects of the factories' ``apply`` functions, and their merge functions by name."""
+    """The code object of ``memcell.tasks.sequence_model``'s readout head (a ``tasks.Model`` declares
+    its readout's name, not whether its head is memcell's own dense one)."""
     if not _REFERENCE:
-        c = rnn(1)
-        _REFERENCE["layer"] = scan.layer(c).apply.__code__
-        _REFERENCE["bidirectional"] = scan.bidirectional(c, c).apply.__code__
-        _REFERENCE["stack"] = scan.stack([c]).apply.__code__
-        _REFERENCE["merges"] = {_closure(scan.bidirectional(c, c, merge=m).apply)["merge_fn"]: m
-                                for m in ("concat", "sum", "mean", "mul")}
-        _REFERENCE["head"] = tasks.sequence_model(c, 1, "last").head.__code__
+        _REFERENCE["head"] = tasks.sequence_model(rnn(1), 1, "last").head.__code__
     return _REFERENCE
 
 
@@ -91,23 +84,22 @@ def _closure(fn) -> dict[str, Any]:
     return {name: cell.cell_contents for name, cell in zip(fn.__code__.co_freevars, cells)}
 
 
+_MERGE_NAMES = ("concat", "sum", "mean", "mul")
+
+
 def _read_layer(lyr: Layer):
-    ref = _references()
-    code = getattr(lyr.apply, "__code__", None)
-    try:
-        if code is ref["layer"]:
-            v = _closure(lyr.apply)
-            return CellNode(v["cell"], bool(v["reverse"]), bool(v["learn_initial_carry"]), v["zoneout"])
-        if code is ref["bidirectional"]:
-            v = _closure(lyr.apply)
-            return PairNode(v["forward"], v["backward"], ref["merges"].get(v["merge_fn"]), v["merge_fn"])
-        if code is ref["stack"]:
-            v = _closure(lyr.apply)
-            return StackNode(tuple(_read_layer(x) for x in v["layers"]), bool(v["residual"]))
-    except KeyError as e:  # memcell.scan's factories were changed: their parts cannot be read
-        return Opaque(f"the layer's parts cannot be read (memcell.scan's factories hold no {e.args[0]!r})")
-    return Opaque("the layer was not made by memcell.layer, memcell.bidirectional or memcell.stack, so memcell "
-                  "cannot see its cells")
+    spec = getattr(lyr, "spec", None)
+    if spec is None or not spec.describes(lyr):
+        return Opaque("the layer was not made by memcell.layer, memcell.bidirectional or memcell.stack (or its "
+                      "apply was replaced), so memcell cannot see its cells")
+    if isinstance(spec, CellLayerSpec):
+        return CellNode(spec.cell, spec.reverse, spec.learn_initial_carry, spec.zoneout)
+    if isinstance(spec, BidirectionalSpec):
+        merge = spec.merge if isinstance(spec.merge, str) and spec.merge in _MERGE_NAMES else None
+        return PairNode(spec.forward, spec.backward, merge, spec.merge_fn)
+    if isinstance(spec, StackSpec):
+        return StackNode(tuple(_read_layer(x) for x in spec.layers), spec.residual)
+    return Opaque(f"memcell cannot see the cells of a layer with a {type(spec).__name__}")
 
 
 def reference_layer(node, layer: Layer) -> Layer:
