@@ -1,11 +1,12 @@
 """What ``memcell.linen`` and ``memcell.nnx`` share: Flax's carries and dtypes, the sequence options (no flax)."""
 
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
+from memcell import convert
 from memcell._checks import check_bool, check_positive_int
 from memcell.cells import resolve
 from memcell.scan import bidirectional, layer, stack
@@ -19,13 +20,15 @@ FLAX_CARRIES = MappingProxyType({frozenset({"h", "c"}): ("c", "h")})
 SEQUENCE_OPTIONS = MappingProxyType(dict(
     num_layers=1, bidirectional=False, merge="concat", residual=False, dropout=0.0, unroll=1, remat=False,
     backend="reference", input_dropout=0.0, recurrent_dropout=0.0, zoneout=0.0, learn_initial_carry=False))
-# The per-layer sequence options, and memcell.layer's names for them.
-_PER_LAYER = dict(input_dropout="dropout", recurrent_dropout="recurrent_dropout", zoneout="zoneout",
-                  learn_initial_carry="learn_initial_carry")
+# The memcell params each factory initialiser draws (Flax's kernel, recurrent kernel, bias: where nnx's metadata go).
+INITS = MappingProxyType({"kernel_init": ("w_x",), "recurrent_init": ("w_h", "w_hr"), "bias_init": ("b", "b_x", "b_h")})
+_PER_LAYER = dict(input_dropout="dropout", **{k: k for k in ("recurrent_dropout", "zoneout", "learn_initial_carry")})
+RANDOM = ("dropout", "input_dropout", "recurrent_dropout", "zoneout")  # the options that draw masks when training
+FLAX_NAMES = MappingProxyType({"recurrent_kernel_init": "recurrent_init"})  # Flax's argument -> the factories' name
 
 
-def make_cell(cell, hidden_size=None, options=None) -> Cell:
-    """``cell`` if built, else ``factory(hidden_size, **options)`` for its factory (``memcell.cells.resolve``)."""
+def make_cell(cell, hidden_size=None, options=None, boxes=None) -> Cell:
+    """``cell`` if built, else ``factory(hidden_size, **unboxed(options, boxes))`` (``memcell.cells.resolve``)."""
     if isinstance(cell, Cell):
         if hidden_size is not None or options:
             raise ValueError("a built memcell.Cell takes no hidden size or options: give its name or factory instead")
@@ -34,10 +37,21 @@ def make_cell(cell, hidden_size=None, options=None) -> Cell:
         raise TypeError(f"options must be a mapping of the factory's keyword arguments, got {type(options).__name__}")
     if hidden_size is None:
         raise ValueError(f"the hidden size (features) must be given to build cell {cell!r}")
-    made = resolve(cell)(hidden_size, **dict(options or {}))
+    made = resolve(cell)(hidden_size, **unboxed(options, {} if boxes is None else boxes))
     if not isinstance(made, Cell):
         raise TypeError(f"cell {cell!r} must build a memcell.Cell, its factory returned {type(made).__name__}")
     return made
+
+
+def unboxed(options, boxes: dict) -> dict:
+    """``options`` whose initialisers return arrays; ``boxes[param]`` keeps what its initialiser returned (a box)."""
+    def unbox(name, init):
+        def draw(key, shape, dtype):
+            out = init(key, shape, dtype)
+            boxes.update(dict.fromkeys(INITS[name], out))
+            return out.unbox() if hasattr(out, "unbox") else getattr(out, "raw_value", out)
+        return draw
+    return {k: unbox(k, v) if k in INITS and callable(v) else v for k, v in (options or {}).items()}
 
 
 def carry_layout(struct, layout) -> tuple[str, ...] | None:
@@ -60,12 +74,11 @@ def to_flax(carry, fields):
 def from_flax(carry, fields, struct):
     """memcell's carry from Flax's; refuses a carry whose structure is not ``struct``'s."""
     if fields is not None:
-        parts = (carry,) if len(fields) == 1 else carry
-        if not isinstance(parts, (tuple, list)) or len(parts) != len(fields) or not all(
-                hasattr(p, "shape") for p in parts):
+        ps = (carry,) if len(fields) == 1 else carry
+        if not isinstance(ps, (tuple, list)) or len(ps) != len(fields) or not all(hasattr(p, "shape") for p in ps):
             what = f"the array {fields[0]}" if len(fields) == 1 else f"the tuple ({', '.join(fields)})"
             raise TypeError(f"carry must be {what} that initialize_carry returns, got {type(carry).__name__}")
-        carry = type(struct)(**dict(zip(fields, parts)))
+        carry = type(struct)(**dict(zip(fields, ps)))
     expected, got = jax.tree.structure(struct), jax.tree.structure(carry)
     if got != expected:
         raise TypeError(f"carry must have the structure of initialize_carry's carry, {expected}, got {got}")
@@ -84,13 +97,6 @@ def check_inputs(inputs, *, complex_ok: bool = False):
     if not (jnp.issubdtype(inputs.dtype, jnp.number) or inputs.dtype == jnp.bool_):
         raise TypeError(f"inputs must be a numeric array, got dtype {inputs.dtype}")
     return inputs
-
-
-def check_input_shape(input_shape) -> tuple[int, ...]:
-    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
-    if not shape or not all(isinstance(s, int) for s in shape) or shape[-1] < 1:
-        raise ValueError(f"input_shape must be a tuple (*batch, features) of ints, features >= 1, got {input_shape!r}")
-    return shape
 
 
 def flax_dtypes(run: Callable, xs, params, dtype=None, complex_ok=False):
@@ -117,11 +123,17 @@ def step(cell: Cell, template, get_params: Callable, carry, inputs, *, layout="f
     return flax_dtypes(run, inputs, template, dtype, complex_ok)
 
 
-def initial_carry(cell: Cell, input_size: int, batch: tuple, *, layout, carry_init, key_for, learnt):
-    """Flax's initial carry: ``learnt`` broadcast, zeros in the cell's dtypes, or ``carry_init(key_for(i), ...)``."""
-    struct = jax.eval_shape(lambda k: cell.initial_carry(cell.init(k, input_size), batch), jax.random.key(0))
+def initial_carry(cell: Cell, input_shape, *, layout, carry_init, key_for, learnt):
+    """Flax's carry for ``input_shape`` ``(*batch, features)``: ``learnt`` (one carry, a dict of its fields) broadcast,
+    zeros in the cell's dtypes, or ``carry_init(key_for(i), shape, dtype)`` a leaf ``i``."""
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
+    if not shape or not all(isinstance(s, int) for s in shape) or shape[-1] < 1:
+        raise ValueError(f"input_shape must be a tuple (*batch, features) of ints, features >= 1, got {input_shape!r}")
+    params = jax.eval_shape(lambda k: cell.init(k, shape[-1]), jax.random.key(0))
+    struct = jax.eval_shape(lambda p: cell.initial_carry(p, shape[:-1]), params)
     leaves, treedef = jax.tree.flatten(struct)
     if learnt is not None:
+        learnt = convert.from_dict(convert.to_dict(learnt), jax.eval_shape(cell.initial_carry, params), path="carry0")
         carry = jax.tree.map(lambda v, s: jnp.broadcast_to(v, s.shape).astype(s.dtype), learnt, struct)
     elif carry_init is None:
         carry = treedef.unflatten([jnp.zeros(s.shape, s.dtype) for s in leaves])
@@ -162,11 +174,6 @@ def sequence_layer(cell, hidden_size=None, options=None, **sequence) -> Layer:
     return stack(layers, residual=o["residual"], dropout=o["dropout"])
 
 
-def is_random(sequence: Mapping[str, Any]) -> bool:
-    """Whether the sequence options draw masks (dropout, zoneout), so that training needs a key."""
-    return any(bool(sequence.get(k)) for k in ("dropout", "input_dropout", "recurrent_dropout", "zoneout"))
-
-
 def run_sequence(lyr: Layer, params, xs, carry, *, dtype=None, **kw):
     """``lyr.apply`` on ``xs: [*b, T, D]``, with Flax's dtypes (``flax_dtypes``)."""
     if getattr(xs, "ndim", 2) < 2:
@@ -174,6 +181,3 @@ def run_sequence(lyr: Layer, params, xs, carry, *, dtype=None, **kw):
     return flax_dtypes(lambda x: lyr.apply(params, x, carry, **kw), xs, params, dtype)
 
 
-def drop_in_options(args: Mapping[str, Any], renames: Mapping[str, str]) -> dict:
-    """A drop-in's arguments, as Flax names them, as its memcell factory's options."""
-    return {{"recurrent_kernel_init": "recurrent_init", **renames}.get(k, k): v for k, v in args.items()}

@@ -21,20 +21,26 @@ def _as_dict(params) -> dict:  # a bare-array params is {"params": it}
     return tree if isinstance(tree, dict) else {"params": tree}
 
 
+def _boxed(name, params, boxes):  # a param in the box its initialiser returned (nn.with_partitioning's)
+    box = boxes.get(name)
+    return box.replace_boxed(params[name]) if hasattr(box, "replace_boxed") else params[name]
+
+
 class _Base(nn.RNNCellBase):
     """A memcell cell as a Flax RNN cell: ``cell``, ``features`` and ``options`` say which."""
 
     carry_layout, complex_ok = "flax", False  # class data, overridden by fields or subclasses
 
     @nn.nowrap
-    def memcell_cell(self) -> PureCell:
+    def memcell_cell(self, boxes=None) -> PureCell:
         """The pure memcell ``Cell`` this module runs."""
-        return _flax.make_cell(self.cell, self.features, self.options)
+        return _flax.make_cell(self.cell, self.features, self.options, boxes)
 
     @nn.compact
     def __call__(self, carry, inputs) -> tuple[Any, Any]:
         """One step: ``(carry, inputs[*b, d]) -> (carry, y[*b, h])``, ``cell.step`` on the module's params."""
-        cell = self.memcell_cell()
+        boxes = {}  # the boxes of partitioned initialisers, filled as the params are made
+        cell = self.memcell_cell(boxes)
         d = _flax.check_inputs(inputs, complex_ok=self.complex_ok).shape[-1]
         template = jax.eval_shape(lambda k: cell.init(k, d), jax.random.key(0))
         if _CARRY0 in _as_dict(template):
@@ -43,7 +49,8 @@ class _Base(nn.RNNCellBase):
             self.param(_CARRY0, lambda key: convert.to_dict(cell.initial_carry(cell.init(key, d))))
 
         def params():  # one Flax param a field, named alike: Flax checks its shape, Orbax and optax see dicts
-            stored = {n: self.param(n, lambda k, n=n: _as_dict(cell.init(k, d))[n]) for n in _as_dict(template)}
+            init = lambda k, n: _boxed(n, _as_dict(cell.init(k, d)), boxes)  # noqa: E731
+            stored = {n: self.param(n, init, n) for n in _as_dict(template)}
             return memcell_params(self, stored, d)
 
         return _flax.step(cell, template, params, carry, inputs, layout=self.carry_layout,
@@ -52,13 +59,10 @@ class _Base(nn.RNNCellBase):
     @nn.nowrap
     def initialize_carry(self, rng, input_shape: tuple[int, ...]):
         """The carry for ``input_shape`` ``(*batch, features)``: zeros, ``carry_init``'s or a bound ``carry0``."""
-        shape = _flax.check_input_shape(input_shape)
-        cell, d, learnt = self.memcell_cell(), shape[-1], None
-        if self.learn_initial_carry and self.scope is not None and self.has_variable("params", _CARRY0):
-            template = jax.eval_shape(lambda k: cell.initial_carry(cell.init(k, d)), jax.random.key(0))
-            learnt = convert.from_dict(self.get_variable("params", _CARRY0), template, path=_CARRY0)
-        return _flax.initial_carry(cell, d, shape[:-1], layout=self.carry_layout, carry_init=self.carry_init,
-                                   key_for=lambda i: jax.random.fold_in(rng, i), learnt=learnt)
+        bound = self.learn_initial_carry and self.scope is not None and self.has_variable("params", _CARRY0)
+        return _flax.initial_carry(self.memcell_cell(), input_shape, layout=self.carry_layout,
+                                   carry_init=self.carry_init, key_for=lambda i: jax.random.fold_in(rng, i),
+                                   learnt=self.get_variable("params", _CARRY0) if bound else None)
 
     @property
     def num_feature_axes(self) -> int:
@@ -74,8 +78,7 @@ class Cell(_Base):
       features, options: the hidden size and the factory's keyword arguments (None for a built cell).
       carry_layout: ``"flax"``: Flax's carry (a one-field carry is that array, as ``nn.GRUCell``'s; the LSTM's
         ``(h, c)`` is ``(c, h)``; others stay memcell's); None: memcell's; or an ordering of the carry's fields.
-      carry_init: initialiser of the carry's leaves (None: the cell's zeros).
-      learn_initial_carry: learn the initial carry, a param ``carry0`` (without batch axes).
+      carry_init, learn_initial_carry: the carry's initialiser (None: zeros), or learn it (a param ``carry0``).
 
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn, memcell.linen
@@ -111,7 +114,7 @@ class _DropIn(_Base):
         """The factory's options: the module's attributes, named as the factory names them."""
         own = {"features", "carry_init", "learn_initial_carry", "parent", "name"}
         args = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in own}
-        return _flax.drop_in_options(args, self._renames)
+        return {{**_flax.FLAX_NAMES, **self._renames}.get(k, k): v for k, v in args.items()}
 
 
 class LSTM(_DropIn):
@@ -158,16 +161,13 @@ class Recurrent(nn.Module):
 
     Attributes:
       cell, features, options: as for ``Cell``, for every layer; or a list of cells, one a layer.
-      num_layers, bidirectional, merge: layers, read both ways (from each sequence's own last step) and merged
-        with ``"concat"``, ``"sum"``, ``"mean"``, ``"mul"`` or a function.
-      residual, dropout: ``memcell.stack``'s (dropout between layers).
-      input_dropout, recurrent_dropout, zoneout, learn_initial_carry: ``memcell.layer``'s ``dropout``,
-        ``recurrent_dropout``, ``zoneout``, ``learn_initial_carry``, for one-directional layers.
-      unroll, remat, backend: ``memcell.unroll``'s (``"auto"``: fused LSTM, GRU, RNN; ``"parallel"``: the
-        cells linear in their carry on the parallel scan, with the same params).
+      num_layers, bidirectional, merge: layers, read both ways (from each sequence's own last step) and merged with
+        ``"concat"``, ``"sum"``, ``"mean"``, ``"mul"`` or a function.
+      residual, dropout: ``memcell.stack``'s; input_dropout, recurrent_dropout, zoneout, learn_initial_carry:
+        ``memcell.layer``'s (``dropout``, ...), for one-directional layers; unroll, remat, backend: ``unroll``'s.
 
-    ``__call__(xs, carry=None, *, lengths=None, resets=None, deterministic=True)`` is ``Layer.apply`` (zero outputs
-    past ``lengths``), dropout and zoneout with ``deterministic=False`` (``"dropout"`` rng). Params: ``layer_0``, ...
+    ``__call__(xs, carry=None, *, lengths=None, resets=None, deterministic=True)`` is ``Layer.apply``; dropout and
+    zoneout run with ``deterministic=False`` (``"dropout"`` rng). Params: ``layer_0``, ``layer_1``, ...
 
     Example:
       >>> import jax, jax.numpy as jnp, memcell.linen
@@ -198,7 +198,7 @@ class Recurrent(nn.Module):
         # Layer i's init depends on the sizes before it only: each layer's param is taken from the stack's init.
         stored = {f"layer_{i}": self.param(f"layer_{i}", lambda k, i=i: convert.to_dict(lyr.init(k, d)[i]))
                   for i in range(n)}
-        random = not deterministic and _flax.is_random(vars(self))
+        random = not deterministic and any(getattr(self, k) for k in _flax.RANDOM)
         return _flax.run_sequence(lyr, memcell_params(self, stored, d), xs, carry, lengths=lengths, resets=resets,
                                   key=self.make_rng("dropout") if random else None,
                                   dtype=dict(self.options or {}).get("dtype"))

@@ -13,8 +13,6 @@ from memcell.types import Cell as PureCell, PyTree
 
 __all__ = ["GRU", "LSTM", "RNN", "Cell", "Recurrent"]
 
-# The memcell params that Flax's kernel, recurrent kernel and bias are: where its ``*_metadata`` go.
-PARAM_ROLES = {"kernel": ("w_x",), "recurrent_kernel": ("w_h", "w_hr"), "bias": ("b", "b_x", "b_h")}
 
 
 def _values(tree):
@@ -51,10 +49,8 @@ class Cell(_Params, nnx.RNNCellBase):
 
     Args:
       cell, hidden_features, options, carry_layout, carry_init, learn_initial_carry: as for ``memcell.linen.Cell``
-        (``hidden_features`` is its ``features``; the learnt carry ``carry0`` is a Param a carry leaf).
-      in_features: input features.
+        (``hidden_features`` is its ``features``); in_features: input features; rngs: ``nnx.Rngs``.
       param_metadata: ``{param field: metadata}`` for its ``nnx.Param`` (``{"w_x": {"out_sharding": (None, "tp")}}``).
-      rngs: ``nnx.Rngs`` with a ``params`` stream.
 
     Example:
       >>> import jax.numpy as jnp, memcell.nnx
@@ -68,12 +64,13 @@ class Cell(_Params, nnx.RNNCellBase):
 
     def __init__(self, cell, in_features: int, hidden_features: int | None = None, *, options=None, carry_layout="flax",
                  carry_init=None, learn_initial_carry=False, param_metadata: Mapping | None = None, rngs: nnx.Rngs):
-        self.cell = _flax.make_cell(cell, hidden_features, options)
+        self.cell = _flax.make_cell(cell, hidden_features, options, boxes := {})
         self.in_features, self.hidden_features = check_positive_int("in_features", in_features), hidden_features
         learn = _flax.check_learnt_carry(learn_initial_carry, carry_init)
         self.carry_init, self.carry_layout, self.dtype = carry_init, carry_layout, dict(options or {}).get("dtype")
         params = self.cell.init(_key(rngs, "params"), self.in_features)
-        self._store(params, param_metadata)
+        boxed = {n: b.metadata for n, b in boxes.items() if hasattr(b, "raw_value")}  # nnx.with_partitioning's
+        self._store(params, {**boxed, **(param_metadata or {})})
         # A learnt initial carry: a Param a carry leaf, without batch axes, started at the cell's initial carry.
         self.carry0 = nnx.data(jax.tree.map(nnx.Param, self.cell.initial_carry(params))) if learn else None
 
@@ -92,11 +89,11 @@ class Cell(_Params, nnx.RNNCellBase):
 
     def initialize_carry(self, input_shape: tuple[int, ...], rngs=None, carry_init=None):
         """The carry for ``input_shape`` ``(*batch, features)``: zeros, ``carry_init``'s (``rngs``) or ``carry0``."""
-        shape, carry_init = _flax.check_input_shape(input_shape), carry_init or self.carry_init
+        carry_init = carry_init or self.carry_init
         rngs = rngs.carry if isinstance(rngs, nnx.Rngs) else rngs
         if self.carry0 is None and carry_init is not None and rngs is None:
             raise ValueError("rngs must be given to initialize_carry when a carry_init is used")
-        return _flax.initial_carry(self.cell, shape[-1], shape[:-1], layout=self.carry_layout, carry_init=carry_init,
+        return _flax.initial_carry(self.cell, input_shape, layout=self.carry_layout, carry_init=carry_init,
                                    key_for=lambda i: rngs(), learnt=self.carry0 and _values(self.carry0))
 
     @property
@@ -110,12 +107,13 @@ class _DropIn(Cell):
     complex_ok = True
 
     def _drop_in(self, factory: str, args: dict, renames: Mapping | None = None) -> None:
-        meta = {role: args.pop(f"{role}_metadata") for role in PARAM_ROLES}
+        roles = {"kernel_init": "kernel", "recurrent_init": "recurrent_kernel", "bias_init": "bias"}
+        meta = {k: args.pop(f"{role}_metadata") for k, role in roles.items()}
         own = ("self", "__class__", "in_features", "hidden_features", "rngs", "carry_init", "learn_initial_carry")
-        options = _flax.drop_in_options({k: v for k, v in args.items() if k not in own}, renames or {})
+        options = {{**_flax.FLAX_NAMES, **(renames or {})}.get(k, k): v for k, v in args.items() if k not in own}
         super().__init__(factory, args["in_features"], args["hidden_features"], options=options, rngs=args["rngs"],
                          carry_init=args["carry_init"], learn_initial_carry=args["learn_initial_carry"],
-                         param_metadata={n: meta[role] for role, names in PARAM_ROLES.items() for n in names})
+                         param_metadata={n: meta[k] for k, ns in _flax.INITS.items() for n in ns if meta[k]})
 
 
 class LSTM(_DropIn):
@@ -166,11 +164,9 @@ class Recurrent(_Params):
 
     Args:
       cell, hidden_features, options, **sequence: as for ``memcell.linen.Recurrent`` (``hidden_features`` is its
-        ``features``; ``**sequence`` its ``num_layers``, ``bidirectional``, ``dropout``, ... options).
-      in_features: input features.
+        ``features``, ``**sequence`` its ``num_layers``, ``bidirectional``, ...); in_features: input features.
       deterministic: no dropout or zoneout (``model.eval()``/``.train()`` set it, ``__call__`` takes it); training
         draws masks from the ``dropout`` stream of ``rngs`` (the constructor's or ``__call__``'s).
-      rngs: ``nnx.Rngs`` with a ``params`` stream.
 
     Example:
       >>> import jax.numpy as jnp, memcell.nnx
@@ -187,7 +183,7 @@ class Recurrent(_Params):
         self.in_features = check_positive_int("in_features", in_features)
         self.dtype, self.deterministic = dict(options or {}).get("dtype"), deterministic
         self._store(self.layer.init(_key(rngs, "params"), self.in_features))
-        self.rngs = rngs.dropout.fork() if _flax.is_random(sequence) else nnx.data(None)
+        self.rngs = rngs.dropout.fork() if any(sequence.get(k) for k in _flax.RANDOM) else nnx.data(None)
 
     def memcell_layer(self):
         """The memcell ``Layer`` (a ``memcell.stack``) this module applies."""

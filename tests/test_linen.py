@@ -333,7 +333,8 @@ def test_learn_initial_carry_inside_nn_rnn():
     variables = model.init(jax.random.key(0), XS)
     carry0 = variables["params"]["cell"]["carry0"]
     assert set(carry0) == {"h", "c"} and carry0["h"].shape == (H,)
-    variables = {"params": {"cell": dict(variables["params"]["cell"], carry0={"h": jnp.arange(H) / H, "c": jnp.ones(H)})}}
+    carry0 = {"h": jnp.arange(H) / H, "c": jnp.ones(H)}
+    variables = {"params": {"cell": dict(variables["params"]["cell"], carry0=carry0)}}
     params = ml.memcell_params(ml.LSTM(H), variables["params"]["cell"], D)
     start = memcell.LSTMCarry(h=jnp.broadcast_to(jnp.arange(H) / H, (B, H)), c=jnp.ones((B, H)))
     carry_m, ys_m = memcell.unroll(memcell.lstm(H), params, XS, start, lengths=LENGTHS)
@@ -379,6 +380,23 @@ def test_flax_arguments_gate_fn_activation_fn_bias_init(flax_type, mem_type):
     chex.assert_trees_all_equal(mem_biases, flax_biases)
 
 
+def test_partitioned_initialisers_box_the_params_as_flax_does():
+    """nn.with_partitioning's initialisers (linen's way to annotate params for model parallelism) box memcell's
+    params with the same logical axes as Flax's cells' params; apply unboxes them."""
+    part = lambda names: nn.with_partitioning(nn.initializers.lecun_normal(), names)  # noqa: E731
+    kw = dict(kernel_init=part((None, "model")), recurrent_kernel_init=part(("model", None)))
+    ours, theirs = nn.RNN(ml.GRU(H, **kw)), nn.RNN(nn.GRUCell(H, **kw))
+    v, v_flax = ours.init(jax.random.key(0), XS), theirs.init(jax.random.key(0), XS)
+    spec, flax_spec = nn.get_partition_spec(v)["params"]["cell"], nn.get_partition_spec(v_flax)["params"]["cell"]
+    assert spec["w_x"] == flax_spec["ir"]["kernel"] == jax.P(None, "model")
+    assert spec["w_h"] == flax_spec["hr"]["kernel"] == jax.P("model", None)
+    assert not isinstance(v["params"]["cell"]["b_x"], nn.Partitioned)  # a plain bias stays plain
+    plain = nn.RNN(ml.GRU(H))
+    _close(ours.apply(v, XS), plain.apply(nn.meta.unbox(v), XS))
+    c = ml.Cell("mingru", H, {"kernel_init": part((None, "model"))})
+    assert isinstance(c.init(jax.random.key(0), jnp.zeros((B, H)), XS[:, 0])["params"]["w_x"], nn.Partitioned)
+
+
 def test_lstm_forget_bias_with_bias_init():
     x = XS[:, 0]
     mod = ml.LSTM(H, bias_init=nn.initializers.zeros, forget_bias=2.0)
@@ -411,9 +429,9 @@ def test_integer_inputs_are_promoted_as_flax_does():
     ints = jnp.tile(jnp.arange(T), (B, 1))[..., None].repeat(D, -1)  # as Flax's own nnx tests feed them
     for module in (nn.RNN(ml.LSTM(H), reverse=True, keep_order=True), nn.RNN(ml.GRU(H)), ml.Recurrent("rnn", H)):
         variables = module.init(jax.random.key(0), ints)
-        out_int = module.apply(variables, ints, **({} if isinstance(module, ml.Recurrent) else {"seq_lengths": LENGTHS}))
-        out_float = module.apply(variables, ints.astype(jnp.float32),
-                                 **({} if isinstance(module, ml.Recurrent) else {"seq_lengths": LENGTHS}))
+        kw = {"lengths" if isinstance(module, ml.Recurrent) else "seq_lengths": LENGTHS}
+        out_int = module.apply(variables, ints, **kw)
+        out_float = module.apply(variables, ints.astype(jnp.float32), **kw)
         chex.assert_trees_all_equal(out_int, out_float)
     flax_out = nn.RNN(nn.GRUCell(H)).init_with_output(jax.random.key(0), ints)[0]
     assert flax_out.dtype == out_int[1].dtype == jnp.float32

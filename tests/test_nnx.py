@@ -52,7 +52,8 @@ def _randomize(module, seed=1):
     state = nnx.state(module, nnx.Param)
     leaves, treedef = jax.tree.flatten(state)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
-    nnx.update(module, treedef.unflatten([a + 0.2 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]))
+    noise = [a + 0.2 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+    nnx.update(module, treedef.unflatten(noise))
     return module
 
 
@@ -246,6 +247,12 @@ def test_sharding_metadata_reaches_the_params_as_flax_does():
         assert proj.w_hr.sharding.spec == jax.P("model", None) and proj.b.sharding.spec == jax.P("model")
         generic = mn.Cell("mingru", D, H, param_metadata={"w_x": {"out_sharding": (None, "model")}}, rngs=nnx.Rngs(0))
         assert generic.w_x.sharding.spec == jax.P(None, "model") and "out_sharding" not in generic.b.get_metadata()
+        # Flax's partitioned initialisers (nnx.with_partitioning) annotate the params they draw, as in Flax's cells
+        boxed = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("model", None))
+        ours = mn.LSTM(D, H, kernel_init=boxed, rngs=nnx.Rngs(0))
+        theirs = nnx.LSTMCell(D, H, kernel_init=boxed, rngs=nnx.Rngs(0))
+        assert ours.w_x.sharding.spec == theirs.ii.kernel.sharding.spec == jax.P("model", None)
+        assert "out_sharding" not in ours.w_h.get_metadata()
         ys = nnx.jit(lambda m, x: nnx.RNN(m)(x))(mn.LSTM(D, H, rngs=nnx.Rngs(0), **meta), XS)
     _close(ys, nnx.RNN(mn.LSTM(D, H, rngs=nnx.Rngs(0)))(XS))
 
