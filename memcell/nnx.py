@@ -14,7 +14,6 @@ from memcell.types import Cell as PureCell, PyTree
 __all__ = ["GRU", "LSTM", "RNN", "Cell", "Recurrent"]
 
 
-
 def _values(tree):
     return jax.tree.map(lambda v: v[...], tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
