@@ -368,8 +368,10 @@ def test_flax_arguments_gate_fn_activation_fn_bias_init(flax_type, mem_type):
     to_memcell = lambda p: convert.from_flax(p)[1]
     (c_f, y_f), (c_m, y_m) = _flax_and_memcell_step(flax_type(H, **kw), mem_type(H, **kw), to_memcell, x)
     _close((c_f, y_f), (c_m, y_m), 1e-6)
-    assert mem_type(H, **fns).memcell_cell().spec is None  # other functions: no fast path may run them
-    assert mem_type(H).memcell_cell().spec is not None  # Flax's defaults are memcell's: the fast paths stay
+    other = mem_type(H, **fns).memcell_cell()  # other functions: no fast path runs them, and each says why
+    assert memcell.paths.why_not("fused", other) is not None and memcell.paths.why_not("cudnn", other) is not None
+    assert "user's function" in memcell.paths.why_not("fused", other) or "sets" in memcell.paths.why_not("fused", other)
+    assert memcell.paths.why_not("fused", mem_type(H).memcell_cell()) is None  # Flax's defaults: the fast path stays
     # bias_init draws the biases Flax's cells have, as Flax does (for the LSTM the forget gate's too)
     mem = mem_type(H, bias_init=nn.initializers.constant(0.3))
     carry = mem.initialize_carry(jax.random.key(0), x.shape)

@@ -28,6 +28,8 @@ class GRUSpec(CellSpec):
     """What ``memcell.gru`` declares for fast paths: the options its step was built with."""
 
     reset_after: bool = True
+    gate_fn: str | None = "sigmoid"  # None: a user's function, which no fast path computes
+    activation_fn: str | None = "tanh"
 
 
 def gru(
@@ -119,5 +121,5 @@ def gru(
         h_new = ((1.0 - z) * n + z * h).astype(h.dtype)
         return GRUCarry(h_new), h_new
 
-    declared = gate is not None and act is not None  # the fast paths compute sigmoid and tanh only
-    return Cell(init, initial_carry, step, GRUSpec(step=step, dtype=dtype, reset_after=reset_after) if declared else None)
+    spec = GRUSpec(step=step, dtype=dtype, reset_after=reset_after, gate_fn=gate, activation_fn=act)
+    return Cell(init, initial_carry, step, spec)

@@ -54,6 +54,8 @@ class LSTMSpec(CellSpec):
     input_activation: bool = True
     output_activation: bool = True
     proj_size: int | None = None
+    gate_fn: str | None = "sigmoid"  # None: a user's function, which no fast path computes
+    activation_fn: str | None = "tanh"
 
 
 # Greff et al. 2017, "LSTM: A Search Space Odyssey": their "vanilla" LSTM has peepholes;
@@ -145,7 +147,7 @@ def lstm(
         no projection. It composes with every other option (peepholes and layer norm read
         ``c``, which keeps ``h`` units); the fused path does not implement it and falls back.
       gate_fn, activation_fn: the functions in place of ``sigmoid`` and ``tanh`` above (Flax's
-        options); others than these two give a cell without a spec (it runs the reference path).
+        options); with others the fast paths name the option and the cell runs the reference path.
       bias_init: None (zeros, and ``forget_bias`` on ``f``) or an initialiser of each gate block of
         ``b`` (Flax's ``bias_init``), the ``f`` block included unless ``forget_bias`` is given.
       kernel_init, recurrent_init, recurrent_scale: as for ``memcell.rnn``; each gate block is
@@ -191,7 +193,7 @@ def lstm(
     tanh, act = c.resolve_fn("activation_fn", activation_fn, {"tanh": jnp.tanh})
     proj_size = _check_proj_size(proj_size, hidden_size)
     options = LSTMSpec(step=None, dtype=c.check_float_dtype("dtype", dtype, allow_none=True), proj_size=proj_size,
-                       **flags)
+                       gate_fn=gate, activation_fn=act, **flags)
     init_fn = _make_init(
         options, hidden_size, init, forget_bias, max_timescale,
         c.resolve_init("kernel_init", kernel_init, hidden_size),
@@ -205,8 +207,7 @@ def lstm(
         return LSTMCarry(h=h, c=cell)
 
     step = _make_step(options, sigmoid, tanh)
-    declared = gate is not None and act is not None  # the fast paths compute sigmoid and tanh only
-    return Cell(init_fn, initial_carry, step, dataclasses.replace(options, step=step) if declared else None)
+    return Cell(init_fn, initial_carry, step, dataclasses.replace(options, step=step))
 
 
 def _check_init_options(scheme, forget_bias, max_timescale, *, cifg, forget_gate, input_gate, **_) -> float:

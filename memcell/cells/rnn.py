@@ -26,7 +26,7 @@ class RNNCarry(NamedTuple):
 class RNNSpec(CellSpec):
     """What ``memcell.rnn`` declares for fast paths: the options its step was built with."""
 
-    activation: str = "tanh"
+    activation: str | None = "tanh"  # None: a user's function, which no fast path computes
 
 
 def rnn(
@@ -46,7 +46,7 @@ def rnn(
       hidden_size: number of hidden units ``h``.
       activation: ``"tanh"`` or ``"relu"`` (with ``recurrent_init="identity"``: the IRNN
         of Le et al. 2015), or a function (Flax's ``activation_fn``); a function other than
-        ``jnp.tanh`` and ``jax.nn.relu`` gives a cell without a spec (it runs the reference path).
+        ``jnp.tanh`` and ``jax.nn.relu`` runs the reference path (its spec says ``activation=None``).
       kernel_init: initialiser of ``W``: a name (``"lecun_normal"``, ``"glorot_uniform"``,
         ``"orthogonal"``, ``"uniform"`` (PyTorch's), ``"zeros"``) or a
         ``jax.nn.initializers`` callable.
@@ -95,7 +95,7 @@ def rnn(
         h = act(z).astype(carry.h.dtype)
         return RNNCarry(h), h
 
-    spec = None if activation is None else RNNSpec(step=step, dtype=dtype, activation=activation)
+    spec = RNNSpec(step=step, dtype=dtype, activation=activation)
     return Cell(init, initial_carry, step, spec)
 
 

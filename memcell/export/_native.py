@@ -42,8 +42,13 @@ def mode_of(cell) -> tuple[str | None, str | None]:
     if isinstance(spec, GRUSpec):
         if not spec.reset_after:
             return None, "ONNX's GRU operator runs reset_after=True only (linear_before_reset=1), this GRU sets it False"
+        off = _dispatch.options_set(spec, GRUSpec)
+        if off:
+            return None, f"ONNX's GRU operator is the default GRU, this one sets {', '.join(off)}"
         return "gru", None
     if isinstance(spec, RNNSpec):
+        if spec.activation is None:
+            return None, "ONNX's RNN operator runs named activations, this RNN has a user's function"
         return f"rnn_{spec.activation}", None
     return None, f"ONNX has no operator for a cell with a {type(spec).__name__}"
 
