@@ -232,6 +232,30 @@ def test_refusals_name_the_problem():
         bad(state, None)
 
 
+def test_fit_names_a_sampler_of_the_wrong_kind():
+    """A state holding a StreamState needs sample(key, cursor) -> (batch, cursor), a state without one
+    sample(key) -> batch: the other kind is a TypeError naming it, before anything compiles."""
+    tx = train.optimizer(1e-2)
+    step = train.make_stream_train_step(lambda p, c, b, k: (jnp.sum(p * b), (c, {})), tx)
+    state = train.init_state(0, lambda k: jnp.zeros(2), tx)
+    streaming = state._replace(stream=train.StreamState(jnp.zeros(3, jnp.int32), jnp.zeros(2)))
+    fit = lambda s, sample: train.fit(step, s, sample, steps=1, progress=False)
+    with pytest.raises(TypeError, match=r"sample must be sample\(key, cursor\) -> \(batch, cursor\) for a state "
+                                        r"holding a StreamState \(truncated BPTT\); calling it with \(key, cursor\) "
+                                        r"failed: .*positional argument"):
+        fit(streaming, lambda key: jnp.ones(2))
+    with pytest.raises(TypeError, match=r"sample must be sample\(key\) -> batch for a state without a stream"):
+        fit(state, lambda key, cursor: (jnp.ones(2), cursor))
+    with pytest.raises(TypeError, match=r"sample\(key, cursor\) must return \(batch, cursor\)"):
+        fit(streaming, lambda key, cursor: jnp.ones(2))
+    with pytest.raises(ValueError, match=r"must return a cursor of the form it was given \(\(3,\), 'int32'\), got "
+                                         r"\(\(\), 'int32'\)"):
+        fit(streaming, lambda key, cursor: (jnp.ones(2), cursor[0]))
+    stacked = train.init_states([0, 1], lambda k: jnp.zeros(2), tx)  # vmapped models: one cursor a model
+    stacked = stacked._replace(stream=train.StreamState(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 2))))
+    assert int(fit(stacked, lambda key, cursor: (jnp.ones(2), cursor + 1)).state.stream.cursor[1, 0]) == 1
+
+
 def test_with_stream_takes_the_samplers_first_cursor_or_makes_it():
     task, model = _task(_streams(40)), tasks.sequence_model(memcell.rnn(3), V, "all")
     states = train.init_states([0, 1], lambda k: model.init(k, V), train.optimizer(1e-2))

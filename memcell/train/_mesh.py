@@ -25,6 +25,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from memcell.train._stream import sampled_batch
+
 AXES = ("data", "seeds")  # the axis names fit understands
 
 
@@ -181,8 +183,7 @@ def check_mesh(mesh, n_models: int | None, sample: Callable, state) -> None:
     data = axis_size(mesh, "data")
     if data == 1:
         return
-    key = jax.random.key(0)
-    batch = jax.eval_shape(sample, key)
+    batch = sampled_batch(sample, state, n_models)  # a truncated-BPTT sampler takes the cursor too
     for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
         shape = tuple(leaf.shape)
         if not shape or shape[0] % data:
