@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from memcell._checks import check_positive_int
-from memcell.scan import DirectionPair, layer as as_layer
+from memcell.scan import layer as as_layer
+from memcell.types import DirectionPair
 from memcell.types import Array, Cell, Layer, PyTree
 
 __all__ = ["Stream", "stream"]

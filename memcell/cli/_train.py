@@ -10,7 +10,7 @@ import pathlib
 import sys
 import threading
 
-from memcell import cudnn, fused, parallel, tasks
+from memcell import paths, tasks
 from memcell.cli._parser import CLASSIC, IDENTITY_KEYS, TASK_NAMES, UsageError
 from memcell.scan import layer as as_layer
 
@@ -108,8 +108,7 @@ def build(args):
     elif args.reset_after != "true":
         raise UsageError(f"--reset-after applies to --cell gru, not {args.cell!r}")
     cells = [tasks.make_cell(args.cell, args.hidden, **options) for _ in range(args.layers)]
-    why_not = {"fused": fused.why_not, "parallel": parallel.why_not, "cudnn": cudnn.why_not}.get(args.backend)
-    reason = None if why_not is None else why_not(cells[0])
+    reason = paths.why_not(args.backend, cells[0])
     if reason is None and args.backend == "cudnn":  # the seeds train under jax.vmap, which cuDNN cannot batch
         reason = "the seeds train under jax.vmap, which has no cuDNN batching rule in JAX"
     if reason is not None:
