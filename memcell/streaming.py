@@ -130,7 +130,12 @@ def stream(layer: Cell | Layer, input_size: int) -> Stream:
     if not isinstance(layer, Layer):
         raise TypeError(f"layer must be a memcell.Cell or memcell.Layer, got {type(layer).__name__}")
     input_size = check_positive_int("input_size", input_size)
-    _check_forward(layer, input_size)
+    try:
+        hash(layer)
+    except TypeError:  # a layer of unhashable callables: checked every time
+        _check_forward.__wrapped__(layer, input_size)
+    else:
+        _check_forward(layer, input_size)
 
     def init_carry(params, batch_shape=()) -> PyTree:
         try:
