@@ -194,7 +194,10 @@ def test_zoneout_with_lengths_keeps_padding_out():
     xs, lengths, key = rand((2, T, D)), jnp.array([T, 3]), jax.random.key(2)
     carry, ys = lyr.apply(params, xs, lengths=lengths, key=key)
     assert np.all(np.asarray(ys[1, 3:]) == 0)
-    assert np.all(np.asarray(carry.h[1]) == np.asarray(ys[1, 2]))  # the last real step's carry
+    # the last real step's carry: equal up to rounding (the program computes the value twice, and
+    # the tests' XLA optimisation level 0 rounds the two alike only most of the time)
+    np.testing.assert_allclose(carry.h[1], ys[1, 2], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(carry.h[1], ys[1, 1], rtol=1e-3)
 
 
 def test_zoneout_draws_a_fresh_mask_every_step():
