@@ -102,7 +102,8 @@ def which(cell: Cell, params: PyTree, xs, carry: PyTree | None = None, *, length
       >>> params = cell.init(jax.random.key(0), 2)
       >>> memcell.paths.which(cell, params, jnp.ones((3, 5, 2)))  # on CPU: the fused path
       'fused'
-      >>> memcell.paths.which(memcell.lstm(4, peephole=True), params, jnp.ones((3, 5, 2)))
+      >>> peephole = memcell.lstm(4, peephole=True)
+      >>> memcell.paths.which(peephole, peephole.init(jax.random.key(0), 2), jnp.ones((3, 5, 2)))
       'reference'
     """
     _checks.check_backend(backend)

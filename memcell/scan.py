@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from memcell import _checks, paths, regularize
-from memcell.types import Array, Backend, Cell, DirectionPair, Layer, Lengths, Outputs, PyTree, Resets, Sequence
+from memcell.types import (Array, Backend, BidirectionalSpec, Cell, CellLayerSpec, DirectionPair, Layer, Lengths, Outputs,
+                           PyTree, Resets, Sequence, StackSpec)
 
 __all__ = ["DirectionPair", "bidirectional", "layer", "stack", "unroll"]
 
@@ -190,7 +191,9 @@ def layer(
             backend=backend,
         )
 
-    return Layer(init, apply)
+    spec = CellLayerSpec(apply, cell=cell, reverse=reverse, unroll=unroll, remat=remat, backend=backend, dropout=dropout,
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout, learn_initial_carry=learn_initial_carry)
+    return Layer(init, apply, spec)
 
 
 _MERGES: dict[str, Callable[[Array, Array], Array]] = {
@@ -239,7 +242,9 @@ def bidirectional(
         cb, yb = _unroll(backward, params.backward, xs, carry.backward, reverse=True, **kw)
         return DirectionPair(cf, cb), merge_fn(yf, yb)
 
-    return Layer(init, apply)
+    spec = BidirectionalSpec(apply, forward=forward, backward=backward, merge=merge, merge_fn=merge_fn, unroll=unroll,
+                             remat=remat, backend=backend)
+    return Layer(init, apply, spec)
 
 
 def _output_size(lyr: Layer, params, input_size: int) -> int:
@@ -304,4 +309,4 @@ def stack(layers: SequenceOf[Cell | Layer], *, residual: bool = False, dropout: 
             carries.append(c)
         return tuple(carries), h
 
-    return Layer(init, apply)
+    return Layer(init, apply, StackSpec(apply, layers=layers, residual=residual, dropout=dropout))

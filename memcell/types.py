@@ -19,19 +19,23 @@ __all__ = [
     "ArrayLike",
     "BACKENDS",
     "Backend",
+    "BidirectionalSpec",
     "Cell",
+    "CellLayerSpec",
     "CellSpec",
     "DirectionPair",
     "Frame",
     "Key",
     "Lengths",
     "Layer",
+    "LayerSpec",
     "LinearSpec",
     "Outputs",
     "Path",
     "PyTree",
     "Resets",
     "Sequence",
+    "StackSpec",
 ]
 
 PyTree = Any
@@ -122,6 +126,62 @@ class Cell(NamedTuple):
     spec: CellSpec | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """What a layer made by ``memcell.layer``, ``memcell.bidirectional`` or ``memcell.stack`` is, in data,
+    so that streaming and export read it instead of guessing from its functions.
+
+    Like ``CellSpec``, a spec vouches for one ``apply`` function, compared by identity: a ``Layer``
+    whose ``apply`` is any other object (wrapped or replaced) is not described by it.
+
+    Attributes:
+      apply: the exact ``apply`` function the spec describes.
+    """
+
+    apply: Callable = dataclasses.field(repr=False, compare=False)
+
+    def describes(self, layer) -> bool:
+        """Whether this spec describes ``layer``: the layer's ``apply`` is the very function it was made for."""
+        return getattr(layer, "apply", None) is self.apply
+
+
+@dataclasses.dataclass(frozen=True)
+class CellLayerSpec(LayerSpec):
+    """``memcell.layer(cell, ...)``: one cell over the sequence in one direction, and its options."""
+
+    cell: Any = None
+    reverse: bool = False
+    unroll: Any = 1
+    remat: Any = False
+    backend: str = "reference"
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    zoneout: Any = 0.0
+    learn_initial_carry: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class BidirectionalSpec(LayerSpec):
+    """``memcell.bidirectional(forward, backward, ...)``; ``merge`` is the name or the user's function."""
+
+    forward: Any = None
+    backward: Any = None
+    merge: Any = "concat"
+    merge_fn: Callable = dataclasses.field(default=None, repr=False, compare=False)
+    unroll: Any = 1
+    remat: Any = False
+    backend: str = "reference"
+
+
+@dataclasses.dataclass(frozen=True)
+class StackSpec(LayerSpec):
+    """``memcell.stack(layers, ...)``: its layers (``Layer``s, cells already lifted) and options."""
+
+    layers: tuple = ()
+    residual: bool = False
+    dropout: float = 0.0
+
+
 class Layer(NamedTuple):
     """A sequence-level layer, stax-style: a pair of pure functions.
 
@@ -129,10 +189,13 @@ class Layer(NamedTuple):
       init: ``init(key, input_size) -> params``.
       apply: ``apply(params, xs, carry=None, *, lengths=None, key=None) -> (carry, ys)``
         with ``xs: [*b, t, d]`` and ``ys: [*b, t, h]``.
+      spec: a ``LayerSpec`` the layer factories fill in (None, the default, for a user's layer);
+        ignored where its ``apply`` is not this layer's.
     """
 
     init: Callable[..., PyTree]
     apply: Callable[..., tuple[PyTree, Array]]
+    spec: LayerSpec | None = None
 
 
 class DirectionPair(NamedTuple):

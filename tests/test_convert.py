@@ -134,6 +134,29 @@ def test_from_torch_initial_state_via_from_torch_carry(mode):
     assert_close(hn_m[0] if mode == "lstm" else hn_m, hn_t[0] if mode == "lstm" else hn_t)
 
 
+def test_from_torch_carry_under_jit_and_grad_matches_torch_autograd():
+    """from_torch_carry is traceable: d loss / d (h_0, c_0) through it under jax.jit equals torch's autograd."""
+    m = torch_module("lstm", 3, 5, num_layers=2, bidirectional=True)
+    layer, params = convert.from_torch(state_dict_np(m), mode="lstm")
+    rng = np.random.default_rng(2)
+    x, h0, c0 = (rng.normal(size=s).astype(np.float32) for s in ((2, 6, 3), (4, 2, 5), (4, 2, 5)))
+    h_t, c_t = (torch.from_numpy(a).requires_grad_() for a in (h0, c0))
+    y_t, _ = m(torch.from_numpy(x), (h_t, c_t))
+    (y_t**2).sum().backward()
+
+    def loss(h, c):
+        carry = convert.from_torch_carry((h, c), mode="lstm", bidirectional=True)
+        return jnp.sum(layer.apply(params, jnp.asarray(x), carry)[1] ** 2)
+
+    g_h, g_c = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(h0), jnp.asarray(c0))
+    assert_close(g_h, h_t.grad.numpy())
+    assert_close(g_c, c_t.grad.numpy())
+    jitted = jax.jit(lambda h: convert.from_torch_carry(h, mode="gru"))(jnp.asarray(h0))
+    chex.assert_trees_all_equal(jitted, convert.from_torch_carry(h0, mode="gru"))
+    with pytest.raises(TypeError, match="h_0 must be a floating-point array, got dtype int32"):
+        jax.jit(lambda h: convert.from_torch_carry(h, mode="gru"))(jnp.zeros((2, 1, 3), jnp.int32))
+
+
 def test_from_torch_unbatched_input():
     m = torch_module("lstm", 3, 4)
     layer, params = convert.from_torch(state_dict_np(m), mode="lstm")

@@ -1,7 +1,7 @@
-"""memcell.linen: memcell cells inside flax.linen (nn.RNN, nn.Bidirectional), Recurrent, serialization, training."""
+"""memcell.linen: memcell cells inside flax.linen (nn.RNN, nn.Bidirectional), Recurrent, serialization, training,
+and the Flax drop-ins against Flax's own cells (arguments, dtypes, integer and complex inputs)."""
 
 import doctest
-import functools
 
 import chex
 import flax
@@ -17,6 +17,7 @@ from flax import serialization
 import memcell
 import memcell.linen as ml
 from memcell import convert
+from memcell.cells import CELLS
 from user_cells import leaky_cell
 
 D, H, B, T = 3, 5, 3, 7
@@ -24,27 +25,29 @@ XS = jax.random.normal(jax.random.key(0), (B, T, D))
 LENGTHS = jnp.array([7, 2, 5])
 VALID = (jnp.arange(T) < LENGTHS[:, None])[..., None]
 
-# (flax module, the pure memcell cell it runs, carry memcell -> flax)
-CELLS = {
-    "LSTM": (ml.LSTM(H), memcell.lstm(H), lambda c: (c.c, c.h)),
-    "LSTM_proj": (ml.LSTM(H, proj_size=2), memcell.lstm(H, proj_size=2), lambda c: (c.c, c.h)),  # h: [2], c: [H]
-    "GRU": (ml.GRU(H), memcell.gru(H), lambda c: c.h),
-    "RNN": (ml.RNN(H, activation="relu"), memcell.rnn(H, activation="relu"), lambda c: c.h),
-    "Cell_peephole": (
-        ml.Cell(functools.partial(memcell.lstm, peephole=True), H),
-        memcell.lstm(H, peephole=True),
-        lambda c: c,
-    ),
-    # the linear-recurrence cells: one-field carries exposed as the bare array; the LRU's is complex
-    # and its outputs have D (the input's) units; the RG-LRU projects D != H inputs with w_in
-    "MinGRU_log": (ml.MinGRU(H, log_space=True), memcell.mingru(H, log_space=True), lambda c: c.h),
-    "MinLSTM": (ml.MinLSTM(H), memcell.minlstm(H), lambda c: c.h),
-    "LRU": (ml.LRU(H, r_min=0.5, max_phase=1.0), memcell.lru(H, r_min=0.5, max_phase=1.0), lambda c: c.x),
-    "RGLRU": (ml.RGLRU(H, c_scale=4.0), memcell.rglru(H, c_scale=4.0), lambda c: c.h),
-    # the xLSTM cells keep memcell's NamedTuple carry (several states, no Flax layout to mimic)
-    "SLSTM": (ml.SLSTM(4, num_heads=2), memcell.slstm(4, num_heads=2), lambda c: c),
-    "MLSTM": (ml.MLSTM(4, num_heads=2), memcell.mlstm(4, num_heads=2), lambda c: c),
+
+def flax_carry(carry):
+    """Flax's carry convention, restated: a one-field carry is that array, the LSTM's (h, c) is (c, h)."""
+    fields = getattr(carry, "_fields", ())
+    if len(fields) == 1:
+        return carry[0]
+    return (carry.c, carry.h) if set(fields) == {"h", "c"} else carry
+
+
+# (flax module, the pure memcell cell it must run): the drop-ins, an option, a user's cell, and every
+# cell of the table by name (a new cell in memcell.cells.CELLS is tested here without a line of test code)
+MODULES = {
+    "LSTM": lambda: (ml.LSTM(H), memcell.lstm(H)),
+    "LSTM_proj": lambda: (ml.LSTM(H, proj_size=2), memcell.lstm(H, proj_size=2)),  # h: [2], c: [H]
+    "GRU": lambda: (ml.GRU(H), memcell.gru(H)),
+    "RNN_relu": lambda: (ml.RNN(H, activation_fn=jax.nn.relu), memcell.rnn(H, activation="relu")),
+    "Cell_peephole": lambda: (ml.Cell("lstm", H, {"peephole": True}), memcell.lstm(H, peephole=True)),
+    "user": lambda: (ml.Cell("user_cells:leaky_cell", H), leaky_cell(H)),
+    **{f"table_{name}": (lambda name=name: (ml.Cell(name, H), CELLS[name](H))) for name in CELLS},
 }
+# make test budget: the nn.RNN run of these goes to make test-slow (their step is checked bit for bit in
+# make test, and nn.RNN's scan over a cell is cell-independent; the other cells cover it)
+_RNN_SLOW = {"table_irnn", "table_minlstm", "table_mlstm", "table_slstm", "table_rglru", "table_rnn", "table_gru"}
 
 
 def _randomize(tree, seed=1):
@@ -57,14 +60,9 @@ def _close(a, b, tol=1e-6):
     chex.assert_trees_all_close(a, b, rtol=0, atol=tol)
 
 
-# Three of the linear-recurrence wrappers with the slow checks (tests/test_nnx.py runs every cell's
-# one step here too, and test_inside_nn_rnn_with_seq_lengths covers the LRU and RG-LRU wrappers' steps).
-_STEP_SLOW = {"MinLSTM", "RGLRU", "LRU"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _STEP_SLOW else n for n in CELLS])
+@pytest.mark.parametrize("name", list(MODULES))
 def test_one_step_equals_pure_step_bit_for_bit(name):
-    mod, cell, to_flax_carry = CELLS[name]
+    mod, cell = MODULES[name]()
     assert mod.memcell_cell().spec == cell.spec  # the options reach the factory
     x = XS[:, 0]
     carry = mod.initialize_carry(jax.random.key(1), x.shape)
@@ -72,19 +70,15 @@ def test_one_step_equals_pure_step_bit_for_bit(name):
     params = ml.memcell_params(mod, variables["params"], D)
     assert jax.tree.structure(params) == jax.tree.structure(cell.init(jax.random.key(0), D))
     mc = _randomize(cell.initial_carry(params, (B,)), 3)
-    new_f, y_f = mod.apply(variables, to_flax_carry(mc), x)
+    assert jax.tree.structure(carry) == jax.tree.structure(flax_carry(mc))  # Flax's carry layout
+    new_f, y_f = mod.apply(variables, flax_carry(mc), x)
     new_m, y_m = cell.step(params, mc, x)
-    chex.assert_trees_all_equal((new_f, y_f), (to_flax_carry(new_m), y_m))
+    chex.assert_trees_all_equal((new_f, y_f), (flax_carry(new_m), y_m))
 
 
-# These run the wrapper path of a cell kept in make test (MinGRU_log's, SLSTM's) and pass the step
-# test above bit for bit; their nn.RNN runs go to make test-slow to keep make test in budget.
-_RNN_SLOW = {"MinLSTM", "MLSTM", "SLSTM"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _RNN_SLOW else n for n in CELLS])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _RNN_SLOW else n for n in MODULES])
 def test_inside_nn_rnn_with_seq_lengths(name):
-    mod, cell, to_flax_carry = CELLS[name]
+    mod, cell = MODULES[name]()
     model = nn.RNN(mod, return_carry=True)
     variables = _randomize(model.init(jax.random.key(0), XS))
     carry_f, ys_f = model.apply(variables, XS, seq_lengths=LENGTHS)
@@ -92,19 +86,18 @@ def test_inside_nn_rnn_with_seq_lengths(name):
     carry_m, ys_m = memcell.unroll(cell, params, XS, lengths=LENGTHS)
     # nn.RNN leaves whatever it computed in the padding; memcell zeroes it: compare real steps.
     _close(jnp.where(VALID, ys_f, 0.0), ys_m)
-    _close(carry_f, to_flax_carry(carry_m))
+    _close(carry_f, flax_carry(carry_m))
 
 
-@pytest.mark.parametrize("name", ["LSTM"])
-def test_nn_rnn_reverse_keep_order(name):
-    mod, cell, to_flax_carry = CELLS[name]
+def test_nn_rnn_reverse_keep_order():
+    mod, cell = MODULES["LSTM"]()
     model = nn.RNN(mod, return_carry=True, reverse=True, keep_order=True)
     variables = _randomize(model.init(jax.random.key(0), XS))
     carry_f, ys_f = model.apply(variables, XS, seq_lengths=LENGTHS)
     params = ml.memcell_params(mod, variables["params"]["cell"], D)
     carry_m, ys_m = memcell.unroll(cell, params, XS, lengths=LENGTHS, reverse=True)
     _close(jnp.where(VALID, ys_f, 0.0), ys_m)
-    _close(carry_f, to_flax_carry(carry_m))
+    _close(carry_f, flax_carry(carry_m))
 
 
 def test_inside_nn_bidirectional_with_seq_lengths():
@@ -143,20 +136,34 @@ def test_drop_in_for_optimized_lstm_cell():
     _close(jnp.where(VALID, out_f, 0.0), jnp.where(VALID, out_m, 0.0), 1e-6)
 
 
-def test_any_contract_cell_with_dict_params():
-    mod = ml.Cell(leaky_cell, H)
-    model = nn.RNN(mod, return_carry=True)
-    variables = model.init(jax.random.key(0), XS)
-    assert set(variables["params"]["cell"]) == {"w", "a"}
-    carry_f, ys_f = model.apply(variables, XS)
-    params = ml.memcell_params(mod, variables["params"]["cell"], D)
-    carry_m, ys_m = memcell.unroll(leaky_cell(H), params, XS)
-    _close(ys_f, ys_m)
-    _close(carry_f, carry_m)
+def test_users_cell_in_a_flax_model_by_factory_and_by_name():
+    """A user's own cell (tests/user_cells.py) inside a linen model, given as a factory or as 'module:factory'."""
+
+    class Model(nn.Module):
+        cell: object
+
+        @nn.compact
+        def __call__(self, xs):
+            return nn.Dense(2)(nn.RNN(ml.Cell(self.cell, H, name="rnn"))(xs)[:, -1])
+
+    by_name, by_factory = Model("user_cells:leaky_cell"), Model(leaky_cell)
+    variables = by_name.init(jax.random.key(0), XS)
+    assert set(variables["params"]["rnn"]) == {"w", "a"}  # the user's own dict params
+    chex.assert_trees_all_equal(by_name.apply(variables, XS), by_factory.apply(variables, XS))
+    params = {"w": variables["params"]["rnn"]["w"], "a": variables["params"]["rnn"]["a"]}
+    ys = memcell.unroll(leaky_cell(H), params, XS)[1][:, -1]
+    dense = variables["params"]["Dense_0"]
+    _close(by_name.apply(variables, XS), ys @ dense["kernel"] + dense["bias"])
+    grads = jax.grad(lambda v: jnp.sum(by_name.apply(v, XS) ** 2))(variables)["params"]["rnn"]
+    assert all(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads))
+    # and as a whole sequence module
+    rec = ml.Recurrent("user_cells:leaky_cell", H, num_layers=2)
+    v = rec.init(jax.random.key(0), XS)
+    _close(rec.apply(v, XS)[1], memcell.stack([leaky_cell(H)] * 2).apply(ml.memcell_params(rec, v["params"], D), XS)[1])
 
 
 def test_jit_vmap_grad():
-    mod, cell, _ = CELLS["LSTM"]
+    mod, cell = MODULES["LSTM"]()
     model = nn.RNN(mod)
     variables = _randomize(model.init(jax.random.key(0), XS))
     eager = model.apply(variables, XS)
@@ -177,7 +184,7 @@ def test_jit_vmap_grad():
 
 
 def test_serialization_round_trip_flax_and_orbax(tmp_path):
-    model = ml.Recurrent(memcell.lstm(H, layer_norm=True), bidirectional=True)
+    model = ml.Recurrent("lstm", H, {"layer_norm": True}, bidirectional=True)
     variables = _randomize(model.init(jax.random.key(0), XS))
     expected = model.apply(variables, XS, lengths=LENGTHS)[1]
     # flax.serialization (msgpack), restored into a fresh init as the target
@@ -196,6 +203,7 @@ def test_serialization_round_trip_flax_and_orbax(tmp_path):
 def test_recurrent_equals_memcell_stack():
     cell = memcell.gru(H)
     model = ml.Recurrent(cell, num_layers=2, bidirectional=True, merge="sum")
+    by_name = ml.Recurrent("gru", H, num_layers=2, bidirectional=True, merge="sum")
     variables = _randomize(model.init(jax.random.key(0), XS))
     assert set(variables["params"]) == {"layer_0", "layer_1"}
     assert set(variables["params"]["layer_0"]) == {"forward", "backward"}
@@ -204,6 +212,7 @@ def test_recurrent_equals_memcell_stack():
     params = ml.memcell_params(model, variables["params"], D)
     carry_m, ys_m = lyr.apply(params, XS, lengths=LENGTHS)
     chex.assert_trees_all_equal((carry_f, ys_f), (carry_m, ys_m))
+    chex.assert_trees_all_equal(by_name.apply(variables, XS, lengths=LENGTHS), (carry_m, ys_m))
     chex.assert_shape(ys_f, (B, T, H))
     assert bool(jnp.all(ys_f[1, 2:] == 0))  # memcell zeroes the padding
 
@@ -227,13 +236,13 @@ def test_recurrent_backend_auto_matches_the_reference():
 def test_recurrent_runs_the_linear_cells_on_the_parallel_path():
     """``Recurrent(cell, backend="parallel")`` equals the reference path on the same params, complex LRU included."""
     # the dispatch is cell-independent (tests/test_parallel.py covers the cells): one cell here, the complex one
-    for cell in (memcell.lru(H),):
-        ref, par = ml.Recurrent(cell), ml.Recurrent(cell, backend="parallel")
-        variables = _randomize(ref.init(jax.random.key(0), XS))
-        carry0 = _randomize(cell.initial_carry(ml.memcell_params(ref, variables["params"], D)[0], (B,)), 2)
-        out_ref = ref.apply(variables, XS, (carry0,), lengths=LENGTHS)
-        out_par = par.apply(variables, XS, (carry0,), lengths=LENGTHS)
-        _close(out_par, out_ref, 1e-5)
+    cell = memcell.lru(H)
+    ref, par = ml.Recurrent(cell), ml.Recurrent(cell, backend="parallel")
+    variables = _randomize(ref.init(jax.random.key(0), XS))
+    carry0 = _randomize(cell.initial_carry(ml.memcell_params(ref, variables["params"], D)[0], (B,)), 2)
+    out_ref = ref.apply(variables, XS, (carry0,), lengths=LENGTHS)
+    out_par = par.apply(variables, XS, (carry0,), lengths=LENGTHS)
+    _close(out_par, out_ref, 1e-5)
     # the option reaches memcell's parallel dispatch, which refuses a cell that is not linear in its carry
     with pytest.raises(ValueError, match="backend='parallel' cannot run this unroll"):
         ml.Recurrent(memcell.gru(H), backend="parallel").init(jax.random.key(0), XS)
@@ -306,8 +315,11 @@ def test_initialize_carry_shapes_dtypes_and_carry_init():
     c, h = ml.LSTM(H, param_dtype=jnp.bfloat16).initialize_carry(jax.random.key(0), (2, D))
     assert c.dtype == h.dtype == jnp.float32  # memcell keeps the carry in float32 for bf16 params
     assert ml.GRU(H).initialize_carry(jax.random.key(0), (D,)).shape == (H,)
-    carry = ml.Cell(memcell.lstm, H).initialize_carry(jax.random.key(0), (2, D))
+    carry = ml.Cell(memcell.lstm, H, carry_layout=None).initialize_carry(jax.random.key(0), (2, D))
     assert isinstance(carry, memcell.LSTMCarry) and carry.h.shape == (2, H)
+    swapped = ml.Cell("lstm", H, carry_layout=("h", "c")).initialize_carry(jax.random.key(0), (2, D))
+    assert isinstance(swapped, tuple) and not isinstance(swapped, memcell.LSTMCarry) and len(swapped) == 2
+    assert isinstance(ml.Cell("slstm", H).initialize_carry(jax.random.key(0), (2, D)), memcell.SLSTMCarry)
     assert ml.LSTM(H).num_feature_axes == 1
     ones = ml.LSTM(H, carry_init=nn.initializers.ones).initialize_carry(jax.random.key(0), (2, D))
     assert all(bool(jnp.all(a == 1)) for a in ones)
@@ -315,15 +327,133 @@ def test_initialize_carry_shapes_dtypes_and_carry_init():
     assert float(jnp.std(rand)) > 0.1
 
 
-def test_bfloat16_params_inside_nn_rnn():
-    model = nn.RNN(ml.LSTM(H, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16), return_carry=True)
+def test_learn_initial_carry_inside_nn_rnn():
+    """The linen cells learn their initial carry as nnx's do: a param ``carry0`` that nn.RNN starts from."""
+    model = nn.RNN(ml.LSTM(H, learn_initial_carry=True), return_carry=True)
     variables = model.init(jax.random.key(0), XS)
-    assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(variables))
-    (c, h), ys = model.apply(variables, XS)
-    assert c.dtype == jnp.float32 and ys.shape == (B, T, H)
+    carry0 = variables["params"]["cell"]["carry0"]
+    assert set(carry0) == {"h", "c"} and carry0["h"].shape == (H,)
+    carry0 = {"h": jnp.arange(H) / H, "c": jnp.ones(H)}
+    variables = {"params": {"cell": dict(variables["params"]["cell"], carry0=carry0)}}
+    params = ml.memcell_params(ml.LSTM(H), variables["params"]["cell"], D)
+    start = memcell.LSTMCarry(h=jnp.broadcast_to(jnp.arange(H) / H, (B, H)), c=jnp.ones((B, H)))
+    carry_m, ys_m = memcell.unroll(memcell.lstm(H), params, XS, start, lengths=LENGTHS)
+    carry_f, ys_f = model.apply(variables, XS, seq_lengths=LENGTHS)
+    _close(jnp.where(VALID, ys_f, 0.0), ys_m)
+    _close(carry_f, (carry_m.c, carry_m.h))
+    grads = jax.grad(lambda v: jnp.sum(model.apply(v, XS)[1] ** 2))(variables)["params"]["cell"]["carry0"]
+    assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
+    with pytest.raises(ValueError, match="carry_init must be None"):
+        nn.RNN(ml.GRU(H, learn_initial_carry=True, carry_init=nn.initializers.ones)).init(jax.random.key(0), XS)
+
+
+# ----------------------------------------------------------------------------- the drop-ins against Flax's cells
+
+
+def _flax_and_memcell_step(flax_cell, mem_cell, convert_to, x, carry=None):
+    """One step of Flax's cell and of memcell's drop-in on the same weights (Flax's, converted)."""
+    carry = flax_cell.initialize_carry(jax.random.key(1), x.shape) if carry is None else carry
+    v_flax = _randomize(flax_cell.init(jax.random.key(0), carry, x.real))
+    v_mem = {"params": convert.to_dict(convert_to(v_flax["params"]))}
+    return flax_cell.apply(v_flax, carry, x), mem_cell.apply(v_mem, carry, x)
+
+
+@pytest.mark.parametrize("flax_type, mem_type", [(nn.LSTMCell, ml.LSTM), (nn.GRUCell, ml.GRU), (nn.SimpleCell, ml.RNN)])
+def test_flax_arguments_gate_fn_activation_fn_bias_init(flax_type, mem_type):
+    """Flax's gate_fn, activation_fn and bias_init mean what they mean for Flax's own cells."""
+    fns = dict(activation_fn=jax.nn.elu) if flax_type is nn.SimpleCell else dict(gate_fn=jax.nn.relu,
+                                                                                 activation_fn=jax.nn.elu)
+    kw = dict(fns, bias_init=nn.initializers.constant(0.3))
+    x = jax.random.normal(jax.random.key(5), (B, D))
+    to_memcell = lambda p: convert.from_flax(p)[1]
+    (c_f, y_f), (c_m, y_m) = _flax_and_memcell_step(flax_type(H, **kw), mem_type(H, **kw), to_memcell, x)
+    _close((c_f, y_f), (c_m, y_m), 1e-6)
+    other = mem_type(H, **fns).memcell_cell()  # other functions: no fast path runs them, and each says why
+    assert memcell.paths.why_not("fused", other) is not None and memcell.paths.why_not("cudnn", other) is not None
+    assert "user's function" in memcell.paths.why_not("fused", other) or "sets" in memcell.paths.why_not("fused", other)
+    assert memcell.paths.why_not("fused", mem_type(H).memcell_cell()) is None  # Flax's defaults: the fast path stays
+    # bias_init draws the biases Flax's cells have, as Flax does (for the LSTM the forget gate's too)
+    mem = mem_type(H, bias_init=nn.initializers.constant(0.3))
+    carry = mem.initialize_carry(jax.random.key(0), x.shape)
+    params = ml.memcell_params(mem, mem.init(jax.random.key(0), carry, x)["params"], D)
+    flax_params = flax_type(H, bias_init=nn.initializers.constant(0.3)).init(jax.random.key(0), carry, x)["params"]
+    flax_biases = {k: v["bias"] for k, v in flax_params.items() if "bias" in v}
+    mem_biases = {k: v["bias"] for k, v in convert.to_flax(mem.memcell_cell(), params).items() if "bias" in v}
+    chex.assert_trees_all_equal(mem_biases, flax_biases)
+
+
+def test_partitioned_initialisers_box_the_params_as_flax_does():
+    """nn.with_partitioning's initialisers (linen's way to annotate params for model parallelism) box memcell's
+    params with the same logical axes as Flax's cells' params; apply unboxes them."""
+    part = lambda names: nn.with_partitioning(nn.initializers.lecun_normal(), names)  # noqa: E731
+    kw = dict(kernel_init=part((None, "model")), recurrent_kernel_init=part(("model", None)))
+    ours, theirs = nn.RNN(ml.GRU(H, **kw)), nn.RNN(nn.GRUCell(H, **kw))
+    v, v_flax = ours.init(jax.random.key(0), XS), theirs.init(jax.random.key(0), XS)
+    spec, flax_spec = nn.get_partition_spec(v)["params"]["cell"], nn.get_partition_spec(v_flax)["params"]["cell"]
+    assert spec["w_x"] == flax_spec["ir"]["kernel"] == jax.P(None, "model")
+    assert spec["w_h"] == flax_spec["hr"]["kernel"] == jax.P("model", None)
+    assert not isinstance(v["params"]["cell"]["b_x"], nn.Partitioned)  # a plain bias stays plain
+    plain = nn.RNN(ml.GRU(H))
+    _close(ours.apply(v, XS), plain.apply(nn.meta.unbox(v), XS))
+    c = ml.Cell("mingru", H, {"kernel_init": part((None, "model"))})
+    assert isinstance(c.init(jax.random.key(0), jnp.zeros((B, H)), XS[:, 0])["params"]["w_x"], nn.Partitioned)
+
+
+def test_lstm_forget_bias_with_bias_init():
+    x = XS[:, 0]
+    mod = ml.LSTM(H, bias_init=nn.initializers.zeros, forget_bias=2.0)
+    b = mod.init(jax.random.key(0), mod.initialize_carry(jax.random.key(0), x.shape), x)["params"]["b"]
+    np.testing.assert_array_equal(b, np.r_[np.zeros(H), 2 * np.ones(H), np.zeros(2 * H)])
+    with pytest.raises(ValueError, match="bias_init cannot be set with init='chrono'"):
+        memcell.lstm(H, init="chrono", max_timescale=10.0, bias_init="zeros")
+
+
+@pytest.mark.parametrize("flax_type, mem_type", [(nn.GRUCell, ml.GRU), (nn.SimpleCell, ml.RNN), (nn.LSTMCell, ml.LSTM)])
+def test_complex_inputs_as_flax(flax_type, mem_type):
+    """Flax's cells take complex inputs (the step, and nn.RNN from a complex carry): so do the drop-ins."""
+    x = (jax.random.normal(jax.random.key(5), (B, D)) + 1j * jax.random.normal(jax.random.key(6), (B, D)))
+    (c_f, y_f), (c_m, y_m) = _flax_and_memcell_step(flax_type(H), mem_type(H), lambda p: convert.from_flax(p)[1], x)
+    assert y_m.dtype == y_f.dtype == jnp.complex64
+    _close((c_f, y_f), (c_m, y_m), 1e-6)
+    # a whole sequence in nn.RNN, started from a complex carry (from a real one Flax's scan refuses it too)
+    xs = jnp.stack([x] * 4, axis=1)
+    model = nn.RNN(mem_type(H))
+    variables = model.init(jax.random.key(0), xs.real)
+    carry = jax.tree.map(lambda a: a.astype(jnp.complex64), mem_type(H).initialize_carry(jax.random.key(0), x.shape))
+    ys = model.apply(variables, xs, initial_carry=carry)
+    assert ys.dtype == jnp.complex64 and float(jnp.abs(ys.imag).max()) > 0
+    with pytest.raises(TypeError, match="inputs must be a real array, got dtype complex64"):
+        nn.RNN(ml.Cell("mingru", H)).init(jax.random.key(0), xs)
+
+
+def test_integer_inputs_are_promoted_as_flax_does():
+    """Integer inputs are promoted to the computation dtype, as Flax promotes them, in the cells and Recurrent."""
+    ints = jnp.tile(jnp.arange(T), (B, 1))[..., None].repeat(D, -1)  # as Flax's own nnx tests feed them
+    for module in (nn.RNN(ml.LSTM(H), reverse=True, keep_order=True), nn.RNN(ml.GRU(H)), ml.Recurrent("rnn", H)):
+        variables = module.init(jax.random.key(0), ints)
+        kw = {"lengths" if isinstance(module, ml.Recurrent) else "seq_lengths": LENGTHS}
+        out_int = module.apply(variables, ints, **kw)
+        out_float = module.apply(variables, ints.astype(jnp.float32), **kw)
+        chex.assert_trees_all_equal(out_int, out_float)
+    flax_out = nn.RNN(nn.GRUCell(H)).init_with_output(jax.random.key(0), ints)[0]
+    assert flax_out.dtype == out_int[1].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_outputs_in_the_computation_dtype_carry_float32(dtype):
+    """With dtype/param_dtype bf16 or fp16 the outputs come back in that dtype, as Flax's; the carry stays float32."""
+    model = nn.RNN(ml.LSTM(H, param_dtype=dtype, dtype=dtype), return_carry=True)
+    variables = model.init(jax.random.key(0), XS.astype(dtype))
+    assert all(a.dtype == dtype for a in jax.tree.leaves(variables))
+    (c, h), ys = model.apply(variables, XS.astype(dtype))
+    assert ys.dtype == dtype and c.dtype == h.dtype == jnp.float32  # tests/test_nnx.py compares with Flax's
     params = ml.memcell_params(ml.LSTM(H), variables["params"]["cell"], D)
     ref = memcell.unroll(memcell.lstm(H), jax.tree.map(lambda a: a.astype(jnp.float32), params), XS)[1]
-    _close(ys, ref, 3e-2)
+    _close(ys.astype(jnp.float32), ref, 3e-2)
+    # the pure cell keeps float32 outputs (its carry); float32 params with dtype=bf16 give bf16 outputs
+    assert memcell.unroll(memcell.lstm(H, dtype=dtype), params, XS)[1].dtype == jnp.float32
+    mixed = ml.Recurrent("gru", H, {"dtype": dtype})
+    assert mixed.apply(mixed.init(jax.random.key(0), XS), XS)[1].dtype == dtype
 
 
 def test_small_flax_model_trains_with_optax():
@@ -371,25 +501,39 @@ def test_bad_input():
     x = jnp.ones((2, D))
     carry = mod.initialize_carry(jax.random.key(0), x.shape)
     variables = mod.init(jax.random.key(0), carry, x)
-    with pytest.raises(TypeError, match="inputs must be a floating-point array, got dtype int32"):
-        mod.apply(variables, carry, jnp.ones((2, D), jnp.int32))
-    with pytest.raises(TypeError, match=r"carry must be the pair \(c, h\)"):
+    with pytest.raises(TypeError, match="inputs must be a numeric array, got dtype <U1"):
+        mod.apply(variables, carry, np.array([["a"] * D]))
+    with pytest.raises(TypeError, match=r"carry must be the tuple \(c, h\) that initialize_carry returns"):
         mod.apply(variables, carry[0], x)
     with pytest.raises(flax.errors.ScopeParamShapeError, match="w_x"):
         mod.apply(variables, carry, jnp.ones((2, D + 1)))  # params were made for D features
     with pytest.raises(ValueError, match="input_shape must be"):
         mod.initialize_carry(jax.random.key(0), ())
-    with pytest.raises(TypeError, match="carry must be the hidden-state array"):
+    with pytest.raises(TypeError, match="carry must be the array h that initialize_carry returns"):
         ml.GRU(H).apply({"params": {}}, (carry,), x)
-    generic = ml.Cell(memcell.lstm, H)
+    generic = ml.Cell(memcell.lstm, H, carry_layout=None)
     with pytest.raises(TypeError, match="carry must have the structure of initialize_carry's carry"):
         generic.init(jax.random.key(0), carry, x)  # Flax's (c, h) pair given to memcell's LSTMCarry cell
-    with pytest.raises(TypeError, match="cell_factory must return a memcell.Cell"):
+    with pytest.raises(ValueError, match=r"carry_layout must be 'flax', None or an order of the carry fields"):
+        ml.Cell("lstm", H, carry_layout=("h",)).initialize_carry(jax.random.key(0), (2, D))
+    with pytest.raises(TypeError, match="must build a memcell.Cell, its factory returned int"):
         ml.Cell(lambda h: h, H).initialize_carry(jax.random.key(0), (2, D))
+    with pytest.raises(ValueError, match="cell must be one of .* or a 'module:factory' string, got 'lstmm'"):
+        ml.Cell("lstmm", H).initialize_carry(jax.random.key(0), (2, D))
+    with pytest.raises(ValueError, match="the hidden size .* must be given to build cell 'gru'"):
+        ml.Cell("gru").initialize_carry(jax.random.key(0), (2, D))
+    with pytest.raises(ValueError, match="a built memcell.Cell takes no hidden size or options"):
+        ml.Cell(memcell.gru(H), H).initialize_carry(jax.random.key(0), (2, D))
+    with pytest.raises(TypeError, match="options must be a mapping"):
+        ml.Cell("gru", H, options=[1]).initialize_carry(jax.random.key(0), (2, D))
     with pytest.raises(ValueError, match="hidden_size must be a positive int"):
         ml.LSTM(0).initialize_carry(jax.random.key(0), (2, D))
+    with pytest.raises(ValueError, match=r"gate_fn must be one of \['sigmoid'\], got 'relu'"):
+        ml.GRU(H, gate_fn="relu").initialize_carry(jax.random.key(0), (2, D))
     with pytest.raises(ValueError, match="merge must be one of"):
-        ml.Recurrent(memcell.lstm(H), merge="max").init(jax.random.key(0), XS)
+        ml.Recurrent(memcell.lstm(H), bidirectional=True, merge="max").init(jax.random.key(0), XS)
+    with pytest.raises(ValueError, match="merge='sum' merges the two directions: it needs bidirectional=True"):
+        ml.Recurrent(memcell.lstm(H), merge="sum").init(jax.random.key(0), XS)
     with pytest.raises(ValueError, match="num_layers must be a positive int"):
         ml.Recurrent(memcell.lstm(H), num_layers=0).init(jax.random.key(0), XS)
     with pytest.raises(ValueError, match="num_layers=3 contradicts the 2 cells"):
@@ -398,11 +542,11 @@ def test_bad_input():
         ml.Recurrent(memcell.lstm(H)).init(jax.random.key(0), jnp.ones((D,)))
     with pytest.raises(TypeError, match="module must be a memcell.linen cell or Recurrent"):
         ml.memcell_params(nn.Dense(3), {}, D)
-    # the new cells' options reach their factories, whose checks name them
+    # the cells' options reach their factories, whose checks name them
     with pytest.raises(ValueError, match="r_min must be below r_max, got r_min=0.9 and r_max=0.5"):
-        ml.LRU(H, r_min=0.9, r_max=0.5).initialize_carry(jax.random.key(0), (2, D))
+        ml.Cell("lru", H, {"r_min": 0.9, "r_max": 0.5}).initialize_carry(jax.random.key(0), (2, D))
     with pytest.raises(ValueError, match="input_size must equal hidden_size=5 with input_projection=False"):
-        ml.RGLRU(H, input_projection=False).init(jax.random.key(0), jnp.zeros((2, H)), x)
+        ml.Cell("rglru", H, {"input_projection": False}).init(jax.random.key(0), jnp.zeros((2, H)), x)
 
 
 def test_docstring_examples():

@@ -152,3 +152,16 @@ def test_every_fast_path_reads_the_spec_by_the_same_rule():
     options = memcell.lstm(H, peephole=True, cifg=True, dtype=jnp.bfloat16)
     assert memcell.paths.why_not("fused", options) == "the fused LSTM implements the default cell only, this one sets cifg, peephole"
     assert memcell.paths.why_not("cudnn", options) == "cuDNN runs the default LSTM only, this one sets cifg, peephole"
+
+
+def test_a_users_gate_function_is_an_option_the_fast_paths_name():
+    """Flax's gate_fn/activation_fn: another function than the default is declared (as None), so the
+    paths name it, instead of saying the cell declares no fast path."""
+    relu_gates = memcell.lstm(4, gate_fn=jax.nn.relu)
+    assert memcell.paths.why_not("fused", relu_gates) == (
+        "the fused LSTM implements the default cell only, this one sets gate_fn")
+    assert memcell.paths.why_not("cudnn", relu_gates) == "cuDNN runs the default LSTM only, this one sets gate_fn"
+    assert memcell.paths.why_not("fused", memcell.gru(4, activation_fn=jax.nn.elu)) == (
+        "the fused GRU implements the default cell only, this one sets activation_fn")
+    assert "user's function" in memcell.paths.why_not("fused", memcell.rnn(4, activation=jax.nn.elu))
+    assert memcell.paths.why_not("fused", memcell.lstm(4, gate_fn=jax.nn.sigmoid)) is None  # the default, by identity

@@ -11,8 +11,9 @@ from memcell._numerics import accumulation_dtype, carry_dtype, linear, zeros_car
 from memcell.types import Array
 
 __all__ = [  # the checks and numerics are re-exported so that each cell module reads ``c.<name>``
-    "Initializer", "accumulation_dtype", "block_matrix", "carry_dtype", "check_bool", "check_choice",
-    "check_float_dtype", "check_input_size", "check_positive_int", "linear", "resolve_init", "zeros_carry",
+    "Initializer", "accumulation_dtype", "bias_blocks", "block_matrix", "carry_dtype", "check_bool", "check_choice",
+    "check_float_dtype", "check_input_size", "check_positive_int", "linear", "resolve_fn", "resolve_init",
+    "zeros_carry",
 ]
 
 Initializer = Callable[[Array, tuple[int, ...], jnp.dtype], Array]
@@ -62,6 +63,27 @@ def block_matrix(key, init: Initializer, rows: int, hidden: int, n_blocks: int, 
     draw_dtype = jnp.promote_types(dtype, jnp.float32)
     blocks = [init(k, (rows, hidden), draw_dtype) for k in keys]
     return (scale * jnp.concatenate(blocks, axis=-1)).astype(dtype)
+
+
+def bias_blocks(key, init: Initializer | None, hidden: int, n_blocks: int, dtype, drawn=None) -> Array:
+    """A ``[n_blocks * hidden]`` bias: zeros, or each block drawn by ``init`` (a Flax ``bias_init``,
+    called once a gate block as on Flax's per-gate layers; ``drawn[k]`` False keeps block ``k`` at zero)."""
+    if init is None:
+        return jnp.zeros((n_blocks * hidden,), dtype)
+    # fold_in: the kernels' keys, hence the params of a cell without bias_init, stay as they were.
+    keys = jax.random.split(jax.random.fold_in(key, 2), n_blocks)
+    drawn = (True,) * n_blocks if drawn is None else drawn
+    return jnp.concatenate([init(k, (hidden,), dtype) if on else jnp.zeros((hidden,), dtype)
+                            for k, on in zip(keys, drawn)]).astype(dtype)
+
+
+def resolve_fn(name: str, value, table: dict) -> tuple[Callable, str | None]:
+    """``(function, its name in table)`` for a name in ``table`` or a callable (Flax's ``gate_fn``,
+    ``activation_fn``); a callable that is not one of the table's functions has no name (None)."""
+    if callable(value):
+        return value, next((k for k, f in table.items() if f is value), None)
+    check_choice(name, value, table)
+    return table[value], value
 
 
 def check_input_size(input_size) -> int:

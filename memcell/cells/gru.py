@@ -28,14 +28,19 @@ class GRUSpec(CellSpec):
     """What ``memcell.gru`` declares for fast paths: the options its step was built with."""
 
     reset_after: bool = True
+    gate_fn: str | None = "sigmoid"  # None: a user's function, which no fast path computes
+    activation_fn: str | None = "tanh"
 
 
 def gru(
     hidden_size: int,
     *,
     reset_after: bool = True,
+    gate_fn=jax.nn.sigmoid,
+    activation_fn=jnp.tanh,
     kernel_init="lecun_normal",
     recurrent_init="orthogonal",
+    bias_init=None,
     recurrent_scale: float = 1.0,
     param_dtype=jnp.float32,
     dtype=None,
@@ -57,6 +62,10 @@ def gru(
     Args:
       hidden_size: number of hidden units ``h``.
       reset_after: where the reset gate applies, as above.
+      gate_fn, activation_fn: the functions in place of ``sigmoid`` and ``tanh`` above (Flax's
+        options); others than these two give a cell without a spec (it runs the reference path).
+      bias_init: None (zero biases) or an initialiser of ``b_x`` and of ``b_h``'s ``n`` block
+        (Flax's ``GRUCell`` biases), ``b_h``'s ``r, z`` blocks starting at zero.
       kernel_init, recurrent_init, recurrent_scale, param_dtype, dtype: as for ``memcell.rnn``.
 
     Returns:
@@ -76,6 +85,9 @@ def gru(
     dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
     k_init = c.resolve_init("kernel_init", kernel_init, hidden_size)
     r_init = c.resolve_init("recurrent_init", recurrent_init, hidden_size)
+    b_init = None if bias_init is None else c.resolve_init("bias_init", bias_init, hidden_size)
+    sigmoid, gate = c.resolve_fn("gate_fn", gate_fn, {"sigmoid": jax.nn.sigmoid})
+    tanh, act = c.resolve_fn("activation_fn", activation_fn, {"tanh": jnp.tanh})
     H = hidden_size
 
     def init(key, input_size: int) -> GRUParams:
@@ -84,8 +96,8 @@ def gru(
         return GRUParams(
             w_x=c.block_matrix(kx, k_init, input_size, H, 3, param_dtype),
             w_h=c.block_matrix(kh, r_init, H, H, 3, param_dtype, recurrent_scale),
-            b_x=jnp.zeros((3 * H,), param_dtype),
-            b_h=jnp.zeros((3 * H,), param_dtype),
+            b_x=c.bias_blocks(kx, b_init, H, 3, param_dtype),
+            b_h=c.bias_blocks(kh, b_init, H, 3, param_dtype, drawn=(False, False, True)),
         )
 
     def initial_carry(params: GRUParams, batch_shape=()) -> GRUCarry:
@@ -96,17 +108,18 @@ def gru(
         xr, xz, xn = jnp.split(c.linear(x, params.w_x, dtype) + params.b_x, 3, axis=-1)
         if reset_after:
             hr, hz, hn = jnp.split(c.linear(h, params.w_h, dtype) + params.b_h, 3, axis=-1)
-            r = jax.nn.sigmoid(xr + hr)
-            z = jax.nn.sigmoid(xz + hz)
-            n = jnp.tanh(xn + r * hn)
+            r = sigmoid(xr + hr)
+            z = sigmoid(xz + hz)
+            n = tanh(xn + r * hn)
         else:
             w_rz, w_n = params.w_h[:, : 2 * H], params.w_h[:, 2 * H :]
             b_rz, b_n = params.b_h[: 2 * H], params.b_h[2 * H :]
             hr, hz = jnp.split(c.linear(h, w_rz, dtype) + b_rz, 2, axis=-1)
-            r = jax.nn.sigmoid(xr + hr)
-            z = jax.nn.sigmoid(xz + hz)
-            n = jnp.tanh(xn + c.linear(r * h, w_n, dtype) + b_n)
+            r = sigmoid(xr + hr)
+            z = sigmoid(xz + hz)
+            n = tanh(xn + c.linear(r * h, w_n, dtype) + b_n)
         h_new = ((1.0 - z) * n + z * h).astype(h.dtype)
         return GRUCarry(h_new), h_new
 
-    return Cell(init, initial_carry, step, GRUSpec(step=step, dtype=dtype, reset_after=reset_after))
+    spec = GRUSpec(step=step, dtype=dtype, reset_after=reset_after, gate_fn=gate, activation_fn=act)
+    return Cell(init, initial_carry, step, spec)

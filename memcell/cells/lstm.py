@@ -54,6 +54,8 @@ class LSTMSpec(CellSpec):
     input_activation: bool = True
     output_activation: bool = True
     proj_size: int | None = None
+    gate_fn: str | None = "sigmoid"  # None: a user's function, which no fast path computes
+    activation_fn: str | None = "tanh"
 
 
 # Greff et al. 2017, "LSTM: A Search Space Odyssey": their "vanilla" LSTM has peepholes;
@@ -96,8 +98,11 @@ def lstm(
     input_activation: bool = True,
     output_activation: bool = True,
     proj_size: int | None = None,
+    gate_fn=jax.nn.sigmoid,
+    activation_fn=jnp.tanh,
     kernel_init="lecun_normal",
     recurrent_init="orthogonal",
+    bias_init=None,
     recurrent_scale: float = 1.0,
     param_dtype=jnp.float32,
     dtype=None,
@@ -141,6 +146,10 @@ def lstm(
         (``w_hr: [h, p]``, carry ``h: [p]``, outputs ``[p]``); None or 0 (PyTorch's default):
         no projection. It composes with every other option (peepholes and layer norm read
         ``c``, which keeps ``h`` units); the fused path does not implement it and falls back.
+      gate_fn, activation_fn: the functions in place of ``sigmoid`` and ``tanh`` above (Flax's
+        options); with others the fast paths name the option and the cell runs the reference path.
+      bias_init: None (zeros, and ``forget_bias`` on ``f``) or an initialiser of each gate block of
+        ``b`` (Flax's ``bias_init``), the ``f`` block included unless ``forget_bias`` is given.
       kernel_init, recurrent_init, recurrent_scale: as for ``memcell.rnn``; each gate block is
         initialised on its own. ``w_hr`` sits inside the recurrence and is drawn with
         ``recurrent_init`` (orthogonal: orthonormal columns; ``recurrent_scale`` scales ``w_h`` only).
@@ -174,15 +183,22 @@ def lstm(
                  forget_gate=forget_gate, output_gate=output_gate, input_activation=input_activation,
                  output_activation=output_activation)
     flags = {name: c.check_bool(name, value) for name, value in flags.items()}
-    forget_bias = _check_init_options(init, forget_bias, max_timescale, **flags)
+    b_init = None if bias_init is None else c.resolve_init("bias_init", bias_init, hidden_size)
+    if b_init is not None and init == "chrono":
+        raise ValueError("bias_init cannot be set with init='chrono', which sets the gate biases itself")
+    # With bias_init and no forget_bias, the forget block is bias_init's too, as in Flax's cells.
+    forget_bias = None if b_init is not None and forget_bias is None else _check_init_options(
+        init, forget_bias, max_timescale, **flags)
+    sigmoid, gate = c.resolve_fn("gate_fn", gate_fn, {"sigmoid": jax.nn.sigmoid})
+    tanh, act = c.resolve_fn("activation_fn", activation_fn, {"tanh": jnp.tanh})
     proj_size = _check_proj_size(proj_size, hidden_size)
     options = LSTMSpec(step=None, dtype=c.check_float_dtype("dtype", dtype, allow_none=True), proj_size=proj_size,
-                       **flags)
+                       gate_fn=gate, activation_fn=act, **flags)
     init_fn = _make_init(
         options, hidden_size, init, forget_bias, max_timescale,
         c.resolve_init("kernel_init", kernel_init, hidden_size),
         c.resolve_init("recurrent_init", recurrent_init, hidden_size),
-        recurrent_scale, c.check_float_dtype("param_dtype", param_dtype),
+        recurrent_scale, c.check_float_dtype("param_dtype", param_dtype), b_init,
     )
 
     def initial_carry(params: LSTMParams, batch_shape=()) -> LSTMCarry:
@@ -190,7 +206,7 @@ def lstm(
         cell = h if params.w_hr is None else c.zeros_carry(params.w_hr, batch_shape)  # w_hr: [h, p]
         return LSTMCarry(h=h, c=cell)
 
-    step = _make_step(options)
+    step = _make_step(options, sigmoid, tanh)
     return Cell(init_fn, initial_carry, step, dataclasses.replace(options, step=step))
 
 
@@ -232,7 +248,7 @@ def _gates(spec: LSTMSpec) -> tuple[str, ...]:
 
 
 def _make_init(spec: LSTMSpec, H: int, scheme: str, forget_bias: float, max_timescale, k_init, r_init,
-               recurrent_scale: float, param_dtype):
+               recurrent_scale: float, param_dtype, b_init=None):
     gates = _gates(spec)
     n = len(gates)
 
@@ -241,8 +257,8 @@ def _make_init(spec: LSTMSpec, H: int, scheme: str, forget_bias: float, max_time
     def init(key, input_size: int) -> LSTMParams:
         input_size = c.check_input_size(input_size)
         kx, kh, kb = jax.random.split(key, 3)
-        b = {name: jnp.zeros((H,), param_dtype) for name in gates}
-        if "f" in gates:
+        b = dict(zip(gates, jnp.split(c.bias_blocks(kb, b_init, H, n, param_dtype), n)))
+        if "f" in gates and forget_bias is not None:
             if scheme == "chrono":
                 b["f"] = jnp.log(jax.random.uniform(kb, (H,), param_dtype, 1.0, max_timescale - 1.0))
                 if "i" in gates:
@@ -279,7 +295,7 @@ def _projection(key, r_init, H: int, P: int, param_dtype) -> Array:
     return r_init(jax.random.fold_in(key, 1), (H, P), draw_dtype).astype(param_dtype)
 
 
-def _make_step(spec: LSTMSpec):
+def _make_step(spec: LSTMSpec, sigmoid=jax.nn.sigmoid, tanh=jnp.tanh):
     gates = _gates(spec)
     n = len(gates)
 
@@ -295,22 +311,22 @@ def _make_step(spec: LSTMSpec):
             blocks["f"] = blocks["f"] + params.p_f * c_prev
         if params.p_i is not None:
             blocks["i"] = blocks["i"] + params.p_i * c_prev
-        f = jax.nn.sigmoid(blocks["f"]) if spec.forget_gate else 1.0
+        f = sigmoid(blocks["f"]) if spec.forget_gate else 1.0
         if spec.cifg:
             i = 1.0 - f
         elif "i" in gates:
-            i = jax.nn.sigmoid(blocks["i"])
+            i = sigmoid(blocks["i"])
         else:
             i = 1.0
-        g = jnp.tanh(blocks["g"]) if spec.input_activation else blocks["g"]
+        g = tanh(blocks["g"]) if spec.input_activation else blocks["g"]
         c_new = f * c_prev + i * g
         if spec.output_gate:
             zo = blocks["o"] if params.p_o is None else blocks["o"] + params.p_o * c_new
-            o = jax.nn.sigmoid(zo)
+            o = sigmoid(zo)
         else:
             o = 1.0
         c_out = c_new if params.norm is None else _layer_norm(c_new, 1, params.norm.c_scale, params.norm.c_bias)
-        h_new = o * (jnp.tanh(c_out) if spec.output_activation else c_out)
+        h_new = o * (tanh(c_out) if spec.output_activation else c_out)
         if params.w_hr is not None:  # LSTMP: the float32 product is projected, accumulating in float32
             h_new = c.linear(h_new, params.w_hr, spec.dtype)
         new = LSTMCarry(h=h_new.astype(carry.h.dtype), c=c_new.astype(carry.c.dtype))

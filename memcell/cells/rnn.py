@@ -26,15 +26,16 @@ class RNNCarry(NamedTuple):
 class RNNSpec(CellSpec):
     """What ``memcell.rnn`` declares for fast paths: the options its step was built with."""
 
-    activation: str = "tanh"
+    activation: str | None = "tanh"  # None: a user's function, which no fast path computes
 
 
 def rnn(
     hidden_size: int,
     *,
-    activation: str = "tanh",
+    activation="tanh",
     kernel_init="lecun_normal",
     recurrent_init="orthogonal",
+    bias_init=None,
     recurrent_scale: float = 1.0,
     param_dtype=jnp.float32,
     dtype=None,
@@ -44,11 +45,13 @@ def rnn(
     Args:
       hidden_size: number of hidden units ``h``.
       activation: ``"tanh"`` or ``"relu"`` (with ``recurrent_init="identity"``: the IRNN
-        of Le et al. 2015).
+        of Le et al. 2015), or a function (Flax's ``activation_fn``); a function other than
+        ``jnp.tanh`` and ``jax.nn.relu`` runs the reference path (its spec says ``activation=None``).
       kernel_init: initialiser of ``W``: a name (``"lecun_normal"``, ``"glorot_uniform"``,
         ``"orthogonal"``, ``"uniform"`` (PyTorch's), ``"zeros"``) or a
         ``jax.nn.initializers`` callable.
       recurrent_init: initialiser of ``U``; the same names plus ``"identity"``.
+      bias_init: initialiser of ``b`` (a name as above or a callable; None: zeros).
       recurrent_scale: ``U`` is multiplied by this after init. With the orthogonal or identity
         init every eigenvalue of ``U`` has modulus ``recurrent_scale``, so it is exactly the
         spectral radius (0.9: vanishing, 1.5: exploding).
@@ -68,12 +71,12 @@ def rnn(
       ((5, 8), (8,))
     """
     hidden_size = c.check_positive_int("hidden_size", hidden_size)
-    c.check_choice("activation", activation, _ACTIVATIONS)
-    act = _ACTIVATIONS[activation]
+    act, activation = c.resolve_fn("activation", activation, _ACTIVATIONS)
     param_dtype = c.check_float_dtype("param_dtype", param_dtype)
     dtype = c.check_float_dtype("dtype", dtype, allow_none=True)
     k_init = c.resolve_init("kernel_init", kernel_init, hidden_size)
     r_init = c.resolve_init("recurrent_init", recurrent_init, hidden_size)
+    b_init = None if bias_init is None else c.resolve_init("bias_init", bias_init, hidden_size)
 
     def init(key, input_size: int) -> RNNParams:
         input_size = c.check_input_size(input_size)
@@ -81,7 +84,7 @@ def rnn(
         return RNNParams(
             w_x=c.block_matrix(kx, k_init, input_size, hidden_size, 1, param_dtype),
             w_h=c.block_matrix(kh, r_init, hidden_size, hidden_size, 1, param_dtype, recurrent_scale),
-            b=jnp.zeros((hidden_size,), param_dtype),
+            b=c.bias_blocks(key, b_init, hidden_size, 1, param_dtype),
         )
 
     def initial_carry(params: RNNParams, batch_shape=()) -> RNNCarry:
@@ -92,7 +95,8 @@ def rnn(
         h = act(z).astype(carry.h.dtype)
         return RNNCarry(h), h
 
-    return Cell(init, initial_carry, step, RNNSpec(step=step, dtype=dtype, activation=activation))
+    spec = RNNSpec(step=step, dtype=dtype, activation=activation)
+    return Cell(init, initial_carry, step, spec)
 
 
 def irnn(hidden_size: int, **options) -> Cell:

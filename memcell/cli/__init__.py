@@ -5,6 +5,7 @@
     memcell train --task adding --cell lstm --seeds 4 --mesh data=2,seeds=4   # 8 devices (docs/scaling.md)
     memcell tasks                       # the tasks, their metric and baselines
     memcell flow runs/x                 # gradient norm against lag, initial vs trained params
+    memcell export runs/x --format onnx --lengths --out model.onnx   # docs/deployment.md
 
 A run with ``--out`` writes its learning curves beside its report (``learning_curves.png``).
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from memcell.cli._export import export_command
 from memcell.cli._flow import flow_command
 from memcell.cli._parser import CELL_NAMES, TASK_NAMES, UsageError, build_parser
 from memcell.cli._train import tasks_command, train_command
@@ -32,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return train_command(args)
         if args.command == "flow":
             return flow_command(args)
+        if args.command == "export":
+            return export_command(args)
         return tasks_command()
     except UsageError as e:
         parser.exit(2, f"memcell: error: {e}\n")

@@ -1,5 +1,6 @@
 """PyTorch's recurrent state (``h_0``/``h_n`` and the LSTM's ``c``) as the per-layer carries of a torch-like stack."""
 
+import jax
 import jax.numpy as jnp
 
 from memcell.cells import GRUCarry, LSTMCarry, RNNCarry
@@ -48,6 +49,15 @@ def to_torch_carry(carries) -> Array | tuple[Array, Array]:
     return h_n
 
 
+def _as_float_array(name: str, value) -> Array:
+    """A floating array, left as it is when it is a JAX array (a tracer under ``jax.jit``/``jax.grad``
+    included: only its dtype and shape are read), else read as NumPy (torch tensors, lists)."""
+    arr = value if isinstance(value, jax.Array) else jnp.asarray(to_numpy(name, value))
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {arr.dtype}")
+    return arr
+
+
 def from_torch_carry(hx, *, mode: str, bidirectional: bool = False) -> tuple:
     """PyTorch's initial state (``h_0`` or ``(h_0, c_0)``) as the ``carry`` of a torch-like stack.
 
@@ -60,6 +70,7 @@ def from_torch_carry(hx, *, mode: str, bidirectional: bool = False) -> tuple:
 
     Returns:
       A tuple with one carry (or ``DirectionPair``) per layer, for ``layer.apply(params, xs, carry)``.
+      JAX arrays are sliced, never read, so it runs under ``jax.jit`` and ``jax.grad``.
 
     Example:
       >>> import numpy as np
@@ -73,7 +84,7 @@ def from_torch_carry(hx, *, mode: str, bidirectional: bool = False) -> tuple:
     if mode == "lstm":
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise TypeError(f"hx must be the pair (h_0, c_0) for mode='lstm', got {type(hx).__name__}")
-        h0, c0 = (jnp.asarray(to_numpy(n, a)) for n, a in zip(("h_0", "c_0"), hx))
+        h0, c0 = (_as_float_array(n, a) for n, a in zip(("h_0", "c_0"), hx))
         # With proj_size, torch's h_0 has proj_size units and c_0 hidden_size (more): only the last axis may differ.
         if h0.ndim != c0.ndim or h0.shape[:-1] != c0.shape[:-1] or h0.shape[-1:] > c0.shape[-1:]:
             raise ValueError(
@@ -81,7 +92,7 @@ def from_torch_carry(hx, *, mode: str, bidirectional: bool = False) -> tuple:
                 f"< hidden_size with a projection), got {tuple(h0.shape)} and {tuple(c0.shape)}"
             )
     else:
-        h0 = jnp.asarray(to_numpy("h_0", hx))
+        h0 = _as_float_array("h_0", hx)
     if h0.ndim < 2 or h0.shape[0] < 1:
         raise ValueError(
             f"h_0 must have shape [num_layers * num_directions, *batch, hidden_size], got shape {tuple(h0.shape)}"

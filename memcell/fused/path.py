@@ -37,8 +37,13 @@ def why_not(cell: Cell, params=None, fr: Frame | None = None) -> str | None:
         off = _dispatch.options_set(spec, LSTMSpec)  # the fused kernel implements the default LSTM only
         return f"the fused LSTM implements the default cell only, this one sets {', '.join(off)}" if off else None
     if isinstance(spec, GRUSpec):
-        return None if spec.reset_after is True else "the fused GRU implements reset_after=True only"
+        if spec.reset_after is not True:
+            return "the fused GRU implements reset_after=True only"
+        off = _dispatch.options_set(spec, GRUSpec)
+        return f"the fused GRU implements the default cell only, this one sets {', '.join(off)}" if off else None
     if isinstance(spec, RNNSpec):
+        if spec.activation is None:
+            return "the fused RNN implements the tanh and relu activations only, this one has a user's function"
         return None
     return f"no fused path for a cell with a {type(spec).__name__}"
 
