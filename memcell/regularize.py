@@ -10,7 +10,12 @@ is in training mode, without one in evaluation mode (deterministic).
   scaling (kept units are divided by ``1 - rate``), so evaluation uses the plain cell.
 - Zoneout (Krueger et al. 2017): at every step each unit of the carry keeps its previous value
   with probability ``rate`` (a fresh mask each step); evaluation takes the expectation
-  ``rate * carry_{t-1} + (1 - rate) * carry_t``.
+  ``rate * carry_{t-1} + (1 - rate) * carry_t``. Each carry leaf is zoned on its own, except
+  where the cell's spec declares a ``log_scale`` (the xLSTM cells: ``c`` and ``n`` stored scaled
+  by ``exp(-m)``): those fields and their stabiliser are one state, kept or updated together with
+  one mask a unit of ``m``, and their expectation is taken on the true values ``c * exp(m)``, so
+  zoneout never leaves a carry the cell could not be in. A cell of your own whose carry fields
+  depend on each other that way should declare it the same way, or not be zoned out.
 """
 
 from __future__ import annotations
@@ -109,20 +114,70 @@ def _gru_step(spec: GRUSpec, params, carry, x: Array, mask: Array):
     return type(carry)(h_new), h_new
 
 
-def _leaf_rates(zoneout, carry) -> list[float]:
-    """The zoneout rate of each leaf of ``carry`` (in ``jax.tree.leaves`` order); 0 for leaves
-    that are not floating point (counters, indices), which have no expectation to take."""
+def _log_scale(cell: Cell):
+    """``(stabiliser field, scaled fields)`` the cell's spec declares for its carry (the xLSTM
+    cells: ``c`` and ``n`` stored scaled by ``exp(-m)``), or None: every leaf stands alone."""
+    spec = cell.spec
+    if spec is not None and spec.describes(cell):
+        return getattr(spec, "log_scale", None)
+    return None
+
+
+def _leaf_plan(zoneout, carry, log_scale) -> tuple[list[float], list[int]]:
+    """The zoneout rate of each leaf of ``carry`` (in ``jax.tree.leaves`` order), and the leaf whose
+    mask each one uses (itself, or the stabiliser for a field scaled by it). Leaves that are not
+    floating point (counters, indices) get rate 0: they have no expectation to take."""
     floating = [jnp.issubdtype(leaf.dtype, jnp.inexact) for leaf in jax.tree.leaves(carry)]
-    if not isinstance(zoneout, dict):
-        return [zoneout if f else 0.0 for f in floating]
     fields = getattr(carry, "_fields", None)
-    if fields is None:
-        raise ValueError(f"zoneout as a dict needs a NamedTuple carry, got {type(carry).__name__}")
-    unknown = sorted(set(zoneout) - set(fields))
-    if unknown:
-        raise ValueError(f"zoneout names fields {unknown} that the carry has not; its fields are {list(fields)}")
-    rates = [zoneout.get(f, 0.0) for f, v in zip(fields, carry) for _ in jax.tree.leaves(v)]
-    return [r if f else 0.0 for r, f in zip(rates, floating)]
+    if isinstance(zoneout, dict):
+        if fields is None:
+            raise ValueError(f"zoneout as a dict needs a NamedTuple carry, got {type(carry).__name__}")
+        unknown = sorted(set(zoneout) - set(fields))
+        if unknown:
+            raise ValueError(f"zoneout names fields {unknown} that the carry has not; its fields are {list(fields)}")
+        rates = [zoneout.get(f, 0.0) for f, v in zip(fields, carry) for _ in jax.tree.leaves(v)]
+    else:
+        rates = [zoneout] * len(floating)
+    rates = [r if f else 0.0 for r, f in zip(rates, floating)]
+    owners = list(range(len(rates)))
+    if log_scale is None or not any(rates):
+        return rates, owners
+    # One state, not independent fields: c and n mean c * exp(m) and n * exp(m), so a unit keeps
+    # (or takes the expectation of) all three together, with the one mask drawn for m.
+    m_name, scaled = log_scale
+    if fields is None or len(fields) != len(rates) or not {m_name, *scaled} <= set(fields):
+        raise ValueError(f"the cell's spec says {list(scaled)} are scaled by exp(-{m_name}), but its carry "
+                         f"{type(carry).__name__} does not hold them as one array a field")
+    index = {f: i for i, f in enumerate(fields)}
+    group = (m_name, *scaled)
+    if len({rates[index[f]] for f in group}) > 1:
+        got = {f: rates[index[f]] for f in group}
+        raise ValueError(
+            f"zoneout must give the carry fields {list(group)} one rate: {', '.join(scaled)} are stored scaled by "
+            f"exp(-{m_name}), so a unit keeps or updates them together; got {got}"
+        )
+    for f in scaled:
+        owners[index[f]] = index[m_name]
+    return rates, owners
+
+
+def _mix_log_scaled(old, new, w_old, m_name: str, scaled) -> dict:
+    """Zoneout's expectation of a log-scaled state, taken on the true values ``field * exp(m)``:
+    ``w_old`` (per unit of ``m``) of the old state plus ``1 - w_old`` of the new, stored again
+    scaled by ``exp(-m')`` with ``m'`` the larger of the two weighted log scales (so no ``exp``
+    overflows). The true cell and normaliser states are mixed with the same weights, so bounds the
+    cell keeps between them (the sLSTM's ``|c| <= n``, hence ``|h| <= 1``) still hold."""
+    m_old, m_new = getattr(old, m_name), getattr(new, m_name)
+    lo = jnp.where(w_old > 0, jnp.log(jnp.maximum(w_old, 1e-30)) + m_old, -jnp.inf)
+    ln = jnp.where(w_old < 1, jnp.log(jnp.maximum(1.0 - w_old, 1e-30)) + m_new, -jnp.inf)
+    m = jnp.maximum(lo, ln)
+    a_old, a_new = jnp.exp(lo - m), jnp.exp(ln - m)
+    out = {m_name: m.astype(m_new.dtype)}
+    for f in scaled:
+        o, n = getattr(old, f), getattr(new, f)
+        grow = lambda a: a.reshape(a.shape + (1,) * (n.ndim - a.ndim))
+        out[f] = (grow(a_old) * o + grow(a_new) * n).astype(n.dtype)
+    return out
 
 
 class _Wrapped(NamedTuple):
@@ -152,7 +207,8 @@ def regularized(cell: Cell, params, xs: Array, *, key, dropout: float, recurrent
     """
     batch_shape, T, d = tuple(xs.shape[:-2]), xs.shape[-2], xs.shape[-1]
     template = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
-    rates = _leaf_rates(zoneout, template) if zoneout else []
+    log_scale = _log_scale(cell) if zoneout else None
+    rates, owners = _leaf_plan(zoneout, template, log_scale) if zoneout else ([], [])
     h_mask = noise = None
     if key is not None:
         k_x, k_h, k_z = jax.random.split(key, 3)
@@ -167,7 +223,7 @@ def regularized(cell: Cell, params, xs: Array, *, key, dropout: float, recurrent
             keys = jax.random.split(k_z, len(leaves))
             noise = [
                 jax.random.bernoulli(k, r, batch_shape + (T, _size(s, len(batch_shape))))
-                for k, r, s in zip(keys, rates, leaves) if r > 0.0
+                for i, (k, r, s) in enumerate(zip(keys, rates, leaves)) if r > 0.0 and owners[i] == i
             ]
             noise = jnp.concatenate(noise, axis=-1).astype(xs.dtype)
     if h_mask is None and not any(rates):
@@ -176,7 +232,8 @@ def regularized(cell: Cell, params, xs: Array, *, key, dropout: float, recurrent
     extra = 0 if noise is None else noise.shape[-1]
     if noise is not None:
         xs = jnp.concatenate([xs, noise], axis=-1)
-    step = _make_step(cell, d, kind, h_mask, rates, train=noise is not None)
+    zone = _Zoneout(rates, owners, log_scale, train=noise is not None)
+    step = _make_step(cell, d, kind, h_mask, zone)
     wrapped = Cell(
         init=lambda k, n: _Wrapped(cell.init(k, n - extra)),
         initial_carry=lambda p, batch_shape=(): cell.initial_carry(p.params, batch_shape),
@@ -193,11 +250,48 @@ def _size(leaf, n_batch: int) -> int:
     return n
 
 
-def _make_step(cell: Cell, d: int, kind, h_mask, rates, *, train: bool):
+class _Zoneout(NamedTuple):
+    rates: list  # a rate for each carry leaf
+    owners: list  # the leaf whose mask each leaf uses
+    log_scale: tuple | None  # (stabiliser field, scaled fields) from the cell's spec
+    train: bool  # masks in the inputs' extra features (True) or the expectation (False)
+
+    def apply(self, carry, new, noise):
+        """The carry after zoneout: each unit the old value or the new (training), or their expectation."""
+        old_leaves = jax.tree.leaves(carry)
+        new_leaves, treedef = jax.tree.flatten(new)
+        keep, offset = {}, 0  # per owner leaf: its mask (True: keep the old value) or its rate
+        for i, (cur, rate) in enumerate(zip(new_leaves, self.rates)):
+            if rate > 0.0 and self.owners[i] == i:
+                if self.train:
+                    size = _size(cur, noise.ndim - 1)
+                    keep[i] = noise[..., offset : offset + size].reshape(cur.shape) > 0.5
+                    offset += size
+                else:
+                    keep[i] = rate
+        out = []
+        for i, (old, cur, rate) in enumerate(zip(old_leaves, new_leaves, self.rates)):
+            k = keep.get(self.owners[i])
+            if rate == 0.0:
+                out.append(cur)
+            elif self.train:
+                out.append(jnp.where(k.reshape(k.shape + (1,) * (cur.ndim - k.ndim)), old, cur))
+            else:
+                out.append((rate * old + (1.0 - rate) * cur).astype(cur.dtype))
+        zoned = treedef.unflatten(out)
+        if self.log_scale is not None and not self.train and any(self.rates):  # replaces the fields' own mixes
+            # the expectation of a log-scaled state is taken on its true values, not field by field
+            m_name, scaled = self.log_scale
+            rate = self.rates[zoned._fields.index(m_name)]
+            zoned = zoned._replace(**_mix_log_scaled(carry, new, jnp.asarray(rate, jnp.float32), m_name, scaled))
+        return zoned, new_leaves
+
+
+def _make_step(cell: Cell, d: int, kind, h_mask, zone: _Zoneout):
     def step(wp, carry, x):
         params = wp.params
         noise = None
-        if train:
+        if zone.train:
             x, noise = x[..., :d], x[..., d:]
         if kind == "gru":
             new, y = _gru_step(cell.spec, params, carry, x, h_mask)
@@ -205,24 +299,11 @@ def _make_step(cell: Cell, d: int, kind, h_mask, rates, *, train: bool):
             new, y = cell.step(params, carry._replace(h=(carry.h * h_mask).astype(carry.h.dtype)), x)
         else:
             new, y = cell.step(params, carry, x)
-        if not any(rates):
+        if not any(zone.rates):
             return new, y
-        old_leaves = jax.tree.leaves(carry)
-        new_leaves, treedef = jax.tree.flatten(new)
-        out, offset = [], 0
-        for old, cur, rate in zip(old_leaves, new_leaves, rates):
-            if rate == 0.0:
-                out.append(cur)
-                continue
-            if train:
-                size = _size(cur, noise.ndim - 1)
-                keep_old = noise[..., offset : offset + size].reshape(cur.shape) > 0.5
-                offset += size
-                out.append(jnp.where(keep_old, old, cur))
-            else:
-                out.append((rate * old + (1.0 - rate) * cur).astype(cur.dtype))
+        zoned, new_leaves = zone.apply(carry, new, noise)
         # The output is the zoned value wherever the cell outputs a carry leaf (y = h').
-        y = next((z for cur, z in zip(new_leaves, out) if cur is y), y)
-        return treedef.unflatten(out), y
+        y = next((z for cur, z in zip(new_leaves, jax.tree.leaves(zoned)) if cur is y), y)
+        return zoned, y
 
     return step

@@ -61,10 +61,11 @@ def _api_checks() -> dict:
     """Bad meshes given to the API, and what the in-jit sampler computes on each device."""
     import jax
     import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh
 
     import memcell
     from memcell import tasks, train
+    from memcell.train._mesh import constrain_batch
 
     task = tasks.adding(8, n_test=16)
     model = tasks.sequence_model(memcell.gru(4), 1, "last")
@@ -85,13 +86,61 @@ def _api_checks() -> dict:
         "spec_axis": _error(lambda: train.mesh_from_spec("data=2,model=4")),
         "spec_form": _error(lambda: train.mesh_from_spec("data:2")),
     }
-    # The batch the jit draws (sample(key) with its leading axis over 'data'): each device's
-    # program holds only its own 12 / 4 = 3 rows, never the whole batch.
+    # The batch the jit draws, under memcell's own constraint (train._mesh.constrain_batch, what
+    # fit's loop applies): each device's program holds only its own 12 / 4 = 3 rows.
     mesh = train.make_mesh(data=4)
-    draw = jax.jit(lambda k: jax.lax.with_sharding_constraint(sample(k), NamedSharding(mesh, P("data"))))
+    draw = jax.jit(lambda k: constrain_batch(sample(k), mesh))
     hlo = draw.lower(jax.random.key(0)).compile().as_text()
     checks["sampler_shapes"] = sorted(set(re.findall(r"f32\[(\d+),8,2\]", hlo)))
+    # And end to end: the layout of the batch the train step receives inside fit on that mesh.
+    checks["step_batch_shard"] = _batch_shard_in_fit(step, one, sample, mesh, lambda b: b["xs"], (12, 8, 2))
+    checks["tbptt"] = _tbptt_checks()
     return checks
+
+
+def _batch_shard_in_fit(step, state, sample, mesh, pick, shape) -> list:
+    """The per-device shape of the batch leaf ``pick(batch)`` as ``fit(..., mesh=mesh)`` hands it to
+    the train step (``jax.debug.inspect_array_sharding``, read when the step compiles); ``shape`` is
+    its global shape, with the models' axis first for vmapped models (the sharding seen is theirs)."""
+    import jax
+
+    from memcell import train
+
+    seen = []
+
+    def spy(s, batch):
+        jax.debug.inspect_array_sharding(pick(batch), callback=lambda sh: seen.append(list(sh.shard_shape(shape))))
+        return step(s, batch)
+
+    train.fit(spy, state, sample, steps=1, progress=False, mesh=mesh)
+    return seen[0]
+
+
+def _tbptt_checks() -> dict:
+    """Truncated BPTT on a data mesh of 2: the same states as on one device, the batch split."""
+    import jax
+    import numpy as np
+
+    import memcell
+    from memcell import tasks, train
+
+    tokens = np.random.default_rng(0).integers(0, 5, 200).astype(np.int32)
+    streams = tasks.TokenStreams(train=tokens, train_starts=np.array([15], np.int32), valid_xs=tokens[:50],
+                                 valid_ys=tokens[1:51], valid_starts=np.zeros(0, np.int32))
+    task = tasks.char_lm(length=6, max_valid_chars=50)._replace(input_size=5, output_size=5, stream=streams)
+    model = tasks.sequence_model(memcell.lstm(4), 5, "all")
+    tx = train.optimizer(1e-2)
+    step = train.make_stream_train_step(tasks.stream_loss_fn(task, model), tx)
+    sample, cursor = tasks.stream_sampler(streams, 4, 6)
+    states = train.init_states([0, 1], lambda k: model.init(k, 5), tx)
+    states = tasks.with_stream(task, model, states, 4, cursor=cursor)
+    run = lambda mesh: train.fit(step, states, sample, steps=4, progress=False, mesh=mesh, steps_per_call=2).state
+    one, two = run(None), run(train.make_mesh(data=2))
+    leaves = lambda s: [np.asarray(x, np.float64) for x in jax.tree.leaves((s.params, s.opt_state, s.stream))]
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(leaves(one), leaves(two)))
+    return {"max_diff": diff, "cursor": np.asarray(two.stream.cursor).tolist(),
+            "batch_shard": _batch_shard_in_fit(step, states, sample, train.make_mesh(data=2), lambda b: b["xs"],
+                                               (2, 4, 6))}
 
 
 def devices(out: str) -> None:
@@ -123,6 +172,10 @@ def devices(out: str) -> None:
     }
     for name, extra in bad.items():
         results["cli_errors"][name] = _cli(ARGS + ["--steps", "1", *extra])
+    # --tbptt reaches the mesh check with its stateful sampler (a traceback there before)
+    results["cli_errors"]["tbptt_batch"] = _cli(["train", "--task", "char_lm", "--tbptt", "--length", "8", "--hidden",
+                                                 "4", "--batch-size", "3", "--steps", "1", "--no-progress",
+                                                 "--mesh", "data=2"])
     results["cpu_s"]["errors"] = time.process_time() - t0
     with open(os.path.join(out, "checks.json"), "w") as f:
         json.dump(results, f)

@@ -41,6 +41,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
         (["train", "--task", "adding", "--stop-at-solved"], "--stop-at-solved needs --eval-every"),
         (["train", "--task", "adding", "--sample-chars", "10"], "--sample-chars only applies to --task char_lm"),
         (["train", "--task", "char_lm", "--top-k", "0"], "--top-k must be >= 1, got 0"),
+        (["train", "--task", "char_lm", "--length", "100000"],
+         "--length: length must be at most 93992 for this corpus (a window of length + 1 characters must fit"),
         (["train", "--task", "adding", "--layers", "2", "--gradient-flow"], "--gradient-flow needs a single recurrent layer"),
         (["train", "--task", "adding", "--cell", "mlstm", "--hidden", "4", "--gradient-flow"],
          "--gradient-flow cannot measure --cell mlstm"),
@@ -96,31 +98,32 @@ def test_train_writes_report_and_mismatched_resume_exits_2(tmp_path, capsys):
     assert [r["step"] for r in lines if r["split"] == "train"] == list(range(1, 41))
     evals = [r for r in lines if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [20, 40] and all(len(r["grad_flow_log10"]) == 2 for r in evals)
-    # the same directory again without --resume: refused, nothing overwritten
-    code, _, err = _run_main(["train", *SMALL, "--steps", "60", "--out", str(out)], capsys)
-    assert code == 2 and "already holds checkpoints" in err
-    # resuming with another hidden size: refused, naming the checkpoint and the change
+    config = (out / "config.json").read_text()
+    # the same directory again without --resume (here with another hidden size): refused, and
+    # nothing overwritten, config.json included (a later resume or memcell flow reads it)
     bad = [a if a != "16" else "17" for a in SMALL]
+    code, _, err = _run_main(["train", *bad, "--steps", "60", "--out", str(out)], capsys)
+    assert code == 2 and "already holds checkpoints" in err
+    assert (out / "config.json").read_text() == config
+    # resuming with another hidden size: refused, naming the checkpoint and the change
     code, _, err = _run_main(["train", *bad, "--steps", "60", "--out", str(out), "--resume"], capsys)
     assert code == 2 and "different configuration" in err and "hidden: checkpoint 16, now 17" in err
     assert str(out / "checkpoints" / "40") in err
-    assert json.loads((out / "config.json").read_text())["hidden"] == 16  # the refused resume left the run's config
+    assert (out / "config.json").read_text() == config  # the refused resume left the run's config
 
 
 @pytest.mark.slow  # 22 s; test_fused checks the auto dispatch, test_cli's bad-input cases the flag
 def test_backend_auto_trains_like_the_reference(tmp_path, capsys, monkeypatch):
     """``--backend auto`` runs the GRU on the fused path: the same run, up to float32 rounding."""
-    from memcell.fused import (
-        layers,  # the dispatcher (memcell.fused.dispatch) calls layers.gru
-    )
+    from memcell.fused import path as fused_path  # the fused path builds its GRU kernel with gru_kind
 
     calls = {"reference": 0, "auto": 0}
-    real_gru = layers.gru
+    real_gru = fused_path.gru_kind
     finals = {}
     for backend in ("reference", "auto"):
         # Count calls of the fused GRU: whether the fused path ran is observed, not inferred from
         # rounding (the two paths can round alike on some CPUs).
-        monkeypatch.setattr(layers, "gru", lambda *a, _b=backend, **k: calls.__setitem__(_b, calls[_b] + 1) or real_gru(*a, **k))
+        monkeypatch.setattr(fused_path, "gru_kind", lambda *a, _b=backend, **k: calls.__setitem__(_b, calls[_b] + 1) or real_gru(*a, **k))
         out = tmp_path / backend
         code, _, _ = _run_main(["train", *SMALL, "--steps", "20", "--backend", backend, "--out", str(out)], capsys)
         assert code == 0
@@ -176,6 +179,27 @@ def _cli(*args, **kw):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, "-m", "memcell", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_a_multi_host_start_without_the_other_processes_gives_up_with_exit_2():
+    """Process 0 of 2 with no process 1: it says what it waits for and for how long, then exits 2
+    (JAX alone would wait 300 s silently and then abort the process)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    proc = _cli("train", "--task", "adding", "--steps", "1", "--no-progress", "--coordinator", f"localhost:{port}",
+                "--num-processes", "2", "--process-id", "0", "--coordinator-timeout", "2")
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, err[-3000:]
+    assert (f"memcell: process 0 of 2 is joining the multi-host run at the coordinator localhost:{port} and waits "
+            "until every process has connected (at most 2 s: --coordinator-timeout)") in err
+    assert (f"memcell: error: --coordinator-timeout: process 0 of 2 waited 2 s at the coordinator localhost:{port} "
+            "and not every process connected") in err
 
 
 @pytest.mark.slow  # 27 s end to end; memcell.train's own bit-identical resume test runs in make test

@@ -198,6 +198,16 @@ def test_flow_errors_exit_2_with_a_message(run, tmp_path, capsys):
     shutil.copy(out / "config.json", tmp_path / "no_ckpt" / "config.json")
     (tmp_path / "no_ckpt" / "checkpoints").mkdir()
     cases.append((tmp_path / "no_ckpt", "holds no checkpoint"))
+    config = json.loads((out / "config.json").read_text())
+    for i, (key, value, message) in enumerate([  # wrong-typed values, as a hand-edited config.json may hold
+        ("hidden", "eight", "holds a value train refuses: argument --hidden: expected a positive integer, got 'eight'"),
+        ("lr", ["fast"], "holds a value train refuses: argument --lr: expected a positive number, got 'fast'"),
+        ("layers", [2], "'layers' holds [2], not a value of --layers"),
+        ("tbptt", "yes", "'tbptt' must be true or false, got 'yes'"),
+    ]):
+        (tmp_path / f"typed{i}" / "checkpoints").mkdir(parents=True)
+        (tmp_path / f"typed{i}" / "config.json").write_text(json.dumps({**config, key: value}))
+        cases.append((tmp_path / f"typed{i}", message))
     for run_dir, message in cases:
         code, _, err = _main(["flow", str(run_dir)], capsys)
         assert code == 2 and message in err and str(run_dir) in err, (run_dir, err)

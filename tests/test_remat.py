@@ -57,6 +57,16 @@ def test_sqrt_blocks_equal_the_plain_reference_on_both_paths():
         _assert_close(got, want)
 
 
+def test_reverse_blocks_run_the_tail_first():
+    """reverse=True without lengths scans the blocks backwards, so the tail block (T % k steps at
+    the end) runs first: the make-test check of the path the lengths case above does not take."""
+    cell = CELLS["gru"]
+    params = _params(cell)
+    xs = jax.random.normal(jax.random.key(3), (B, T, D))
+    want = _vg(_loss(cell, xs, reverse=True))(params)
+    _assert_close(_vg(_loss(cell, xs, reverse=True, remat=4))(params), want)  # 4 + 4 + a tail of 3
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ["reference", "fused"])
 @pytest.mark.parametrize("name", ["lstm", "gru"])

@@ -157,8 +157,19 @@ def test_two_processes_train_like_one_process_on_4_devices(runs):
 
 
 def test_the_sampler_in_the_jit_computes_only_the_local_shard(checks):
-    # A batch of 12 over a data axis of 4: each device's program draws [3, 8, 2], never [12, 8, 2].
+    # A batch of 12 over a data axis of 4, under memcell's constraint: each device's program draws
+    # [3, 8, 2], never [12, 8, 2]; and fit hands the train step [3, 8, 2] on each device.
     assert checks["api"]["sampler_shapes"] == ["3"]
+    assert checks["api"]["step_batch_shard"] == [3, 8, 2]
+
+
+def test_truncated_bptt_on_a_data_mesh_equals_one_device(checks):
+    # Two models, 4 stream rows over a data axis of 2 (a document start in row 0): the same
+    # params, optimizer states, cursors and carries as on one device; each device reads 2 rows.
+    tb = checks["api"]["tbptt"]
+    assert tb["max_diff"] <= 1e-5, tb
+    assert tb["batch_shard"] == [2, 2, 6]  # [models, rows, steps]: the rows split
+    assert tb["cursor"] == [[21, 24, 24, 24]] * 2  # row 0 cut before the document at 15, then went on
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -189,6 +200,7 @@ CLI_ERRORS = {
     "axis_names": "--mesh: mesh axis names must be among ['data', 'seeds'], got 'model'",
     "both": "--devices and --mesh exclude each other",
     "partial_hosts": "--coordinator, --num-processes and --process-id go together",
+    "tbptt_batch": "data axis (2) must divide the batch size (the leading axis of every batch leaf), got batch size 3",
 }
 
 

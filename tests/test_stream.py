@@ -65,6 +65,25 @@ def test_stream_refuses_bidirectional_layers_and_bad_input():
         memcell.stream(memcell.rnn(4), 0)
 
 
+def test_stream_refuses_reverse_layers_by_name():
+    """A reverse layer reads each sequence from its end: streamed forwards it gave other outputs
+    than layer.apply (up to 0.40 apart), so it is refused, alone or in a stack, naming the layer."""
+    rev = memcell.layer(memcell.lstm(4), reverse=True)
+    with pytest.raises(ValueError, match=r"cannot run a reverse layer \(the layer reads its sequence backwards"):
+        memcell.stream(rev, D)
+    with pytest.raises(ValueError, match=r"cannot run a reverse layer \(layer 1 of the stack reads its sequence"):
+        memcell.stream(memcell.stack([memcell.gru(4), rev]), D)
+    # the layers memcell makes declare it (Layer.spec); a user's layer without a spec is probed
+    user = memcell.Layer(rev.init, rev.apply)
+    assert user.spec is None
+    with pytest.raises(ValueError, match=r"cannot run a reverse layer \(the layer reads its sequence backwards"):
+        memcell.stream(user, D)
+    with pytest.raises(ValueError, match=r"cannot run a reverse layer \(layer 1 of the stack reads its sequence"):
+        memcell.stream(memcell.stack([memcell.gru(4), user]), D)
+    fwd = memcell.layer(memcell.lstm(4))
+    memcell.stream(memcell.Layer(fwd.init, fwd.apply), D)  # a forward user layer passes the probe
+
+
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "text.txt"

@@ -101,6 +101,51 @@ def test_gradient_stops_at_the_window_boundary():
     assert any(bool(jnp.any(x != 0)) for x in jax.tree.leaves(g_open.rnn))
 
 
+def test_the_stream_step_writes_the_windows_last_carry_back():
+    """The stream train step hands the next window the carry the loss ended this one with (the
+    carry as data): computed from the params before the update, not the carry it started from."""
+    B, L = 2, 4
+    streams = _streams(B * (2 * L + 1), seed=2)
+    task, model = _task(streams), tasks.sequence_model(memcell.lstm(4), V, "all")
+    params = model.init(jax.random.key(3), V)
+    sample, cursor = tasks.stream_sampler(streams, B, L)
+    batch, cursor = sample(None, cursor)
+    loss, tx = tasks.stream_loss_fn(task, model), train.optimizer(1e-2)
+    carry0 = jax.tree.map(lambda x: x + 0.1, model.layers.apply(params.rnn, jnp.zeros((B, 0, V)))[0])
+    state = train.init_state(0, lambda k: params, tx)._replace(stream=train.StreamState(cursor, carry0))
+    after, _ = jax.jit(train.make_stream_train_step(loss, tx))(state, batch)
+    want = loss(params, carry0, batch, None)[1][0]
+    for got, w, c0 in zip(jax.tree.leaves(after.stream.carry), jax.tree.leaves(want), jax.tree.leaves(carry0)):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(got, c0)
+    np.testing.assert_array_equal(after.stream.cursor, cursor)
+
+
+def test_stream_evaluation_weights_each_document_by_its_tokens():
+    """Three validation documents of 3, 10 and 7 tokens, each read from the initial carry: the
+    metrics are the means over all 20 tokens (per-document means weighted by their lengths),
+    computed here token by token from the model's logits."""
+    tokens = np.random.default_rng(4).integers(0, V, 21).astype(np.int32)
+    streams = tasks.TokenStreams(train=tokens, train_starts=np.zeros(0, np.int32), valid_xs=tokens[:-1],
+                                 valid_ys=tokens[1:], valid_starts=np.array([3, 13], np.int32))
+    task, model = _task(streams), tasks.sequence_model(memcell.gru(4), V, "all")
+    params = model.init(jax.random.key(5), V)
+    got = jax.jit(tasks.stream_eval_fn(task, model))(params)
+    nll, hit = [], []
+    for lo, hi in [(0, 3), (3, 13), (13, 20)]:
+        logits = np.asarray(model.apply(params, jax.nn.one_hot(streams.valid_xs[None, lo:hi], V))[0], np.float64)
+        logp = logits - np.log(np.sum(np.exp(logits), -1, keepdims=True))
+        ys = streams.valid_ys[lo:hi]
+        nll.append(-logp[np.arange(hi - lo), ys])
+        hit.append(np.argmax(logits, -1) == ys)
+    xent = np.concatenate(nll).mean()
+    np.testing.assert_allclose(got["xent"], xent, rtol=1e-5)
+    np.testing.assert_allclose(got["bpc"], xent / np.log(2), rtol=1e-5)
+    np.testing.assert_allclose(got["accuracy"], np.concatenate(hit).mean(), rtol=1e-5)
+    # the documents' plain mean is another number: the test tells the two apart
+    assert abs(np.mean([x.mean() for x in nll]) - xent) > 1e-3
+
+
 def test_positions_advance_stop_before_documents_and_wrap():
     """Two rows of 11 tokens (0..10 and 11..21), windows of 4, documents starting at 6 and 11.
     Row 0: [0,4) reset, [4,6) cut before the document at 6, [6,10) reset there, then wraps.
@@ -185,6 +230,30 @@ def test_refusals_name_the_problem():
     state = train.init_state(0, lambda k: jnp.zeros(2), tx)._replace(stream=train.StreamState(0, jnp.zeros(2)))
     with pytest.raises(TypeError, match=r"loss_fn must return \(loss, \(carry, metrics\)\)"):
         bad(state, None)
+
+
+def test_fit_names_a_sampler_of_the_wrong_kind():
+    """A state holding a StreamState needs sample(key, cursor) -> (batch, cursor), a state without one
+    sample(key) -> batch: the other kind is a TypeError naming it, before anything compiles."""
+    tx = train.optimizer(1e-2)
+    step = train.make_stream_train_step(lambda p, c, b, k: (jnp.sum(p * b), (c, {})), tx)
+    state = train.init_state(0, lambda k: jnp.zeros(2), tx)
+    streaming = state._replace(stream=train.StreamState(jnp.zeros(3, jnp.int32), jnp.zeros(2)))
+    fit = lambda s, sample: train.fit(step, s, sample, steps=1, progress=False)
+    with pytest.raises(TypeError, match=r"sample must be sample\(key, cursor\) -> \(batch, cursor\) for a state "
+                                        r"holding a StreamState \(truncated BPTT\); calling it with \(key, cursor\) "
+                                        r"failed: .*positional argument"):
+        fit(streaming, lambda key: jnp.ones(2))
+    with pytest.raises(TypeError, match=r"sample must be sample\(key\) -> batch for a state without a stream"):
+        fit(state, lambda key, cursor: (jnp.ones(2), cursor))
+    with pytest.raises(TypeError, match=r"sample\(key, cursor\) must return \(batch, cursor\)"):
+        fit(streaming, lambda key, cursor: jnp.ones(2))
+    with pytest.raises(ValueError, match=r"must return a cursor of the form it was given \(\(3,\), 'int32'\), got "
+                                         r"\(\(\), 'int32'\)"):
+        fit(streaming, lambda key, cursor: (jnp.ones(2), cursor[0]))
+    stacked = train.init_states([0, 1], lambda k: jnp.zeros(2), tx)  # vmapped models: one cursor a model
+    stacked = stacked._replace(stream=train.StreamState(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 2))))
+    assert int(fit(stacked, lambda key, cursor: (jnp.ones(2), cursor + 1)).state.stream.cursor[1, 0]) == 1
 
 
 def test_with_stream_takes_the_samplers_first_cursor_or_makes_it():

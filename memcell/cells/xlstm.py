@@ -75,10 +75,13 @@ class SLSTMCarry(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class SLSTMSpec(CellSpec):
-    """What ``memcell.slstm`` declares: the options its step was built with (no fast path runs it yet)."""
+    """What ``memcell.slstm`` declares: the options its step was built with (no fast path runs it yet),
+    and ``log_scale``, ``(stabiliser, scaled fields)`` of its carry, for zoneout (``memcell.regularize``)."""
 
     num_heads: int = 1
     forget_gate: str = "sigmoid"
+    # c and n are stored scaled by exp(-m): zoneout keeps or mixes (c, n, m) as one state (memcell.regularize)
+    log_scale: tuple = ("m", ("c", "n"))
 
 
 def slstm(
@@ -218,9 +221,12 @@ class MLSTMSpec(CellSpec):
       num_heads: the number of heads; ``dk = dv = h / num_heads``.
       gates: ``gates(params, xs) -> MLSTMGates`` for inputs ``[*b, d]`` or ``[*b, T, d]`` (any
         leading axes): everything a step computes from its input alone. The step itself uses it.
+      log_scale: ``(stabiliser, scaled fields)`` of the carry, for zoneout (``memcell.regularize``).
     """
 
     num_heads: int = 1
+    # C and n are stored scaled by exp(-m): zoneout keeps or mixes (C, n, m) as one state (memcell.regularize)
+    log_scale: tuple = ("m", ("C", "n"))
     gates: Callable = dataclasses.field(default=None, repr=False, compare=False)
 
 

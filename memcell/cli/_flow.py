@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import pathlib
 
@@ -30,11 +32,44 @@ def load_run(run_dir: str):
     if not (path / "checkpoints").is_dir():
         raise UsageError(f"RUN_DIR {run_dir!r} holds no checkpoint (no checkpoints/ directory: the run was "
                          "killed before its first one; --checkpoint-every N writes them during training)")
-    args = build_parser().parse_args(["train", "--task", saved["task"]])
-    for k, v in saved.items():
-        if k != "command" and hasattr(args, k):
-            setattr(args, k, v)
-    return args, path
+    return parse_config(saved, cfg), path
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
+def parse_config(saved: dict, cfg: pathlib.Path) -> argparse.Namespace:
+    """The ``train`` arguments a run's config.json records, read back through ``train``'s own parser,
+    so each value meets the checks it met on the command line (a wrong-typed one is a UsageError
+    naming its key; keys the parser does not know are left out, as the parser's defaults fill in)."""
+    parser = _train_parser()
+    argv = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest not in saved or action.dest == "help":
+            continue
+        value, flag = saved[action.dest], action.option_strings[-1]
+        if action.nargs == 0:  # a store_true flag: true, false (or absent)
+            if not isinstance(value, bool):
+                raise UsageError(f"{cfg}: {action.dest!r} must be true or false, got {value!r}")
+            argv += [flag] if value else []
+        elif value is not None:
+            values = value if isinstance(value, list) and action.nargs == "+" else [value]
+            if any(isinstance(v, (list, dict, bool)) for v in values):
+                raise UsageError(f"{cfg}: {action.dest!r} holds {value!r}, not a value of {flag}")
+            # flag=value, so that a value starting with "-" (a prompt) is not read as an option
+            argv += [flag, *map(str, values)] if action.nargs == "+" else [f"{flag}={values[0]}"]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
+        args.command = "train"
+        return args
+    except SystemExit:
+        why = err.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+        raise UsageError(f"{cfg} holds a value train refuses: {why}") from None
 
 
 def initial_states(args, task, model, seeds):

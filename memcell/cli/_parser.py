@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multi-host: process 0's coordinator address (with --num-processes and --process-id)")
     g.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: how many processes")
     g.add_argument("--process-id", type=_nonneg_int, default=None, help="multi-host: this process's index")
+    g.add_argument("--coordinator-timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                   help="multi-host: give up (exit 2) when not every process has joined within this many seconds")
     g.add_argument("--distributed", action="store_true",
                    help="multi-host with the cluster detected by jax.distributed (SLURM, Open MPI, "
                         "JAX_COORDINATOR_ADDRESS)")

@@ -4,8 +4,11 @@ mesh set-up, the run and its report."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
+import sys
+import threading
 
 from memcell import paths, tasks
 from memcell.cli._parser import CLASSIC, IDENTITY_KEYS, TASK_NAMES, UsageError
@@ -29,6 +32,12 @@ def check_out(out: str | None, resume: bool) -> pathlib.Path | None:
     if resume and not (path / "checkpoints").exists():
         raise UsageError(f"--resume: {out!r} holds no checkpoints to resume from")
     return path
+
+
+def holds_checkpoints(out: pathlib.Path) -> bool:
+    """Whether ``out`` holds a run's checkpoints (orbax's step directories under ``checkpoints/``)."""
+    ckpt = out / "checkpoints"
+    return ckpt.is_dir() and any(p.name.isdigit() and p.is_dir() for p in ckpt.iterdir())
 
 
 def build(args):
@@ -68,6 +77,8 @@ def build(args):
         task = tasks.make(args.task, args.length)
     except ImportError as e:
         raise UsageError(str(e)) from None
+    except ValueError as e:  # a length the task's data cannot hold (char_lm: longer than a split)
+        raise UsageError(f"--length: {e}") from None
     options: dict = {}
     if args.dtype != "float32":
         options["dtype"] = jnp.dtype(args.dtype)
@@ -169,10 +180,33 @@ def distributed(args) -> None:
         return
     from memcell import train
 
+    who = ("this process" if args.process_id is None else
+           f"process {args.process_id} of {args.num_processes}")
+    where = "the coordinator JAX detects" if args.coordinator is None else f"the coordinator {args.coordinator}"
+    timeout = args.coordinator_timeout
+    print(f"memcell: {who} is joining the multi-host run at {where} and waits until every process has connected "
+          f"(at most {timeout:g} s: --coordinator-timeout)", file=sys.stderr, flush=True)
+    # JAX's own timeout ends the process with an abort, so the CLI gives up first, with exit 2.
+    watchdog = threading.Timer(timeout, _give_up, args=(who, where, timeout))
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        train.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        train.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                     timeout=math.ceil(timeout) + 60)
     except (ValueError, RuntimeError) as e:
         raise UsageError(f"multi-host set-up failed: {e}") from None
+    finally:
+        watchdog.cancel()
+
+
+def _give_up(who: str, where: str, timeout: float) -> None:
+    """Ends a multi-host start that waited ``timeout`` seconds for the other processes: exit 2.
+    ``jax.distributed.initialize`` cannot be interrupted from Python, so the process exits here."""
+    sys.stderr.write(f"memcell: error: --coordinator-timeout: {who} waited {timeout:g} s at {where} and not every "
+                     "process connected; start all of them with the same --coordinator and --num-processes, each "
+                     "with its own --process-id (or raise --coordinator-timeout)\n")
+    sys.stderr.flush()
+    os._exit(2)
 
 
 def mesh_of(args):
@@ -213,10 +247,11 @@ def train_command(args) -> int:
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     config = run_config(args, task)
 
-    # A resume is written over the run's config.json only once its checkpoint accepted it: a refused
-    # resume (another configuration) must leave the run as it was, for a later resume or `memcell flow`.
+    # Nothing is written into an existing run before the run is accepted: a directory holding
+    # checkpoints gets its config.json only after fit took them (a resume with the same config);
+    # a refused rerun or resume leaves the run as it was, for a later resume or `memcell flow`.
     write_config = out is not None and main_process
-    if write_config and not (args.resume and (out / "config.json").exists()):
+    if write_config and not holds_checkpoints(out):
         (out / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     try:
         report = tasks.train_task(

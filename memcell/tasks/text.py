@@ -84,7 +84,10 @@ def char_lm(length: int = 100, *, valid_fraction: float = 0.1, max_valid_chars: 
     split = int(len(ids) * (1.0 - valid_fraction))
     train, valid = ids[:split], ids[split:]
     if len(train) <= length + 1 or len(valid) <= length + 1:
-        raise ValueError(f"length={length} leaves no full window in a split of {len(train)} / {len(valid)} characters")
+        limit = min(len(train), len(valid)) - 2
+        raise ValueError(f"length must be at most {limit} for this corpus (a window of length + 1 characters must fit "
+                         f"in the {len(train)}-character training and {len(valid)}-character validation splits), "
+                         f"got {length}")
     # Validation windows read (prev char, ...) and predict (..., next char): the context at
     # the start of each window is cut, as in the training windows.
     stream = np.concatenate([train[-1:], valid])

@@ -42,6 +42,31 @@ def _fingerprint_diff(path, saved: list, expected: list) -> str:
             f"this run expects {diff[1]} (different model, optimizer or number of seeds?)")
 
 
+def _check_storage(path: pathlib.Path) -> None:
+    """Reads every record of a checkpoint's OCDBT store (orbax's format) and waits for all of them,
+    so damage is found with nothing left in flight. Restoring a damaged store directly fails on its
+    first bad read while orbax's other reads go on after its event loop closed, and each of those
+    printed a "RuntimeError: Event loop is closed" traceback under the clear error."""
+    if not (path / "manifest.ocdbt").is_file():
+        return  # not an OCDBT store: orbax reads it as it is
+    import tensorstore as ts  # orbax's own storage layer
+
+    try:
+        store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{path}/"}).result()
+        reads = [store.read(key) for key in store.list().result()]
+    except Exception as e:  # tensorstore raises ValueError for damaged data, others for I/O
+        raise ValueError(f"checkpoint {path.parent} is corrupted or unreadable: {type(e).__name__}: {e}") from None
+    errors = []
+    for r in reads:  # every read finishes before the first error is raised
+        try:
+            r.result()
+        except Exception as e:
+            errors.append(e)
+    if errors:
+        e = errors[0]
+        raise ValueError(f"checkpoint {path.parent} is corrupted or unreadable: {type(e).__name__}: {e}") from None
+
+
 class Checkpointer:
     """Orbax CheckpointManager around a TrainState plus JSON metadata (the loop's record, the config)."""
 
@@ -91,6 +116,7 @@ class Checkpointer:
             raise ValueError(_fingerprint_diff(path, meta["fingerprint"], expected))
         # Restored with the template's shardings (on a mesh: every process reads its own shards).
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=_sharding(x)), tree)
+        _check_storage(path / "state")
         args = self.ocp.args
         try:
             restored = self.manager.restore(step, args=args.Composite(state=args.StandardRestore(abstract)))["state"]

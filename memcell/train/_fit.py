@@ -28,6 +28,7 @@ from memcell.train._loop import (
 from memcell.train._mesh import check_mesh, is_main_process, place
 from memcell.train._metrics_log import MetricsLog
 from memcell.train._state import TrainState, check_state, current_step
+from memcell.train._stream import sampled_batch
 from memcell.types import Key, PyTree
 
 
@@ -64,6 +65,7 @@ def _check_args(train_step, state, sample, steps, eval_fn, eval_every, early_sto
     check_callable("train_step", train_step, "(state, batch) -> (state, metrics), e.g. from make_train_step")
     n_models = check_state(state)
     check_callable("sample", sample, "key -> batch" if state.stream is None else "(key, cursor) -> (batch, cursor)")
+    sampled_batch(sample, state, n_models)  # the sampler's kind matches the state's (a stream or not)
     check_optional_callable("eval_fn", eval_fn, "params -> metrics")
     if eval_every and eval_fn is None:
         raise ValueError(f"eval_every > 0 needs an eval_fn, got eval_every={eval_every} and eval_fn=None")

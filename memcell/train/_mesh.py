@@ -25,6 +25,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from memcell.train._stream import sampled_batch
+
 AXES = ("data", "seeds")  # the axis names fit understands
 
 
@@ -110,7 +112,7 @@ def mesh_from_spec(spec: str, *, devices: Sequence | None = None) -> Mesh:
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, *, timeout: int = 300) -> None:
     """Joins a multi-host run with ``jax.distributed.initialize``; call it before anything else touches jax.
 
     With no argument, JAX detects the cluster itself (SLURM, Open MPI, Kubernetes, or the
@@ -122,6 +124,9 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
       coordinator: ``host:port`` of process 0's coordinator.
       num_processes: how many processes take part.
       process_id: this process's index, ``0 <= process_id < num_processes``.
+      timeout: seconds to wait for every process to connect (``jax.distributed.initialize``'s
+        ``initialization_timeout``). When it passes, JAX's coordination service ends the process
+        itself (abort, not an exception); ``memcell train`` exits 2 with a message before that.
     """
     if jax.distributed.is_initialized():  # a second run in the same processes (e.g. a resume) joins the same run
         if num_processes is not None and num_processes != jax.process_count():
@@ -147,7 +152,7 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     # CPU devices of several processes need a cross-process collective implementation; it only
     # applies to the CPU client, so it is harmless on accelerators.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator, num_processes, process_id)
+    jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=_check_size("timeout", timeout))
 
 
 def is_main_process() -> bool:
@@ -181,8 +186,7 @@ def check_mesh(mesh, n_models: int | None, sample: Callable, state) -> None:
     data = axis_size(mesh, "data")
     if data == 1:
         return
-    key = jax.random.key(0)
-    batch = jax.eval_shape(sample, key)
+    batch = sampled_batch(sample, state, n_models)  # a truncated-BPTT sampler takes the cursor too
     for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
         shape = tuple(leaf.shape)
         if not shape or shape[0] % data:

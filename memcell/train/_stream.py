@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, Mapping, NamedTuple
 
 import jax
+import numpy as np
 import optax
 
 from memcell._checks import as_array
@@ -113,3 +114,33 @@ def sample_stream(sample: Callable, state: TrainState, data_key) -> tuple[TrainS
     """The next batch of a stateful sampler, and ``state`` with the sampler's cursor advanced."""
     batch, cursor = sample(data_key, state.stream.cursor)
     return state._replace(stream=state.stream._replace(cursor=cursor)), batch
+
+
+def sampled_batch(sample: Callable, state: TrainState, n_models: int | None) -> PyTree:
+    """The shapes of a batch ``sample`` draws for ``state`` (``jax.eval_shape``, nothing runs):
+    ``sample(key)``'s, or for a state holding a ``StreamState``, ``sample(key, cursor)``'s batch,
+    checked to come with a cursor like the one it was given. ``fit`` calls it before anything
+    compiles, so a sampler of the wrong kind is named here, not deep inside the jit."""
+    key = jax.random.key(0)
+    if state.stream is None:
+        try:
+            return jax.eval_shape(sample, key)
+        except TypeError as e:
+            raise TypeError(f"sample must be sample(key) -> batch for a state without a stream (state.stream is None); "
+                            f"calling it with a key failed: {e}") from None
+    per_model = (lambda s: s[1:]) if n_models is not None else (lambda s: s)
+    cursor = jax.tree.map(lambda x: jax.ShapeDtypeStruct(per_model(np.shape(x)), jax.numpy.result_type(x)),
+                          state.stream.cursor)
+    try:
+        out = jax.eval_shape(sample, key, cursor)
+    except TypeError as e:
+        raise TypeError("sample must be sample(key, cursor) -> (batch, cursor) for a state holding a StreamState "
+                        f"(truncated BPTT); calling it with (key, cursor) failed: {e}") from None
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError("sample(key, cursor) must return (batch, cursor) for a state holding a StreamState, got "
+                        f"{type(out).__name__} {jax.tree.structure(out)}")
+    form = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
+    if form(out[1]) != form(cursor):
+        raise ValueError(f"sample(key, cursor) must return a cursor of the form it was given {form(cursor)}, "
+                         f"got {form(out[1])}")
+    return out[0]
