@@ -155,7 +155,9 @@ def test_fit_chunking_does_not_change_the_result():
 def test_fit_progress_bar_runs(capsys):
     tx, state = _state()
     train.fit(STEP, state, SAMPLE, steps=20, progress=True, steps_per_call=10)
-    assert "20/20" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # the line says how far the run is, how long it took and how long it has left
+    assert "20/20 steps" in err and " elapsed, " in err and " left, " in err
 
 
 def test_early_stopping_target_and_patience():
