@@ -253,6 +253,12 @@ def test_a_users_factory_trains_resumes_and_flows_by_its_module_name(tmp_path, c
     assert code == 0, err
     flow = json.loads((out / "flow_hidden.json").read_text())
     assert flow["cell"] == "user_cells:leaky_cell" and flow["trained"]["step"] == 4
+    # a config whose cell cannot be imported here: exit 2 naming the run and the module
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "cell": "gone_module:leaky_cell"}))
+    code, _, err = _run_main(["flow", str(out)], capsys)
+    assert code == 2 and f"RUN_DIR {str(out)!r}: its config.json describes a run" in err
+    assert "cannot import module 'gone_module'" in err
 
 
 def test_a_cell_is_stored_under_the_tables_name():

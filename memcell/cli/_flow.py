@@ -89,7 +89,10 @@ def flow_command(args) -> int:
     out = check_out(args.out or args.run_dir, False)
     # Measured on the reference path: the fast paths compute the same function (tested), and
     # the jacobian tools differentiate the cell's own step. The checkpoint's config keeps the run's backend.
-    task, model = build(argparse.Namespace(**{**vars(run_args), "backend": "reference"}))
+    try:
+        task, model = build(argparse.Namespace(**{**vars(run_args), "backend": "reference"}))
+    except UsageError as e:  # e.g. a user's cell whose module cannot be imported from here
+        raise UsageError(f"RUN_DIR {args.run_dir!r}: its config.json describes a run this command cannot build: {e}") from None
     config = run_config(run_args, task)
     seeds = list(range(run_args.seed_offset, run_args.seed_offset + run_args.seeds))
     initial = initial_states(run_args, task, model, seeds)

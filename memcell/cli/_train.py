@@ -60,7 +60,7 @@ def build(args):
     except ImportError as e:
         raise UsageError(str(e)) from None
     except ValueError as e:
-        raise UsageError(f"--length: {e}") from None
+        raise UsageError(f"{'--length' if args.length is not None else f'--task {args.task}'}: {e}") from None
     cells = make_cells(args, sequence_length(task))
     why_not = {"fused": fused.why_not, "parallel": parallel.why_not, "cudnn": cudnn.why_not}.get(args.backend)
     reason = None if why_not is None else why_not(cells[0])
@@ -147,8 +147,8 @@ def run_title(args, length: int) -> str:
 
 def eval_every(args) -> int:
     """``--eval-every``, or by default about 10 evaluations over the run, each a whole number of jit
-    calls apart (``--steps-per-call``), so the default costs no extra call: a run shorter than 10
-    calls is evaluated less often (one of 2 calls or less: only at its end)."""
+    calls apart (``--steps-per-call``), so the default splits no call: a run of fewer than 10 calls
+    is evaluated after each call."""
     if args.eval_every is not None:
         return args.eval_every
     return max(args.steps_per_call, args.steps // 10 // args.steps_per_call * args.steps_per_call)
