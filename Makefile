@@ -50,6 +50,7 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/modern.py
 	$(PY) benchmarks/practitioner.py
 	$(PY) benchmarks/long.py
+	$(PY) benchmarks/inference.py
 
 # The API reference site, into site/. Strict: a broken link, a missing page or an unresolved
 # reference fails the build.

@@ -70,7 +70,7 @@ def impls(T):
     for name, options in CELLS.items():
         cell = getattr(memcell, name)(H, **options)
         out[f"{name} sequential"] = _step(cell, "reference", T)
-        if memcell.parallel.supports(cell):
+        if memcell.paths.why_not("parallel", cell) is None:
             out[f"{name} parallel"] = _step(cell, "parallel", T)
     out["lstm fused"] = _step(memcell.lstm(H), "fused", T)
     try:

@@ -46,6 +46,7 @@ from memcell.types import BACKENDS, Backend, Cell, CellSpec, Layer, LinearSpec
 # The Flax wrappers (memcell.linen, memcell.nnx) are imported explicitly, so that
 # `import memcell` does not import flax.
 from memcell import convert, cudnn, fused, jacobian, parallel, regularize, tasks, train  # noqa: E402  (after the core)
+from memcell import export  # noqa: E402  (after tasks, which it reads; onnx and jax2onnx load lazily)
 
 __version__ = "0.1.0"
 
@@ -85,6 +86,7 @@ __all__ = [
     "bidirectional",
     "convert",
     "cudnn",
+    "export",
     "fused",
     "gru",
     "jacobian",

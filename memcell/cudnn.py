@@ -17,7 +17,7 @@ What cuDNN cannot run, and what happens then (``why_not`` says it in words):
 - any platform but a GPU (``jax.default_backend()`` must be ``"gpu"``).
 
 ``backend="cudnn"`` raises a ``ValueError`` with the reason; ``backend="auto"`` moves on to the
-fused path (and the reference after it). A length of 0 makes cuDNN fail (jax#17966: the backward
+next path of the platform's order (``memcell.paths``). A length of 0 makes cuDNN fail (jax#17966: the backward
 pass fails if any sequence has length 0), so cuDNN is never given one: such rows run one step
 whose outputs are masked away, and their final carry is the initial carry, as on every path.
 
@@ -32,13 +32,12 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import rnn as jax_rnn
 
-from memcell import _checks, _dispatch
-from memcell._sequence import flat_batch_size, reverse_within
+from memcell import _dispatch
+from memcell._sequence import flat_batch_size
 from memcell.cells import LSTMCarry, LSTMParams, LSTMSpec
-from memcell.types import Array, Cell, Lengths, PyTree, Sequence
+from memcell.types import Array, Cell, Frame, Path, PyTree
 
-__all__ = ["pack", "supports", "unpack", "unroll", "why_not"]
-
+__all__ = ["PATH", "pack", "unpack", "why_not"]
 
 
 def pack(directions) -> Array:
@@ -117,19 +116,26 @@ def _under_vmap(x) -> bool:
     return isinstance(x, jax.core.Tracer) and type(x).__name__ == "BatchTracer"
 
 
-def why_not(cell: Cell, params: PyTree = None, xs: Sequence | None = None, *, resets=None,
-            remat: bool | str | int = False) -> str | None:
-    """Why ``memcell.unroll(cell, params, xs, ..., backend="cudnn")`` would refuse, or None if it runs.
+def why_not(cell: Cell, params: PyTree = None, fr: Frame | None = None) -> str | None:
+    """Why cuDNN cannot run ``cell`` on this frame (``memcell.unroll(..., backend="cudnn")``), or None.
 
     Args:
       cell: the ``Cell``; only its declared spec counts (see ``memcell.CellSpec``).
-      params, xs: checked for float32 when given (cuDNN computes in float32 only), and for
-        being traced by ``jax.vmap``.
-      resets, remat: as for ``memcell.unroll``; cuDNN implements neither.
+      params: checked for float32 when given (cuDNN computes in float32 only) and for being traced
+        by ``jax.vmap``.
+      fr: the framed unroll, when known: its inputs (float32, some steps, not under ``jax.vmap``),
+        resets and remat policy (cuDNN implements neither).
 
     Returns:
       A sentence saying why, or None. The platform is checked last: off a GPU the reason is
       ``"cuDNN needs a GPU: jax.default_backend() is 'cpu'"``.
+
+    Example:
+      >>> import memcell
+      >>> memcell.cudnn.why_not(memcell.gru(4))
+      'cuDNN runs the default LSTM only, this cell has a GRUSpec'
+      >>> memcell.cudnn.why_not(memcell.lstm(4, peephole=True))
+      'cuDNN runs the default LSTM only, this one sets peephole'
     """
     spec, reason = _dispatch.declared_spec(
         cell, "the cell declares no fast path (only a default memcell.lstm runs on cuDNN)")
@@ -140,10 +146,11 @@ def why_not(cell: Cell, params: PyTree = None, xs: Sequence | None = None, *, re
     off = _dispatch.options_set(spec, LSTMSpec)  # cuDNN computes the default LSTM only
     if off:
         return f"cuDNN runs the default LSTM only, this one sets {', '.join(off)}"
-    if resets is not None:
+    xs = None if fr is None else fr.xs
+    if fr is not None and fr.resets is not None:
         return "resets (packed sequences) are not implemented by cuDNN"
-    if remat:
-        return (f"remat={remat!r} is not implemented by cuDNN (it keeps its own reserve space); "
+    if fr is not None and fr.remat:
+        return (f"remat={fr.remat!r} is not implemented by cuDNN (it keeps its own reserve space); "
                 "the fused path runs every remat policy")
     reason = _dtypes_reason(spec, params, xs)
     if reason is not None:
@@ -156,74 +163,23 @@ def why_not(cell: Cell, params: PyTree = None, xs: Sequence | None = None, *, re
     return None
 
 
-def supports(cell: Cell, params: PyTree = None, xs: Sequence | None = None, *, resets=None,
-             remat: bool | str | int = False) -> bool:
-    """Whether ``memcell.unroll(..., backend="auto")`` would run cuDNN for these arguments (see ``why_not``)."""
-    return why_not(cell, params, xs, resets=resets, remat=remat) is None
-
-
-def unroll(
-    cell: Cell,
-    params: PyTree,
-    xs: Sequence,
-    carry: PyTree | None = None,
-    *,
-    lengths: Lengths | None = None,
-    resets=None,
-    reverse: bool = False,
-    remat: bool | str | int = False,
-    backend: str = "cudnn",
-):
-    """``memcell.unroll`` through cuDNN: what ``memcell.unroll(..., backend="cudnn" | "auto")`` calls.
-
-    Args:
-      cell, params, xs, carry, lengths, resets, reverse, remat: as for ``memcell.unroll``.
-      backend: ``"cudnn"`` raises a ``ValueError`` saying why when cuDNN cannot run this unroll
-        (see ``why_not``); ``"auto"`` returns None then, so the caller tries the next path.
-
-    Returns:
-      ``(carry, ys)``, or None (``backend="auto"`` only) when cuDNN does not apply.
-
-    Example:
-      >>> import memcell
-      >>> memcell.cudnn.why_not(memcell.gru(4))
-      'cuDNN runs the default LSTM only, this cell has a GRUSpec'
-      >>> memcell.cudnn.why_not(memcell.lstm(4, peephole=True))
-      'cuDNN runs the default LSTM only, this one sets peephole'
-    """
-    _checks.check_backend(backend, ("cudnn", "auto"))
-    xs = _checks.check_xs(xs, params)
-    reason = why_not(cell, params, xs, resets=resets, remat=remat)
-    if reason is not None:
-        if backend == "auto":
-            return None
-        raise ValueError(f"backend='cudnn' cannot run this unroll: {reason}; use backend='auto' or 'fused'")
-    _checks.check_params(cell, params, xs.shape[-1])
-    batch_shape, (T, D), H = tuple(xs.shape[:-2]), xs.shape[-2:], params.w_h.shape[0]
-    lengths = _checks.check_lengths(lengths, batch_shape, T)
-    carry0 = _checks.check_carry(cell, params, carry, batch_shape)
-    return _run(params, xs, carry0, lengths, reverse, batch_shape, T, D, H)
-
-
-def _run(params, xs, carry0, lengths, reverse, batch_shape, T, D, H):
-    """One direction of one layer through ``_kernel``, on checked arguments, in memcell's semantics."""
+def _run(cell: Cell, params, fr: Frame):
+    """One direction of one layer through ``_kernel`` on the framed sequence; ``(carry, ys)``."""
+    batch_shape, (T, D), H = tuple(fr.xs.shape[:-2]), fr.xs.shape[-2:], params.w_h.shape[0]
     B = flat_batch_size(batch_shape)
-    x = xs.reshape(B, T, D)
-    n = jnp.full((B,), T, jnp.int32) if lengths is None else lengths.reshape(B).astype(jnp.int32)
-    if reverse:  # each sequence read from its own last real step; padding stays at the end
-        x = reverse_within(x, n, axis=-2)
-    h0, c0 = carry0.h.reshape(1, B, H), carry0.c.reshape(1, B, H)
-    # jax#17966: cuDNN fails on a length of 0. Such rows run one step whose output is masked
-    # below and whose final carry is replaced by the initial one.
+    x = fr.xs.reshape(B, T, D)
+    n = jnp.full((B,), T, jnp.int32) if fr.lengths is None else fr.lengths.reshape(B).astype(jnp.int32)
+    h0, c0 = fr.carry0.h.reshape(1, B, H), fr.carry0.c.reshape(1, B, H)
+    # jax#17966: cuDNN fails on a length of 0. Such rows run one step whose output the frame masks
+    # and whose final carry is replaced by the initial one.
     ys, h_n, c_n = _kernel(
         x, h0, c0, pack([params]), jnp.maximum(n, 1),
         input_size=D, hidden_size=H, num_layers=1, bidirectional=False,
     )
-    valid = jnp.arange(T) < n[:, None]  # [B, T]; zero outputs past each length, as on every path
-    ys = jnp.where(valid[..., None], ys, jnp.zeros_like(ys))
-    if reverse:
-        ys = reverse_within(ys, n, axis=-2)
     empty = (n == 0)[:, None]
     h = jnp.where(empty, h0[0], h_n[0]).reshape(batch_shape + (H,))
     c = jnp.where(empty, c0[0], c_n[0]).reshape(batch_shape + (H,))
     return LSTMCarry(h=h, c=c), ys.reshape(batch_shape + (T, H))
+
+
+PATH = Path("cudnn", why_not, _run)

@@ -1,18 +1,16 @@
 """Unrolling cells over sequences (lengths, resets, reverse) and sequence-level layers.
 
-Everything here is built on one function, ``unroll``: ``layer``, ``bidirectional`` and
-``stack`` compose it, they do not loop on their own.
+Everything here is built on one function, ``unroll`` (the one frame and path resolution of
+``memcell.paths``): ``layer``, ``bidirectional`` and ``stack`` compose it, they do not loop on their own.
 """
 
-from typing import Callable, NamedTuple, Sequence as SequenceOf
+from typing import Callable, Sequence as SequenceOf
 
 import jax
 import jax.numpy as jnp
 
-from memcell import _checks, cudnn, fused, parallel, regularize
-from memcell._remat import blocked_scan
-from memcell._sequence import reverse_within, segment_ends, tree_where
-from memcell.types import Array, Backend, Cell, Layer, Lengths, Outputs, PyTree, Resets, Sequence
+from memcell import _checks, paths, regularize
+from memcell.types import Array, Backend, Cell, DirectionPair, Layer, Lengths, Outputs, PyTree, Resets, Sequence
 
 __all__ = ["DirectionPair", "bidirectional", "layer", "stack", "unroll"]
 
@@ -40,9 +38,12 @@ def unroll(
         broadcast to the batch axes.
       lengths: ``[*b]`` integers in ``[0, T]``. Steps past a sequence's length leave its carry
         unchanged, give zero outputs and get zero gradients; the final carry is each
-        sequence's own last one, and a length of 0 returns the initial carry.
+        sequence's own last one, and a length of 0 returns the initial carry. Concrete lengths
+        outside ``[0, T]`` raise a ``ValueError``; traced ones (inside ``jax.jit``, where their
+        values cannot be checked) are clipped to ``[0, T]``.
       resets: ``[T]`` or ``[*b, T]`` booleans, for packed sequences: where set, the carry is
         restarted from the initial carry before that step, so segments do not see each other.
+        A reset past a sequence's length does nothing (the carry is kept there).
       reverse: read each sequence backwards; with ``lengths`` each starts from its own last real
         step. Outputs stay aligned with the inputs (``ys[..., t, :]`` belongs to ``xs[..., t, :]``).
       unroll: passed to ``jax.lax.scan``.
@@ -62,8 +63,10 @@ def unroll(
         steps' coefficients at once, then a chunked scan; derivatives of every order) and
         raises for any other; ``"cudnn"`` runs the default LSTM through cuDNN
         (``memcell.cudnn``; GPU only, float32, no resets) and raises a ``ValueError`` saying why
-        where it cannot; ``"auto"`` runs the parallel path where it applies, else cuDNN (on a GPU
-        only), else the fused path, else the reference. The fused and cuDNN paths have no jvp:
+        where it cannot; ``"auto"`` runs the first path of the platform's order
+        (``memcell.paths.order()``) that runs the cell and was measured faster there, else the
+        reference (``memcell.paths.why_not(backend, cell)`` says why a path refuses a cell). The
+        fused and cuDNN paths have no jvp:
         keep the reference (or the parallel path) for forward-mode and higher-order derivatives.
 
     Returns:
@@ -80,79 +83,8 @@ def unroll(
       >>> long = jnp.ones((100, 2))                        # 10 checkpointed blocks of 10 steps
       >>> g = jax.grad(lambda p: memcell.unroll(cell, p, long, remat="sqrt")[0].h.sum())(params)
     """
-    _checks.check_backend(backend)
-    reverse = _checks.check_bool("reverse", reverse)
-    remat = _checks.check_remat(remat)
-    unroll = _checks.check_unroll(unroll)
-    xs = _checks.check_xs(xs, params)
-    # A fast path checks the params against the cell when it runs; "auto" tries the parallel path
-    # (cells with a linear carry update), then cuDNN (a GPU only), then the fused path, then runs
-    # the reference.
-    kw = dict(lengths=lengths, resets=resets, reverse=reverse, remat=remat)
-    if backend in ("parallel", "auto"):
-        out = parallel.unroll(cell, params, xs, carry, backend=backend, **kw)
-        if out is not None:
-            return out
-    if backend in ("cudnn", "auto"):
-        out = cudnn.unroll(cell, params, xs, carry, backend=backend, **kw)
-        if out is not None:
-            return out
-    if backend in ("fused", "auto"):
-        out = fused.unroll(cell, params, xs, carry, backend=backend, **kw)
-        if out is not None:
-            return out
-    _checks.check_params(cell, params, xs.shape[-1])
-    batch_shape, T = tuple(xs.shape[:-2]), xs.shape[-2]
-    lengths = _checks.check_lengths(lengths, batch_shape, T)
-    resets = _checks.check_resets(resets, batch_shape, T)
-    carry0 = _checks.check_carry(cell, params, carry, batch_shape)
-    return _reference(cell, params, xs, carry0, lengths, resets, reverse, unroll, remat)
-
-
-def _reference(cell, params, xs, carry0, lengths, resets, reverse: bool, unroll, remat):
-    """The reference path on checked arguments: ``jax.lax.scan`` over ``cell.step``."""
-    T = xs.shape[-2]
-    step = jax.checkpoint(cell.step) if remat == "step" else cell.step
-
-    scan_reverse = False
-    if reverse:
-        if resets is not None:
-            resets = segment_ends(resets)
-        if lengths is None:
-            scan_reverse = True
-        else:
-            xs = reverse_within(xs, lengths, axis=-2)
-            if resets is not None:
-                resets = reverse_within(resets, lengths, axis=-1)
-
-    valid = None if lengths is None else jnp.arange(T) < lengths[..., None]  # [*b, T]
-
-    def body(c, inputs):
-        x, ok, reset = inputs
-        c_in = c if reset is None else tree_where(reset, carry0, c)
-        if ok is None:
-            return step(params, c_in, x)
-        # Zeroing padded inputs keeps garbage (inf, nan) in padding out of the gradients.
-        new, y = step(params, c_in, jnp.where(ok[..., None], x, jnp.zeros_like(x)))
-        return tree_where(ok, new, c), jnp.where(ok[..., None], y, jnp.zeros_like(y))
-
-    flags = lambda a: None if a is None else a[..., None]  # [*b, T] -> [*b, T, 1]: time on -2, as in xs
-
-    def scan(c, inputs):  # inputs [*b, t, .] -> (carry, ys [*b, t, H]); time-major only inside
-        x, ok, reset = (None if a is None else jnp.moveaxis(a, -2, 0) for a in inputs)
-        ok, reset = (None if a is None else a[..., 0] for a in (ok, reset))
-        c, ys = jax.lax.scan(body, c, (x, ok, reset), reverse=scan_reverse, unroll=unroll)
-        return c, jnp.moveaxis(ys, 0, -2)
-
-    inputs = (xs, flags(valid), flags(resets))
-    k = _checks.remat_block(remat, T)
-    if k is None:
-        carry, ys = scan(carry0, inputs)
-    else:  # blocks cut from the batch-major inputs: no time-major copy of all of xs
-        carry, ys = blocked_scan(scan, carry0, inputs, T, k, axis=-2, reverse=scan_reverse)
-    if reverse and lengths is not None:
-        ys = reverse_within(ys, lengths, axis=-2)
-    return carry, ys
+    return paths.run(cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse, unroll=unroll,
+                     remat=remat, backend=backend)
 
 
 _unroll = unroll  # `unroll` is also an argument name in the layer factories below
@@ -259,13 +191,6 @@ def layer(
         )
 
     return Layer(init, apply)
-
-
-class DirectionPair(NamedTuple):
-    """Params (or carry) of a bidirectional layer."""
-
-    forward: PyTree
-    backward: PyTree
 
 
 _MERGES: dict[str, Callable[[Array, Array], Array]] = {

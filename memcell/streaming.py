@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from memcell._checks import check_positive_int
-from memcell.scan import DirectionPair, layer as as_layer
+from memcell.scan import layer as as_layer
+from memcell.types import DirectionPair
 from memcell.types import Array, Cell, Layer, PyTree
 
 __all__ = ["Stream", "stream"]

@@ -21,11 +21,14 @@ __all__ = [
     "Backend",
     "Cell",
     "CellSpec",
+    "DirectionPair",
+    "Frame",
     "Key",
     "Lengths",
     "Layer",
     "LinearSpec",
     "Outputs",
+    "Path",
     "PyTree",
     "Resets",
     "Sequence",
@@ -39,10 +42,9 @@ Lengths = Int[ArrayLike, "*b"]
 Resets = Bool[ArrayLike, "*b t"]
 
 # The one list of unroll backends: "reference" scans cell.step (the definition, differentiable to
-# any order); "fused" runs memcell.fused and "parallel" memcell.parallel, each refusing what it
-# cannot run; "cudnn" runs memcell.cudnn (the default LSTM through cuDNN, GPU only); "auto" runs the
-# fastest path the cell's spec allows (fused: measured; cuDNN, tried first on a GPU: not yet measured)
-# and the reference elsewhere.
+# any order); "parallel", "cudnn" and "fused" are the fast paths (memcell.paths: each refuses, by a
+# sentence, what it cannot run); "auto" runs the first path of the platform's order (memcell.paths.ORDER)
+# that runs the cell and was measured faster there.
 Backend = Literal["reference", "fused", "parallel", "cudnn", "auto"]
 BACKENDS: tuple[str, ...] = Backend.__args__
 
@@ -59,10 +61,16 @@ class CellSpec:
     Attributes:
       step: the exact step function the spec describes.
       dtype: the matmul computation dtype the factory was given (None: that of the inputs).
+      parallel: the cell's own form over all steps at once, for the parallel path (None: the path's
+        generic forms, such as ``LinearSpec``'s scan): ``parallel(params, xs, carry0, valid, resets,
+        *, chunk_size, linear_scan) -> (carry, ys)`` on a ``Frame``'s arrays (``ys`` in processing
+        order; padded outputs may hold anything). ``linear_scan(a, b, h0)`` is the path's diagonal
+        scan ``h_t = a_t h_{t-1} + b_t`` over axis -2, handed in so that a cell needs no import of a path.
     """
 
     step: Callable = dataclasses.field(repr=False, compare=False)
     dtype: Any = None
+    parallel: Callable | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def describes(self, cell) -> bool:
         """Whether this spec describes ``cell``: the cell's step is the very function it was made for."""
@@ -125,3 +133,59 @@ class Layer(NamedTuple):
 
     init: Callable[..., PyTree]
     apply: Callable[..., tuple[PyTree, Array]]
+
+
+class DirectionPair(NamedTuple):
+    """Params (or carry) of a bidirectional layer."""
+
+    forward: PyTree
+    backward: PyTree
+
+
+class Frame(NamedTuple):
+    """One unroll's arguments, checked and put in the one canonical form every path receives.
+
+    ``memcell.unroll`` frames once (``memcell._frame``); a path never checks, reverses or masks again.
+
+    Attributes:
+      xs: ``[*b, T, D]`` in processing order: read backwards (``reverse=True``), each sequence is
+        reversed within its own length, so every path runs forwards from step 0. Padded steps' inputs
+        are zeros, so garbage there reaches neither values nor gradients.
+      carry0: the initial carry, every leaf broadcast to the batch axes ``[*b, ...]``.
+      valid: ``[*b, T]`` bools, False past each sequence's length; None without lengths.
+      resets: ``[*b, T]`` bools in processing order, where the carry restarts from ``carry0``
+        before the step (False past each length); None without resets.
+      lengths: ``[*b]`` integers in ``[0, T]``, or None.
+      remat: the checked remat policy (``False``, ``"step"``, ``"sqrt"`` or an int).
+      unroll: ``jax.lax.scan``'s unroll for the paths that scan.
+      reverse: whether ``xs`` was reversed (the frame restores the outputs' order; paths ignore it).
+    """
+
+    xs: Any
+    carry0: PyTree
+    valid: Any
+    resets: Any
+    lengths: Any
+    remat: Any
+    unroll: Any
+    reverse: bool
+
+
+class Path(NamedTuple):
+    """One way of running a cell over a framed sequence (see ``memcell.paths``).
+
+    Attributes:
+      name: the backend name that selects it (``memcell.BACKENDS``).
+      why_not: ``why_not(cell, params, frame) -> str | None``: a sentence saying why this path cannot
+        run ``cell`` (read from its declared spec) on this frame, or None. ``params`` and ``frame``
+        may be None (and a frame's ``xs`` None) when only the cell and options are known.
+      run: ``run(cell, params, frame, **options) -> (carry, ys)`` with ``ys [*b, T, h]`` in
+        processing order; only called where ``why_not`` is None and ``T > 0``.
+      auto_why_not: ``auto_why_not(cell, platform) -> str | None``: why ``backend="auto"`` skips this
+        path on ``platform`` though it could run (no measurement there says it is faster), or None.
+    """
+
+    name: str
+    why_not: Callable[..., str | None]
+    run: Callable[..., tuple[PyTree, Array]]
+    auto_why_not: Callable[..., str | None] = lambda cell, platform: None

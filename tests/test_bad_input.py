@@ -28,7 +28,6 @@ ENTRY_POINTS = {
     "unroll": lambda cell, p, xs: memcell.unroll(cell, p, xs),
     "unroll auto": lambda cell, p, xs: memcell.unroll(cell, p, xs, backend="auto"),
     "unroll fused": lambda cell, p, xs: memcell.unroll(cell, p, xs, backend="fused"),
-    "fused.unroll": lambda cell, p, xs: fused.unroll(cell, p, xs),
     "layer": lambda cell, p, xs: memcell.layer(cell).apply(p, xs),
     "layer auto": lambda cell, p, xs: memcell.layer(cell, backend="auto").apply(p, xs),
     "bidirectional": lambda cell, p, xs: memcell.bidirectional(cell, cell).apply(
@@ -99,7 +98,7 @@ FLAGS = [
     (lambda p: memcell.stack([memcell.lstm(8)], dropout="0.5"), r"dropout must lie in \[0, 1\), got '0.5'"),
     (lambda p: memcell.stack([memcell.lstm(8)], dropout=-0.1), r"dropout must lie in \[0, 1\)"),
     (lambda p: fused.lstm(p, XS, reverse="yes"), "reverse must be a bool"),
-    (lambda p: fused.unroll(memcell.lstm(8), p, XS, backend="reference"), "backend must be one of"),
+    (lambda p: memcell.paths.which(memcell.lstm(8), p, XS, backend="fast"), "backend must be one of"),
     (lambda p: memcell.lstm(8, peephole="yes"), "peephole must be a bool, got str 'yes'"),
     (lambda p: memcell.lstm(8, forget_gate=0), "forget_gate must be a bool, got 0"),
     (lambda p: memcell.lstm(8, layer_norm=None), "layer_norm must be a bool"),

@@ -166,7 +166,7 @@ def test_off_gpu_cudnn_raises_and_auto_never_picks_it(monkeypatch):
         memcell.layer(cell, backend="cudnn").apply(params, xs)
     chex.assert_trees_all_equal(memcell.unroll(cell, params, xs, backend="auto"),
                                 memcell.unroll(cell, params, xs, backend="fused"))
-    assert not mcudnn.supports(cell, params, xs)
+    assert not (memcell.paths.why_not("cudnn", cell, params, xs) is None)
 
 
 @pytest.fixture
@@ -250,7 +250,7 @@ def test_what_cudnn_cannot_run_raises_with_cudnn_and_runs_fused_with_auto(on_gpu
         memcell.unroll(cell, params, xs, backend="cudnn", **kw)
     auto = memcell.unroll(cell, params, xs, backend="auto", **kw)
     assert not on_gpu
-    fused_ok = memcell.fused.supports(cell, **kw)
+    fused_ok = (memcell.paths.why_not("fused", cell, **kw) is None)
     chex.assert_trees_all_equal(auto, memcell.unroll(cell, params, xs, backend="fused" if fused_ok else "reference",
                                                      **kw))
 
@@ -262,8 +262,8 @@ def test_auto_runs_cudnn_on_a_gpu(on_gpu):
     chex.assert_trees_all_equal(memcell.unroll(cell, params, xs, backend="auto"),
                                 memcell.unroll(cell, params, xs, backend="cudnn"))
     assert len(on_gpu) == 2
-    assert mcudnn.supports(cell, params, xs)
-    assert mcudnn.why_not(cell, params, xs.astype(jnp.bfloat16)).endswith("got xs of dtype bfloat16")
+    assert (memcell.paths.why_not("cudnn", cell, params, xs) is None)
+    assert memcell.paths.why_not("cudnn", cell, params, xs.astype(jnp.bfloat16)).endswith("got xs of dtype bfloat16")
 
 
 @pytest.mark.slow  # make test budget: in make test-slow (the property is also checked by a cheaper test, or for one more cell)

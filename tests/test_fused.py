@@ -407,7 +407,7 @@ def test_unsupported_options_fall_back_with_auto_and_raise_with_fused(case):
     cell, kw = UNSUPPORTED[case]
     params = _params(cell)
     xs = jax.random.normal(jax.random.key(1), (B, 5, D))
-    assert not fused.supports(cell, resets=kw.get("resets"), remat=kw.get("remat", False))
+    assert not (memcell.paths.why_not("fused", cell, resets=kw.get("resets"), remat=kw.get("remat", False)) is None)
     auto = memcell.unroll(cell, params, xs, backend="auto", **kw)
     ref = memcell.unroll(cell, params, xs, **kw)
     _assert_close(auto, ref, 0, 0)  # the reference path itself, bit for bit
@@ -420,26 +420,26 @@ def test_remat_runs_on_the_fused_path():
     cell = memcell.rnn(H)
     params = _params(cell)
     xs = jax.random.normal(jax.random.key(1), (B, 5, D))
-    assert fused.supports(cell, remat=True)
+    assert (memcell.paths.why_not("fused", cell, remat=True) is None)
     _assert_close(memcell.unroll(cell, params, xs, backend="fused", remat=True), memcell.unroll(cell, params, xs), 1e-5, 1e-6)
 
 
 def test_proj_size_is_named_when_the_fused_path_refuses_it():
     cell = memcell.lstm(H, proj_size=3)
     params, xs = cell.init(jax.random.key(0), D), jnp.ones((B, 4, D))
-    assert fused.why_not(cell) == "the fused LSTM implements the default cell only, this one sets proj_size"
-    assert fused.supports(memcell.lstm(H, proj_size=0))  # 0 is no projection, as in torch
+    assert memcell.paths.why_not("fused", cell) == "the fused LSTM implements the default cell only, this one sets proj_size"
+    assert (memcell.paths.why_not("fused", memcell.lstm(H, proj_size=0)) is None)  # 0 is no projection, as in torch
     with pytest.raises(ValueError, match="backend='fused' cannot run this unroll: .*sets proj_size"):
         memcell.unroll(cell, params, xs, backend="fused")
     # "auto": the fused dispatch declines before anything runs, and memcell.unroll then runs the reference
     # (the fall-back itself, reference bit for bit, is test_unsupported_options_fall_back_..., for every option)
-    assert fused.unroll(cell, params, xs, backend="auto") is None
+    assert memcell.paths.which(cell, params, xs, backend="auto") == "reference"
 
 
 def test_supported_cells():
     for cell in (memcell.lstm(H, forget_bias=2.0, init="default"), memcell.lstm(H, init="chrono", max_timescale=10),
                  memcell.gru(H), memcell.rnn(H, activation="relu"), memcell.lstm(H, dtype=jnp.bfloat16)):
-        assert fused.supports(cell)
+        assert (memcell.paths.why_not("fused", cell) is None)
 
 
 def test_unroll_rejects_an_unknown_backend():
@@ -496,4 +496,4 @@ def test_bad_arguments_are_named():
     with pytest.raises(TypeError, match="dtype must be a floating dtype, got int32"):
         fused.lstm(params, xs, dtype=jnp.int32)
     with pytest.raises(ValueError, match="backend must be one of"):
-        fused.unroll(memcell.lstm(H), params, xs, backend="reference")
+        memcell.unroll(memcell.lstm(H), params, xs, backend="fast")

@@ -145,7 +145,8 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_walk_sees_the_package():
     assert {"memcell", "memcell.scan", "memcell.cells", "memcell.types", "memcell._checks"} <= set(MODULES)
-    assert "memcell.fused" in graph()["memcell.scan"]  # scan imports the fast path at the top
+    assert "memcell.paths" in graph()["memcell.scan"]  # scan resolves the path through memcell.paths
+    assert "memcell.fused.path" in graph()["memcell.paths"]  # which imports every path at the top
 
 
 def test_no_import_cycle():

@@ -317,13 +317,13 @@ def test_parallel_path_equals_reference_values_and_gradients(name, reverse):
     # scan crosses chunk boundaries) against lax.scan over the step: lengths with a 0, resets,
     # each direction and a nonzero (complex, for the LRU) initial carry, values and gradients.
     cell, params, d = setup(name, seed=15)
-    assert memcell.parallel.supports(cell)
+    assert (memcell.paths.why_not("parallel", cell) is None)
     xs = jax.random.normal(jax.random.key(16), (3, 7, d))
     c0 = random_carry(cell, params, (3,), jax.random.key(17))
     kw = {"lengths": jnp.array([7, 4, 0]), "resets": jnp.zeros((3, 7), bool).at[0, 2].set(True).at[1, 1].set(True)}
 
     def run(parallel, p, x, c):
-        go = (lambda *a, **k: memcell.parallel.unroll(*a, chunk_size=3, **k)) if parallel else memcell.unroll
+        go = (lambda *a, **k: memcell.paths.run(*a, chunk_size=3, **k, backend="parallel")) if parallel else memcell.unroll
         return go(cell, p, x, c, reverse=reverse, **kw)
 
     chex.assert_trees_all_close(run(True, params, xs, c0), run(False, params, xs, c0), rtol=1e-5, atol=1e-5)

@@ -113,7 +113,7 @@ def inputs(cell, params, dtype, seed=1):
 def _loss(backend, chunk_size, cell, reverse, params, xs, carry0, lengths, resets):
     kw = dict(lengths=lengths, resets=resets, reverse=reverse, backend=backend)
     if backend == "parallel":
-        carry, ys = memcell.parallel.unroll(cell, params, xs, carry0, chunk_size=chunk_size, **kw)
+        carry, ys = memcell.paths.run(cell, params, xs, carry0, chunk_size=chunk_size, **kw)
     else:
         carry, ys = memcell.unroll(cell, params, xs, carry0, **kw)
     w = jnp.cos(jnp.arange(ys.size).reshape(ys.shape))  # a loss that weighs every output differently
@@ -170,7 +170,7 @@ def test_parallel_path_has_second_derivatives():
     with jax.enable_x64(True):
         cell, params = setup("toy", jnp.float64)
         xs = jax.random.normal(jax.random.key(3), (5, D), jnp.float64)
-        f = jax.jit(lambda p, x: memcell.parallel.unroll(cell, p, x, chunk_size=2)[1])
+        f = jax.jit(lambda p, x: memcell.paths.run(cell, p, x, chunk_size=2, backend="parallel")[1])
         check_grads(f, (params, xs), order=2, modes=["rev"])
 
 
@@ -178,7 +178,7 @@ def test_parallel_path_has_second_derivatives():
 def test_auto_follows_the_measured_platform_choice(monkeypatch, platform, runs):
     """On CPU the diagonal cells measured faster on the reference (memcell.parallel.tuning), so
     "auto" runs it there; on other platforms "auto" runs the parallel path."""
-    import memcell.parallel.dispatch as dispatch
+    import memcell.parallel.path as dispatch
 
     cell, params = setup("toy")
     xs = jax.random.normal(jax.random.key(2), (T, D))
@@ -191,7 +191,7 @@ def test_auto_follows_the_measured_platform_choice(monkeypatch, platform, runs):
     assert memcell.parallel.tuning.auto_runs_parallel(cell.spec) == runs
     np.testing.assert_allclose(ys, memcell.unroll(cell, params, xs)[1], rtol=1e-6, atol=1e-6)
     lstm = memcell.lstm(H)
-    assert memcell.parallel.why_not(lstm) is not None and memcell.fused.supports(lstm)
+    assert memcell.paths.why_not("parallel", lstm) is not None and (memcell.paths.why_not("fused", lstm) is None)
 
 
 @pytest.mark.parametrize(
@@ -218,7 +218,7 @@ def test_parallel_refuses_remat_and_bad_chunk_size():
     with pytest.raises(ValueError, match="remat='step' is not implemented by the parallel path"):
         memcell.unroll(cell, params, xs, remat=True, backend="parallel")
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
-        memcell.parallel.unroll(cell, params, xs, chunk_size=0)
+        memcell.paths.run(cell, params, xs, chunk_size=0, backend="parallel")
 
 
 def test_zero_steps_return_the_initial_carry():

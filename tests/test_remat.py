@@ -136,13 +136,13 @@ def test_auto_runs_the_fused_path_with_remat_policies():
     cell = memcell.lstm(H)
     params, xs = _params(cell), jnp.ones((B, T, D))
     for remat in (True, "sqrt"):
-        assert fused.supports(cell, remat=remat) and fused.why_not(cell, remat=remat) is None
+        assert (memcell.paths.why_not("fused", cell, remat=remat) is None) and memcell.paths.why_not("fused", cell, remat=remat) is None
         jaxpr = str(jax.make_jaxpr(lambda p: memcell.unroll(cell, p, xs, remat=remat, backend="auto"))(params))
         assert "custom_vjp" in jaxpr and ("checkpoint" in jaxpr or "remat" in jaxpr), remat
     # a linear-carry cell: the parallel path refuses remat, auto falls back to the reference
     mingru = memcell.mingru(H)
     p = mingru.init(jax.random.key(0), D)
-    assert "parallel path" in memcell.parallel.why_not(mingru, remat="sqrt")
+    assert "parallel path" in memcell.paths.why_not("parallel", mingru, remat="sqrt")
     _assert_close(memcell.unroll(mingru, p, xs, remat="sqrt", backend="auto"), memcell.unroll(mingru, p, xs))
 
 

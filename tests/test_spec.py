@@ -67,7 +67,7 @@ def test_a_changed_step_runs_its_own_equations(factory, make_user):
     chex.assert_trees_all_close(want, memcell.unroll(cell, params, jnp.zeros_like(xs))[1])
     assert float(jnp.abs(want - memcell.unroll(cell, params, xs)[1]).max()) > 1e-3
     chex.assert_trees_all_equal(memcell.unroll(user, params, xs, backend="auto")[1], want)
-    assert not fused.supports(user)
+    assert not (memcell.paths.why_not("fused", user) is None)
     with pytest.raises(ValueError, match="backend='fused' cannot run this unroll"):
         memcell.unroll(user, params, xs, backend="fused")
     lyr = memcell.layer(user, backend="auto")
@@ -79,7 +79,7 @@ def test_a_partial_step_runs_the_reference(factory):
     cell = factory(H)
     user = memcell.Cell(cell.init, cell.initial_carry, functools.partial(cell.step))
     params, xs = _setup(cell)
-    assert user.spec is None and not fused.supports(user)
+    assert user.spec is None and not (memcell.paths.why_not("fused", user) is None)
     want = memcell.unroll(cell, params, xs)[1]
     ys = memcell.unroll(user, params, xs, backend="auto")[1]
     chex.assert_trees_all_equal(ys, want)  # the reference: bit-equal to the built-in step's scan
@@ -97,7 +97,7 @@ def test_a_user_namedtuple_cell_runs_the_reference():
     cell = memcell.lstm(H)
     user = UserCell(cell.init, cell.initial_carry, cell.step)
     params, xs = _setup(cell)
-    assert not fused.supports(user)
+    assert not (memcell.paths.why_not("fused", user) is None)
     chex.assert_trees_all_equal(
         memcell.unroll(user, params, xs, backend="auto")[1], memcell.unroll(cell, params, xs)[1]
     )
@@ -109,7 +109,7 @@ def test_a_user_namedtuple_cell_runs_the_reference():
 def test_built_in_cells_declare_their_fast_path(factory):
     cell = factory(H)
     assert isinstance(cell.spec, memcell.CellSpec) and cell.spec.describes(cell)
-    assert fused.supports(cell) and fused.why_not(cell) is None
+    assert (memcell.paths.why_not("fused", cell) is None) and memcell.paths.why_not("fused", cell) is None
     params, xs = _setup(cell)
     jaxpr = str(jax.make_jaxpr(lambda p: memcell.unroll(cell, p, xs, backend="auto")[1])(params))
     assert "custom_vjp" in jaxpr
@@ -119,18 +119,18 @@ def test_a_spec_states_the_options_and_the_fused_path_reads_them():
     spec = memcell.lstm(H, peephole=True, dtype=jnp.bfloat16).spec
     assert isinstance(spec, memcell.LSTMSpec)
     assert spec.peephole is True and spec.dtype == jnp.bfloat16 and spec.forget_gate is True
-    assert "sets peephole" in fused.why_not(memcell.lstm(H, peephole=True))
-    assert "reset_after=True only" in fused.why_not(memcell.gru(H, reset_after=False))
+    assert "sets peephole" in memcell.paths.why_not("fused", memcell.lstm(H, peephole=True))
+    assert "reset_after=True only" in memcell.paths.why_not("fused", memcell.gru(H, reset_after=False))
     assert memcell.rnn(H, activation="relu").spec.activation == "relu"
-    assert fused.why_not(memcell.lstm(H), remat=True) is None  # remat runs the kernel in checkpointed blocks
-    assert "resets" in fused.why_not(memcell.lstm(H), resets=jnp.zeros(T, bool))
+    assert memcell.paths.why_not("fused", memcell.lstm(H), remat=True) is None  # remat runs the kernel in checkpointed blocks
+    assert "resets" in memcell.paths.why_not("fused", memcell.lstm(H), resets=jnp.zeros(T, bool))
 
 
 def test_a_cell_made_of_three_functions_has_no_spec():
     cell = memcell.lstm(H)
     assert memcell.Cell(cell.init, cell.initial_carry, cell.step).spec is None
     # the same three functions with the spec passed explicitly: declared, so the fast path may run it
-    assert fused.supports(memcell.Cell(cell.init, cell.initial_carry, cell.step, cell.spec))
+    assert (memcell.paths.why_not("fused", memcell.Cell(cell.init, cell.initial_carry, cell.step, cell.spec)) is None)
 
 
 def test_the_step_carries_no_attribute_for_the_fast_path():
@@ -144,11 +144,11 @@ def test_every_fast_path_reads_the_spec_by_the_same_rule():
     # without a spec, and the same LSTM options named (dtype is not an option)
     stale = "the cell's spec was made for another step function (its step was wrapped or replaced)"
     lstm, mingru = memcell.lstm(H), memcell.mingru(H)
-    assert fused.why_not(_replaced(lstm)) == memcell.cudnn.why_not(_replaced(lstm)) == stale
-    assert memcell.parallel.why_not(_replaced(mingru)) == stale
+    assert memcell.paths.why_not("fused", _replaced(lstm)) == memcell.paths.why_not("cudnn", _replaced(lstm)) == stale
+    assert memcell.paths.why_not("parallel", _replaced(mingru)) == stale
     plain = memcell.Cell(lstm.init, lstm.initial_carry, lstm.step)
     for path in (fused, memcell.parallel, memcell.cudnn):
         assert path.why_not(plain).startswith("the cell declares no "), path.__name__
     options = memcell.lstm(H, peephole=True, cifg=True, dtype=jnp.bfloat16)
-    assert fused.why_not(options) == "the fused LSTM implements the default cell only, this one sets cifg, peephole"
-    assert memcell.cudnn.why_not(options) == "cuDNN runs the default LSTM only, this one sets cifg, peephole"
+    assert memcell.paths.why_not("fused", options) == "the fused LSTM implements the default cell only, this one sets cifg, peephole"
+    assert memcell.paths.why_not("cudnn", options) == "cuDNN runs the default LSTM only, this one sets cifg, peephole"

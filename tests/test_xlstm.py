@@ -414,4 +414,4 @@ def test_parallel_backend_equals_reference_values_and_gradients():
     (g_par, out_par), (g_ref, out_ref) = grads("parallel"), grads("reference")
     chex.assert_trees_all_close(out_par, out_ref, rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_close(g_par, g_ref, rtol=1e-4, atol=1e-5)
-    assert memcell.parallel.supports(cell) and not memcell.parallel.supports(CELLS["slstm"])
+    assert (memcell.paths.why_not("parallel", cell) is None) and not (memcell.paths.why_not("parallel", CELLS["slstm"]) is None)

@@ -6,6 +6,7 @@
     memcell train --task adding --cell mypkg.cells:leaky --hidden 64           # a user's factory, MODULE:FACTORY
     memcell tasks                       # the tasks, their metric and baselines
     memcell flow runs/x                 # gradient norm against lag, initial vs trained params (flow_hidden.png)
+    memcell export runs/x --format onnx --lengths --out model.onnx   # docs/deployment.md
 
 ``--cell`` reads ``memcell.cells.CELLS`` (or imports a user's factory); each cell option the user
 sets goes to the factory as a keyword, and the factory takes it or refuses it (exit code 2).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from memcell.cli._export import export_command
 from memcell.cli._flow import flow_command
 from memcell.cli._parser import CELL_NAMES, TASK_NAMES, UsageError, build_parser
 from memcell.cli._train import tasks_command, train_command
@@ -36,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return train_command(args)
         if args.command == "flow":
             return flow_command(args)
+        if args.command == "export":
+            return export_command(args)
         return tasks_command()
     except UsageError as e:
         parser.exit(2, f"memcell: error: {e}\n")

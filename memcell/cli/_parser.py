@@ -63,9 +63,9 @@ def _takers(keyword: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``memcell`` (subcommands ``train``, ``tasks`` and ``flow``)."""
+    """The argument parser of ``memcell`` (subcommands ``train``, ``tasks``, ``flow`` and ``export``)."""
     p = argparse.ArgumentParser(prog="memcell", description="Recurrent cells as pure JAX functions: training and benchmarks.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,tasks,flow}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,tasks,flow,export}")
 
     t = sub.add_parser("train", help="train a cell on a task, several seeds at once",
                        description="Train a recurrent cell on a task; all seeds train together in one jit (jax.vmap).")
@@ -177,4 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "hidden state where the model is one cell with one, else the inputs)")
     f.add_argument("--sequences", type=_positive_int, default=64, help="test sequences averaged over")
     f.add_argument("--json", action="store_true", help="print flow_<wrt>.json instead of the table")
+
+    e = sub.add_parser("export", help="a trained run's model as an ONNX model or a serialized jax.export program",
+                       description="Loads a `memcell train --out` run's config and its checkpoint and writes the "
+                                   "model (recurrent layers and readout, evaluation mode) for one of its seeds: "
+                                   "an ONNX model (ONNX's LSTM/GRU/RNN operators where the cells allow, else a Loop) "
+                                   "checked once in ONNX Runtime, or a jax.export program. Inputs: xs [B, T, D] "
+                                   "float32 (token tasks: one-hot), then lengths [B] int32 with --lengths; outputs: "
+                                   "the readout, then the final carry's leaves. See docs/deployment.md.")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a memcell train run")
+    e.add_argument("--format", required=True, choices=("onnx", "jax"), help="onnx: an .onnx file; jax: jax.export bytes")
+    e.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    e.add_argument("--streaming", action="store_true", help="a one-step model: x [B, D] and the carry in, y and the "
+                                                            "new carry out")
+    e.add_argument("--lengths", action="store_true", help="the sequence model takes lengths [B] as a second input")
+    e.add_argument("--seed", type=int, default=None, help="which of the run's seeds (default: its first)")
     return p

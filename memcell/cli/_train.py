@@ -7,7 +7,7 @@ import json
 import os
 import pathlib
 
-from memcell import cudnn, fused, parallel, tasks
+from memcell import paths, tasks
 from memcell.cli._cells import cell_name, make_cells
 from memcell.cli._parser import IDENTITY_KEYS, TASK_NAMES, UsageError
 from memcell.scan import layer as as_layer
@@ -62,8 +62,7 @@ def build(args):
     except ValueError as e:
         raise UsageError(f"{'--length' if args.length is not None else f'--task {args.task}'}: {e}") from None
     cells = make_cells(args, sequence_length(task))
-    why_not = {"fused": fused.why_not, "parallel": parallel.why_not, "cudnn": cudnn.why_not}.get(args.backend)
-    reason = None if why_not is None else why_not(cells[0])
+    reason = paths.why_not(args.backend, cells[0])
     if reason is None and args.backend == "cudnn":  # the seeds train under jax.vmap, which cuDNN cannot batch
         reason = "the seeds train under jax.vmap, which has no cuDNN batching rule in JAX"
     if reason is not None:

@@ -14,7 +14,7 @@ from memcell._checks import check_positive_int
 from memcell.convert._arrays import check_flag, to_numpy
 from memcell.convert._spec import TorchSpec, layers_of, remember_spec, torch_layer
 from memcell.convert._to_torch import torch_spec
-from memcell.scan import DirectionPair
+from memcell.types import DirectionPair
 from memcell.types import Array, Layer
 
 

@@ -13,7 +13,7 @@ from memcell.cells import GRUParams, LSTMParams, RNNParams, gru, lstm, rnn
 from memcell.convert._arrays import check_flag, expect_shape, to_numpy
 from memcell.convert._probe import probe
 from memcell.convert._spec import infer_spec
-from memcell.scan import DirectionPair
+from memcell.types import DirectionPair
 from memcell.scan import layer as as_layer
 from memcell.types import Cell, PyTree
 

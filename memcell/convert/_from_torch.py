@@ -13,7 +13,7 @@ import numpy as np
 from memcell.cells import GRUParams, LSTMParams, RNNParams
 from memcell.convert._arrays import check_mapping, check_str, expect_shape, to_numpy
 from memcell.convert._spec import N_GATES, TorchSpec, check_mode, remember_spec, torch_layer
-from memcell.scan import DirectionPair
+from memcell.types import DirectionPair
 from memcell.types import Layer
 
 _TORCH_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")

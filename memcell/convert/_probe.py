@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from memcell.convert._spec import TORCH_CLASS, TorchSpec, layers_of
-from memcell.scan import DirectionPair
+from memcell.types import DirectionPair
 
 
 def _sigmoid(z):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from memcell.cells import GRUCarry, LSTMCarry, RNNCarry
 from memcell.convert._arrays import check_flag, to_numpy
 from memcell.convert._spec import check_mode, layers_of
-from memcell.scan import DirectionPair
+from memcell.types import DirectionPair
 from memcell.types import Array
 
 

@@ -12,7 +12,7 @@ from memcell.convert._arrays import check_flag
 from memcell.convert._from_torch import from_torch, select_prefix
 from memcell.convert._spec import cell_for, check_mode
 from memcell.convert._to_torch import to_torch
-from memcell.scan import DirectionPair
+from memcell.types import DirectionPair
 from memcell.scan import layer as as_layer
 from memcell.types import Cell, PyTree
 

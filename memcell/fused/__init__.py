@@ -18,17 +18,18 @@ reference path.
 
 Options these functions do not implement (peepholes, layer norm, gate ablations, GRU
 ``reset_after=False``, packed-sequence resets) raise a ``ValueError`` here, and make
-``memcell.unroll(..., backend="auto")`` fall back to the reference path. ``remat`` runs the whole
+``memcell.unroll(..., backend="auto")`` fall back to the reference path (``memcell.fused.why_not(cell)``
+says why). ``remat`` runs the whole
 kernel on checkpointed blocks of steps (``"sqrt"``, an int k; per-step remat is blocks of one step).
 
 The package, one module a concern: ``tuning`` (the per-platform constants), ``layout`` (layouts,
 blocks of steps, batch groups, the recurrent matmul), ``kinds`` (each cell's step and backward
-pieces), ``_kernel`` (the forward scan and the custom VJP), ``layers`` (the public layers) and
-``dispatch`` (what ``memcell.unroll`` runs fused). This module only re-exports.
+pieces), ``_kernel`` (the forward scan and the custom VJP), ``path`` (the fused path of
+``memcell.paths``: which cells it runs, on a framed sequence) and ``layers`` (the public layers:
+``memcell.unroll`` of the default cell on this path). This module only re-exports.
 """
 
-from memcell.fused.dispatch import supports, unroll, why_not
 from memcell.fused.layers import gru, lstm, rnn
-from memcell.types import BACKENDS
+from memcell.fused.path import why_not
 
-__all__ = ["BACKENDS", "gru", "lstm", "rnn", "supports", "unroll", "why_not"]
+__all__ = ["gru", "lstm", "rnn", "why_not"]

@@ -1,54 +1,18 @@
-"""The fused layers ``lstm``, ``gru`` and ``rnn``: argument checks, then the kernel."""
+"""The fused layers ``lstm``, ``gru`` and ``rnn``: ``memcell.unroll`` of the default cell on the fused path."""
 
 import jax.numpy as jnp
 
-from memcell import _checks, _numerics
-from memcell._sequence import flat_batch_size, reverse_within
-from memcell.cells import GRUCarry, GRUParams, LSTMCarry, LSTMParams, RNNCarry, RNNParams
-from memcell.fused import tuning
-from memcell.fused._kernel import blocked, fused
-from memcell.fused.kinds import Kind, gru_kind, lstm_kind, rnn_kind
-from memcell.fused.layout import feature_axis
-from memcell.types import Cell, Lengths, Outputs, Sequence
+from memcell import _checks, paths
+from memcell.cells import GRUCarry, GRUParams, LSTMCarry, LSTMParams, RNNCarry, RNNParams, gru as gru_cell
+from memcell.cells import lstm as lstm_cell, rnn as rnn_cell
+from memcell.types import Lengths, Outputs, Sequence
 
 __all__ = ["gru", "lstm", "rnn"]
 
 
-def _run(kind: Kind, params, w_x, w_h, b_x, b_h, xs, carry, lengths, reverse, remat, carry_type, initial_carry):
-    """Checks the arguments like ``memcell.unroll``, flattens the batch axes and runs the kernel."""
-    reverse = _checks.check_bool("reverse", reverse)
-    remat = _checks.check_remat(remat)
-    xs = _checks.check_xs(xs, params)
-    batch_shape, (T, D) = tuple(xs.shape[:-2]), xs.shape[-2:]
-    lengths = _checks.check_lengths(lengths, batch_shape, T)
-    shape_only = Cell(init=None, initial_carry=initial_carry, step=None)
-    carry0 = _checks.check_carry(shape_only, params, carry, batch_shape)
-    if not isinstance(carry0, carry_type):
-        carry0 = carry_type(*carry0)
-    H = w_h.shape[0]
-    B = flat_batch_size(batch_shape)
-    if reverse:
-        xs = jnp.flip(xs, -2) if lengths is None else reverse_within(xs, lengths, axis=-2)
-    flat_x = xs.reshape(B, T, D)
-    flat_c = tuple(leaf.reshape(B, H) for leaf in carry0)
-    mask = None
-    if lengths is not None:
-        valid = jnp.arange(T) < lengths.reshape(B, 1)  # [B, T]
-        # Zeroing padded inputs keeps garbage (inf, nan) in padding out of the gradients.
-        flat_x = jnp.where(valid[..., None], flat_x, jnp.zeros_like(flat_x))
-        mask = valid
-    if T == 0:  # nothing to run; the same answer as the reference's empty scan
-        ys = jnp.zeros(batch_shape + (0, H), carry0[0].dtype)
-        return carry0, ys
-    k = 1 if remat == "step" else _checks.remat_block(remat, T)
-    if k is None:
-        carry_T, ys = fused(kind, w_x, w_h, b_x, b_h, flat_x, flat_c, mask)
-    else:
-        carry_T, ys = blocked(kind, w_x, w_h, b_x, b_h, flat_x, flat_c, mask, k)
-    ys = ys.reshape(batch_shape + (T, H))
-    if reverse:
-        ys = jnp.flip(ys, -2) if lengths is None else reverse_within(ys, lengths, axis=-2)
-    return carry_type(*(leaf.reshape(batch_shape + (H,)) for leaf in carry_T)), ys
+def _run(cell, params, xs, carry, lengths, reverse, remat):
+    """The one frame and the fused path, as ``memcell.unroll(cell, ..., backend="fused")`` runs them."""
+    return paths.run(cell, params, xs, carry, lengths=lengths, reverse=reverse, remat=remat, backend="fused")
 
 
 def _check_params(name: str, params, cls, n_gates: int, bias_fields: tuple[str, ...], extra: dict) -> int:
@@ -79,12 +43,6 @@ def _check_params(name: str, params, cls, n_gates: int, bias_fields: tuple[str, 
         if not jnp.issubdtype(dt, jnp.floating):
             raise TypeError(f"params.{field} must be a floating-point array, got dtype {dt}")
     return w_h.shape[0]
-
-
-def _tuned(H: int) -> dict:
-    """The platform's tuning (read now, at trace time) and the feature axis it gives hidden size H."""
-    t = tuning.for_platform()
-    return dict(axis=feature_axis(H, t), tuning=t)
 
 
 def lstm(
@@ -134,9 +92,7 @@ def lstm(
     H = _check_params("lstm", params, LSTMParams, 4, ("b",),
                       {"p_i": "peepholes", "p_f": "peepholes", "p_o": "peepholes", "norm": "layer norm",
                        "w_hr": "the output projection (proj_size)"})
-    init = lambda p, batch_shape=(): LSTMCarry(*(_numerics.zeros_carry(p.w_h, batch_shape),) * 2)
-    return _run(lstm_kind(dtype, **_tuned(H)), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths,
-                reverse, remat, LSTMCarry, init)
+    return _run(lstm_cell(H, dtype=dtype), params, xs, carry, lengths, reverse, remat)
 
 
 def gru(
@@ -176,9 +132,7 @@ def gru(
         )
     dtype = _checks.check_float_dtype("dtype", dtype, allow_none=True)
     H = _check_params("gru", params, GRUParams, 3, ("b_x", "b_h"), {})
-    init = lambda p, batch_shape=(): GRUCarry(_numerics.zeros_carry(p.w_h, batch_shape))
-    return _run(gru_kind(dtype, **_tuned(H)), params, params.w_x, params.w_h, params.b_x, params.b_h, xs, carry, lengths,
-                reverse, remat, GRUCarry, init)
+    return _run(gru_cell(H, dtype=dtype), params, xs, carry, lengths, reverse, remat)
 
 
 def rnn(
@@ -212,6 +166,4 @@ def rnn(
     _checks.check_choice("activation", activation, {"tanh", "relu"})
     dtype = _checks.check_float_dtype("dtype", dtype, allow_none=True)
     H = _check_params("rnn", params, RNNParams, 1, ("b",), {})
-    init = lambda p, batch_shape=(): RNNCarry(_numerics.zeros_carry(p.w_h, batch_shape))
-    return _run(rnn_kind(dtype, activation, **_tuned(H)), params, params.w_x, params.w_h, params.b, None, xs, carry, lengths,
-                reverse, remat, RNNCarry, init)
+    return _run(rnn_cell(H, activation=activation, dtype=dtype), params, xs, carry, lengths, reverse, remat)
