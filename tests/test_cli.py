@@ -159,17 +159,16 @@ def test_train_writes_report_and_mismatched_resume_exits_2(tmp_path, capsys):
 @pytest.mark.slow  # 22 s; test_fused checks the auto dispatch, test_cli's bad-input cases the flag
 def test_backend_auto_trains_like_the_reference(tmp_path, capsys, monkeypatch):
     """``--backend auto`` runs the GRU on the fused path: the same run, up to float32 rounding."""
-    from memcell.fused import (
-        layers,  # the dispatcher (memcell.fused.dispatch) calls layers.gru
-    )
+    from memcell.fused import path as fused_path  # the fused path asks gru_kind for a GRU's kernel
 
     calls = {"reference": 0, "auto": 0}
-    real_gru = layers.gru
+    real_kind = fused_path.gru_kind
     finals = {}
     for backend in ("reference", "auto"):
-        # Count calls of the fused GRU: whether the fused path ran is observed, not inferred from
+        # Count the fused GRU's kernels: whether the fused path ran is observed, not inferred from
         # rounding (the two paths can round alike on some CPUs).
-        monkeypatch.setattr(layers, "gru", lambda *a, _b=backend, **k: calls.__setitem__(_b, calls[_b] + 1) or real_gru(*a, **k))
+        monkeypatch.setattr(fused_path, "gru_kind",
+                            lambda *a, _b=backend, **k: calls.__setitem__(_b, calls[_b] + 1) or real_kind(*a, **k))
         out = tmp_path / backend
         code, _, _ = _run_main(["train", *SMALL, "--steps", "20", "--backend", backend, "--out", str(out)], capsys)
         assert code == 0
