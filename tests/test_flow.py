@@ -38,6 +38,14 @@ def _recording_init_states(calls):
     return wrapper
 
 
+def _recording(real, titles):
+    def wrapper(*args, **kwargs):
+        titles.append(kwargs.get("title"))
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """The tiny run, the table its flow printed, and the initial states ``train`` and ``flow`` each made."""
@@ -45,10 +53,31 @@ def run(tmp_path_factory):
     calls, printed = [], io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setattr(train, "init_states", _recording_init_states(calls))
+        mp.setattr(plot, "learning_curves", _recording(plot.learning_curves, LEARNING_CURVES_TITLES))
         assert cli.main([*TINY, "--out", str(out)]) == 0
         assert cli.main(["flow", str(out), "--sequences", "16"]) == 0
     assert len(calls) == 2, "train and flow should each make the initial states once"
     return out, calls, printed.getvalue()
+
+
+LEARNING_CURVES_TITLES = []  # the titles the run fixture's train drew its learning curves with
+
+
+def test_flow_names_its_files_by_what_they_measure_and_titles_say_the_run(run, tmp_path, capsys):
+    # `--wrt input` after the default (`hidden` for this LSTM) writes its own pair, keeping the first
+    out, *_ = run
+    moved = _copy_run(out, tmp_path / "run")
+    shutil.copy(out / "flow_hidden.json", moved / "flow_hidden.json")
+    before = (moved / "flow_hidden.json").read_text()
+    titles = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plot, "gradient_flow", _recording(plot.gradient_flow, titles))
+        code, stdout, err = _main(["flow", str(moved), "--wrt", "input", "--sequences", "4"], capsys)
+    assert code == 0, err
+    assert (moved / "flow_hidden.json").read_text() == before
+    assert json.loads((moved / "flow_input.json").read_text())["wrt"] == "input"
+    assert (moved / "flow_input.png").read_bytes()[:8] == PNG_MAGIC and not (moved / "flow.json").exists()
+    assert titles == ["adding (T = 8), lstm, 1 layer of 8 units, lr 0.01\n||dL/dx_t|| of the loss against lag"]
 
 
 # ----------------------------------------------------------------------------- learning curves
@@ -63,6 +92,10 @@ def test_train_writes_learning_curves_beside_the_report_and_links_them(run):
     assert logs["train"]["step"].tolist() == list(range(1, 21)) and logs["train"]["loss"].shape == (20, 2)
     assert logs["eval"]["step"].tolist() == [10, 20] and logs["eval"]["mse"].shape == (2, 2)
     assert np.all(np.isfinite(logs["train"]["loss"]))
+
+
+def test_the_learning_curves_title_says_the_layers_the_learning_rate_and_t(run):
+    assert LEARNING_CURVES_TITLES == ["adding (T = 8), lstm, 1 layer of 8 units, lr 0.01"]
 
 
 def test_learning_curves_and_read_metrics_refuse_what_is_not_a_log(tmp_path):
@@ -87,8 +120,8 @@ def test_a_single_model_log_plots_too(tmp_path):
 
 def test_flow_writes_finite_numbers_that_training_changed(run, capsys):
     out, *_ = run
-    assert (out / "flow.png").read_bytes()[:8] == PNG_MAGIC
-    flow = json.loads((out / "flow.json").read_text())
+    assert (out / "flow_hidden.png").read_bytes()[:8] == PNG_MAGIC
+    flow = json.loads((out / "flow_hidden.json").read_text())
     assert flow["seeds"] == [0, 1] and flow["wrt"] == "hidden" and flow["lags"] == 8 and flow["sequences"] == 16
     assert flow["initial"]["step"] == 0 and flow["trained"]["step"] == 20
     for which in ("initial", "trained"):
@@ -165,17 +198,17 @@ def test_flow_prints_a_table_of_both_seeds(run):
     out, _, printed = run
     printed = printed[printed.index("||dL/dh_t|| at lag k"):]  # after the train run's own table
     assert "| seed | rate initial | rate trained (step 20) | norm at lag 7 initial | trained" in printed
-    flow = json.loads((out / "flow.json").read_text())
+    flow = json.loads((out / "flow_hidden.json").read_text())
     for i, seed in enumerate((0, 1)):
         row = next(r for r in printed.splitlines() if r.startswith(f"| {seed} "))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[1]) == pytest.approx(flow["initial"]["decay_rate"][i], rel=1e-3)
         assert float(cells[4]) == pytest.approx(flow["trained"]["norm_at_max_lag"][i], rel=1e-3)
-    assert f"wrote {out / 'flow.png'} and {out / 'flow.json'}" in printed
+    assert f"wrote {out / 'flow_hidden.png'} and {out / 'flow_hidden.json'}" in printed
 
 
 def _copy_run(out, dest):
-    shutil.copytree(out, dest, ignore=shutil.ignore_patterns("flow.*"))
+    shutil.copytree(out, dest, ignore=shutil.ignore_patterns("flow_*"))
     return dest
 
 
@@ -250,6 +283,28 @@ def test_lags_count_back_from_each_sequences_own_last_step():
     assert np.all(g[1, 3:] == 0)  # padding gets no gradient: nothing past the readout counts
 
 
+def test_last_output_only_differentiates_the_last_steps_loss_alone():
+    # copy scores every step; with last_output_only the gradient at lag k is that of the last
+    # output's loss term, k steps before it (no sum over the k + 1 last outputs' losses)
+    task = tasks.copy_memory(2, n_test=3)
+    model = tasks.sequence_model(memcell.rnn(4), task.output_size, task.readout)
+    params = model.init(jax.random.key(0), task.input_size)
+    got = tasks.gradient_norms_by_lag(task, model, params, wrt="input", last_output_only=True)
+    xs, ys = tasks.features(task, task.test["xs"]), jnp.asarray(task.test["ys"])
+    n, T = ys.shape
+
+    def last_term(x):  # the last step's share of the task's mean cross-entropy over all n * T outputs
+        logp = jax.nn.log_softmax(model.apply(params, x)[:, -1])
+        return -jnp.take_along_axis(logp, ys[:, -1:], axis=-1).sum() / (n * T)
+
+    want = np.linalg.norm(np.asarray(jax.grad(last_term)(xs)), axis=-1).mean(0)[::-1]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-12)
+    summed = tasks.gradient_norms_by_lag(task, model, params, wrt="input")
+    assert not np.allclose(np.asarray(summed)[1:], want[1:], rtol=1e-3)  # the default sums the later losses in
+    with pytest.raises(TypeError, match="last_output_only must be a bool, got str"):
+        tasks.gradient_norms_by_lag(task, model, params, last_output_only="yes")
+
+
 def test_gradient_norms_by_lag_refuses_bad_arguments():
     task = _ragged_task()
     stack = tasks.sequence_model([memcell.gru(4), memcell.gru(4)], 2, "last")
@@ -305,8 +360,8 @@ def test_flow_on_modern_cells_stacks_and_more_seeds(extra, wrt, tmp_path, capsys
     assert _main([*argv, "--out", str(tmp_path / "run")], capsys)[0] == 0
     code, stdout, err = _main(["flow", str(tmp_path / "run"), "--out", str(tmp_path / "flow")], capsys)
     assert code == 0, err
-    assert not (tmp_path / "run" / "flow.json").exists() and (tmp_path / "flow" / "flow.png").exists()
-    flow = json.loads((tmp_path / "flow" / "flow.json").read_text())
+    assert not (tmp_path / "run" / f"flow_{wrt}.json").exists() and (tmp_path / "flow" / f"flow_{wrt}.png").exists()
+    flow = json.loads((tmp_path / "flow" / f"flow_{wrt}.json").read_text())
     n = int(extra[extra.index("--seeds") + 1]) if "--seeds" in extra else 2
     assert flow["wrt"] == wrt and len(flow["seeds"]) == n
     for which in ("initial", "trained"):

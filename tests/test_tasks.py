@@ -3,6 +3,7 @@ the model's readout, sampling text, and a short real training run of each task b
 baseline. Longer science runs are marked slow."""
 
 import collections
+import dataclasses
 import functools
 import math
 import pathlib
@@ -507,11 +508,11 @@ _SHORT_RUNS_FAST = {"adding"}  # the other science checks run with make test-slo
 def test_short_run_beats_baseline(name, length, options, cell, hidden, steps, lr, baseline):
     task = tasks.make(name, length, **options)
     model = tasks.sequence_model(tasks.make_cell(cell, hidden), task.output_size, task.readout)
-    report = tasks.train_task(task, model, seeds=[0], steps=steps, batch_size=32, learning_rate=lr, steps_per_call=50)
-    value = report["final"][task.metric][0]
+    result = tasks.train_task(task, model, seeds=[0], steps=steps, batch_size=32, learning_rate=lr, steps_per_call=50)
+    value = result.final[task.metric][0]
     ref = task.baselines[baseline][task.metric]
     assert tasks.beats(task, value, baseline), f"{name}: {task.metric} {value:.4f} vs {baseline} baseline {ref:.4f}"
-    assert report["beats"][baseline] == 1
+    assert result.beats[baseline] == 1
 
 
 # ----------------------------------------------------------------------------- slow science checks
@@ -525,8 +526,8 @@ def test_lstm_solves_adding_100_and_tanh_rnn_does_not():
         model = tasks.sequence_model(tasks.make_cell(cell, 64), 1, "last")
         results[cell] = tasks.train_task(task, model, seeds=[0, 1], steps=2500, batch_size=50, learning_rate=2e-3,
                                          eval_every=250, stop_at_solved=True)
-    assert results["lstm"]["n_solved"] == 2, results["lstm"]["final"]
-    assert results["rnn"]["n_solved"] == 0, results["rnn"]["final"]
+    assert results["lstm"].n_solved == 2, results["lstm"].final
+    assert results["rnn"].n_solved == 0, results["rnn"].final
 
 
 @pytest.mark.slow
@@ -537,8 +538,8 @@ def test_lstm_solves_temporal_order_110_for_some_seeds():
     model = tasks.sequence_model(tasks.make_cell("lstm", 64), 4, "last")
     r = tasks.train_task(task, model, seeds=[0, 1, 2, 3], steps=3000, batch_size=32, learning_rate=2e-3,
                          eval_every=500)
-    assert r["n_solved"] >= 2, r["final"]
-    assert r["beats"]["majority"] >= 2
+    assert r.n_solved >= 2, r.final
+    assert r.beats["majority"] >= 2
 
 
 @pytest.mark.slow
@@ -549,7 +550,7 @@ def test_lstm_beats_copy_memory_baseline_at_lag_20_and_tanh_rnn_does_not():
     final = {}
     for cell in ("lstm", "rnn"):
         model = tasks.sequence_model(tasks.make_cell(cell, 64), 10, "all")
-        final[cell] = tasks.train_task(task, model, seeds=[0], steps=2000, batch_size=50, learning_rate=2e-3)["final"]
+        final[cell] = tasks.train_task(task, model, seeds=[0], steps=2000, batch_size=50, learning_rate=2e-3).final
     base = task.baselines["memoryless"]["xent"]
     assert final["lstm"]["xent"][0] < 0.9 * base, final
     assert final["rnn"]["xent"][0] > 0.97 * base, final
@@ -562,4 +563,117 @@ def test_longer_runs_of_real_data(name, baseline, steps):
     task = tasks.make(name)
     model = tasks.sequence_model(tasks.make_cell("gru", 64), task.output_size, task.readout)
     r = tasks.train_task(task, model, seeds=[0], steps=steps, batch_size=32, learning_rate=3e-3)
-    assert r["beats"][baseline] == 1, (r["final"][task.metric], task.baselines)
+    assert r.beats[baseline] == 1, (r.final[task.metric], task.baselines)
+
+
+# ----------------------------------------------------------------------------- sizes checked by name
+
+# Each task's smallest length (the lag for copy, the window for sunspots); every task with a length is here.
+SMALLEST = {"adding": 2, "copy": 1, "selective_copy": 16, "temporal_order": 11, "char_lm": 1, "sunspots": 2}
+
+
+def test_every_task_with_a_length_has_its_smallest_size_listed_here():
+    assert set(SMALLEST) == {name for name, (_, length_arg) in tasks.TASKS.items() if length_arg is not None}
+
+
+@pytest.mark.parametrize("name", sorted(SMALLEST))
+def test_each_task_runs_at_its_smallest_size_and_refuses_one_below_by_name(name):
+    T = SMALLEST[name]
+    task = tasks.make(name, T, **({"max_valid_chars": 50} if name == "char_lm" else {}))
+    model = tasks.sequence_model(memcell.rnn(3), task.output_size, task.readout)
+    params = model.init(KEY, task.input_size)
+    loss, metrics = tasks.loss_fn(task, model)(params, task.sample(KEY, 2), None)
+    assert np.isfinite(float(loss)) and np.isfinite(float(metrics[task.metric]))
+    # one below: a ValueError naming the task, the argument and its bound, before anything is built
+    argument = "window" if name == "sunspots" else "length"
+    with pytest.raises(ValueError, match=rf"task '{name}'.*: {argument} must be an int >= {T}, got {T - 1}"):
+        tasks.make(name, T - 1)
+
+
+def test_char_lm_refuses_a_validation_part_shorter_than_a_window():
+    with pytest.raises(ValueError, match="max_valid_chars must be None or an int >= length=10"):
+        tasks.char_lm(10, max_valid_chars=9)
+    with pytest.raises(ValueError, match="length=1000000 leaves no full window"):
+        tasks.make("char_lm", 1_000_000)
+
+
+# ----------------------------------------------------------------------------- beating a baseline
+
+
+def _fake_task(mode, baseline):
+    metric = "mse" if mode == "min" else "accuracy"
+    return tasks.Task("fake", 1, 1, "last", None, {}, None, metric, mode, {"b": {metric: baseline}}, None, {})
+
+
+@pytest.mark.parametrize("mode, baseline, value, beats", [
+    ("min", 0.170, 0.1694, False),  # within noise of the baseline: not a win (the case of issue 25)
+    ("min", 0.170, 0.1531, False),  # 0.9 x 0.170 = 0.153
+    ("min", 0.170, 0.1529, True),
+    ("max", 0.25, 0.32, False),  # 0.25 + 0.1 x (1 - 0.25) = 0.325
+    ("max", 0.25, 0.33, True),
+])
+def test_beats_needs_a_clear_margin(mode, baseline, value, beats):
+    task = _fake_task(mode, baseline)
+    assert tasks.beats(task, value, "b") is beats
+    assert tasks.beat_threshold(task, "b") == pytest.approx(0.153 if mode == "min" else 0.325)
+    with pytest.raises(ValueError, match=r"baseline must name a baseline of task 'fake' .*\(one of \['b'\]\), got 'c'"):
+        tasks.beat_threshold(task, "c")
+
+
+# ----------------------------------------------------------------------------- train_task: optimizer and result
+
+_TINY = tasks.adding(5, n_test=16)
+_TINY_MODEL = tasks.sequence_model(memcell.gru(4), 1, "last")
+
+
+@pytest.fixture(scope="module")
+def tiny_runs():
+    """Two seeds trained for 4 steps, with the optimizer given by name and as the transformation it names."""
+    from memcell import train
+
+    kw = dict(seeds=[0, 1], steps=4, batch_size=4, steps_per_call=2, eval_every=2)
+    by_name = tasks.train_task(_TINY, _TINY_MODEL, optimizer="sgd", learning_rate=1e-2, clip_norm=None, **kw)
+    by_tx = tasks.train_task(_TINY, _TINY_MODEL, optimizer=train.optimizer(1e-2, name="sgd", clip_norm=None), **kw)
+    return by_name, by_tx
+
+
+def test_train_task_takes_an_optax_transformation_and_the_names_are_built_on_it(tiny_runs):
+    from memcell import train
+
+    by_name, by_tx = tiny_runs
+    assert isinstance(by_tx, tasks.TaskResult) and by_tx.final == by_name.final  # the same numbers, bit for bit
+    for a, b in zip(jax.tree.leaves(by_tx.state.params), jax.tree.leaves(by_name.state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # a transformation with per-seed rates: each seed starts with its own (the state holds an injected rate)
+    tx, states = tasks.initial_states(_TINY, _TINY_MODEL, seeds=[0, 1], optimizer=train.optimizer(1e-2),
+                                      learning_rate=[1e-2, 3e-3])
+    np.testing.assert_allclose(train.learning_rate(states.opt_state), [1e-2, 3e-3], rtol=1e-6)
+
+
+def test_train_task_refuses_convenience_options_beside_a_transformation():
+    import optax
+
+    for kw, named in ((dict(clip_norm=0.5), "clip_norm=0.5"), (dict(learning_rate=0.1), "learning_rate=0.1"),
+                      (dict(decay=True, warmup_steps=2), "warmup_steps=2, decay=True")):
+        with pytest.raises(ValueError, match=f"optimizer is an optax.GradientTransformation.*: {named} applies to an "
+                                             "optimizer given by name"):
+            tasks.train_task(_TINY, _TINY_MODEL, optimizer=optax.sgd(1e-2), steps=1, **kw)
+    with pytest.raises(TypeError, match="optimizer must be an optax.GradientTransformation or the name of one"):
+        tasks.train_task(_TINY, _TINY_MODEL, optimizer=3, steps=1)
+
+
+def test_task_result_has_named_fields_and_a_json_form(tiny_runs):
+    import json
+
+    result = tiny_runs[0]
+    d = result.to_dict()
+    assert "state" not in d and [h["step"] for h in d["history"]] == [2, 4]
+    assert json.loads(json.dumps(d)) == d  # JSON-able as it is
+    assert "history" not in result.to_dict(history=False)
+    assert d["beat_thresholds"]["mean"] == pytest.approx(0.9 * _TINY.baselines["mean"]["mse"])
+    assert result.beats["mean"] == sum(tasks.beats(_TINY, v, "mean") for v in result.final["mse"])
+    assert (result.metric, result.mode, result.seeds, result.steps) == ("mse", "min", [0, 1], 4)
+    with pytest.raises(TypeError, match=r"TaskResult is a dataclass, not a dict: read result.final"):
+        result["final"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.steps = 5

@@ -280,12 +280,12 @@ def test_train_task_tbptt_evaluates_the_whole_validation_stream():
     the reported bpc is the stream evaluation's (carry kept)."""
     task = tasks.char_lm(length=6, max_valid_chars=60)
     model = tasks.sequence_model(memcell.lstm(4), task.output_size, "all")
-    report = tasks.train_task(task, model, seeds=[0, 1], steps=2, batch_size=2, learning_rate=1e-2, tbptt=True)
-    state = report["state"]
+    result = tasks.train_task(task, model, seeds=[0, 1], steps=2, batch_size=2, learning_rate=1e-2, tbptt=True)
+    state = result.state
     np.testing.assert_array_equal(state.stream.cursor, 2 * 6)
     assert jax.tree.leaves(state.stream.carry)[0].shape == (2, 2, 4)  # [seeds, rows, hidden]
     stream = jax.jit(jax.vmap(tasks.stream_eval_fn(task, model)))(state.params)
-    np.testing.assert_allclose(report["final"]["bpc"], stream["bpc"], rtol=1e-6)
+    np.testing.assert_allclose(result.final["bpc"], stream["bpc"], rtol=1e-6)
 
 
 @pytest.mark.slow  # 10-25 s: the evaluation reads the whole validation stream (94k steps)
@@ -304,5 +304,5 @@ def test_cli_tbptt_trains_char_lm_and_resume_checks_the_flag(tmp_path, capsys):
     # memcell flow rebuilds the run's initial state with its streams (tasks.with_stream) and measures it
     code, out, err = _main(["flow", str(tmp_path), "--sequences", "2"], capsys)
     assert code == 0, err
-    flow = json.loads((tmp_path / "flow.json").read_text())
+    flow = json.loads((tmp_path / "flow_hidden.json").read_text())
     assert flow["trained"]["step"] == 2 and np.all(np.isfinite(flow["initial"]["decay_rate"]))

@@ -156,7 +156,9 @@ def test_fit_chunking_does_not_change_the_result():
 def test_fit_progress_bar_runs(capsys):
     tx, state = _state()
     train.fit(STEP, state, SAMPLE, steps=20, progress=True, steps_per_call=10)
-    assert "20/20" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # the line says how far the run is, how long it took and how long it has left
+    assert "20/20 steps" in err and " elapsed, " in err and " left, " in err
 
 
 def test_early_stopping_target_and_patience():
@@ -552,3 +554,27 @@ def test_checkpoint_holds_the_loop_record_in_its_json_format(tmp_path):
     assert book["history"] == res.history and book["best"] == [res.history[-1]["loss"]]
     assert book["bad_evals"] == [0] and book["meets_target"] == [False] and book["solved_step"] == [None]
     assert book["skipped"] == [0] and book["nonfinite_run"] == [0]
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+def test_one_placement_object_stands_for_the_mesh_argument():
+    from memcell.train._placement import OnMesh, SingleDevice, placement_of
+
+    assert placement_of(None) == SingleDevice() and hash(placement_of(None)) == hash(SingleDevice())
+    mesh = train.make_mesh(data=1)
+    assert placement_of(mesh) == OnMesh(mesh)
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh .*, got str"):
+        placement_of("data=2")
+
+
+def test_a_one_device_mesh_trains_like_no_mesh(tmp_path):
+    # the two placements run the same loop: on a mesh of one device the run is the same, bit for bit
+    tx = TX
+    runs = [train.fit(STEP, train.init_states([0, 1], INIT, tx), SAMPLE, steps=4, eval_fn=EVAL, eval_every=2,
+                      progress=False, steps_per_call=2, log_path=tmp_path / f"{i}.jsonl", mesh=mesh)
+            for i, mesh in enumerate((None, train.make_mesh(data=1)))]
+    assert _tree_equal(runs[0].state.params, runs[1].state.params)
+    assert runs[0].history == runs[1].history
+    assert (tmp_path / "0.jsonl").read_text() == (tmp_path / "1.jsonl").read_text()

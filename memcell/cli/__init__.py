@@ -3,9 +3,13 @@
     memcell train --task adding --cell lstm --length 200 --seeds 4 --steps 5000 --out runs/x
     memcell train --task adding --cell lstm --length 200 --seeds 4 --steps 8000 --out runs/x --resume
     memcell train --task adding --cell lstm --seeds 4 --mesh data=2,seeds=4   # 8 devices (docs/scaling.md)
+    memcell train --task adding --cell mypkg.cells:leaky --hidden 64           # a user's factory, MODULE:FACTORY
     memcell tasks                       # the tasks, their metric and baselines
-    memcell flow runs/x                 # gradient norm against lag, initial vs trained params
+    memcell flow runs/x                 # gradient norm against lag, initial vs trained params (flow_hidden.png)
     memcell export runs/x --format onnx --lengths --out model.onnx   # docs/deployment.md
+
+``--cell`` reads ``memcell.cells.CELLS`` (or imports a user's factory); each cell option the user
+sets goes to the factory as a keyword, and the factory takes it or refuses it (exit code 2).
 
 A run with ``--out`` writes its learning curves beside its report (``learning_curves.png``).
 

@@ -10,7 +10,7 @@ import pathlib
 
 from memcell import tasks
 from memcell.cli._parser import TASK_NAMES, UsageError, build_parser
-from memcell.cli._train import build, check_out, fmt, run_config
+from memcell.cli._train import build, check_out, fmt, run_config, run_title
 
 
 def load_run(run_dir: str):
@@ -32,7 +32,11 @@ def load_run(run_dir: str):
     if not (path / "checkpoints").is_dir():
         raise UsageError(f"RUN_DIR {run_dir!r} holds no checkpoint (no checkpoints/ directory: the run was "
                          "killed before its first one; --checkpoint-every N writes them during training)")
-    return parse_config(saved, cfg), path
+    args = parse_config(saved, cfg)
+    if "config_version" not in saved:  # written before the cell options went to the factory only when set
+        args.reset_after = None if saved.get("reset_after") == "true" else args.reset_after
+        args.recurrent_scale = None if saved.get("recurrent_scale") == 1.0 else args.recurrent_scale
+    return args, path
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -121,7 +125,10 @@ def flow_command(args) -> int:
     out = check_out(args.out or args.run_dir, False)
     # Measured on the reference path: the fast paths compute the same function (tested), and
     # the jacobian tools differentiate the cell's own step. The checkpoint's config keeps the run's backend.
-    task, model = build(argparse.Namespace(**{**vars(run_args), "backend": "reference"}))
+    try:
+        task, model = build(argparse.Namespace(**{**vars(run_args), "backend": "reference"}))
+    except UsageError as e:  # e.g. a user's cell whose module cannot be imported from here
+        raise UsageError(f"RUN_DIR {args.run_dir!r}: its config.json describes a run this command cannot build: {e}") from None
     config = run_config(run_args, task)
     seeds = list(range(run_args.seed_offset, run_args.seed_offset + run_args.seeds))
     initial = initial_states(run_args, task, model, seeds)
@@ -130,7 +137,10 @@ def flow_command(args) -> int:
     except ValueError as e:  # no checkpoint, or one of another model or config
         raise UsageError(f"RUN_DIR {args.run_dir!r}: {e}") from None
     wrt = flow_wrt(args.wrt, task, model, jax.tree.map(lambda x: x[0], initial.params))
-    measure = jax.jit(jax.vmap(lambda p: tasks.gradient_norms_by_lag(task, model, p, n=args.sequences, wrt=wrt)))
+    # With one output a step, only the last output's loss is differentiated: lag k is then k steps
+    # before an output, as for a single readout, not a sum over the k + 1 last outputs' losses.
+    measure = jax.jit(jax.vmap(lambda p: tasks.gradient_norms_by_lag(task, model, p, n=args.sequences, wrt=wrt,
+                                                                     last_output_only=True)))
     try:
         norms = [np.asarray(measure(s.params), np.float64) for s in (initial, trained)]
     except ValueError as e:
@@ -147,15 +157,19 @@ def flow_command(args) -> int:
         "run_dir": str(run_dir), "task": run_args.task, "cell": run_args.cell, "hidden": run_args.hidden,
         "layers": run_args.layers, "seeds": seeds, "wrt": wrt, "sequences": n_seq, "lags": K,
         "quantity": f"{grad} at lag k = 0..{K - 1} before each sequence's last step, mean over {n_seq} test "
-                    f"sequences of {run_args.task}, with respect to {of}",
+                    f"sequences of {run_args.task}, with respect to {of}"
+                    + (", of the loss of the last output only (the task scores every step)" if task.readout == "all" else ""),
         "fit": f"least-squares slope of ln(norm) against lag over lags 1..{K - 1} (memcell.jacobian.decay_rate; "
                "norms that underflowed to 0 left out), nats per step; negative: the gradient vanishes",
     }
     for name, g, r, at in (("initial", norms[0], rates[0], 0), ("trained", norms[1], rates[1], step)):
         result[name] = {"step": at, "decay_rate": r.tolist(), "norm_at_max_lag": g[:, -1].tolist(), "norms": g.tolist()}
-    (out / "flow.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot.gradient_flow(out / "flow.png", norms[0], norms[1], rates=(rates[0], rates[1]), seeds=seeds,
-                       steps=(0, step), ylabel=grad,
-                       title=f"{run_args.task}, {run_args.cell}, {run_args.hidden} units: {grad} against lag")
-    print(json.dumps(result, indent=2) if args.json else flow_table(result) + f"\n\nwrote {out / 'flow.png'} and {out / 'flow.json'}")
+    # Named by what they measure, so `--wrt input` after `--wrt hidden` keeps both.
+    json_path, png_path = out / f"flow_{wrt}.json", out / f"flow_{wrt}.png"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    loss = "the last output's loss" if task.readout == "all" else "the loss"
+    title = f"{run_title(run_args, config['length'])}\n{grad} of {loss} against lag"
+    plot.gradient_flow(png_path, norms[0], norms[1], rates=(rates[0], rates[1]), seeds=seeds, steps=(0, step),
+                       ylabel=grad, title=title)
+    print(json.dumps(result, indent=2) if args.json else flow_table(result) + f"\n\nwrote {png_path} and {json_path}")
     return 0

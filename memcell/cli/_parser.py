@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import math
 
-from memcell import tasks
+from memcell import cells, tasks
 from memcell.types import BACKENDS
 
-# The names the CLI offers are memcell.tasks' own lists, not copies of them.
+# The names the CLI offers are memcell's own tables, not copies of them: --cell also takes a
+# user's MODULE:FACTORY, and each cell option goes to the factory, which takes it or refuses it.
 TASK_NAMES = tuple(tasks.TASKS)
-CELL_NAMES = tasks.CELLS
-CLASSIC = ("rnn", "irnn", "lstm", "gru")  # the cells with a dense recurrent matrix (--recurrent-init applies)
+CELL_NAMES = tuple(cells.CELLS)
+# What config.json's layout is: 2 since the cell options are passed only when set (--reset-after
+# and --recurrent-scale default to None); a config without it was written with "true" and 1.0.
+CONFIG_VERSION = 2
 # What a resumed run must share with the run that wrote the checkpoint (steps may grow).
 IDENTITY_KEYS = ("task", "length", "cell", "hidden", "layers", "seeds", "seed_offset", "batch_size", "lr",
                  "optimizer", "clip", "warmup", "decay", "forget_bias", "lstm_init", "recurrent_init",
@@ -45,6 +48,20 @@ _positive_float = _number_type(float, lambda v: v > 0 and math.isfinite(v), "a p
 _rate = _number_type(float, lambda v: 0 <= v < 1, "a rate in [0, 1)", show_text=True)
 
 
+def _takers(keyword: str) -> str:
+    """Which built-in cells name ``keyword`` in their factory's signature, read from the table."""
+    import inspect
+
+    def takes(factory) -> bool:
+        try:
+            return keyword in inspect.signature(factory).parameters
+        except (TypeError, ValueError):  # no signature to read
+            return False
+
+    names = [name for name, factory in cells.CELLS.items() if takes(factory)]
+    return "named by the factories of " + ", ".join(names) if names else "no built-in cell names it"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``memcell`` (subcommands ``train``, ``tasks``, ``flow`` and ``export``)."""
     p = argparse.ArgumentParser(prog="memcell", description="Recurrent cells as pure JAX functions: training and benchmarks.")
@@ -58,33 +75,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sequence length T (adding, copy: the lag, temporal_order, char_lm; sunspots: the input window)")
     g.add_argument("--batch-size", type=_positive_int, default=32)
     g = t.add_argument_group("model")
-    g.add_argument("--cell", default="lstm", choices=CELL_NAMES,
-                   help="rnn: tanh Elman; irnn: ReLU with identity recurrent init (Le et al. 2015); lstm, gru; "
-                        "the modern cells mingru, minlstm (Feng et al. 2024), lru (Orvieto et al. 2023), rglru "
-                        "(De et al. 2024), slstm, mlstm (Beck et al. 2024)")
+    g.add_argument("--cell", default="lstm", metavar="CELL",
+                   help=f"a built-in cell ({', '.join(CELL_NAMES)}; memcell.cells.CELLS) or MODULE:FACTORY, a "
+                        "user's factory(hidden_size, **options) -> memcell.Cell, imported like `uvicorn "
+                        "module:app` (from the current directory or an installed package); the run's "
+                        "config.json keeps the name, so --resume and `memcell flow` rebuild the same cell")
     g.add_argument("--hidden", type=_positive_int, default=128, help="hidden units a layer")
     g.add_argument("--layers", type=_positive_int, default=1, help="stacked recurrent layers")
-    g.add_argument("--forget-bias", type=float, default=None, help="LSTM forget-gate bias (default 1.0)")
+    # The cell options below go to the cell's factory only when set, as keywords; a factory that
+    # does not take one, or refuses its value, stops the run with exit code 2 naming the flag.
+    g.add_argument("--forget-bias", type=float, default=None,
+                   help=f"forget_bias= of the cell's factory: the forget-gate bias ({_takers('forget_bias')})")
     g.add_argument("--lstm-init", default="default", choices=("default", "chrono"),
-                   help="chrono: forget biases spread up to T steps (Tallec and Ollivier 2018)")
-    g.add_argument("--layer-norm", action="store_true", help="layer-normalised LSTM")
+                   help="chrono: init='chrono', max_timescale=T: forget biases spread up to T steps "
+                        f"(Tallec and Ollivier 2018; {_takers('max_timescale')})")
+    g.add_argument("--layer-norm", action="store_true", help=f"layer_norm=True ({_takers('layer_norm')})")
     g.add_argument("--proj-size", type=_positive_int, default=None,
-                   help="LSTM with a projection of h to this many units (Sak et al. 2014; torch's proj_size)")
+                   help="proj_size=: a projection of h to this many units, fewer than --hidden (Sak et al. 2014; "
+                        f"torch's proj_size; {_takers('proj_size')})")
     g.add_argument("--recurrent-dropout", type=_rate, default=0.0,
-                   help="variational dropout on h where it enters the recurrent matmul (lstm, gru, rnn, irnn)")
+                   help="variational dropout on h where it enters the recurrent matmul (memcell.layer's "
+                        "recurrent_dropout: the cells whose spec declares that matmul)")
     g.add_argument("--zoneout", type=_rate, default=0.0, help="zoneout rate of every carry unit (Krueger et al. 2017)")
     g.add_argument("--learn-initial-carry", action="store_true", help="the initial carry is a learnt param")
-    g.add_argument("--reset-after", default="true", choices=("true", "false"), help="GRU reset-gate placement")
+    g.add_argument("--reset-after", default=None, choices=("true", "false"),
+                   help=f"reset_after=: where the reset gate applies ({_takers('reset_after')})")
     g.add_argument("--recurrent-init", default=None,
-                   help="orthogonal (default), identity, lecun_normal, glorot_uniform, uniform")
-    g.add_argument("--recurrent-scale", type=_positive_float, default=1.0, help="spectral radius of the recurrent init")
+                   help="recurrent_init=: orthogonal (the usual default), identity, lecun_normal, glorot_uniform, "
+                        f"uniform ({_takers('recurrent_init')})")
+    g.add_argument("--recurrent-scale", type=_positive_float, default=None,
+                   help=f"recurrent_scale=: the spectral radius of the recurrent init ({_takers('recurrent_scale')})")
     g.add_argument("--backend", default="reference", choices=BACKENDS,
-                   help="how the cells are unrolled: 'auto' trains the default LSTM, GRU and RNN on the "
-                        "fused path (memcell.fused) and the cells with a linear carry update (mingru, minlstm, "
-                        "lru, rglru, mlstm) on the parallel path (memcell.parallel); 'fused', 'parallel' and "
-                        "'cudnn' (GPU only) refuse what they do not implement")
+                   help="how the cells are unrolled (memcell.unroll's backend): 'auto' runs each cell on a fast "
+                        "path its spec declares (the fused path of the classic cells' default forms, the parallel "
+                        "path of the cells with a linear carry update), else the reference; 'fused', 'parallel' "
+                        "and 'cudnn' (GPU only) refuse a cell they do not implement")
     g.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="matmul dtype (bfloat16 accumulates in float32; params stay float32)")
+                   help="dtype= of the factory when not float32: the matmul dtype (bfloat16 accumulates in "
+                        "float32; params stay float32)")
     g = t.add_argument_group("optimisation")
     g.add_argument("--steps", type=_positive_int, default=1000, help="total updates (a resumed run continues up to this)")
     g.add_argument("--seeds", type=_positive_int, default=1, help="independent models, trained together with vmap")
@@ -96,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup", type=_nonneg_int, default=0, help="linear warmup steps")
     g.add_argument("--decay", action="store_true", help="cosine decay of the learning rate to 0 at --steps")
     g = t.add_argument_group("loop")
-    g.add_argument("--eval-every", type=_nonneg_int, default=0, help="evaluate every N steps (0: at the end)")
+    g.add_argument("--eval-every", type=_nonneg_int, default=None,
+                   help="evaluate every N steps (default: about 10 evaluations over the run, a multiple of "
+                        "--steps-per-call, so the learning curves show the metric's course; 0: at the end only)")
     g.add_argument("--stop-at-solved", action="store_true", help="stop when every seed reaches the task's 'solved' threshold")
     g.add_argument("--patience", type=_positive_int, default=None, help="stop after N evaluations without improvement")
     g.add_argument("--out", default=None, help="output directory: config, metrics.jsonl, checkpoints, report")
@@ -131,20 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely characters only (1: greedy)")
     g.add_argument("--prompt", default="\n", help="text the sample continues")
 
+    t.set_defaults(config_version=CONFIG_VERSION)  # stored in config.json with the flags
+
     sub.add_parser("tasks", help="list the tasks with their metric and baselines")
 
     f = sub.add_parser("flow", help="gradient norm against lag of a trained run, initial vs trained params",
                        description="Loads a `memcell train --out` run's config and latest checkpoint and measures, "
                                    "for the initial and the trained params of every seed, the norm of the loss "
                                    "gradient at each lag before the last step on the task's test sequences, with "
-                                   "its decay rate per step; writes flow.png and flow.json.")
+                                   "its decay rate per step; writes flow_<wrt>.png and flow_<wrt>.json "
+                                   "(flow_hidden.*, flow_input.*: one pair a quantity, so a second "
+                                   "measurement does not overwrite the first).")
     f.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a memcell train run")
-    f.add_argument("--out", default=None, help="where flow.png and flow.json go (default RUN_DIR)")
+    f.add_argument("--out", default=None, help="where flow_<wrt>.png and flow_<wrt>.json go (default RUN_DIR)")
     f.add_argument("--wrt", default="auto", choices=("auto", "hidden", "input"),
                    help="gradient with respect to the cell's hidden state or the model's inputs (auto: the "
                         "hidden state where the model is one cell with one, else the inputs)")
     f.add_argument("--sequences", type=_positive_int, default=64, help="test sequences averaged over")
-    f.add_argument("--json", action="store_true", help="print flow.json instead of the table")
+    f.add_argument("--json", action="store_true", help="print flow_<wrt>.json instead of the table")
 
     e = sub.add_parser("export", help="a trained run's model as an ONNX model or a serialized jax.export program",
                        description="Loads a `memcell train --out` run's config and its checkpoint and writes the "

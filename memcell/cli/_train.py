@@ -11,7 +11,8 @@ import sys
 import threading
 
 from memcell import paths, tasks
-from memcell.cli._parser import CLASSIC, IDENTITY_KEYS, TASK_NAMES, UsageError
+from memcell.cli._cells import cell_name, make_cells
+from memcell.cli._parser import IDENTITY_KEYS, TASK_NAMES, UsageError
 from memcell.scan import layer as as_layer
 
 
@@ -42,16 +43,6 @@ def holds_checkpoints(out: pathlib.Path) -> bool:
 
 def build(args):
     """The task and the model a ``train`` command line describes; ``UsageError`` on a bad combination."""
-    import jax.numpy as jnp
-
-    if args.task in ("digits", "permuted_digits", "vowels") and args.length is not None:
-        raise UsageError(f"--length: task {args.task!r} has its length fixed by the data (64 for digits, 7-29 frames for vowels)")
-    if args.task == "temporal_order" and args.length is not None and args.length < 11:
-        raise UsageError(f"--length must be >= 11 for temporal_order, got {args.length}")
-    if args.task == "adding" and args.length is not None and args.length < 2:
-        raise UsageError(f"--length must be >= 2 for adding, got {args.length}")
-    if args.task == "sunspots" and args.length is not None and args.length < 2:
-        raise UsageError(f"--length (the input window) must be >= 2 for sunspots, got {args.length}")
     if len(args.lr) not in (1, args.seeds):
         raise UsageError(f"--lr takes one value or one per seed ({args.seeds}), got {len(args.lr)}")
     if args.clip < 0:
@@ -74,40 +65,12 @@ def build(args):
         raise UsageError("--checkpoint-every needs --out")
 
     try:
-        task = tasks.make(args.task, args.length)
+        task = tasks.make(args.task, args.length)  # each task checks its own sizes, by name
     except ImportError as e:
         raise UsageError(str(e)) from None
-    except ValueError as e:  # a length the task's data cannot hold (char_lm: longer than a split)
-        raise UsageError(f"--length: {e}") from None
-    options: dict = {}
-    if args.dtype != "float32":
-        options["dtype"] = jnp.dtype(args.dtype)
-    if args.recurrent_init is not None:
-        options["recurrent_init"] = args.recurrent_init
-    if args.recurrent_scale != 1.0:
-        options["recurrent_scale"] = args.recurrent_scale
-    if args.cell not in CLASSIC and ("recurrent_init" in options or "recurrent_scale" in options):
-        raise UsageError(f"--recurrent-init and --recurrent-scale apply to --cell {', '.join(CLASSIC)}, not {args.cell!r}")
-    if args.cell == "lstm":
-        if args.lstm_init == "chrono":
-            options.update(init="chrono", max_timescale=float(max(sequence_length(task), 3)))
-        if args.forget_bias is not None:
-            options["forget_bias"] = args.forget_bias
-        if args.layer_norm:
-            options["layer_norm"] = True
-        if args.proj_size is not None:
-            if args.proj_size >= args.hidden:
-                raise UsageError(f"--proj-size must be < --hidden ({args.hidden}), got {args.proj_size}")
-            options["proj_size"] = args.proj_size
-    else:
-        if args.forget_bias is not None or args.lstm_init != "default" or args.layer_norm or args.proj_size:
-            raise UsageError(f"--forget-bias, --lstm-init, --layer-norm and --proj-size apply to --cell lstm, "
-                             f"not {args.cell!r}")
-    if args.cell == "gru":
-        options["reset_after"] = args.reset_after == "true"
-    elif args.reset_after != "true":
-        raise UsageError(f"--reset-after applies to --cell gru, not {args.cell!r}")
-    cells = [tasks.make_cell(args.cell, args.hidden, **options) for _ in range(args.layers)]
+    except ValueError as e:
+        raise UsageError(f"{'--length' if args.length is not None else f'--task {args.task}'}: {e}") from None
+    cells = make_cells(args, sequence_length(task))
     reason = paths.why_not(args.backend, cells[0])
     if reason is None and args.backend == "cudnn":  # the seeds train under jax.vmap, which cuDNN cannot batch
         reason = "the seeds train under jax.vmap, which has no cuDNN batching rule in JAX"
@@ -146,27 +109,57 @@ def fmt(v) -> str:
     return str(v)
 
 
-def table(report: dict, task) -> str:
+def _beat_rule(report: dict, name: str) -> str:
+    """The margin ``memcell.tasks.beats`` asks, in words, for the verdict line."""
+    ref, threshold = report["baselines"][name][report["metric"]], report["beat_thresholds"][name]
+    if report["mode"] == "min":
+        return f"{report['metric']} < {tasks.BEAT_FRACTION:g} x {ref:.4g} = {threshold:.4g}"
+    return f"{report['metric']} > {ref:.4g} + {1 - tasks.BEAT_FRACTION:.1g} x (1 - {ref:.4g}) = {threshold:.4g}"
+
+
+def table(report: dict, lrs: list | None = None) -> str:
+    """The run's table (a row a seed, with its learning rate when the seeds have several) and verdict."""
     # "loss" repeats one of the named metrics (mse, xent) in every task
     metrics = [m for m in report["final"] if m != "loss"]
-    head = ["seed"] + metrics
-    rows = [[str(s)] + [fmt(float(report["final"][m][i])) for m in metrics] for i, s in enumerate(report["seeds"])]
-    rows.append(["mean"] + [fmt(report["summary"][m]["mean"]) for m in metrics])
-    rows.append(["std"] + [fmt(report["summary"][m]["std"]) for m in metrics])
+    by_lr = lrs is not None and len(set(lrs)) > 1  # a learning-rate sweep: each row says its rate
+    head = ["seed"] + (["lr"] if by_lr else []) + metrics
+    pad = [""] if by_lr else []
+    rows = [[str(s)] + ([fmt(float(lrs[i]))] if by_lr else []) + [fmt(float(report["final"][m][i])) for m in metrics]
+            for i, s in enumerate(report["seeds"])]
+    rows.append(["mean"] + pad + [fmt(report["summary"][m]["mean"]) for m in metrics])
+    rows.append(["std"] + pad + [fmt(report["summary"][m]["std"]) for m in metrics])
     for name, vals in report["baselines"].items():
-        rows.append([f"{name} baseline"] + [fmt(vals.get(m)) for m in metrics])
+        rows.append([f"{name} baseline"] + pad + [fmt(vals.get(m)) for m in metrics])
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows]
-    n = len(report["seeds"])
-    verdict = [f"task {report['task']}: metric {report['metric']} ({task.mode} is better), {report['steps']} steps, "
+    n, metric = len(report["seeds"]), report["metric"]
+    mean = report["summary"][metric]["mean"]
+    verdict = [f"task {report['task']}: metric {metric} ({report['mode']} is better), {report['steps']} steps, "
                f"stopped: {report['stop_reason']}, {report['wall_time']:.1f} s"]
     for name, k in report["beats"].items():
-        verdict.append(f"beats the {name} baseline: {k}/{n} seeds")
+        verdict.append(f"beats the {name} baseline ({_beat_rule(report, name)}): {k}/{n} seeds; "
+                       f"mean {fmt(mean)} against the baseline {fmt(report['baselines'][name][metric])}")
     if report["solved_threshold"] is not None:
-        verdict.append(f"solved ({report['metric']} {'<=' if task.mode == 'min' else '>='} {report['solved_threshold']:.4g}): "
+        verdict.append(f"solved ({metric} {'<=' if report['mode'] == 'min' else '>='} {report['solved_threshold']:.4g}): "
                        f"{report['n_solved']}/{n} seeds")
     return "\n".join(out + [""] + verdict)
+
+
+def run_title(args, length: int) -> str:
+    """A figure's title: what was trained on what, so two runs' figures tell apart (layers, lr, T)."""
+    lrs = "/".join(fmt(float(v)) for v in args.lr)
+    layers = f"{args.layers} layer{'s' if args.layers > 1 else ''} of {args.hidden} units"
+    return f"{args.task} (T = {length}), {args.cell}, {layers}, lr {lrs}"
+
+
+def eval_every(args) -> int:
+    """``--eval-every``, or by default about 10 evaluations over the run, each a whole number of jit
+    calls apart (``--steps-per-call``), so the default splits no call: a run of fewer than 10 calls
+    is evaluated after each call."""
+    if args.eval_every is not None:
+        return args.eval_every
+    return max(args.steps_per_call, args.steps // 10 // args.steps_per_call * args.steps_per_call)
 
 
 def distributed(args) -> None:
@@ -233,6 +226,13 @@ def run_config(args, task) -> dict:
     config["length"] = sequence_length(task) if args.length is None else args.length
     if args.tbptt:  # only when set, so the checkpoints of runs without it keep their config
         config["tbptt"] = True
+    # Before the cell options went to the factory only when set, every checkpoint recorded these
+    # two unset flags as "true" and 1.0 (the GRU's and every factory's defaults); recording them so
+    # keeps those checkpoints resumable (and readable by `memcell flow`).
+    if config["reset_after"] is None:
+        config["reset_after"] = "true"
+    if config["recurrent_scale"] is None:
+        config["recurrent_scale"] = 1.0
     return config
 
 
@@ -243,6 +243,7 @@ def train_command(args) -> int:
 
     main_process = is_main_process()
     out = check_out(args.out, args.resume)
+    args.cell = cell_name(args.cell)  # the name config.json keeps: the table's, else module:qualname
     task, model = build(args)
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     config = run_config(args, task)
@@ -254,10 +255,10 @@ def train_command(args) -> int:
     if write_config and not holds_checkpoints(out):
         (out / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     try:
-        report = tasks.train_task(
+        result = tasks.train_task(
             task, model, seeds=seeds, steps=args.steps, batch_size=args.batch_size,
             learning_rate=args.lr[0] if len(args.lr) == 1 else args.lr, optimizer=args.optimizer,
-            clip_norm=args.clip or None, warmup_steps=args.warmup, decay=args.decay, eval_every=args.eval_every,
+            clip_norm=args.clip or None, warmup_steps=args.warmup, decay=args.decay, eval_every=eval_every(args),
             stop_at_solved=args.stop_at_solved, patience=args.patience, out_dir=out,
             checkpoint_every=args.checkpoint_every, resume=args.resume, config=config,
             progress=not args.no_progress, steps_per_call=args.steps_per_call, gradient_flow=args.gradient_flow,
@@ -269,42 +270,41 @@ def train_command(args) -> int:
         raise UsageError(str(e)) from None
     if write_config:
         (out / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
-    state = report.pop("state")
-    report.pop("history")
+    report = result.to_dict(history=False)
     text = None
     if args.sample_chars:
         import jax
 
         from memcell.tasks import sample_text
 
-        params0 = jax.tree.map(lambda x: x[0], state.params)
+        params0 = jax.tree.map(lambda x: x[0], result.state.params)
         text = sample_text(task, model, params0, jax.random.key(args.seed_offset), prompt=args.prompt,
                            length=args.sample_chars, temperature=args.temperature, top_k=args.top_k)
         report["sample"] = text
     if not main_process:  # process 0 alone writes and prints the report
         return 0
+    lrs = [float(v) for v in args.lr] * (args.seeds if len(args.lr) == 1 else 1)
     if out is not None:
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         from memcell import plot  # lazily: matplotlib is only needed here
 
-        png = plot.learning_curves(out)
-        (out / "report.md").write_text(table(report, task) + f"\n\n![learning curves]({png.name})\n")
+        png = plot.learning_curves(out, title=run_title(args, config["length"]))
+        (out / "report.md").write_text(table(report, lrs) + f"\n\n![learning curves]({png.name})\n")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(table(report, task))
+        print(table(report, lrs))
         if text is not None:
             print(f"\nsample of seed {seeds[0]} (temperature {args.temperature}):\n{args.prompt}{text}")
     return 0
 
 
 def tasks_command() -> int:
-
     for name in TASK_NAMES:
         try:
             task = tasks.make(name)
-        except ImportError as e:
-            print(f"{name}: unavailable ({e})")
+        except ImportError as e:  # the message names the package and the extra that brings it
+            print(f"{name}: unavailable: {e}")
             continue
         base = "; ".join(f"{b}: " + ", ".join(f"{m} {v:.4g}" for m, v in vals.items()) for b, vals in task.baselines.items())
         solved = "" if task.solved is None else f", solved at {task.metric} {task.solved:.4g}"

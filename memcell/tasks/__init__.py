@@ -11,16 +11,18 @@ Example:
   >>> from memcell import tasks
   >>> task = tasks.make("adding", length=20)
   >>> model = tasks.sequence_model(memcell.lstm(16), task.output_size, task.readout)
-  >>> report = tasks.train_task(task, model, seeds=[0, 1], steps=100)
-  >>> sorted(report["summary"]["mse"])
-  ['max', 'mean', 'min', 'n', 'std']
+  >>> result = tasks.train_task(task, model, seeds=[0, 1], steps=100)
+  >>> sorted(result.summary["mse"]), result.beats["mean"] <= 2
+  (['max', 'mean', 'min', 'n', 'std'], True)
 """
 
 from memcell.tasks._base import (
+    BEAT_FRACTION,
     CELLS,
     Model,
     ModelParams,
     Task,
+    beat_threshold,
     beats,
     classification_loss,
     cross_entropy,
@@ -31,6 +33,7 @@ from memcell.tasks._base import (
     make_cell,
     sequence_model,
 )
+from memcell.tasks._result import TaskResult
 from memcell.tasks._training import initial_states, train_task, with_stream
 from memcell.tasks._streams import TokenStreams, stream_eval_fn, stream_loss_fn, stream_sampler
 from memcell.tasks._flow import gradient_norms_by_lag
@@ -56,7 +59,18 @@ TASKS = {
 
 def make(name: str, length: int | None = None, **options) -> Task:
     """A task by name (``TASKS``); ``length`` is its sequence length where it has one
-    (the lag for copy, the window for sunspots) and is rejected where the data fixes it."""
+    (the lag for copy, the window for sunspots) and is rejected where the data fixes it.
+
+    Every size is checked by the task's factory before anything is built; a ``ValueError``
+    names the task and the argument, with its bounds.
+
+    Example:
+      >>> from memcell import tasks
+      >>> tasks.make("selective_copy", 8)
+      Traceback (most recent call last):
+      ...
+      ValueError: task 'selective_copy': length must be an int >= 16, got 8
+    """
     if name not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {name!r}")
     factory, length_arg = TASKS[name]
@@ -64,17 +78,24 @@ def make(name: str, length: int | None = None, **options) -> Task:
         if length_arg is None:
             raise ValueError(f"task {name!r} has a length fixed by its data; length must not be given, got {length!r}")
         options[length_arg] = length
-    return factory(**options)
+    try:
+        return factory(**options)
+    except ValueError as e:
+        alias = f" (its length is the {length_arg})" if length is not None and length_arg != "length" else ""
+        raise ValueError(f"task {name!r}{alias}: {e}") from None
 
 
 __all__ = [
+    "BEAT_FRACTION",
     "CELLS",
     "Model",
     "ModelParams",
     "TASKS",
     "Task",
+    "TaskResult",
     "TokenStreams",
     "adding",
+    "beat_threshold",
     "beats",
     "char_lm",
     "classification_loss",

@@ -1,5 +1,6 @@
 """``train_task``, the loop the CLI and the experiments run, and the initial states it starts
-from (``initial_states``, ``with_stream``), which ``memcell flow`` rebuilds."""
+from (``initial_states``, ``with_stream``), which ``memcell flow`` rebuilds. Its result is a
+``TaskResult`` (``_result``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 import optax
 
 from memcell import train as _train
-from memcell.tasks._base import Model, Task, beats, eval_fn, gradient_flow_fn, loss_fn
+from memcell.tasks._base import Model, Task, eval_fn, gradient_flow_fn, loss_fn
+from memcell.tasks._result import TaskResult, task_result
 from memcell.tasks._streams import initial_carry, stream_eval_fn, stream_loss_fn, stream_sampler
 from memcell.types import Array
 
@@ -24,8 +26,8 @@ def train_task(
     seeds: SequenceOf[int] = (0,),
     steps: int = 1000,
     batch_size: int = 32,
+    optimizer: optax.GradientTransformation | str = "adam",
     learning_rate: float | SequenceOf[float] = 1e-3,
-    optimizer: str = "adam",
     clip_norm: float | None = 1.0,
     warmup_steps: int = 0,
     decay: bool = False,
@@ -41,16 +43,21 @@ def train_task(
     gradient_flow: bool = False,
     mesh=None,
     tbptt: bool = False,
-) -> dict:
+) -> TaskResult:
     """Trains ``model`` on ``task`` for every seed at once (``jax.vmap``) and reports against the baselines.
 
     Args:
       task, model: the task and a ``sequence_model`` whose readout matches ``task.readout``.
       seeds: one independent model a seed (params, data stream).
       steps, batch_size: updates and sequences per update.
-      learning_rate: one peak rate for all seeds, or one per seed (vmapped too).
-      optimizer, clip_norm, warmup_steps: as for ``memcell.train.optimizer``; ``decay``:
-        cosine decay to 0 at ``steps``.
+      optimizer: an ``optax.GradientTransformation`` (used as given: its own learning rate,
+        clipping and schedule), or the name of one for ``memcell.train.optimizer`` (``"adam"``,
+        ``"adamw"``, ``"sgd"``, ``"rmsprop"``), built from the four options below.
+      learning_rate: one peak rate for all seeds, or one per seed (vmapped too). With a
+        transformation, only a per-seed list may be given, and the transformation's state must
+        hold an injected learning rate (``memcell.train.optimizer``, ``optax.inject_hyperparams``).
+      clip_norm, warmup_steps: as for ``memcell.train.optimizer``; ``decay``: cosine decay to 0 at
+        ``steps``. With a transformation they must keep their defaults (it has its own).
       eval_every: evaluate on the test set every this many steps (0: only at the end).
       stop_at_solved: stop once every seed reaches ``task.solved`` (needs ``eval_every``).
       patience: stop after this many evaluations without improvement of ``task.metric``.
@@ -67,14 +74,24 @@ def train_task(
         validation stream with the carry kept (``stream_eval_fn``). Tasks without streams refuse it.
 
     Returns:
-      A dict: ``final`` (per-seed test metrics), ``summary`` (mean/std/min/max over seeds of
-      each metric), ``baselines``, ``beats`` (per baseline: how many seeds beat it on
-      ``task.metric``), ``solved_step``, ``history``, ``stop_reason``, ``wall_time``, and
-      ``state`` (the final vmapped ``TrainState``).
+      A ``TaskResult``: ``final`` (per-seed test metrics), ``summary`` (mean/std/min/max over
+      seeds of each metric), ``baselines``, ``beats`` (per baseline: how many seeds beat it on
+      ``task.metric`` by the margin of ``memcell.tasks.beats``), ``solved_step``, ``history``,
+      ``stop_reason``, ``wall_time``, ``state`` (the final vmapped ``TrainState``) and more;
+      ``to_dict()`` is its JSON form.
+
+    Example:
+      >>> import memcell, optax
+      >>> from memcell import tasks
+      >>> task = tasks.adding(5, n_test=16)
+      >>> model = tasks.sequence_model(memcell.gru(4), task.output_size, task.readout)
+      >>> result = tasks.train_task(task, model, seeds=[0, 1], steps=5, optimizer=optax.sgd(1e-2))
+      >>> result.steps, len(result.final["mse"]), result.to_dict()["summary"]["mse"]["n"]
+      (5, 2, 2)
     """
     seeds = [int(s) for s in seeds]
     tx, states, sample = _start(task, model, seeds=seeds, steps=steps, batch_size=batch_size,
-                                learning_rate=learning_rate, optimizer=optimizer, clip_norm=clip_norm,
+                                optimizer=optimizer, learning_rate=learning_rate, clip_norm=clip_norm,
                                 warmup_steps=warmup_steps, decay=decay, tbptt=tbptt)
     if tbptt:
         step, evaluate = _tbptt(task, model, tx, gradient_flow)
@@ -93,7 +110,7 @@ def train_task(
         log_path=None if out is None else out / "metrics.jsonl",
         progress=progress, steps_per_call=steps_per_call, mesh=mesh,
     )
-    return _report(task, seeds, result)
+    return task_result(task, seeds, result)
 
 
 def initial_states(
@@ -103,8 +120,8 @@ def initial_states(
     seeds: SequenceOf[int] = (0,),
     steps: int = 1000,
     batch_size: int = 32,
+    optimizer: optax.GradientTransformation | str = "adam",
     learning_rate: float | SequenceOf[float] = 1e-3,
-    optimizer: str = "adam",
     clip_norm: float | None = 1.0,
     warmup_steps: int = 0,
     decay: bool = False,
@@ -120,10 +137,11 @@ def initial_states(
       seeds: one model a seed, stacked on a leading axis (``memcell.train.init_states``).
       steps: the run's updates (the end of the cosine decay, with ``decay``).
       batch_size: rows of the streams (only read with ``tbptt``).
-      learning_rate, optimizer, clip_norm, warmup_steps, decay, tbptt: as for ``train_task``.
+      optimizer, learning_rate, clip_norm, warmup_steps, decay, tbptt: as for ``train_task``.
 
     Returns:
-      ``(tx, states)``: the ``memcell.train.optimizer`` and the stacked ``TrainState``s, with
+      ``(tx, states)``: the optimizer (``optimizer`` itself, or the ``memcell.train.optimizer``
+      its name and options build) and the stacked ``TrainState``s, with
       the stream state (``with_stream``) for ``tbptt``.
 
     Example:
@@ -136,12 +154,12 @@ def initial_states(
       ([0, 0], True)
     """
     tx, states, _ = _start(task, model, seeds=seeds, steps=steps, batch_size=batch_size,
-                           learning_rate=learning_rate, optimizer=optimizer, clip_norm=clip_norm,
+                           optimizer=optimizer, learning_rate=learning_rate, clip_norm=clip_norm,
                            warmup_steps=warmup_steps, decay=decay, tbptt=tbptt)
     return tx, states
 
 
-def _start(task: Task, model: Model, *, seeds, steps, batch_size, learning_rate, optimizer, clip_norm,
+def _start(task: Task, model: Model, *, seeds, steps, batch_size, optimizer, learning_rate, clip_norm,
            warmup_steps, decay, tbptt):
     """``initial_states`` and, for ``tbptt``, the stream sampler whose first cursor the states hold
     (built once for both); None without ``tbptt``."""
@@ -150,10 +168,7 @@ def _start(task: Task, model: Model, *, seeds, steps, batch_size, learning_rate,
         raise ValueError("seeds must hold at least one seed, got none")
     if model.readout != task.readout:
         raise ValueError(f"the model's readout must be {task.readout!r} for task {task.name!r}")
-    lrs = None if isinstance(learning_rate, (int, float)) else [float(x) for x in learning_rate]
-    peak = float(learning_rate) if lrs is None else lrs[0]
-    tx = _train.optimizer(peak, name=optimizer, clip_norm=clip_norm, warmup_steps=warmup_steps,
-                          decay_steps=steps if decay else None)
+    tx, lrs = _transformation(optimizer, learning_rate, clip_norm, warmup_steps, decay, steps)
     if tbptt and task.stream is None:
         raise ValueError(f"tbptt needs a task with long streams (char_lm), got task {task.name!r}")
     states = _train.init_states(seeds, lambda k: model.init(k, task.input_size), tx, learning_rates=lrs)
@@ -162,6 +177,32 @@ def _start(task: Task, model: Model, *, seeds, steps, batch_size, learning_rate,
         sample, cursor = stream_sampler(task.stream, batch_size, task.info["length"])
         states = with_stream(task, model, states, batch_size, cursor=cursor)
     return tx, states, sample
+
+
+# The convenience options of train_task and their defaults: a transformation brings its own.
+_CONVENIENCE = {"learning_rate": 1e-3, "clip_norm": 1.0, "warmup_steps": 0, "decay": False}
+
+
+def _transformation(optimizer, learning_rate, clip_norm, warmup_steps, decay, steps):
+    """``(tx, per-seed learning rates or None)`` of ``train_task``'s optimizer arguments: the
+    transformation given, or ``memcell.train.optimizer`` built from a name and the options."""
+    lrs = None if isinstance(learning_rate, (int, float)) else [float(x) for x in learning_rate]
+    if isinstance(optimizer, optax.GradientTransformation):
+        given = {"learning_rate": learning_rate if lrs is None else _CONVENIENCE["learning_rate"],
+                 "clip_norm": clip_norm, "warmup_steps": warmup_steps, "decay": decay}
+        changed = [f"{k}={v!r}" for k, v in given.items() if v != _CONVENIENCE[k]]
+        if changed:
+            raise ValueError(f"optimizer is an optax.GradientTransformation, which brings its own learning rate, "
+                             f"clipping and schedule: {', '.join(changed)} applies to an optimizer given by name "
+                             "(a per-seed list of learning rates is the one option a transformation takes)")
+        return optimizer, lrs
+    if not isinstance(optimizer, str):
+        raise TypeError("optimizer must be an optax.GradientTransformation or the name of one for "
+                        f"memcell.train.optimizer ('adam', ...), got {type(optimizer).__name__}")
+    peak = float(learning_rate) if lrs is None else lrs[0]
+    tx = _train.optimizer(peak, name=optimizer, clip_norm=clip_norm, warmup_steps=warmup_steps,
+                          decay_steps=steps if decay else None)
+    return tx, lrs
 
 
 def with_stream(task: Task, model: Model, states: _train.TrainState, batch_size: int, *,
@@ -211,32 +252,3 @@ def _early_stopping(task: Task, stop_at_solved: bool, patience: int | None):
     if stop_at_solved and target is None:
         raise ValueError(f"task {task.name!r} has no 'solved' threshold, so stop_at_solved cannot be used")
     return _train.EarlyStopping(metric=task.metric, mode=task.mode, target=target, patience=patience)
-
-
-def _report(task: Task, seeds: list[int], result) -> dict:
-    """``train_task``'s report: the final test metrics per seed, their summary, and the baselines beaten."""
-    final = result.history[-1]
-    metric_names = [k for k in final if k != "step"]
-    summary = {k: _train.summarize(final[k]) for k in metric_names}
-    solved = None
-    if task.solved is not None:
-        vals = np.asarray(final[task.metric])
-        solved = int(np.sum(vals <= task.solved if task.mode == "min" else vals >= task.solved))
-    return {
-        "task": task.name,
-        "seeds": seeds,
-        "steps": int(final["step"]),  # fit evaluates at its last step (read from the host, even multi-host)
-        "final": {k: final[k] for k in metric_names},
-        "summary": summary,
-        "metric": task.metric,
-        "baselines": task.baselines,
-        "beats": {b: sum(beats(task, v, b) for v in final[task.metric]) for b in task.baselines if task.metric in task.baselines[b]},
-        "solved_threshold": task.solved,
-        "n_solved": solved,
-        "solved_step": result.solved_step,
-        "skipped_steps": result.skipped_steps,
-        "history": result.history,
-        "stop_reason": result.stop_reason,
-        "wall_time": result.wall_time,
-        "state": result.state,
-    }

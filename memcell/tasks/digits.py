@@ -20,7 +20,8 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0):
     try:
         from sklearn.datasets import load_digits as _load
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the digits task needs scikit-learn: pip install 'memcell[data]'") from e
+        raise ImportError("the digits task needs scikit-learn, in memcell's 'data' extra: pip install "
+                          "'memcell[data]' (in a checkout, `make install` or `make test` install it with the dev extra)") from e
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
     d = _load()

@@ -17,7 +17,8 @@ def load_sunspots() -> tuple[np.ndarray, np.ndarray]:
     try:
         from statsmodels.datasets import sunspots as _data  # not statsmodels.api: 3x slower to import
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the sunspots task needs statsmodels: pip install 'memcell[data]'") from e
+        raise ImportError("the sunspots task needs statsmodels, in memcell's 'data' extra: pip install "
+                          "'memcell[data]' (in a checkout, `make install` or `make test` install it with the dev extra)") from e
     df = _data.load_pandas().data
     return df["YEAR"].to_numpy(np.int32), df["SUNACTIVITY"].to_numpy(np.float64)
 

@@ -64,9 +64,9 @@ def char_lm(length: int = 100, *, valid_fraction: float = 0.1, max_valid_chars: 
     it); another corpus is one document unless it has the same marker.
 
     Args:
-      length: characters a training window reads (``T``).
+      length: characters a training window reads (``T``, >= 1; a window must fit in each split).
       valid_fraction: the share of the text, at its end, held out.
-      max_valid_chars: evaluate on at most this many validation characters (None: all).
+      max_valid_chars: evaluate on at most this many validation characters (None: all; else >= ``length``).
       corpus: another text file to use (ASCII or UTF-8).
 
     Returns:
@@ -74,9 +74,13 @@ def char_lm(length: int = 100, *, valid_fraction: float = 0.1, max_valid_chars: 
       is the string of characters, indexed by token id.
     """
     if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
-        raise ValueError(f"length must be a positive int, got {length!r}")
+        raise ValueError(f"length must be an int >= 1, got {length!r}")
     if not 0.0 < valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must lie in (0, 1), got {valid_fraction!r}")
+    if max_valid_chars is not None and (isinstance(max_valid_chars, bool) or not isinstance(max_valid_chars, (int, np.integer))
+                                        or max_valid_chars < length):
+        raise ValueError(f"max_valid_chars must be None or an int >= length={length} (one validation window), "
+                         f"got {max_valid_chars!r}")
     text = pathlib.Path(CORPUS if corpus is None else corpus).read_text(encoding="utf-8")
     vocab = "".join(sorted(set(text)))
     lut = {c: i for i, c in enumerate(vocab)}
@@ -155,7 +159,7 @@ def sample_text(task: Task, model: Model, params: ModelParams, key, *, prompt: s
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= V):
         raise ValueError(f"top_k must be None or an int in [1, {V}] (the vocabulary size), got {top_k!r}")
     if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
-        raise ValueError(f"length must be a positive int, got {length!r}")
+        raise ValueError(f"length must be an int >= 1, got {length!r}")
     if model.readout != "all":
         raise ValueError(f"model must have readout='all' (one output a step) to generate text, got {model.readout!r}")
     s = stream(model.layers, V)

@@ -25,8 +25,8 @@ from memcell.train._loop import (
     compiled_run,
     run_loop,
 )
-from memcell.train._mesh import check_mesh, is_main_process, place
 from memcell.train._metrics_log import MetricsLog
+from memcell.train._placement import placement_of
 from memcell.train._state import TrainState, check_state, current_step
 from memcell.train._stream import sampled_batch
 from memcell.types import Key, PyTree
@@ -98,12 +98,16 @@ def _resume(checkpointer: Checkpointer | None, state: TrainState, config, resume
     return state, Record.from_book(meta["book"], n_models)
 
 
+_BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{elapsed} elapsed, {remaining} left, {rate_fmt}{postfix}]"
+
+
 def _progress_bar(progress: bool, steps: int, start: int):
     if not progress:
         return None
     from tqdm.auto import tqdm  # lazily: only the loop needs it
 
-    return tqdm(total=steps, initial=start, dynamic_ncols=True, leave=True)
+    # The time left in words, next to the time spent: a long run says up front how long it will take.
+    return tqdm(total=steps, initial=start, dynamic_ncols=True, leave=True, unit="step", bar_format=_BAR)
 
 
 def _result(state: TrainState, record: Record, stop_reason: str, multi: bool, wall_time: float) -> FitResult:
@@ -188,18 +192,18 @@ def fit(
     """
     config, n = _check_args(train_step, state, sample, steps, eval_fn, eval_every, early_stopping, checkpoint_dir,
                             checkpoint_every, resume, config, log_path, progress, steps_per_call, max_nonfinite)
-    if mesh is not None:
-        check_mesh(mesh, n, sample, state)
-        state = place(state, mesh, n is not None)  # so a restored checkpoint takes this layout too
-        if not is_main_process():  # process 0 alone writes the log and shows progress
-            log_path, progress = None, False
+    placement = placement_of(mesh)
+    placement.check(n, sample, state)
+    state = placement.place(state, n is not None)  # so a restored checkpoint takes this layout too
+    if not placement.writes:  # on a multi-host mesh, process 0 alone writes the log and shows progress
+        log_path, progress = None, False
     t0 = time.perf_counter()
     checkpointer = None if checkpoint_dir is None else Checkpointer(checkpoint_dir)
     state, record = _resume(checkpointer, state, config, resume, n or 1)
     start = current_step(state)
     run = Run(
-        run_jit=compiled_run(train_step, sample, n is not None, mesh),
-        eval_jit=None if eval_fn is None else compiled_eval(eval_fn, n is not None, mesh),
+        run_jit=compiled_run(train_step, sample, n is not None, placement),
+        eval_jit=None if eval_fn is None else compiled_eval(eval_fn, n is not None, placement),
         multi=n is not None, record=record, log=MetricsLog(log_path, start), bar=_progress_bar(progress, steps, start),
         checkpointer=checkpointer, early_stopping=early_stopping, config=config,
     )

@@ -13,7 +13,7 @@ import numpy as np
 
 from memcell.train._checkpoint import Checkpointer
 from memcell.train._early_stopping import EarlyStopping, StopProgress
-from memcell.train._mesh import constrain_batch, sharded_eval, sharded_run
+from memcell.train._placement import Placement
 from memcell.train._metrics_log import MetricsLog
 from memcell.train._state import TrainState, current_step, step_keys
 from memcell.train._stream import sample_stream
@@ -66,10 +66,10 @@ class Record:
 
 
 @functools.lru_cache(maxsize=32)
-def compiled_run(train_step: Callable, sample: Callable, multi: bool, mesh=None) -> Callable:
-    """``(state, n) -> (state, metrics of n steps)``, jit-compiled once per (step, sampler, mesh)
-    so that repeated and resumed ``fit`` calls reuse the compilation. With a mesh, the batch
-    drawn inside the jit is sharded over its ``data`` axis (``memcell.train._mesh``)."""
+def compiled_run(train_step: Callable, sample: Callable, multi: bool, placement: Placement) -> Callable:
+    """``(state, n) -> (state, metrics of n steps)``, jit-compiled once per (step, sampler, placement)
+    so that repeated and resumed ``fit`` calls reuse the compilation. The batch drawn inside the
+    jit takes the placement's layout (on a mesh: sharded over its ``data`` axis)."""
 
     def one_step(s, _):
         data_key, _ = step_keys(s)
@@ -77,21 +77,17 @@ def compiled_run(train_step: Callable, sample: Callable, multi: bool, mesh=None)
             batch = sample(data_key)
         else:  # truncated BPTT: the sampler keeps a cursor
             s, batch = sample_stream(sample, s, data_key)
-        return train_step(s, batch if mesh is None else constrain_batch(batch, mesh))
+        return train_step(s, placement.constrain_batch(batch))
 
     def run(s, n):
         return jax.lax.scan(one_step, s, None, length=n)
 
-    if mesh is not None:
-        return sharded_run(run, mesh, multi)
-    return jax.jit(jax.vmap(run, in_axes=(0, None)) if multi else run, static_argnums=1)
+    return placement.compile_run(run, multi)
 
 
 @functools.lru_cache(maxsize=32)
-def compiled_eval(eval_fn: Callable, multi: bool, mesh=None) -> Callable:
-    if mesh is not None:
-        return sharded_eval(eval_fn, mesh, multi)
-    return jax.jit(jax.vmap(eval_fn) if multi else eval_fn)
+def compiled_eval(eval_fn: Callable, multi: bool, placement: Placement) -> Callable:
+    return placement.compile_eval(eval_fn, multi)
 
 
 def _to_host(tree):
