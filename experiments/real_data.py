@@ -15,7 +15,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import fmt_metric, parse_config, plot_curves, run_cell, write_report  # noqa: E402
+from _common import fmt_metric, parse_config, run_cell, write_report  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Config:
 def main(config: Config) -> dict:
     import jax
 
-    from memcell import tasks
+    from memcell import plot, tasks
 
     results, panels, base_lines, lines = {}, {}, {}, []
     sample = None
@@ -72,7 +72,7 @@ def main(config: Config) -> dict:
                       "```", sample, "```", ""]
     out = pathlib.Path(config.out) / "real_data"
     out.mkdir(parents=True, exist_ok=True)
-    plot_curves(out / "curves.png", panels, "loss")
+    plot.evaluation_curves(out / "curves.png", panels, "loss")
     lines.append("![learning curves (test loss)](curves.png)")
     write_report(out, "Real data: cells against baselines", config, lines, results)
     return results
