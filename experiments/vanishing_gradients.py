@@ -398,8 +398,13 @@ def write_report(results: dict, labels: dict, cfg: Config, out: pathlib.Path, se
             "![gradient norm vs lag after training](figures/vanishing_gradients_trained.png)",
             "![dL/dh by lag before the readout, at init and after training](figures/vanishing_gradients_loss_profile.png)",
         ]
+    prov = provenance()
     text = f"""{guide}
+<!-- recorded: {prov["command"]} -->
+Recorded with `{prov["command"]}` at commit `{prov["commit"]}`:
+
 {markdown_table(table_rows(results, labels))}
+<!-- end -->
 
 {figs[0]}
 
@@ -414,7 +419,7 @@ off the measurements by the script:
 
 {f"The second figure repeats the first after training; the third shows the gradient of the training loss with respect to the hidden state k steps before the readout, ||dL/dh_(T-k)||, averaged over {cfg.batch_size} test sequences of the training task, at initialisation and after training (`memcell.tasks.gradient_norms_by_lag`, from `loss_gradient_norms`' zero probes through `unroll_with_probes`): the loss sits at the last step, so its gradient reaches early steps only through the product above." if cfg.train_steps > 0 else ""}
 
-{provenance_line(provenance())} Config: `{json.dumps(dataclasses.asdict(cfg))}`; {seconds:.0f} s on this machine
+{provenance_line(prov)} Config: `{json.dumps(dataclasses.asdict(cfg))}`; {seconds:.0f} s on this machine
 (jax {jax.__version__}, {jax.default_backend()}).
 """
     (out / "report.md").write_text(text)

@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import json
 import pathlib
+import re
 import sys
 
 import numpy as np
@@ -128,3 +129,63 @@ def test_the_demo_draws_each_of_its_12_cells_in_a_colour_of_its_own(tmp_path, mo
             dashed = {line.get_label().split(":")[0] for line in lines if line.get_linestyle() == "--"}
             assert dashed == {labels[n] for n in names if n.startswith("rnn")}  # the tanh RNNs, as the text says
     assert len(drawn) == 2
+
+
+# ----------------------------------------------------------------------------- recorded tables in docs/
+
+DOCS = EXPERIMENTS.parent / "docs"
+# A recorded table sits between these markers, with its command in the first and its commit in the text.
+RECORDED = re.compile(r"<!-- recorded: (?P<command>[^>]*?) -->\n(?P<body>.*?)<!-- end -->", re.S)
+# The recorded commands cheap enough to rerun in test-slow (minutes each on 2 cores).
+CHEAP = (
+    "python experiments/long_dependency.py --task copy --lengths 10,20 --seeds 2",
+    "python experiments/reproduce.py --only irnn_le",
+    "python experiments/reproduce.py --only greff_variants",
+)
+
+
+def recorded_tables() -> dict:
+    """``{command: (page, body)}`` of every recorded block of the results pages."""
+    found = {}
+    for page in ("tasks.md", "reproductions.md", "vanishing_gradients.md"):
+        for m in RECORDED.finditer((DOCS / page).read_text()):
+            found.setdefault(m["command"], (page, m["body"]))
+    return found
+
+
+def _table(text: str, drop=("wall s",)) -> list[list[str]]:
+    """The first markdown table of ``text``, as rows of cells, without the columns named in ``drop``."""
+    rows, started = [], False
+    for line in text.splitlines():
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+            started = True
+        elif started:
+            break
+    keep = [i for i, name in enumerate(rows[0]) if name not in drop] if rows else []
+    return [[r[i] for i in keep if i < len(r)] for r in rows]
+
+
+def test_every_recorded_table_names_its_command_and_commit():
+    tables = recorded_tables()
+    assert len(tables) >= 10 and set(CHEAP) <= set(tables)
+    for command, (page, body) in tables.items():
+        assert command.startswith(("python experiments/", "memcell ")), (page, command)
+        assert re.search(r"commit `[0-9a-f]{7,}`", body), (page, command)
+        assert _table(body), (page, command)
+
+
+@pytest.mark.slow  # 1-3 minutes each on 2 cores
+@pytest.mark.parametrize("command", CHEAP)
+def test_a_cheap_recorded_table_still_comes_out_of_its_command(command, tmp_path):
+    """Reruns a recorded command and compares its table with the page's (wall times aside): a
+    table that no longer reproduces fails here, naming its command."""
+    import shlex
+    import subprocess
+
+    page, body = recorded_tables()[command]
+    argv = shlex.split(command)
+    subprocess.run([sys.executable, *argv[1:], "--out", str(tmp_path)], cwd=EXPERIMENTS.parent, check=True,
+                   capture_output=True)
+    (report,) = tmp_path.rglob("report.md")
+    assert _table(report.read_text()) == _table(body), f"{page}: the table of `{command}` no longer reproduces"
