@@ -2,7 +2,8 @@
 lag, and per-seed values. ``memcell.plot`` re-exports them; the experiments draw with them.
 
 Every series of one panel gets a colour of its own (``distinct_colors``): up to 20 from
-matplotlib's tab10 then tab20's lighter shades, beyond that evenly spaced on a colour map.
+matplotlib's tab10 then ten colours far from its hues (black, gold, blue, ...), beyond that evenly
+spaced on a colour map.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import numpy as np
 
 __all__ = ["distinct_colors", "evaluation_curves", "norms_by_lag", "seed_values"]
 
+# After tab10's ten: colours far from all of them (a light shade of a tab10 hue reads as the same hue).
+_BEYOND_TAB10 = ((0.0, 0.0, 0.0), (1.0, 0.84, 0.0), (0.0, 0.0, 1.0), (1.0, 0.0, 1.0), (0.0, 0.0, 0.5),
+                 (0.53, 0.81, 0.98), (0.0, 1.0, 0.0), (1.0, 0.08, 0.58), (0.55, 0.0, 0.55), (0.0, 1.0, 0.5))
 # A series given as {phase: norms} draws each phase in the series' colour, in these styles.
 PHASE_STYLES = {"initial": "--", "init": "--", "trained": "-"}
 
@@ -29,7 +33,8 @@ def _pyplot():
 
 
 def distinct_colors(n: int) -> list:
-    """``n`` colours, all different: tab10, then tab20's light shades, then a colour map's spread.
+    """``n`` colours, all different: tab10, then ten far from its hues (black, gold, blue, ...), then
+    a colour map's spread.
 
     Example:
       >>> from memcell import plot
@@ -39,9 +44,8 @@ def distinct_colors(n: int) -> list:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     plt = _pyplot()
-    if n <= 20:
-        tab20 = plt.get_cmap("tab20").colors  # dark and light shade of each tab10 hue, alternating
-        return list((plt.get_cmap("tab10").colors + tab20[1::2])[:n])
+    if n <= len(_BEYOND_TAB10) + 10:
+        return list(plt.get_cmap("tab10").colors + _BEYOND_TAB10)[:n]
     return [plt.get_cmap("turbo")(x) for x in np.linspace(0.05, 0.95, n)]
 
 

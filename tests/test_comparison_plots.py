@@ -26,6 +26,10 @@ def test_distinct_colors_are_distinct(n):
     assert len(colors) == n == len(set(colors))
     with pytest.raises(ValueError, match="n must be a non-negative int, got -1"):
         plot.distinct_colors(-1)
+    if 0 < n <= 20:  # and far apart: no two within 0.25 in RGB (a light shade of a hue is not a colour of its own)
+        rgb = np.array([matplotlib.colors.to_rgb(c) for c in plot.distinct_colors(n)])
+        gaps = np.linalg.norm(rgb[:, None] - rgb[None], axis=-1) + 9 * np.eye(n)
+        assert gaps.min() > 0.25
 
 
 def test_evaluation_curves_draw_the_mean_over_seeds_and_the_baselines(drawn, tmp_path):
