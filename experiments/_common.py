@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import platform
 import shlex
 import subprocess
 import sys
@@ -54,9 +55,26 @@ def parse_config(cls, argv=None):
     return cls(**values)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``lscpu``), else the platform's own name."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """The CPU and the jax version a run had: recorded numbers are only reproduced bit for bit on the
+    same (XLA:CPU's floating-point code, hence chaotic training runs, differ between CPUs)."""
+    import jax
+
+    return f"{cpu_name()}; jax {jax.__version__}"
+
+
 def provenance(argv=None) -> dict:
-    """Where a run came from: its command line and the commit it ran (``-dirty`` with local changes),
-    so that a recorded number can be traced to its code and found stale by rerunning the command."""
+    """Where a run came from: its command line, the commit it ran (``-dirty`` with local changes) and
+    the machine, so that a recorded number can be traced to its code and found stale by rerunning."""
     argv = sys.argv if argv is None else argv
     script = pathlib.Path(argv[0])
     try:
@@ -68,11 +86,16 @@ def provenance(argv=None) -> dict:
                                 capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown (not a git checkout)"
-    return {"command": shlex.join(["python", str(script), *argv[1:]]), "commit": commit}
+    return {"command": shlex.join(["python", str(script), *argv[1:]]), "commit": commit, "machine": machine()}
 
 
 def provenance_line(prov: dict) -> str:
-    return f"Command: `{prov['command']}`; commit `{prov['commit']}`."
+    return f"Command: `{prov['command']}`; commit `{prov['commit']}`; machine: {prov['machine']}."
+
+
+def recorded_marker(prov: dict) -> str:
+    """The opening marker of a recorded table in docs/ (closed by ``<!-- end -->``)."""
+    return f"<!-- recorded: {prov['command']} | machine: {prov['machine']} -->"
 
 
 def run_cell(task, cell: str, hidden: int, *, seeds: int, steps: int, batch_size: int, lr: float, eval_every: int,

@@ -39,7 +39,7 @@ from memcell import plot as figures
 from memcell import tasks, train
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import parse_config, provenance, provenance_line  # noqa: E402
+from _common import parse_config, provenance, provenance_line, recorded_marker  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -400,8 +400,8 @@ def write_report(results: dict, labels: dict, cfg: Config, out: pathlib.Path, se
         ]
     prov = provenance()
     text = f"""{guide}
-<!-- recorded: {prov["command"]} -->
-Recorded with `{prov["command"]}` at commit `{prov["commit"]}`:
+{recorded_marker(prov)}
+Recorded with `{prov["command"]}` at commit `{prov["commit"]}` ({prov["machine"]}):
 
 {markdown_table(table_rows(results, labels))}
 <!-- end -->
