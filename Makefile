@@ -8,7 +8,7 @@ CORE_STAMP := $(VENV)/.installed-core
 BENCH_STAMP := $(VENV)/.installed-bench
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install test test-slow demo bench docs clean
+.PHONY: install test test-slow demo demo-docs bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test-slow: $(STAMP)
 
 demo: $(CORE_STAMP)
 	$(PY) experiments/vanishing_gradients.py
+
+# The demo again, and its report and figures copied over docs/vanishing_gradients.md and
+# docs/figures/: the one explicit way to refresh that page (`make demo` writes into results/ only).
+demo-docs: $(CORE_STAMP)
+	$(PY) experiments/vanishing_gradients.py --docs-dir docs
 
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run.py

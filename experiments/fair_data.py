@@ -7,14 +7,18 @@ with the best mean validation metric over seeds is chosen, and only then is the 
 evaluated, once, with those params. Cells are compared at equal width and at equal parameters
 (a tanh RNN widened to the LSTM's parameter count). The char LM is a stacked LSTM under
 ``experiments/char_lm.py``'s protocol (truncated BPTT, dropout, selection on the held-out
-text's first part, report on the rest).
+text's first part, report on the rest; ``_common.train_char_lm``).
+
+On the library: ``memcell.train.fit`` trains each sweep, keeping each model's best params
+(``KeepBest``); ``memcell.train.choose_learning_rate`` chooses the rate; the gradient flow is
+``memcell.tasks.gradient_norms_by_lag``; the figures are ``memcell.plot``'s.
 
     python experiments/fair_data.py                       # vowels, digits, sunspots, char_lm
     python experiments/fair_data.py --quick true          # a short version (vowels, a few hundred updates)
     python experiments/fair_data.py --tasks vowels --seeds 5
 
-Writes results/fair_data/report.md, results.json and figures (learning curves, gradient
-flow through time on the task's validation sequences).
+Writes results/fair_data/report.md, results.json and figures (learning curves, the loss
+gradient's norm by lag before the readout on the task's validation sequences).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import parse_config, plot_curves
+from memcell.train import summarize  # noqa: E402
+
+from _common import char_lm_model, parse_config, provenance, provenance_line, train_char_lm  # noqa: E402
 
 # Protocol constants. Every task gets the same ones; only the step budget differs (by task size).
 TASK_STEPS = {"vowels": 1000, "digits": 1200, "sunspots": 1000}  # the recorded run (docs/tasks.md)
@@ -51,7 +57,6 @@ class Config:
     clip_norm: float = 1.0
     valid_fraction: float = 0.2
     backend: str = "auto"  # the fused path where it applies
-    max_minutes: float = 0.0  # wall-time cap of one cell's sweep (0: none)
     # char LM: a stacked LSTM, experiments/char_lm.py's protocol (truncated BPTT, dropout, cosine decay)
     lm_cells: tuple[str, ...] = ("lstm",)
     lm_hidden: int = 256
@@ -64,7 +69,7 @@ class Config:
     lm_seeds: int = 1
     lm_eval_every: int = 500
     lm_valid_chars: int = 20000  # the first ones of the held-out text select; the rest report
-    lm_max_minutes: float = 0.0  # wall-time cap of the char LM's run (0: none)
+    lm_warmup: int = 100
     quick: bool = False
     out: str = "results"
 
@@ -85,81 +90,35 @@ def equal_param_width(input_size: int, output_size: int, target: int) -> int:
     return min(range(1, 4 * int(math.sqrt(target)) + 2), key=lambda h: abs(count(h) - target))
 
 
-def split_heldout(task, n_valid_windows: int):
-    """The char LM's held-out windows cut in two: the first ``n_valid_windows`` select, the rest report."""
-    valid = {k: v[:n_valid_windows] for k, v in task.test.items()}
-    test = {k: v[n_valid_windows:] for k, v in task.test.items()}
-    return task._replace(test=valid), task._replace(test=test)
+def sweep(task_valid, model, *, lrs, seeds, steps, batch_size, eval_every, patience, clip_norm):
+    """Trains every (learning rate, seed) pair together with ``memcell.train.fit``, keeping each
+    one's best-validation-loss params (``KeepBest`` with ``patience``), and chooses the rate with
+    the best mean validation loss over seeds (``choose_learning_rate``).
 
-
-def sweep(task_valid, model, *, lrs, seeds, steps, batch_size, eval_every, patience, clip_norm, max_minutes=0.0):
-    """Trains every (learning rate, seed) pair together; keeps each one's best-validation-loss params.
-
-    Returns a dict: ``best_params`` (stacked, ``len(lrs) * len(seeds)`` models, lr-major),
+    Returns a dict: ``choice`` (the ``LearningRateChoice``), ``best_params`` (stacked, lr-major),
     ``best_loss`` and ``best_valid`` (the task's metric at those params) ``[n_lr, n_seed]``,
-    ``best_step``, ``history`` (one dict an evaluation; the loop also ends after ``max_minutes``
-    of wall time when that is > 0),
-    ``steps_run`` and ``wall_time``.
+    ``best_step`` (per model), ``history`` (one dict an evaluation), ``steps_run`` and ``wall_time``.
     """
-    import jax
-    import jax.numpy as jnp
-
     from memcell import tasks, train
 
-    metric, lower = "loss", True  # select on the validation loss: smoother than accuracy on a few hundred cases
-    keys = [s for _ in lrs for s in seeds]  # the same init and data stream for a seed at every lr
-    lr_of = [lr for lr in lrs for _ in seeds]
+    model_seeds, model_lrs = train.sweep_models(lrs, seeds)  # the same init and data for a seed at every lr
     tx = train.optimizer(lrs[0], clip_norm=clip_norm)
-    states = train.init_states(keys, lambda k: model.init(k, task_valid.input_size), tx, learning_rates=lr_of)
-    step = train.make_train_step(tasks.loss_fn(task_valid, model), tx)
-    evaluate = jax.vmap(tasks.eval_fn(task_valid, model))
-    n = len(keys)
-
-    def one(s, _):
-        data_key = jax.random.split(jax.random.fold_in(s.key, s.step))[0]
-        s, m = step(s, task_valid.sample(data_key, batch_size))
-        return s, m["loss"]
-
-    @jax.jit
-    def chunk(states, best_params, best_val, best_metric, active):
-        states, losses = jax.vmap(lambda s: jax.lax.scan(one, s, None, length=eval_every))(states)
-        val = evaluate(states.params)
-        v = jnp.where(jnp.isfinite(val[metric]), val[metric], jnp.inf if lower else -jnp.inf)
-        better = active & ((v < best_val) if lower else (v > best_val))
-        pick = lambda b, p: jnp.where(better.reshape((n,) + (1,) * (p.ndim - 1)), p, b)
-        return (states, jax.tree.map(pick, best_params, states.params), jnp.where(better, v, best_val),
-                jnp.where(better, val[task_valid.metric], best_metric), better, val, losses.mean(1))
-
-    t0 = time.perf_counter()
-    best_params = states.params
-    best_val = jnp.full((n,), jnp.inf if lower else -jnp.inf)
-    best_metric = jnp.full((n,), jnp.nan)
-    best_step = np.zeros(n, np.int64)
-    bad = np.zeros(n, np.int64)
-    history = []
-    for i in range(1, steps // eval_every + 1):
-        active = jnp.asarray(bad < patience)
-        states, best_params, best_val, best_metric, better, val, train_loss = chunk(
-            states, best_params, best_val, best_metric, active)
-        better = np.asarray(better)
-        best_step[better] = i * eval_every
-        bad = np.where(better, 0, bad + 1)
-        history.append({"step": i * eval_every, "train_loss": np.asarray(train_loss).tolist(),
-                        **{k: np.asarray(v).tolist() for k, v in val.items()}})
-        if np.all(bad >= patience) or (max_minutes and time.perf_counter() - t0 > 60 * max_minutes):
-            break
+    states = train.init_states(model_seeds, lambda k: model.init(k, task_valid.input_size), tx,
+                               learning_rates=model_lrs)
+    # select on the validation loss: smoother than accuracy on a few hundred cases
+    r = train.fit(train.make_train_step(tasks.loss_fn(task_valid, model), tx), states,
+                  lambda key: task_valid.sample(key, batch_size), steps=steps, eval_fn=tasks.eval_fn(task_valid, model),
+                  eval_every=eval_every, keep_best=train.KeepBest("loss", "min", patience=patience),
+                  steps_per_call=eval_every, progress=False)
+    at = {h["step"]: h for h in r.history}
+    metric = task_valid.metric
+    best_valid = [np.nan if s is None else at[s][metric][i] for i, s in enumerate(r.best_step)]
     shape = (len(lrs), len(seeds))
-    return {"best_params": best_params, "best_valid": np.asarray(best_metric).reshape(shape),
-            "best_loss": np.asarray(best_val).reshape(shape),
-            "best_step": best_step.reshape(shape), "history": history, "steps_run": history[-1]["step"],
-            "wall_time": time.perf_counter() - t0}
-
-
-def choose(best_valid: np.ndarray, mode: str) -> int:
-    """The index of the learning rate with the best mean validation value over seeds (NaN or inf: worst)."""
-    worst = np.inf if mode == "min" else -np.inf
-    means = np.where(np.isfinite(best_valid), best_valid, worst).mean(axis=1)  # a diverged seed sinks its lr
-    return int(np.argmin(means) if mode == "min" else np.argmax(means))
+    best_loss = np.asarray(r.best_value, np.float64)
+    return {"choice": train.choose_learning_rate(best_loss, lrs, mode="min"), "best_params": r.best_params,
+            "best_valid": np.asarray(best_valid, np.float64).reshape(shape), "best_loss": best_loss.reshape(shape),
+            "best_step": r.best_step, "history": r.history, "steps_run": r.history[-1]["step"],
+            "wall_time": r.wall_time}
 
 
 def evaluate_test(task_test, model, params) -> dict:
@@ -172,12 +131,6 @@ def evaluate_test(task_test, model, params) -> dict:
     return {k: np.asarray(v).tolist() for k, v in out.items()}
 
 
-def stats(values) -> dict:
-    v = np.asarray(values, np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "min": float(v.min()), "max": float(v.max()), "n": len(v)}
-
-
 def build_model(cell: str, hidden: int, task, layers: int, backend: str):
     from memcell import tasks
 
@@ -186,7 +139,7 @@ def build_model(cell: str, hidden: int, task, layers: int, backend: str):
 
 
 def run_one(task_valid, task_test, cell, hidden, *, layers=1, lrs, seeds, steps, batch_size, eval_every, patience,
-            clip_norm, backend, max_minutes=0.0):
+            clip_norm, backend):
     """One cell on one task under the protocol: sweep on validation, choose the lr, test once."""
     import jax
 
@@ -194,54 +147,38 @@ def run_one(task_valid, task_test, cell, hidden, *, layers=1, lrs, seeds, steps,
     seeds = list(range(seeds))
     t0 = time.process_time()
     sw = sweep(task_valid, model, lrs=lrs, seeds=seeds, steps=steps, batch_size=batch_size, eval_every=eval_every,
-               patience=patience, clip_norm=clip_norm, max_minutes=max_minutes)
-    k = choose(sw["best_loss"], "min")
-    chosen = jax.tree.map(lambda x: x[k * len(seeds):(k + 1) * len(seeds)], sw["best_params"])
+               patience=patience, clip_norm=clip_norm)
+    choice, k = sw["choice"], sw["choice"].index
+    chosen = choice.take(sw["best_params"])
     test = evaluate_test(task_test, model, chosen)
-    one = jax.tree.map(lambda x: x[0], chosen)
     return {
-        "cell": cell, "hidden": hidden, "layers": layers, "params": param_count(one),
-        "lrs": list(lrs), "seeds": seeds, "chosen_lr": lrs[k],
-        "valid_by_lr": {str(lr): stats(sw["best_valid"][i]) for i, lr in enumerate(lrs)},
-        "valid_loss_by_lr": {str(lr): stats(sw["best_loss"][i]) for i, lr in enumerate(lrs)},
-        "best_step": sw["best_step"][k].tolist(), "steps_run": sw["steps_run"],
-        "valid": stats(sw["best_valid"][k]), "test": {m: stats(v) for m, v in test.items()}, "test_per_seed": test,
+        "cell": cell, "hidden": hidden, "layers": layers, "params": param_count(jax.tree.map(lambda x: x[0], chosen)),
+        "lrs": list(lrs), "seeds": seeds, "chosen_lr": choice.learning_rate,
+        "valid_by_lr": {str(lr): summarize(sw["best_valid"][i]) for i, lr in enumerate(lrs)},
+        "valid_loss_by_lr": {str(lr): summarize(sw["best_loss"][i]) for i, lr in enumerate(lrs)},
+        "best_step": [sw["best_step"][i] for i in choice.models], "steps_run": sw["steps_run"],
+        "valid": summarize(sw["best_valid"][k]), "test": {m: summarize(v) for m, v in test.items()}, "test_per_seed": test,
         "wall_time": sw["wall_time"], "cpu_minutes": (time.process_time() - t0) / 60,
-        "curve": [{"step": h["step"], **{m: h[m][k * len(seeds):(k + 1) * len(seeds)] for m in h if m != "step"}}
+        "curve": [{"step": h["step"], **{m: choice.take(np.asarray(h[m])).tolist() for m in h if m != "step"}}
                   for h in sw["history"]],
         "_model": model, "_params": chosen,
     }
 
 
 def gradient_flow(task_valid, model, params, init_params, n: int = 64) -> dict:
-    """Mean over ``n`` validation sequences of ``||dL/dh_t||`` (``memcell.jacobian.loss_gradient_norms``),
-    for the trained and the initial params of seed 0."""
-    import jax
-    import jax.numpy as jnp
-
+    """``||dL/dh||`` by lag before each sequence's readout, mean over the first ``n`` validation
+    sequences (``memcell.tasks.gradient_norms_by_lag``), for the trained and the initial params of seed 0."""
     from memcell import tasks
-    from memcell.jacobian import loss_gradient_norms
 
-    batch = jax.tree.map(lambda x: jnp.asarray(x[:n]), task_valid.test)
-    xs = tasks.features(task_valid, batch["xs"])
-    lengths = batch.get("lengths")
-    if lengths is not None:  # full-length sequences only, so every step t exists in each
-        keep = np.asarray(lengths) == int(np.max(lengths))
-        batch = jax.tree.map(lambda x: x[keep], batch)
-        xs, lengths = xs[keep], batch["lengths"]
-
-    def g(p):
-        loss_of_ys = lambda ys: task_valid.loss(model.head(p, ys, lengths), batch)[0]
-        return np.asarray(loss_gradient_norms(model.cell, p.rnn, xs, loss_of_ys).mean(0)).tolist()
-
-    return {"trained": g(params), "init": g(init_params)}
+    g = lambda p: np.asarray(tasks.gradient_norms_by_lag(task_valid, model, p, n=n)).tolist()
+    return {"trained": g(params), "initial": g(init_params)}
 
 
 def fmt(s: dict, digits: int = 3) -> str:
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
 
-def run_task(config: Config, name: str) -> dict:
+def run_task(config: Config, name: str, out: pathlib.Path) -> dict:
     """Every cell of ``config`` on task ``name`` under the protocol: results, curves and gradient flow."""
     import jax
 
@@ -249,7 +186,7 @@ def run_task(config: Config, name: str) -> dict:
 
     t_task = time.process_time()
     if name == "char_lm":
-        return run_char_lm(config)
+        return run_char_lm(config, out)
     task_valid = tasks.make(name, valid_fraction=config.valid_fraction, split="valid")
     task_test = tasks.make(name, valid_fraction=config.valid_fraction)
     cells = []
@@ -261,7 +198,7 @@ def run_task(config: Config, name: str) -> dict:
         else:
             cells.append((c, config.hidden, 1))
     kw = {"lrs": config.lrs, "seeds": config.seeds, "steps": config.steps or TASK_STEPS[name],
-          "batch_size": config.batch_size, "eval_every": config.eval_every, "max_minutes": config.max_minutes}
+          "batch_size": config.batch_size, "eval_every": config.eval_every}
     runs, curves, flows = {}, {}, {}
     for cell, hidden, layers in cells:
         label = f"{cell} {layers}x{hidden}" if layers > 1 else f"{cell} {hidden}"
@@ -282,31 +219,28 @@ def run_task(config: Config, name: str) -> dict:
             "config": dataclasses.asdict(config), "cpu_minutes": (time.process_time() - t_task) / 60}
 
 
-def run_char_lm(config: Config) -> dict:
-    """The char LM under ``experiments/char_lm.py``'s protocol, one run a cell of ``config.lm_cells``,
-    in ``run_task``'s form (valid: the held-out text's selection part; test: the rest)."""
-    import char_lm
-
+def run_char_lm(config: Config, out: pathlib.Path) -> dict:
+    """The char LM under ``experiments/char_lm.py``'s protocol (``_common.train_char_lm``), one run a
+    cell of ``config.lm_cells``, in ``run_task``'s form (valid: the held-out text's selection part; test: the rest)."""
     from memcell import tasks
 
     t_task = time.process_time()
     task = tasks.char_lm(config.lm_length)
     runs, curves = {}, {}
     for cell in config.lm_cells:
-        cfg = char_lm.Config(cell=cell, hidden=config.lm_hidden, layers=config.lm_layers, dropout=config.lm_dropout,
-                             length=config.lm_length, batch_size=config.lm_batch_size, steps=config.lm_steps,
-                             lrs=config.lm_lrs, seeds=config.lm_seeds, eval_every=config.lm_eval_every,
-                             valid_chars=config.lm_valid_chars, max_minutes=config.lm_max_minutes,
-                             backend=config.backend)
-        r = char_lm.train(cfg, task, char_lm.build_model(cfg, task))
-        label = f"{cell} {cfg.layers}x{cfg.hidden}" if cfg.layers > 1 else f"{cell} {cfg.hidden}"
-        k = cfg.lrs.index(r["chosen_lr"]) * cfg.seeds
-        curves[label] = [{"step": h["step"], "bpc": h["select_bpc"][k:k + cfg.seeds]} for h in r["history"]]
-        runs[label] = {"cell": cell, "hidden": cfg.hidden, "layers": cfg.layers, "params": r["params"],
-                       "lrs": list(cfg.lrs), "seeds": list(range(cfg.seeds)), "chosen_lr": r["chosen_lr"],
-                       "valid_by_lr": {lr: stats(v) for lr, v in r["select_by_lr"].items()},
-                       "best_step": r["best_step"], "steps_run": r["steps_run"], "valid": stats(r["select_bpc"]),
-                       "test": {"bpc": stats(r["report_bpc"])}, "test_per_seed": {"bpc": r["report_bpc"]},
+        model = char_lm_model(task, cell, config.lm_hidden, config.lm_layers, config.lm_dropout, config.backend)
+        r = train_char_lm(task, model, lrs=config.lm_lrs, seeds=config.lm_seeds, steps=config.lm_steps,
+                          batch_size=config.lm_batch_size, length=config.lm_length, warmup=config.lm_warmup,
+                          eval_every=config.lm_eval_every, valid_chars=config.lm_valid_chars,
+                          log_path=out / "logs" / f"char_lm_{cell}.jsonl")
+        label = f"{cell} {config.lm_layers}x{config.lm_hidden}" if config.lm_layers > 1 else f"{cell} {config.lm_hidden}"
+        k = config.lm_lrs.index(r["chosen_lr"]) * config.lm_seeds
+        curves[label] = [{"step": h["step"], "bpc": h["select_bpc"][k:k + config.lm_seeds]} for h in r["history"]]
+        runs[label] = {"cell": cell, "hidden": config.lm_hidden, "layers": config.lm_layers, "params": r["params"],
+                       "lrs": list(config.lm_lrs), "seeds": list(range(config.lm_seeds)), "chosen_lr": r["chosen_lr"],
+                       "valid_by_lr": {lr: summarize(v) for lr, v in r["select_by_lr"].items()},
+                       "best_step": r["best_step"], "steps_run": r["steps_run"], "valid": summarize(r["select_bpc"]),
+                       "test": {"bpc": summarize(r["report_bpc"])}, "test_per_seed": {"bpc": r["report_bpc"]},
                        "valid_split_bpc": r["valid_bpc"], "wall_time": r["wall_time"], "cpu_minutes": r["cpu_minutes"]}
         print(f"char_lm {label}: params {r['params']}, lr {r['chosen_lr']}, select {fmt(runs[label]['valid'], 4)}, "
               f"report bpc {fmt(runs[label]['test']['bpc'], 4)}, {r['steps_run']} steps, {r['wall_time']:.0f} s wall, "
@@ -324,14 +258,14 @@ def main(config: Config) -> dict:
     out = pathlib.Path(config.out) / "fair_data"
     (out / "tasks").mkdir(parents=True, exist_ok=True)
     for name in config.tasks:
-        result = run_task(config, name)
+        result = {**run_task(config, name, out), **provenance()}
         (out / "tasks" / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     order = ["vowels", "digits", "permuted_digits", "sunspots", "char_lm"]
     saved = sorted(out.glob("tasks/*.json"), key=lambda f: order.index(f.stem) if f.stem in order else len(order))
     results = {f.stem: json.loads(f.read_text()) for f in saved}
     lines = _report_lines(results)
     _figures(out, results, lines)
-    text = ["# Fair real-data comparisons", ""] + lines
+    text = ["# Fair real-data comparisons", "", provenance_line(provenance()), ""] + lines
     (out / "report.md").write_text("\n".join(text) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     print("\n".join(text))
@@ -361,30 +295,17 @@ def _report_lines(results) -> list[str]:
 
 
 def _figures(out, results, lines) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from memcell import plot
 
     for name, t in results.items():
-        plot_curves(out / f"curves_{name}.png", {f"{name}: validation, chosen lr": t["curves"]}, t["metric"])
+        plot.evaluation_curves(out / f"curves_{name}.png", {f"{name}: validation, chosen lr": t["curves"]}, t["metric"])
         lines.append(f"![{name}: validation {t['metric']} against steps](curves_{name}.png)")
     flows = {name: t["gradient_flow"] for name, t in results.items() if t["gradient_flow"]}
     if flows:
-        fig, axes = plt.subplots(1, len(flows), figsize=(4.2 * len(flows), 3.4), squeeze=False)
-        for ax, (name, runs) in zip(axes[0], flows.items()):
-            for i, (label, g) in enumerate(runs.items()):
-                for which, ls in (("trained", "-"), ("init", ":")):
-                    v = np.asarray(g[which])
-                    v = v[: int(np.max(np.nonzero(v)[0])) + 1]  # the steps the sequences have (vowels' padding reads 0)
-                    ax.semilogy(np.arange(len(v)), v / v.max(), ls=ls, color=f"C{i}", label=f"{label} {which}")
-            ax.set_title(f"{name}: ||dL/dh_t|| / max")
-            ax.set_xlabel("step t")
-            ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "gradient_flow.png", dpi=110)
-        plt.close(fig)
-        lines.append("![gradient norm through time, trained (solid) and initial (dotted) params](gradient_flow.png)")
+        plot.norms_by_lag(out / "gradient_flow.png", {f"{name}: ||dL/dh|| / max": runs for name, runs in flows.items()},
+                          relative_to="max", xlabel="lag k (steps before the readout)", ylabel="||dL/dh|| / max")
+        lines.append("![gradient norm by lag before the readout, trained (solid) and initial (dashed) params]"
+                     "(gradient_flow.png)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import fmt_metric, parse_config, plot_curves, run_cell, write_report  # noqa: E402
+from _common import fmt_metric, parse_config, run_cell, write_report  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Config:
 
 
 def main(config: Config) -> dict:
-    from memcell import tasks
+    from memcell import plot, tasks
 
     results, panels, base_lines = {}, {}, {}
     for T in config.lengths:
@@ -55,7 +55,8 @@ def main(config: Config) -> dict:
                   f"{config.seeds}, steps {r['steps']}, {r['wall_time']:.0f} s", flush=True)
     out = pathlib.Path(config.out) / config.task
     out.mkdir(parents=True, exist_ok=True)
-    plot_curves(out / "curves.png", panels, task.metric, base_lines, threshold=task.solved, log=True)
+    plot.evaluation_curves(out / "curves.png", panels, task.metric, baselines=base_lines, threshold=task.solved,
+                           log=True)
 
     metric = task.metric
     head = "| cell | " + " | ".join(f"T={T}" for T in config.lengths) + " |"

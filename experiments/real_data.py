@@ -15,7 +15,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import fmt_metric, parse_config, plot_curves, run_cell, write_report  # noqa: E402
+from _common import fmt_metric, parse_config, run_cell, write_report  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Config:
 def main(config: Config) -> dict:
     import jax
 
-    from memcell import tasks
+    from memcell import plot, tasks
 
     results, panels, base_lines, lines = {}, {}, {}, []
     sample = None
@@ -65,14 +65,14 @@ def main(config: Config) -> dict:
             model = tasks.sequence_model(tasks.make_cell("lstm", config.hidden), task.output_size, "all")
             rep = tasks.train_task(task, model, seeds=[0], steps=config.steps, batch_size=config.batch_size,
                                    learning_rate=config.lr)
-            params = jax.tree.map(lambda x: x[0], rep["state"].params)
+            params = jax.tree.map(lambda x: x[0], rep.state.params)
             sample = tasks.sample_text(task, model, params, jax.random.key(0), prompt="\n", length=config.sample_chars,
                                        temperature=config.temperature)
             lines += [f"Sample from an LSTM (seed 0, {config.steps} steps, temperature {config.temperature}):", "",
                       "```", sample, "```", ""]
     out = pathlib.Path(config.out) / "real_data"
     out.mkdir(parents=True, exist_ok=True)
-    plot_curves(out / "curves.png", panels, "loss")
+    plot.evaluation_curves(out / "curves.png", panels, "loss")
     lines.append("![learning curves (test loss)](curves.png)")
     write_report(out, "Real data: cells against baselines", config, lines, results)
     return results

@@ -5,12 +5,18 @@
     python experiments/reproduce.py --quick                     # every one, at a short budget (minutes)
     python experiments/reproduce.py --only greff_variants --seeds 3 --steps 600 --out results/reproduce
 
-Each reproduction writes results/reproduce/NAME/: ``results.json`` (every number, per seed),
-``report.md`` (the table: the paper's finding beside ours, and a verdict per row),
+The reproductions (papers, protocols, claims) are the data of ``reproductions.toml``. Each run of
+a recorded protocol writes results/reproduce/NAME/; a run with other settings (``--quick``,
+``--steps``, ``--seeds``, ``--lengths``, ``--eval-every``, ``--cells``) writes results/reproduce/
+NAME/SETTINGS/ (``quick``, ``steps=4000-lengths=400``, ...), never over the recorded run, and its
+report names its settings. Each writes ``results.json`` (every number, per seed), ``report.md``
+(the table: the paper's finding beside ours, and a verdict per row),
 ``curves.png`` (test metric against updates, mean over seeds with a min-max band, baselines
 dashed; a sweep of several learning rates trains against a validation set instead, chooses the
-rate on it, and reads the test set once with the chosen rate's params) and, where it explains the result, ``flow.png`` (the loss gradient's norm against lag,
-``memcell.jacobian.loss_gradient_norms``, at init and after training).
+rate on it with ``memcell.train.choose_learning_rate``, and reads the test set once with the
+chosen rate's params) and, where it explains the result, ``flow.png`` (the loss gradient's norm
+against lag, ``memcell.tasks.gradient_norms_by_lag``, its slope by ``memcell.jacobian.decay_rate``,
+at init and after training). Figures are ``memcell.plot``'s.
 
 The published budgets (tens of thousands of updates at T = 750) do not fit a shared 2-core CPU;
 every protocol below states its budget, and the verdicts only say what that budget allows:
@@ -24,14 +30,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import pathlib
 import sys
 import time
+import tomllib
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import plot_curves
+from _common import provenance, provenance_line, split_heldout  # noqa: E402
 
 # A run "beats" a baseline when its final test metric is below this fraction of it (min tasks):
 # a clear margin, so a seed hovering at the baseline does not count.
@@ -79,81 +87,22 @@ class GreffProtocol:
 
 # ----------------------------------------------------------------------------- the reproductions
 
-PAPERS = {
-    "arjovsky": "Arjovsky, Shah and Bengio 2016, Unitary Evolution Recurrent Neural Networks (ICML), section 4",
-    "tallec": "Tallec and Ollivier 2018, Can recurrent neural networks warp time? (ICLR), section 5",
-    "le": "Le, Jaitly and Hinton 2015, A simple way to initialize recurrent networks of rectified linear units, section 4.1",
-    "greff": "Greff, Srivastava, Koutnik, Steunebrink and Schmidhuber 2017, LSTM: A Search Space Odyssey (IEEE TNNLS)",
-}
 
-REPRODUCTIONS = {
-    "adding_arjovsky": {
-        "paper": "arjovsky",
-        "protocol": Protocol("adding", (100, 400), ("rnn", "irnn", "lstm"), hidden=128, steps=400,
-                          batch_size=20, lrs=(1e-3,), seeds=2),
-        "quick": Protocol("adding", (10, 60), ("rnn", "lstm"), hidden=32, steps=300, batch_size=20, lrs=(1e-2,),
-                       seeds=1, eval_every=100, n_test=200, flow=False),
-        "claims": {"rnn": "at the baseline (0.167) from T = 100", "irnn": "at the baseline (0.167) from T = 100",
-                "lstm": "beats the baseline up to T = 400; at it for T = 750"},
-        "differs": "RMSprop lr 1e-3 (decay 0.9), clip 1, batch 20 and 128 units as the paper; far fewer updates "
-                "(their script's default is 20 000), 2 seeds, stopped early once every seed solves (MSE < 0.01); T = 750 is left "
-                "to adding_chrono (the budget did not stretch to every cell at T = 750). Their clipping is elementwise "
-                "to [-1, 1] (their adding_problem.py); ours clips the global norm to 1. They draw a fixed training set "
-                "of 100 000 sequences; we draw fresh batches.",
-    },
-    "adding_chrono": {
-        "paper": "tallec",
-        "protocol": Protocol("adding", (750, 1000), ("lstm_chrono",), hidden=128, steps=8000, batch_size=20,
-                          lrs=(1e-3,), seeds=1, eval_every=250),
-        "quick": Protocol("adding", (60,), ("lstm_chrono", "lstm"), hidden=32, steps=300, batch_size=20, lrs=(1e-2,),
-                       seeds=1, n_test=200, flow=True),
-        "claims": {"lstm_chrono": "solves T = 750 about 7x faster than the default init (which needs ~tens of thousands "
-                               "of updates); goal here: MSE < 0.01 at T = 750, and T = 1000 reported",
-                "lstm": "the default init: slower (see adding_arjovsky at T = 750)"},
-        "differs": "Tallec and Ollivier use the Arjovsky protocol (128 units, RMSprop 1e-3, batch 20) with chrono init "
-                "T_max = T; ours as theirs (global-norm clipping, fresh batches), at most 8000 updates, stopped at the first "
-                "evaluation under MSE 0.01, 1 seed a length.",
-    },
-    "copy_arjovsky": {
-        "paper": "arjovsky",
-        "protocol": Protocol("copy", (100, 200, 500), ("lstm", "lstm_chrono"), hidden=40, steps=400, batch_size=20,
-                          lrs=(1e-3,), seeds=1, eval_every=100),
-        "quick": Protocol("copy", (10,), ("lstm", "lstm_chrono"), hidden=32, steps=300, batch_size=20, lrs=(1e-2,),
-                       seeds=1, n_test=200, flow=False),
-        "claims": {"lstm": "beats the memoryless baseline at T = 100, sits on it from T = 200 (default init)",
-                "lstm_chrono": "leaves the baseline at T = 500 (Tallec and Ollivier)"},
-        "differs": "10 symbols of 8, lag T, RMSprop 1e-3, batch 20, 40 LSTM units as in the paper; chrono T_max = T + 20 "
-                "(the sequence length); far fewer updates than the paper's.",
-    },
-    "irnn_le": {
-        "paper": "le",
-        "protocol": Protocol("adding", (150, 300), ("rnn", "irnn"), hidden=100, steps=300, batch_size=16,
-                          lrs=(1e-2, 1e-3, 1e-4), optimizer="sgd", clip_norm=10.0, seeds=1),
-        "quick": Protocol("adding", (20,), ("rnn", "irnn"), hidden=16, steps=200, batch_size=16, lrs=(1e-2, 1e-3),
-                       optimizer="sgd", clip_norm=10.0, seeds=1, n_test=200, flow=False),
-        "claims": {"rnn": "tanh RNN: fails from T = 150 (stays at the baseline)",
-                "irnn": "IRNN: solves T = 150 to 300 (MSE near 0), with small learning rates and clipping"},
-        "differs": "Le et al.: 100 units, SGD, batch 16, a grid of learning rates and clipping; ours: SGD with lrs "
-                "1e-2, 1e-3, 1e-4 vmapped and clip 10 (the rate chosen on an independent validation draw), and a "
-                "few hundred updates where they used about a million examples.",
-    },
-    "greff_variants": {
-        "paper": "greff",
-        "protocol": GreffProtocol(),
-        "quick": GreffProtocol(tasks=("adding",), variants=("vanilla", "NFG", "CIFG"), hidden=8, steps=100,
-                            lrs=(1e-2,), seeds=2, adding_length=10, eval_every=50),
-        "claims": {"NFG": "removing the forget gate hurts significantly", "NOAF": "removing the output activation "
-                "hurts significantly", "CIFG": "coupling input and forget gates costs nothing",
-                "NP": "removing peepholes costs nothing"},
-        "differs": "Greff et al. ran 5400 random-search trials on TIMIT, IAM and JSB; ours: every variant on "
-                "adding (T = 50) and vowels (char_lm left out of the default for the budget; GreffProtocol(tasks=...) "
-                "adds it) with 32 units, Adam, 3 learning rates x 3 seeds vmapped, 300 updates; the learning "
-                "rate is chosen for every variant alike by the mean final metric on a validation set (adding: "
-                "an independent draw; vowels: 20% of the training utterances, held out of training; char_lm: "
-                "the first half of the held-out text), and the test set is read once, with the chosen rate's "
-                "params.",
-    },
-}
+def _load(path: pathlib.Path) -> tuple[dict, dict]:
+    """``(PAPERS, REPRODUCTIONS)`` from the data file: each reproduction's paper, protocols, claims."""
+    data = tomllib.loads(path.read_text())
+    papers = data.pop("papers")
+
+    def protocol(fields: dict):
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        return (GreffProtocol if "variants" in fields else Protocol)(**fields)
+
+    return papers, {name: {**spec, "protocol": protocol(spec["protocol"]), "quick": protocol(spec["quick"])}
+                    for name, spec in data.items()}
+
+
+# name -> {"paper", "differs", "protocol", "quick", "claims"}, in priority order
+PAPERS, REPRODUCTIONS = _load(pathlib.Path(__file__).with_name("reproductions.toml"))
 
 
 # ----------------------------------------------------------------------------- training
@@ -178,60 +127,50 @@ def _beats(task, value: float) -> bool:
 
 def train_sweep(task, cell, *, seeds: int, lrs, steps: int, batch_size: int, optimizer: str = "rmsprop",
                 clip_norm=1.0, eval_every: int = 100, stop_at_solved: bool = False, task_test=None) -> dict:
-    """Trains ``cell`` on ``task`` for every (learning rate, seed) at once; reports the best learning rate.
+    """Trains ``cell`` on ``task`` for every (learning rate, seed) at once (``tasks.train_task``, the
+    models laid out by ``train.sweep_models``), chooses the rate by the mean over seeds of the final
+    metric on ``task.test`` (``train.choose_learning_rate``: pass a task whose ``.test`` is a validation
+    set), then reads ``task_test.test`` once with the chosen rate's final params.
 
-    The learning rate is chosen on ``task.test`` (pass a task whose ``.test`` is a validation
-    set); with ``task_test``, the chosen rate's final params are then evaluated once on
-    ``task_test.test``, the number to report.
-
-    Args:
-      task: a ``memcell.tasks.Task``: training batches come from its sampler, every evaluation
-        (the history, the selection) from its ``.test``: the validation set when ``task_test`` is given.
-      cell: a ``Cell``; the model is ``sequence_model(cell, backend="auto")``.
-      seeds: seeds per learning rate (the same seeds, so the same inits, for every rate).
-      lrs: the learning rates swept (vmapped together with the seeds).
-      steps, batch_size, optimizer, clip_norm, eval_every, stop_at_solved: as for ``train_task``.
-      task_test: the task (same shapes as ``task``) whose ``.test`` is read once, after the
-        selection; None: no separate test set (``final`` is then the selection metric).
-
-    Returns:
-      A dict: ``lr`` (the best, by mean over seeds of the final metric on ``task.test``;
-      a seed that diverged sinks its rate), ``per_lr`` (that mean, a rate), ``valid``
-      (per-seed final metric on ``task.test`` at the best rate), ``final`` (per-seed metric to
-      report: on ``task_test.test`` when given, else ``valid``), ``test`` (every metric on
-      ``task_test.test``, per seed; None without ``task_test``), ``history`` (the best rate's
-      seeds, on ``task.test``), ``steps``, ``wall_time``, ``model`` and ``params`` (the best
-      rate's final params, stacked over seeds).
+    Returns a dict: ``lr``, ``per_lr`` (the mean final validation metric a rate), ``valid`` and
+    ``final`` (per seed of the chosen rate: on ``task.test``, and the number to report, on
+    ``task_test.test`` when given, else ``valid``), ``test`` (every metric on ``task_test.test``, or
+    None), ``history`` (the chosen rate's, on ``task.test``), ``steps``, ``wall_time``, ``model``,
+    ``params`` (the chosen rate's, stacked over seeds).
     """
+    from memcell import tasks, train
+
+    model = tasks.sequence_model(cell, task.output_size, task.readout, backend="auto")
+    lrs = [float(x) for x in lrs]
+    model_seeds, model_lrs = train.sweep_models(lrs, range(seeds))
+    t0 = time.perf_counter()
+    r = tasks.train_task(task, model, seeds=model_seeds, steps=steps, batch_size=batch_size,
+                         learning_rate=model_lrs if len(lrs) > 1 else lrs[0], optimizer=optimizer,
+                         clip_norm=clip_norm, eval_every=eval_every, stop_at_solved=stop_at_solved)
+    valid = np.asarray(r.final[task.metric], np.float64)
+    choice = train.choose_learning_rate(valid, lrs, mode=task.mode)
+    history = [{"step": h["step"], **{k: choice.take(np.asarray(v)).tolist() for k, v in h.items() if k != "step"}}
+               for h in r.history]
+    params = choice.take(r.state.params)
+    test = None
+    if task_test is not None:  # the test split, read once, for the chosen rate only
+        test = _evaluate(task_test, model, params)
+    valid = valid.reshape(len(lrs), seeds)
+    return {"lr": choice.learning_rate, "per_lr": dict(zip(map(str, lrs), valid.mean(1).tolist())),
+            "valid": valid[choice.index].tolist(),
+            "final": test[task.metric] if test is not None else valid[choice.index].tolist(),
+            "test": test, "history": history, "steps": r.steps, "wall_time": time.perf_counter() - t0,
+            "model": model, "params": params}
+
+
+def _evaluate(task, model, params) -> dict:
+    """``task.test``'s metrics for stacked ``params`` (one model a seed)."""
     import jax
 
     from memcell import tasks
 
-    model = tasks.sequence_model(cell, task.output_size, task.readout, backend="auto")
-    lrs = [float(x) for x in lrs]
-    seed_list = [s for _ in lrs for s in range(seeds)]
-    lr_list = [lr for lr in lrs for _ in range(seeds)]
-    t0 = time.perf_counter()
-    r = tasks.train_task(task, model, seeds=seed_list, steps=steps, batch_size=batch_size,
-                         learning_rate=lr_list if len(lrs) > 1 else lrs[0], optimizer=optimizer,
-                         clip_norm=clip_norm, eval_every=eval_every, stop_at_solved=stop_at_solved)
-    metric = task.metric
-    valid = np.asarray(r["final"][metric], np.float64).reshape(len(lrs), seeds)
-    score = np.where(np.isfinite(valid), valid, np.inf if task.mode == "min" else -np.inf).mean(1)
-    best = int(np.argmin(score) if task.mode == "min" else np.argmax(score))
-    idx = np.arange(best * seeds, (best + 1) * seeds)
-    history = [{"step": h["step"], **{k: np.asarray(v)[idx].tolist() for k, v in h.items() if k != "step"}}
-               for h in r["history"]]
-    params = jax.tree.map(lambda x: x[idx], r["state"].params)
-    test = None
-    if task_test is not None:  # the test split, read once, for the chosen rate only
-        test = jax.jit(jax.vmap(tasks.eval_fn(task_test, model)))(params)
-        test = {k: np.asarray(v, np.float64).tolist() for k, v in test.items()}
-    wall = time.perf_counter() - t0
-    return {"lr": lrs[best], "per_lr": dict(zip(map(str, lrs), valid.mean(1).tolist())),
-            "valid": valid[best].tolist(), "final": test[metric] if test is not None else valid[best].tolist(),
-            "test": test, "history": history, "steps": r["steps"], "wall_time": wall, "model": model,
-            "params": params}
+    out = jax.jit(jax.vmap(tasks.eval_fn(task, model)))(params)
+    return {k: np.asarray(v, np.float64).tolist() for k, v in out.items()}
 
 
 def _first_solved(history, metric: str, threshold: float) -> list:
@@ -241,46 +180,33 @@ def _first_solved(history, metric: str, threshold: float) -> list:
 
 
 def _flow_figure(path, runs: dict, task_of: dict) -> dict:
-    """``||dL/dh_t||`` (mean over 32 test sequences) against lag, at init and trained, one line a cell."""
+    """``||dL/dh||`` by lag before the output (``memcell.tasks.gradient_norms_by_lag``, mean over 32
+    test sequences), at init and trained (seed 0), one colour a cell; the slope of its log10 by lag
+    (``memcell.jacobian.decay_rate`` from lag 0, in decades a step, as the recorded runs fitted it)."""
     import jax
-    import jax.numpy as jnp
-    import matplotlib
 
-    from memcell import jacobian, tasks
+    from memcell import jacobian, plot, tasks
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.6, 3.6))
-    rates = {}
+    series, rates = {}, {}
     for label, run in runs.items():
         task, model = task_of[label], run["model"]
-        batch = jax.tree.map(lambda x: jnp.asarray(x[:32]), task.test)
-        xs = tasks.features(task, batch["xs"])
-        init = model.init(jax.random.key(0), task.input_size)
-        trained = jax.tree.map(lambda x: x[0], run["params"])
-        for phase, params, ls in (("init", init, "--"), ("trained", trained, "-")):
-            loss_of_ys = lambda ys, p=params, t=task, m=model, b=batch: t.loss(m.head(p, ys, None), b)[0]
-            g = np.asarray(jacobian.loss_gradient_norms(model.cell, params.rnn, xs, loss_of_ys).mean(0), np.float64)
-            lag = np.arange(len(g))[::-1]  # steps between h_t and the loss read at the last step
-            ok = g > 0
-            slope = np.polyfit(lag[ok], np.log10(g[ok]), 1)[0] if ok.sum() > 2 else float("nan")
-            rates[f"{label}/{phase}"] = {"log10_per_step": float(slope), "first_over_max": float(g[0] / g.max())}
-            ax.plot(lag, np.maximum(g, 1e-30), ls=ls, label=f"{label} {phase}")
-    ax.set_yscale("log")
-    ax.set_xlabel("lag (steps before the output)")
-    ax.set_ylabel("||dL/dh_t||")
-    ax.set_title("gradient flow, seed 0")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        # "init" is a fresh draw from key 0 (seed 0's own init is split from it): the recorded figures' draw
+        phases = {"init": model.init(jax.random.key(0), task.input_size),
+                  "trained": jax.tree.map(lambda x: x[0], run["params"])}
+        series[label] = {}
+        for phase, params in phases.items():
+            g = np.asarray(tasks.gradient_norms_by_lag(task, model, params, n=32), np.float64)
+            rate = float(jacobian.decay_rate(g, start=0)) / math.log(10.0)
+            rates[f"{label}/{phase}"] = {"log10_per_step": rate, "first_over_max": float(g[-1] / g.max())}
+            series[label][phase] = g
+    plot.norms_by_lag(path, {"gradient flow, seed 0": series}, xlabel="lag (steps before the output)",
+                      ylabel="||dL/dh_t||")
     return rates
 
 
-def run_protocol(name: str, p: Protocol, out: pathlib.Path) -> dict:
+def run_protocol(name: str, p: Protocol, out: pathlib.Path, settings: str = "") -> dict:
     """Every (cell, T) of ``p``: train, tabulate against the paper's claims, plot."""
-    from memcell import tasks
+    from memcell import plot, tasks
 
     results, panels, base_lines, flow_runs, flow_tasks = {}, {}, {}, {}, {}
     for T in p.lengths:
@@ -317,14 +243,14 @@ def run_protocol(name: str, p: Protocol, out: pathlib.Path) -> dict:
                 flow_runs[label], flow_tasks[label] = run, task
     out.mkdir(parents=True, exist_ok=True)
     metric = task.metric
-    plot_curves(out / "curves.png", panels, metric, base_lines, threshold=task.solved, log=True)
+    plot.evaluation_curves(out / "curves.png", panels, metric, baselines=base_lines, threshold=task.solved, log=True)
     figures = ["curves.png"]
     flow = {}
     if p.flow:
         flow = _flow_figure(out / "flow.png", flow_runs, flow_tasks)
         figures.append("flow.png")
     lines = _protocol_table(name, p, results, metric)
-    _write(out, name, dataclasses.asdict(p), lines, {"runs": results, "flow": flow}, figures)
+    _write(out, name, dataclasses.asdict(p), lines, {"runs": results, "flow": flow}, figures, settings)
     return {"runs": results, "flow": flow}
 
 
@@ -397,22 +323,19 @@ def greff_tasks(name: str, g: GreffProtocol):
         return (tasks.make("adding", g.adding_length, n_test=500, seed=VALID_SEED),
                 tasks.make("adding", g.adding_length, n_test=500))
     if name == "char_lm":
-        from fair_data import split_heldout
-
         full = tasks.make("char_lm", g.char_length)
         return split_heldout(full, len(full.test["xs"]) // 2)
     return (tasks.make(name, valid_fraction=0.2, split="valid"), tasks.make(name, valid_fraction=0.2, split="test"))
 
 
-def run_greff(name: str, g: GreffProtocol, out: pathlib.Path) -> dict:
+def run_greff(name: str, g: GreffProtocol, out: pathlib.Path, settings: str = "") -> dict:
     """Every LSTM variant on every task: the best learning rate's per-seed final metric."""
     import memcell
+    from memcell import plot
 
-    results, panels, base_lines = {}, {}, {}
+    results = {}
     for tname in g.tasks:
         task_valid, task = greff_tasks(tname, g)
-        panels[tname] = {}
-        base_lines[tname] = {b: v[task.metric] for b, v in task.baselines.items() if task.metric in v}
         for variant in g.variants:
             cell = memcell.lstm(g.hidden, **memcell.LSTM_VARIANTS[variant])
             run = train_sweep(task_valid, cell, seeds=g.seeds, lrs=g.lrs, steps=g.steps, batch_size=g.batch_size,
@@ -425,14 +348,14 @@ def run_greff(name: str, g: GreffProtocol, out: pathlib.Path) -> dict:
                 "valid_std": float(np.std(valid, ddof=1)) if len(valid) > 1 else 0.0, "test": run["test"],
                 "lr": run["lr"], "per_lr_valid": run["per_lr"], "steps": run["steps"], "wall_time": run["wall_time"],
                 "history_valid": run["history"]}
-            panels[tname][variant] = run["history"]
             print(f"[{name}] {tname} {variant}: test {task.metric} {np.mean(final):.4g} ± "
                   f"{results[f'{tname}/{variant}']['std']:.2g}, valid {np.mean(valid):.4g} (lr {run['lr']}, chosen on "
                   f"valid {run['per_lr']}), {run['wall_time']:.0f} s", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    _greff_figure(out / "variants.png", results, g)
+    plot.seed_values(out / "variants.png", {f"{t} (test {results[f'{t}/vanilla']['metric']})":
+                                            {v: results[f"{t}/{v}"]["final"] for v in g.variants} for t in g.tasks})
     lines = _greff_table(name, g, results)
-    _write(out, name, dataclasses.asdict(g), lines, {"runs": results}, ["variants.png"])
+    _write(out, name, dataclasses.asdict(g), lines, {"runs": results}, ["variants.png"], settings)
     return {"runs": results}
 
 
@@ -473,33 +396,93 @@ def _greff_table(name, g: GreffProtocol, results) -> list[str]:
     return lines
 
 
-def _greff_figure(path, results, g: GreffProtocol) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(g.tasks), figsize=(4.0 * len(g.tasks), 3.2), squeeze=False)
-    for ax, t in zip(axes[0], g.tasks):
-        for i, v in enumerate(g.variants):
-            r = results[f"{t}/{v}"]
-            ax.errorbar([i], [r["mean"]], yerr=[r["std"]], fmt="o", capsize=3)
-            ax.scatter([i] * len(r["final"]), r["final"], s=6, color="gray", zorder=3)
-        ax.set_xticks(range(len(g.variants)), g.variants, rotation=45, fontsize=7)
-        ax.set_title(f"{t} (test {results[f'{t}/vanilla']['metric']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+# ----------------------------------------------------------------------------- settings and the report
 
 
-# ----------------------------------------------------------------------------- the report
+class BadArgument(ValueError):
+    """An argument the run refuses, named (the command line adds its ``--``): ``f"{arg} {detail}"``."""
+
+    def __init__(self, arg: str, detail: str):
+        super().__init__(f"{arg} {detail}")
+        self.arg, self.detail = arg, detail
 
 
-def _write(out: pathlib.Path, name: str, protocol: dict, lines: list[str], results: dict, figures: list[str]) -> None:
-    text = [f"# {name}", "", f"Protocol: `{json.dumps(protocol)}`", ""] + lines + [""] + [
-        f"![{f}]({f})" for f in figures]
+def _positive_ints(arg: str, values) -> tuple[int, ...]:
+    values = tuple(values)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise BadArgument(arg, f"must be positive ints, got {values!r}")
+    return values
+
+
+def _check_lengths_and_cells(name: str, p: Protocol) -> None:
+    """Every (T, cell) of ``p`` can be built: the task accepts T, and each cell its options at T."""
+    from memcell import tasks
+
+    for T in p.lengths:
+        try:
+            seq_len = _seq_len(tasks.make(p.task, T, n_test=1))
+        except ValueError as e:
+            raise BadArgument("lengths", f"hold {T}, a length {name} refuses: {e}") from None
+        for label in p.cells:
+            try:
+                _cell(label, p.hidden, seq_len)
+            except ValueError as e:
+                raise BadArgument("lengths", f"hold {T}, where cell {label!r} cannot be built: {e}") from None
+
+
+def resolve(name: str, *, quick: bool = False, steps: int | None = None, seeds: int | None = None,
+            lengths: tuple[int, ...] | None = None, eval_every: int | None = None,
+            cells: tuple[str, ...] | None = None) -> tuple[Protocol | GreffProtocol, str]:
+    """The protocol a run follows, and the name of its settings: ``""`` for the recorded protocol
+    itself, else ``quick`` and/or the overrides (``steps=4000-lengths=400``), the folder it writes to
+    under ``out/name/`` so that it never replaces the recorded run. Raises ``BadArgument`` (a
+    ``ValueError`` naming the argument) before anything is trained or written."""
+    if name not in REPRODUCTIONS:
+        raise BadArgument("name", f"must be one of {sorted(REPRODUCTIONS)}, got {name!r}")
+    spec = REPRODUCTIONS[name]
+    p = spec["quick" if quick else "protocol"]
+    greff = isinstance(p, GreffProtocol)
+    changes = {}
+    for k, v in (("steps", steps), ("seeds", seeds), ("eval_every", eval_every)):
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise BadArgument(k, f"must be a positive int, got {v!r}")
+            changes[k] = v
+    if lengths is not None:
+        if greff:
+            raise BadArgument("lengths", f"cannot be overridden for {name!r} (its lengths are per task: "
+                                         f"adding_length, char_length)")
+        changes["lengths"] = _positive_ints("lengths", lengths)
+    if cells is not None:
+        cells = tuple(cells)
+        if greff or not cells or not set(cells) <= set(p.cells):
+            allowed = "none (its variants are fixed)" if greff else list(p.cells)
+            raise BadArgument("cells", f"must be a subset of {name!r}'s cells, {allowed}, got {list(cells)}")
+        changes["cells"] = cells
+    p = dataclasses.replace(p, **changes)
+    if lengths is not None:  # the protocol's own lengths are known to run
+        _check_lengths_and_cells(name, p)
+    if p == spec["protocol"]:
+        return p, ""
+    fmt = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    return p, "-".join((["quick"] if quick else []) + [f"{k}={fmt(v)}" for k, v in changes.items()])
+
+
+def _settings_line(name: str, settings: str) -> str:
+    if not settings:
+        return f"Settings: the recorded protocol of {name!r} (below)."
+    return (f"Settings: **{settings}**, not the recorded protocol of {name!r}: the budget below is the one this "
+            f"run had, and it is written to {name}/{settings}/, apart from the recorded run.")
+
+
+def _write(out: pathlib.Path, name: str, protocol: dict, lines: list[str], results: dict, figures: list[str],
+           settings: str = "") -> None:
+    prov = provenance()
+    text = [f"# {name}", "", provenance_line(prov), "", _settings_line(name, settings), "",
+            f"Protocol: `{json.dumps(protocol)}`", ""] + lines + [""] + [f"![{f}]({f})" for f in figures]
     (out / "report.md").write_text("\n".join(text) + "\n")
-    (out / "results.json").write_text(json.dumps({"name": name, "protocol": protocol, **results}, indent=1,
+    (out / "results.json").write_text(json.dumps({"name": name, "settings": settings or "recorded protocol",
+                                                  "protocol": protocol, **prov, **results}, indent=1,
                                                  default=float) + "\n")
     print("\n".join(lines))
     print(f"wrote {out / 'report.md'}", flush=True)
@@ -508,7 +491,8 @@ def _write(out: pathlib.Path, name: str, protocol: dict, lines: list[str], resul
 def run(name: str, *, quick: bool = False, out="results/reproduce", steps: int | None = None,
         seeds: int | None = None, lengths: tuple[int, ...] | None = None, eval_every: int | None = None,
         cells: tuple[str, ...] | None = None) -> dict:
-    """Runs one reproduction; writes ``out/name/{results.json, report.md, *.png}``.
+    """Runs one reproduction; writes ``out/name/`` (its recorded protocol) or ``out/name/SETTINGS/``
+    (any other settings, ``resolve``): ``results.json``, ``report.md``, ``*.png``.
 
     Args:
       name: a key of ``REPRODUCTIONS``.
@@ -521,55 +505,41 @@ def run(name: str, *, quick: bool = False, out="results/reproduce", steps: int |
     Returns:
       The results written to ``results.json``.
     """
-    if name not in REPRODUCTIONS:
-        raise ValueError(f"name must be one of {sorted(REPRODUCTIONS)}, got {name!r}")
-    spec = REPRODUCTIONS[name]
-    p = spec["quick" if quick else "protocol"]
-    changes = {k: v for k, v in (("steps", steps), ("seeds", seeds), ("eval_every", eval_every)) if v is not None}
-    if lengths is not None:
-        lengths = tuple(lengths)
-        if not lengths or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in lengths):
-            raise ValueError(f"lengths must be positive ints, got {lengths!r}")
-        if isinstance(p, GreffProtocol):
-            raise ValueError(f"lengths cannot be overridden for {name!r} (its lengths are per task)")
-        changes["lengths"] = lengths
-    if cells is not None:
-        cells = tuple(cells)
-        if isinstance(p, GreffProtocol) or not cells or not set(cells) <= set(p.cells):
-            allowed = "none (its variants are fixed)" if isinstance(p, GreffProtocol) else list(p.cells)
-            raise ValueError(f"cells must be a subset of {name!r}'s cells, {allowed}, got {list(cells)}")
-        changes["cells"] = cells
-    for k, v in changes.items():
-        if k not in ("lengths", "cells") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"{k} must be a positive int, got {v!r}")
-    p = dataclasses.replace(p, **changes)
-    target = pathlib.Path(out) / name
+    p, settings = resolve(name, quick=quick, steps=steps, seeds=seeds, lengths=lengths, eval_every=eval_every,
+                          cells=cells)
+    return _execute(name, p, settings, out)
+
+
+def _execute(name: str, p, settings: str, out) -> dict:
+    target = pathlib.Path(out) / name / settings if settings else pathlib.Path(out) / name
     if isinstance(p, GreffProtocol):
-        return run_greff(name, p, target)
-    return run_protocol(name, p, target)
+        return run_greff(name, p, target, settings)
+    return run_protocol(name, p, target, settings)
 
 
-def rewrite_report(name: str, out="results/reproduce") -> None:
-    """Rebuilds ``out/name/report.md`` from its ``results.json`` (no training): after a change to the tables."""
-    target = pathlib.Path(out) / name
+def rewrite_report(name: str, out="results/reproduce", settings: str = "") -> None:
+    """Rebuilds a run's ``report.md`` from its ``results.json`` (no training): after a change to the tables."""
+    target = pathlib.Path(out) / name / settings if settings else pathlib.Path(out) / name
     saved = json.loads((target / "results.json").read_text())
     figures = sorted(f.name for f in target.glob("*.png"))
+    as_fields = lambda d: {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     if name == "greff_variants":
-        g = GreffProtocol(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["protocol"].items()})
-        _write(target, name, saved["protocol"], _greff_table(name, g, saved["runs"]), {"runs": saved["runs"]}, figures)
+        g = GreffProtocol(**as_fields(saved["protocol"]))
+        _write(target, name, saved["protocol"], _greff_table(name, g, saved["runs"]), {"runs": saved["runs"]}, figures,
+               settings)
         return
-    p = Protocol(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["protocol"].items()})
+    p = Protocol(**as_fields(saved["protocol"]))
     metric = next(iter(saved["runs"].values()))["metric"]
     _write(target, name, saved["protocol"], _protocol_table(name, p, saved["runs"], metric),
-           {"runs": saved["runs"], "flow": saved["flow"]}, figures)
+           {"runs": saved["runs"], "flow": saved["flow"]}, figures, settings)
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--list", action="store_true", help="list the reproductions and their default budgets")
     ap.add_argument("--only", default="", help="comma-separated names (default: all, in priority order)")
-    ap.add_argument("--quick", action="store_true", help="the short version of each")
+    ap.add_argument("--quick", action="store_true", help="the short version of each (written to NAME/quick/)")
     ap.add_argument("--out", default="results/reproduce", help="parent folder of the NAME/ folders")
     ap.add_argument("--steps", type=int, default=None, help="override the updates of every run")
     ap.add_argument("--seeds", type=int, default=None, help="override the seeds of every run")
@@ -580,7 +550,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    args = _parser().parse_args(argv)
+    """The command line: every argument is checked, for every reproduction asked for, before the
+    first one trains; a bad one exits with code 2 and a message naming it."""
+    ap = _parser()
+    args = ap.parse_args(argv)
     if args.list:
         for name, spec in REPRODUCTIONS.items():
             print(f"{name}: {PAPERS[spec['paper']]}\n  default: {spec['protocol']}\n  quick:   {spec['quick']}")
@@ -588,18 +561,20 @@ def main(argv=None) -> dict:
     names = [n for n in args.only.split(",") if n] or list(REPRODUCTIONS)
     unknown = [n for n in names if n not in REPRODUCTIONS]
     if unknown:
-        raise SystemExit(f"--only must name reproductions among {list(REPRODUCTIONS)}, got {unknown}")
-    for k in ("steps", "seeds", "eval_every"):
-        v = getattr(args, k)
-        if v is not None and v < 1:
-            raise SystemExit(f"--{k.replace('_', '-')} must be a positive int, got {v}")
+        ap.error(f"--only must name reproductions among {list(REPRODUCTIONS)}, got {unknown}")
     try:
         lengths = tuple(int(x) for x in args.lengths.split(",") if x) or None
     except ValueError:
-        raise SystemExit(f"--lengths must be comma-separated ints, got {args.lengths!r}") from None
+        ap.error(f"--lengths must be comma-separated ints, got {args.lengths!r}")
     cells = tuple(c for c in args.cells.split(",") if c) or None
-    return {n: run(n, quick=args.quick, out=args.out, steps=args.steps, seeds=args.seeds, lengths=lengths,
-                   eval_every=args.eval_every, cells=cells) for n in names}
+    plans = {}
+    for n in names:
+        try:
+            plans[n] = resolve(n, quick=args.quick, steps=args.steps, seeds=args.seeds, lengths=lengths,
+                               eval_every=args.eval_every, cells=cells)
+        except BadArgument as e:
+            ap.error(f"--{e.arg.replace('_', '-')} {e.detail}" + ("" if len(names) == 1 else f" (for {n!r})"))
+    return {n: _execute(n, p, settings, args.out) for n, (p, settings) in plans.items()}
 
 
 if __name__ == "__main__":

@@ -18,13 +18,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import fmt_metric, parse_config  # noqa: E402
+from _common import cpu_name, fmt_metric, parse_config  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,14 +39,6 @@ class Config:
     eval_every: int = 250
     backend: str = "auto"
     out: str = "results"
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):  # no lscpu: the platform's own name
-        return platform.processor() or platform.machine()
 
 
 def _tokens_seen(task, config: Config) -> list[int]:
@@ -87,18 +77,18 @@ def main(config: Config) -> dict:
                              batch_size=config.batch_size, learning_rate=config.lr, eval_every=config.eval_every,
                              tbptt=mode == "tbptt")
         train_time = time.perf_counter() - t0
-        params = r["state"].params
+        params = r.state.params
         scores = {name: jax.device_get(ev(params)) for name, ev in evals.items()}
         results[mode] = {
             "bpc_windows": [float(x) for x in scores["windows"]["bpc"]],
             "bpc_stream": [float(x) for x in scores["stream"]["bpc"]],
-            "history": r["history"],
+            "history": r.history,
             "train_time_s": train_time,
             "chars_seen": (config.steps * config.batch_size * config.length if mode == "windows"
                            else _tokens_seen(task, config)[0]),
         }
         print(mode, {k: v for k, v in results[mode].items() if k != "history"}, flush=True)
-    report = {"config": dataclasses.asdict(config), "cpu": _cpu(), "jax": jax.__version__,
+    report = {"config": dataclasses.asdict(config), "cpu": cpu_name(), "jax": jax.__version__,
               "baselines": task.baselines, "n_valid_chars": task.info["n_valid_chars"], "results": results}
     out = pathlib.Path(config.out) / "tbptt"
     out.mkdir(parents=True, exist_ok=True)

@@ -6,12 +6,16 @@ a GRU, and the modern minGRU, LRU and sLSTM: the norm of d h_T / d h_{T-k} again
 after training on a small adding problem (Hochreiter and Schmidhuber 1997; memcell.tasks.adding,
 trained with memcell.train.fit). Every number comes
 from memcell.jacobian (gradient_norms_through_time, decay_rate, lyapunov_exponent, product_norms
-of the LSTM's cell-path Jacobians, loss_gradient_norms through unroll_with_probes).
+of the LSTM's cell-path Jacobians, carry_gates for its forget gates) and memcell.tasks
+(gradient_norms_by_lag: the training loss's gradient by lag); the figures are memcell.plot's.
 
-Writes under ``out_dir``: report.md, results.json (the raw numbers), and PNG figures; copies the
-report (as docs/vanishing_gradients.md) and the figures (docs/figures/) into ``docs_dir``.
+Writes under ``out_dir`` only (results/ by default): report.md, results.json (the raw numbers),
+and PNG figures. Refreshing the docs page from a run is a separate, explicit step:
+``--docs-dir docs`` (``make demo-docs``) copies the report (as docs/vanishing_gradients.md) and
+the figures (docs/figures/) there.
 
     python experiments/vanishing_gradients.py                       # CPU-sized defaults (make demo)
+    python experiments/vanishing_gradients.py --docs-dir docs       # the same, and refresh the docs page
     python experiments/vanishing_gradients.py --hidden-size 64 --train-steps 2000
 """
 
@@ -19,6 +23,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import re
 import shutil
 import sys
 import time
@@ -30,10 +35,11 @@ import numpy as np
 
 import memcell
 from memcell import jacobian as J
+from memcell import plot as figures
 from memcell import tasks, train
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import parse_config  # noqa: E402
+from _common import parse_config, provenance, provenance_line, recorded_marker  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class Config:
     cells: str = "rnn_0.5,rnn_0.9,rnn_1.0,rnn_1.5,lstm_fb0,lstm_fb1,lstm_chrono,lstm_nfg,gru,mingru,lru,slstm"
     seed: int = 0
     out_dir: str = "results/vanishing_gradients"
-    docs_dir: str = "docs"  # "" writes nothing under docs/
+    docs_dir: str = ""  # "docs" copies the report and figures there (the explicit refresh of the docs page)
     dpi: int = 100
 
 
@@ -91,22 +97,16 @@ BASELINE_MSE = 1.0 / 6.0  # predicting the mean target of the adding problem: th
 
 
 def loss_profile_fn(task, model):
-    """``params -> ||dL/dh_t||`` for every step t, averaged over the task's test sequences (zero
-    probes: ``memcell.jacobian.loss_gradient_norms``), compiled once for all the params it gets."""
-    batch = jax.tree.map(jnp.asarray, task.test)
-
-    @jax.jit
-    def profile(params):
-        loss_of_ys = lambda ys: task.loss(model.head(params, ys), batch)[0]
-        return J.loss_gradient_norms(model.cell, params.rnn, batch["xs"], loss_of_ys).mean(0)
-
+    """``params -> ||dL/dh||`` at every lag before the readout, averaged over the task's test
+    sequences (``memcell.tasks.gradient_norms_by_lag``), compiled once for all the params it gets."""
+    profile = jax.jit(lambda params: tasks.gradient_norms_by_lag(task, model, params, n=len(task.test["xs"])))
     return lambda params: np.asarray(profile(params))
 
 
 def train_model(task, model, state, cfg: Config, log_path: pathlib.Path):
     """``cfg.train_steps`` updates of ``memcell.train.fit`` (Adam, clipping) on ``task``, a linear
     readout of h_T. Returns the trained params, the training MSE of every step (read back from
-    the JSONL log) and ||dL/dh_t|| on the test sequences before and after training."""
+    the JSONL log) and ||dL/dh|| by lag on the test sequences before and after training."""
     tx = train.optimizer(cfg.learning_rate, clip_norm=cfg.clip_norm)
     step = train.make_train_step(tasks.loss_fn(task, model), tx)
     result = train.fit(step, state, lambda key: task.sample(key, cfg.batch_size), steps=cfg.train_steps,
@@ -137,7 +137,8 @@ def measure(name: str, cell, params, xs) -> dict:
         log_cell = J.product_norms(jac.c.c, log=True)
         out["cell_path_rate"] = float(J.decay_rate(log_cell, log=True))
         out["cell_path_log_norms"] = np.asarray(log_cell, np.float64)
-        out["mean_log_f_best_unit"] = float(np.max(np.mean(forget_gates_log(cell, params, xs[0])[1:], axis=0)))
+        log_f = np.log(np.asarray(J.carry_gates(cell, params, xs[0], field="c"), np.float64))  # the forget gates
+        out["mean_log_f_best_unit"] = float(np.max(np.mean(log_f[1:], axis=0)))
         H = params.w_h.shape[0]
         out["mean_forget_bias"] = float(jnp.mean(params.b[H : 2 * H]))
     if isinstance(cell.spec, memcell.LinearSpec):
@@ -148,15 +149,6 @@ def measure(name: str, cell, params, xs) -> dict:
         out["predicted_rate"] = float(np.max(np.mean(log_abs_a, axis=(0, 1))))
         out["max_modulus"] = float(np.exp(np.max(log_abs_a)))
     return out
-
-
-def forget_gates_log(cell, params, xs) -> np.ndarray:
-    """log f_t of the default LSTM (gate blocks i, f, g, o) along the trajectory of ``xs``."""
-    H = params.w_h.shape[0]
-    _, hs = memcell.unroll(cell, params, xs)
-    h_prev = jnp.concatenate([jnp.zeros((1, H)), hs[:-1]])
-    z = xs @ params.w_x + h_prev @ params.w_h + params.b
-    return np.asarray(jax.nn.log_sigmoid(z[:, H : 2 * H]))
 
 
 def at_lag(log_norms: np.ndarray, k: int) -> float | None:
@@ -178,54 +170,26 @@ def fmt_norm(log_norm: float | None) -> str:
 
 
 def plot(results: dict, phase: str, labels: dict, path: pathlib.Path, cfg: Config) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for name, res in results.items():
-        if phase not in res:
-            continue
-        r = res[phase]
-        lags = np.arange(len(r["log_norms"]))
-        style = "--" if name.startswith("rnn") else "-"
-        ax.plot(lags, r["log_norms"] / math.log(10), style, lw=1.4,
-                label=f"{labels[name]}: rate {r['rate']:+.4f}/step")
-    ax.set_ylim(-30, 8)
-    ax.set_xlabel("lag k (steps back)")
-    ax.set_ylabel(r"$\log_{10}\ \|\partial h_T / \partial h_{T-k}\|_2$")
-    title = "at initialisation" if phase == "init" else f"after {cfg.train_steps} steps on the adding problem (T={cfg.train_len})"
-    ax.set_title(f"Gradient norm vs lag, {title}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=cfg.dpi)
-    plt.close(fig)
+    """log10 of ``||d h_T / d h_(T-k)||`` against the lag, one colour a cell, the tanh RNNs dashed."""
+    series = {f"{labels[n]}: rate {r[phase]['rate']:+.4f}/step": r[phase]["log_norms"] for n, r in results.items()
+              if phase in r}
+    dashed = {f"{labels[n]}: rate {r[phase]['rate']:+.4f}/step": "--" for n, r in results.items()
+              if phase in r and n.startswith("rnn")}
+    when = "at initialisation" if phase == "init" else f"after {cfg.train_steps} steps on the adding problem (T={cfg.train_len})"
+    figures.norms_by_lag(path, {f"Gradient norm vs lag, {when}": series}, log_norms=True, ylim=(-30, 8),
+                      xlabel="lag k (steps back)", ylabel=r"$\log_{10}\ \|\partial h_T / \partial h_{T-k}\|_2$",
+                      linestyles=dashed, legend_loc="lower left", dpi=cfg.dpi)
 
 
 def plot_loss_profiles(results: dict, labels: dict, path: pathlib.Path, cfg: Config) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
-    for ax, which in zip(axes, ("first", "last")):
-        for name, res in results.items():
-            if "profiles" not in res:
-                continue
-            prof = np.maximum(res["profiles"][which], 1e-38)
-            ax.semilogy(np.arange(len(prof)), prof, "--" if name.startswith("rnn") else "-", lw=1.2, label=labels[name])
-        title = "at initialisation" if which == "first" else f"after {cfg.train_steps} steps"
-        ax.set_title(f"{title} ({cfg.batch_size} test sequences)", fontsize=10)
-        ax.set_xlabel("time step t")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel(r"$\|\partial L / \partial h_t\|$ (batch mean)")
-    axes[1].legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=cfg.dpi)
-    plt.close(fig)
+    """``||dL/dh||`` by lag before the readout, at initialisation and after training, one colour a cell."""
+    panels = {}
+    for which, when in (("first", "at initialisation"), ("last", f"after {cfg.train_steps} steps")):
+        panels[f"{when} ({cfg.batch_size} test sequences)"] = {
+            labels[n]: r["profiles"][which] for n, r in results.items() if "profiles" in r}
+    dashed = {labels[n]: "--" for n in results if n.startswith("rnn")}
+    figures.norms_by_lag(path, panels, xlabel="lag k (steps before the readout)", linestyles=dashed,
+                      ylabel=r"$\|\partial L / \partial h_{T-k}\|$ (batch mean)", legend_loc="lower left", dpi=cfg.dpi)
 
 
 def table_rows(results: dict, labels: dict) -> list[list[str]]:
@@ -384,6 +348,7 @@ Pure functions, for any `Cell` (user-defined ones too), batched, under `jit` and
 | `lyapunov_exponent(cell, params, xs, *, key, transient)` | the largest Lyapunov exponent of the carry dynamics |
 | `decay_rate(norms, *, log, start, stop)` | the slope of log-norm vs lag: "vanishes at rate r per step" |
 | `unroll_with_probes`, `loss_gradient_norms` | `||dL / dh_t||` for every `t` in the training backward pass (zero probes) |
+| `carry_gates(cell, params, xs, *, field="c")` | each unit's gate on its own past, the diagonal of `d c_t / d c_(t-1)`: the LSTM's forget gates, a linear cell's `a_t` |
 
 The hidden part of a carry is its field named `hidden` (default `"h"`; a one-leaf carry is its
 own), and derivatives with respect to `h_t` hold the carry's other parts (the LSTM's `c`) fixed
@@ -406,8 +371,10 @@ print(float(decay_rate(log_g, log=True)))   # about -0.5: a factor 0.6 lost per 
 
 ## The experiment
 
-`make demo` runs `experiments/vanishing_gradients.py`: the numbers below come from a recorded
-run of it (its config and wall time close this page; rerun to regenerate the page). Every cell
+`make demo` runs `experiments/vanishing_gradients.py`, which writes its report and figures into
+`results/vanishing_gradients/`: the numbers below come from a recorded run of it (its command,
+commit, config and wall time close this page; `make demo-docs` reruns it and refreshes this page
+and its figures). Every cell
 has {hidden} hidden units and one seed; the norms are geometric means over the {seqs} test
 sequences of an adding problem of {T} steps (lags 0 to {maxlag}); "rate" is the fitted slope
 of the natural log of the norm against the lag (`decay_rate`), "factor" its exponential, and
@@ -429,10 +396,15 @@ def write_report(results: dict, labels: dict, cfg: Config, out: pathlib.Path, se
     if cfg.train_steps > 0:
         figs += [
             "![gradient norm vs lag after training](figures/vanishing_gradients_trained.png)",
-            "![dL/dh_t during training](figures/vanishing_gradients_loss_profile.png)",
+            "![dL/dh by lag before the readout, at init and after training](figures/vanishing_gradients_loss_profile.png)",
         ]
+    prov = provenance()
     text = f"""{guide}
+{recorded_marker(prov)}
+Recorded with `{prov["command"]}` at commit `{prov["commit"]}` ({prov["machine"]}):
+
 {markdown_table(table_rows(results, labels))}
+<!-- end -->
 
 {figs[0]}
 
@@ -445,9 +417,9 @@ off the measurements by the script:
 
 {chr(10).join(figs[1:])}
 
-{f"The second figure repeats the first after training; the third shows the gradient of the training loss with respect to every hidden state, ||dL/dh_t||, averaged over {cfg.batch_size} test sequences of the training task, at initialisation and after training (from `loss_gradient_norms`, zero probes through `unroll_with_probes`): the loss sits at the last step, so its gradient reaches early steps only through the product above." if cfg.train_steps > 0 else ""}
+{f"The second figure repeats the first after training; the third shows the gradient of the training loss with respect to the hidden state k steps before the readout, ||dL/dh_(T-k)||, averaged over {cfg.batch_size} test sequences of the training task, at initialisation and after training (`memcell.tasks.gradient_norms_by_lag`, from `loss_gradient_norms`' zero probes through `unroll_with_probes`): the loss sits at the last step, so its gradient reaches early steps only through the product above." if cfg.train_steps > 0 else ""}
 
-Config: `{json.dumps(dataclasses.asdict(cfg))}`; {seconds:.0f} s on this machine
+{provenance_line(prov)} Config: `{json.dumps(dataclasses.asdict(cfg))}`; {seconds:.0f} s on this machine
 (jax {jax.__version__}, {jax.default_backend()}).
 """
     (out / "report.md").write_text(text)
@@ -468,6 +440,16 @@ def to_json(results: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def copy_to_docs(out: pathlib.Path, docs: pathlib.Path) -> None:
+    """A run's report and figures over the docs page (``docs/vanishing_gradients.md``, ``docs/figures/``):
+    the explicit refresh of the page, never part of ``make demo``."""
+    text = (out / "report.md").read_text()
+    (docs / "figures").mkdir(parents=True, exist_ok=True)
+    for name in re.findall(r"\]\(figures/([\w.-]+\.png)\)", text):  # the figures the report shows
+        shutil.copy(out / "figures" / name, docs / "figures" / name)
+    (docs / "vanishing_gradients.md").write_text(text)
 
 
 def run_cell(name: str, cell, index: int, train_task, xs_eval, cfg: Config, out: pathlib.Path) -> dict:
@@ -504,24 +486,20 @@ def main(cfg: Config) -> dict:
         trained = f", trained {res['trained']['rate']:+.4f}, MSE {res['final_mse']:.4f}" if "trained" in res else ""
         print(f"[{time.time() - t0:6.1f}s] {labels[name]:32s} rate init {res['init']['rate']:+.4f}{trained} ({time.time() - t:.1f}s)", flush=True)
 
-    figures = {"init": out / "figures" / "vanishing_gradients_init.png"}
-    plot(results, "init", labels, figures["init"], cfg)
+    pngs = {"init": out / "figures" / "vanishing_gradients_init.png"}
+    plot(results, "init", labels, pngs["init"], cfg)
     if cfg.train_steps > 0:
-        figures["trained"] = out / "figures" / "vanishing_gradients_trained.png"
-        figures["loss_profile"] = out / "figures" / "vanishing_gradients_loss_profile.png"
-        plot(results, "trained", labels, figures["trained"], cfg)
-        plot_loss_profiles(results, labels, figures["loss_profile"], cfg)
+        pngs["trained"] = out / "figures" / "vanishing_gradients_trained.png"
+        pngs["loss_profile"] = out / "figures" / "vanishing_gradients_loss_profile.png"
+        plot(results, "trained", labels, pngs["trained"], cfg)
+        plot_loss_profiles(results, labels, pngs["loss_profile"], cfg)
     seconds = time.time() - t0
     text = write_report(results, labels, cfg, out, seconds)
     (out / "results.json").write_text(json.dumps(
         {"config": dataclasses.asdict(cfg), "labels": labels, "results": to_json(results), "seconds": seconds}
     ))
     if cfg.docs_dir:
-        docs = pathlib.Path(cfg.docs_dir)
-        (docs / "figures").mkdir(parents=True, exist_ok=True)
-        for path in figures.values():
-            shutil.copy(path, docs / "figures" / path.name)
-        (docs / "vanishing_gradients.md").write_text(text)
+        copy_to_docs(out, pathlib.Path(cfg.docs_dir))
 
     rows = table_rows(results, labels)
     widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(HEADER)]

@@ -5,6 +5,11 @@
 norm against the lag before the readout, for the initial and the trained params, as
 ``memcell flow RUN_DIR`` measures it (``memcell.tasks.gradient_norms_by_lag``).
 
+Figures that compare several runs (the experiments' figures) come from ``memcell._comparison_plots``:
+``evaluation_curves`` (mean over seeds with a min-max band), ``norms_by_lag`` (one colour a cell,
+initial dashed and trained solid) and ``seed_values`` (mean ± std with each seed), every series of
+a panel in a colour of its own (``distinct_colors``).
+
 matplotlib is imported when a figure is drawn, with its non-interactive Agg backend, so the
 figures are written on machines without a display and importing memcell stays fast.
 """
@@ -19,7 +24,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["gradient_flow", "learning_curves", "read_metrics"]
+from memcell._comparison_plots import distinct_colors, evaluation_curves, norms_by_lag, seed_values
+
+__all__ = ["distinct_colors", "evaluation_curves", "gradient_flow", "learning_curves", "norms_by_lag", "read_metrics",
+           "seed_values"]
 
 
 def _pyplot():

@@ -50,30 +50,21 @@ def test_vowels_and_sunspots_validation_splits():
         tasks.digits(valid_fraction=1.5)
 
 
-def test_choose_takes_the_best_mean_over_seeds_and_sinks_diverged_seeds():
-    valid_loss = np.array([[0.5, 0.7, 0.6], [0.4, 0.9, 0.8], [0.6, 0.5, 0.4]])  # [lr, seed]
-    assert fair_data.choose(valid_loss, "min") == 2  # means 0.6, 0.7, 0.5: not the best single seed's lr (1)
-    assert fair_data.choose(valid_loss, "max") == 1
-    assert fair_data.choose(np.array([[np.nan, 1.0], [2.0, 2.0]]), "min") == 1
-    assert fair_data.choose(np.array([[0.99, np.nan], [0.5, 0.6]]), "max") == 1  # a diverged seed sinks its lr
-
-
-@pytest.mark.slow  # ~12 s of CPU (compiling the vmapped sweep); make test keeps the choice's check above
+@pytest.mark.slow  # ~12 s of CPU (compiling the vmapped sweep); tests/test_train_selection.py checks the pieces fast
 def test_sweep_keeps_best_validation_params_and_chooses_the_best_lr():
     task = tasks.make("adding", length=6)
     task = task._replace(test=jax.tree.map(lambda x: x[:64], task.test))
     model = fair_data.build_model("rnn", 4, task, 1, "reference")
     sw = fair_data.sweep(task, model, lrs=(1e-5, 3e-2), seeds=[0, 1], steps=40, batch_size=16, eval_every=10,
                          patience=100, clip_norm=1.0)
-    k = fair_data.choose(sw["best_loss"], "min")
+    k = sw["choice"].index
     assert k == int(np.argmin(sw["best_loss"].mean(1)))
-    assert k == 1  # a rate of 1e-5 barely moves in 40 steps
+    assert k == 1 and sw["choice"].learning_rate == 3e-2  # a rate of 1e-5 barely moves in 40 steps
     # the kept params are each model's best-validation ones, not its last
     losses = np.asarray(jax.vmap(tasks.eval_fn(task, model))(sw["best_params"])["loss"]).reshape(2, 2)
     np.testing.assert_allclose(losses, sw["best_loss"], rtol=1e-5)
     seen = np.asarray([h["loss"] for h in sw["history"]]).reshape(-1, 2, 2)
     np.testing.assert_allclose(sw["best_loss"], seen.min(0), rtol=1e-6)
-    assert fair_data.choose(np.array([[np.nan, 1.0], [2.0, 2.0]]), "min") == 1  # a diverged seed loses its lr
 
 
 @pytest.mark.slow

@@ -39,11 +39,12 @@ from memcell.jacobian.flow import (
     input_gradient_norms,
     singular_value_spectra,
 )
-from memcell.jacobian.probes import loss_gradient_norms, unroll_with_probes
+from memcell.jacobian.probes import carry_gates, loss_gradient_norms, unroll_with_probes
 from memcell.jacobian.steps import product_norms, state_jacobians
 from memcell.jacobian.summaries import decay_rate, lyapunov_exponent
 
 __all__ = [
+    "carry_gates",
     "decay_rate",
     "gradient_norms_through_time",
     "input_gradient_norms",

@@ -75,15 +75,16 @@ def real_view(cell, params, carry0: PyTree) -> tuple[Cell, PyTree]:
     return Cell(cell.init, initial_carry, step), to_real(carry0)
 
 
-def hidden_index(cell, params, hidden) -> int:
-    """The index, in ``jax.tree.leaves(carry)``, of the carry's hidden part (see the module doc)."""
+def hidden_index(cell, params, hidden, name: str = "hidden") -> int:
+    """The index, in ``jax.tree.leaves(carry)``, of the carry's hidden part (see the module doc), or
+    of the field that ``name`` (the argument, for the errors) names."""
     example = jax.eval_shape(lambda p: cell.initial_carry(p, ()), params)
     leaves = jax.tree_util.tree_flatten_with_path(example)[0]
     if isinstance(hidden, (bool, np.bool_)) or not isinstance(hidden, (str, int, np.integer)):
-        raise TypeError(f"hidden must be a carry field name (str) or a leaf index (int), got {hidden!r}")
+        raise TypeError(f"{name} must be a carry field name (str) or a leaf index (int), got {hidden!r}")
     if isinstance(hidden, (int, np.integer)):
         if not 0 <= hidden < len(leaves):
-            raise ValueError(f"hidden must index one of the carry's {len(leaves)} leaves, got {hidden}")
+            raise ValueError(f"{name} must index one of the carry's {len(leaves)} leaves, got {hidden}")
         return int(hidden)
     for i, (path, _) in enumerate(leaves):
         if len(path) == 1 and getattr(path[0], "name", getattr(path[0], "key", None)) == hidden:
@@ -92,8 +93,8 @@ def hidden_index(cell, params, hidden) -> int:
         return 0
     names = [jax.tree_util.keystr(path) or "<the carry itself>" for path, _ in leaves]
     raise ValueError(
-        f"hidden={hidden!r} names no leaf of the carry, whose leaves are {names}; pass hidden= as the "
-        "field name or the leaf index of the carry's hidden output"
+        f"{name}={hidden!r} names no leaf of the carry, whose leaves are {names}; pass {name}= as the "
+        f"field name or the leaf index of the carry's {'hidden output' if name == 'hidden' else 'field'}"
     )
 
 

@@ -1,4 +1,5 @@
-"""Loss gradients with respect to every step's hidden part, through probes added to it."""
+"""Probes of the carry along a trajectory: loss gradients with respect to every step's hidden
+part (through probes added to it), and each unit's gate on its own past (``carry_gates``)."""
 
 from typing import Callable
 
@@ -9,8 +10,10 @@ from memcell.jacobian._common import (
     as_array,
     hidden_index,
     leaf,
+    over_batch,
     prepare,
     replace_leaf,
+    trajectory,
 )
 from memcell.types import Array, Cell, LinearSpec, PyTree, Sequence
 
@@ -129,3 +132,62 @@ def loss_gradient_norms(
     h_axes = tuple(range(len(batch_shape) + 1, g.ndim))
     # |g|^2: for a complex hidden part, |dL/dRe h + i dL/dIm h| (JAX's cotangent is its conjugate).
     return jnp.sqrt(jnp.sum(jnp.square(jnp.abs(g)), axis=h_axes))
+
+
+# ----------------------------------------------------------------------------- gates
+
+
+def carry_gates(
+    cell: Cell,
+    params: PyTree,
+    xs: Sequence,
+    *,
+    carry: PyTree | None = None,
+    field: str | int = "c",
+) -> Array:
+    """Each unit's gate on its own past along one carry field: the diagonal of ``d c_t / d c_{t-1}``.
+
+    For the field ``c`` of a carry, ``gate[t, j] = d c_t[j] / d c_{t-1}[j]`` at the trajectory of
+    ``xs``, the carry's other fields held at step ``t`` (as for ``state_jacobians``). Read off any
+    cell's step, with no knowledge of its parameter layout:
+
+    - the LSTM's memory cell (``field="c"``, no peepholes): ``c_t = f_t c_{t-1} + i_t g_t``, so the
+      gate is the forget gate ``f_t`` exactly (``1`` without a forget gate);
+    - a cell with a ``LinearSpec`` (``h_t = a_t h_{t-1} + b_t``: minGRU, minLSTM, LRU, RG-LRU),
+      ``field="h"``: its coefficient ``a_t`` (complex for the LRU's complex carry);
+    - any other cell: the diagonal of its step Jacobian (the GRU's also holds the paths through
+      its gates), which is not a gate of the equations.
+
+    Args:
+      cell, params, xs, carry: as for ``gradient_norms_through_time``.
+      field: the carry field (its name, or its leaf index in ``jax.tree.leaves(carry)``).
+
+    Returns:
+      ``[*b, T, *field_shape]``, in the field's dtype.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, memcell
+      >>> from memcell.jacobian import carry_gates
+      >>> cell = memcell.lstm(4, forget_bias=1.0)
+      >>> params = cell.init(jax.random.key(0), input_size=2)
+      >>> f = carry_gates(cell, params, jnp.zeros((5, 2)))   # the forget gates, sigmoid(1) at zero input
+      >>> f.shape, round(float(f[0, 0]), 4)
+      ((5, 4), 0.7311)
+    """
+    xs, batch_shape, carry0 = prepare(cell, params, xs, carry)
+    fi = hidden_index(cell, params, field, "field")
+
+    def one(xs_, c0):
+        prev = trajectory(cell, params, xs_, c0)
+
+        def gates(c_prev, x):
+            a = leaf(c_prev, fi)
+            m = a.size
+            f = lambda v: leaf(cell.step(params, replace_leaf(c_prev, fi, v.reshape(a.shape)), x)[0], fi).reshape(m)
+            # one jvp a unit (the columns of the field's Jacobian), of which the diagonal is kept
+            columns = jax.vmap(lambda e: jax.jvp(f, (a.reshape(m),), (e,))[1])(jnp.eye(m, dtype=a.dtype))
+            return jnp.diagonal(columns).reshape(a.shape)
+
+        return jax.vmap(gates)(prev, xs_)
+
+    return over_batch(one, batch_shape, xs, carry0)

@@ -24,7 +24,9 @@ bar, periodic evaluation, early stopping, and orbax checkpoints that resume bit-
 
 One concern a module, all private and re-exported here: ``_optimizer``, ``_state``, ``_steps``,
 ``_stream``, ``_evaluate``, ``_early_stopping``, ``_metrics_log``, ``_checkpoint``, ``_loop`` (the loop of
-``fit``) and ``_fit`` (its argument checks and set-up); ``_args`` holds their argument checks;
+``fit``), ``_fit`` (its argument checks and set-up), ``_keep_best`` (each model's best params,
+``fit(..., keep_best=KeepBest(...))``) and ``_learning_rate_choice`` (a sweep's models and the rate
+its validation values choose: ``sweep_models``, ``choose_learning_rate``); ``_args`` holds their argument checks;
 ``_mesh`` the device meshes of ``fit(..., mesh=...)`` and the set-up of multi-host runs.
 """
 
@@ -32,6 +34,8 @@ from memcell.train._checkpoint import load_checkpoint
 from memcell.train._early_stopping import EarlyStopping, StopProgress
 from memcell.train._evaluate import evaluate, summarize
 from memcell.train._fit import FitResult, fit
+from memcell.train._keep_best import KeepBest
+from memcell.train._learning_rate_choice import LearningRateChoice, choose_learning_rate, sweep_models
 from memcell.train._mesh import initialize_distributed, is_main_process, make_mesh, mesh_from_spec
 from memcell.train._optimizer import learning_rate, optimizer
 from memcell.train._state import TrainState, init_state, init_states
@@ -41,9 +45,12 @@ from memcell.train._stream import StreamState, make_stream_train_step
 __all__ = [
     "EarlyStopping",
     "FitResult",
+    "KeepBest",
+    "LearningRateChoice",
     "StopProgress",
     "StreamState",
     "TrainState",
+    "choose_learning_rate",
     "evaluate",
     "fit",
     "init_state",
@@ -59,4 +66,5 @@ __all__ = [
     "mesh_from_spec",
     "optimizer",
     "summarize",
+    "sweep_models",
 ]

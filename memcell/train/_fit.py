@@ -17,6 +17,7 @@ from memcell.train._args import (
 )
 from memcell.train._checkpoint import Checkpointer
 from memcell.train._early_stopping import EarlyStopping
+from memcell.train._keep_best import KeepBest, keeping_best
 from memcell.train._loop import (
     Record,
     Run,
@@ -44,6 +45,11 @@ class FitResult(NamedTuple):
         met (None where never, or without a target); an int for one model, a list for several.
       skipped_steps: per model, how many updates were skipped for a non-finite gradient.
       wall_time: seconds spent in this call.
+      best_params: with ``keep_best``, each model's params at its best evaluation (stacked
+        like ``state.params``); None without it.
+      best_step: with ``keep_best``, per model, the step of that evaluation (None where no
+        evaluation was finite); an int for one model, a list for several.
+      best_value: with ``keep_best``, per model, the metric's best value (None where none).
     """
 
     state: TrainState
@@ -52,6 +58,9 @@ class FitResult(NamedTuple):
     solved_step: Any
     skipped_steps: Any
     wall_time: float
+    best_params: Any = None
+    best_step: Any = None
+    best_value: Any = None
 
 
 def _check_args(train_step, state, sample, steps, eval_fn, eval_every, early_stopping, checkpoint_dir,
@@ -110,11 +119,31 @@ def _progress_bar(progress: bool, steps: int, start: int):
     return tqdm(total=steps, initial=start, dynamic_ncols=True, leave=True, unit="step", bar_format=_BAR)
 
 
-def _result(state: TrainState, record: Record, stop_reason: str, multi: bool, wall_time: float) -> FitResult:
+def _result(state: TrainState, record: Record, stop_reason: str, multi: bool, wall_time: float,
+            best=None) -> FitResult:
     pick = (lambda v: v) if multi else (lambda v: v[0])
     return FitResult(state=state, history=record.history, stop_reason=stop_reason,
                      solved_step=pick(list(record.stopping.solved_step)), skipped_steps=pick(record.skipped),
-                     wall_time=wall_time)
+                     wall_time=wall_time, **({} if best is None else dict(zip(
+                         ("best_params", "best_step", "best_value"), best.result()))))
+
+
+def _check_keep_best(keep_best, eval_fn) -> None:
+    """``keep_best`` is a ``KeepBest`` rule with evaluations to judge."""
+    if keep_best is None:
+        return
+    if not isinstance(keep_best, KeepBest):
+        raise TypeError(f"keep_best must be a memcell.train.KeepBest, got {type(keep_best).__name__}")
+    keep_best.check("keep_best")
+    if eval_fn is None:
+        raise ValueError("keep_best needs an eval_fn to judge, got eval_fn=None")
+
+
+def _check_keep_best_fresh(keep_best, checkpointer: Checkpointer | None, resume: bool) -> None:
+    """A run that keeps the best cannot continue another: checkpoints hold no best params."""
+    if keep_best is not None and resume and checkpointer is not None and checkpointer.latest() is not None:
+        raise ValueError(f"keep_best cannot resume the run in {checkpointer.dir}: its checkpoints hold the "
+                         "current params, not each model's best; start a fresh run, or resume without keep_best")
 
 
 def fit(
@@ -135,6 +164,7 @@ def fit(
     steps_per_call: int = 50,
     max_nonfinite: int = 100,
     mesh=None,
+    keep_best: KeepBest | None = None,
 ) -> FitResult:
     """Trains until ``steps`` updates (or early stopping), logging, evaluating and checkpointing.
 
@@ -171,6 +201,10 @@ def fit(
         gradient reduced by the compiler), the models of ``init_states`` over ``seeds``. In a
         multi-host run every process calls ``fit`` alike, computes only its own shards, and
         only process 0 writes the log and the progress bar. None: one device, as without it.
+      keep_best: a ``KeepBest`` rule: each model's params at its best evaluation are kept
+        (``FitResult.best_params``, ``best_step``, ``best_value``), and with its patience a model
+        stops counting once it has run out of it (the run stops when every model has). Needs
+        ``eval_fn``; a run that resumes from a checkpoint cannot keep the best of its first part.
 
     Returns:
       A ``FitResult``.
@@ -192,6 +226,7 @@ def fit(
     """
     config, n = _check_args(train_step, state, sample, steps, eval_fn, eval_every, early_stopping, checkpoint_dir,
                             checkpoint_every, resume, config, log_path, progress, steps_per_call, max_nonfinite)
+    _check_keep_best(keep_best, eval_fn)
     placement = placement_of(mesh)
     placement.check(n, sample, state)
     state = placement.place(state, n is not None)  # so a restored checkpoint takes this layout too
@@ -199,6 +234,7 @@ def fit(
         log_path, progress = None, False
     t0 = time.perf_counter()
     checkpointer = None if checkpoint_dir is None else Checkpointer(checkpoint_dir)
+    _check_keep_best_fresh(keep_best, checkpointer, resume)
     state, record = _resume(checkpointer, state, config, resume, n or 1)
     start = current_step(state)
     run = Run(
@@ -207,10 +243,13 @@ def fit(
         multi=n is not None, record=record, log=MetricsLog(log_path, start), bar=_progress_bar(progress, steps, start),
         checkpointer=checkpointer, early_stopping=early_stopping, config=config,
     )
+    if keep_best is not None:
+        run = keeping_best(run, keep_best, state.params, n or 1, n is not None)
     try:
         state, stop_reason = run_loop(run, state, start=start, steps=steps, eval_every=eval_every,
                                       chunk=chunk_size(steps_per_call, eval_every, checkpoint_every),
                                       checkpoint_every=checkpoint_every, max_nonfinite=max_nonfinite)
     finally:
         run.close()
-    return _result(state, record, stop_reason, n is not None, time.perf_counter() - t0)
+    return _result(state, record, stop_reason, n is not None, time.perf_counter() - t0,
+                   getattr(run, "best", None))
