@@ -59,10 +59,18 @@ class CellSpec:
     Attributes:
       step: the exact step function the spec describes.
       dtype: the matmul computation dtype the factory was given (None: that of the inputs).
+      parallel: the cell's own parallel form over a whole framed sequence, or None:
+        ``parallel(params, xs, carry0, valid, resets, chunk_size) -> (carry, ys)`` with ``xs
+        [*b, T, d]`` in processing order (padded inputs zeroed), ``valid [*b, T]`` bool or None
+        (False past each length), ``resets [*b, T]`` bool or None (False past each length),
+        ``carry0`` the initial carry broadcast to the batch; ``carry`` is the carry after each
+        sequence's last valid step and ``ys`` the outputs in processing order (padded ones may be
+        anything). ``memcell.unroll(..., backend="parallel")`` runs it.
     """
 
     step: Callable = dataclasses.field(repr=False, compare=False)
     dtype: Any = None
+    parallel: Callable | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def describes(self, cell) -> bool:
         """Whether this spec describes ``cell``: the cell's step is the very function it was made for."""

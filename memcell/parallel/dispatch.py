@@ -31,6 +31,8 @@ def _plan(cell: Cell, *, remat: bool | str | int = False):
         return (f"remat={remat!r} is not implemented by the parallel path (it computes every step's coefficients "
                 "at once; checkpointed blocks of steps are not written for it); backend='auto' runs remat on the "
                 "reference path")
+    if spec.parallel is not None:  # the cell's own parallel form, on the framed arrays
+        return lambda spec, *framed: spec.parallel(*framed)
     if isinstance(spec, LinearSpec):
         return _linear
     if isinstance(spec, MLSTMSpec):
