@@ -178,21 +178,18 @@ def copy_memory(length: int = 100, *, n_test: int = 1000, seed: int = 0) -> Task
 
 # ----------------------------------------------------------------------------- selective copying
 
-_SEL_SYMBOLS, _SEL_COUNT = 16, 16  # data tokens 1..16; 16 of them to recall
-_SEL_MARK = _SEL_SYMBOLS + 1  # the "recall now" token; 0 is noise
-
-
-def _selective_sample(T: int):
-    n = T + _SEL_COUNT
+def _selective_sample(T: int, symbols: int, count: int):
+    n = T + count
+    mark = symbols + 1  # the "recall now" token; 0 is noise
 
     def sample(key, batch_size: int) -> dict:
         kp, kd = jax.random.split(key)
-        # 16 distinct positions in the first T steps, in order: a random permutation's first 16, sorted.
-        pos = jnp.sort(jnp.argsort(jax.random.uniform(kp, (batch_size, T)), axis=1)[:, :_SEL_COUNT], axis=1)
-        data = jax.random.randint(kd, (batch_size, _SEL_COUNT), 1, _SEL_SYMBOLS + 1)
+        # `count` distinct positions in the first T steps, in order: a random permutation's first ones, sorted.
+        pos = jnp.sort(jnp.argsort(jax.random.uniform(kp, (batch_size, T)), axis=1)[:, :count], axis=1)
+        data = jax.random.randint(kd, (batch_size, count), 1, symbols + 1)
         rows = jnp.arange(batch_size)[:, None]
         context = jnp.zeros((batch_size, T), jnp.int32).at[rows, pos].set(data)
-        marks = jnp.full((batch_size, _SEL_COUNT), _SEL_MARK, jnp.int32)
+        marks = jnp.full((batch_size, count), mark, jnp.int32)
         xs = jnp.concatenate([context, marks], axis=1)
         ys = jnp.concatenate([jnp.zeros((batch_size, T), jnp.int32), data], axis=1)
         assert xs.shape[1] == n and ys.shape[1] == n
@@ -201,31 +198,38 @@ def _selective_sample(T: int):
     return sample
 
 
-def _selective_loss(outputs, batch):
-    # Only the 16 recall steps are scored: the context steps have nothing to predict.
-    xent, acc = cross_entropy(outputs[:, -_SEL_COUNT:], batch["ys"][:, -_SEL_COUNT:])
-    return xent, {"xent": xent, "accuracy": acc}
+def _selective_loss(count: int):
+    def loss(outputs, batch):
+        # Only the recall steps are scored: the context steps have nothing to predict.
+        xent, acc = cross_entropy(outputs[:, -count:], batch["ys"][:, -count:])
+        return xent, {"xent": xent, "accuracy": acc}
+
+    return loss
 
 
-def selective_copy(length: int = 256, *, n_test: int = 1000, seed: int = 0) -> Task:
+def selective_copy(length: int = 256, *, num_tokens: int = 16, vocab_size: int = 16, n_test: int = 1000,
+                   seed: int = 0) -> Task:
     """Selective copying (Gu and Dao 2023, the Mamba paper's task; used by Feng et al. 2024).
 
-    Input, ``T + 16`` tokens: a context of ``T`` steps of noise (token 0) with 16 data tokens
-    (drawn from ``{1..16}``) at 16 random distinct positions, then 16 recall markers (17).
-    Target, at the 16 marker steps: the data tokens in the order they appeared. Unlike copy
-    memory, the data's positions vary, so the model must select what to store by content (an
-    input-dependent gate), not count steps. Metric: recall accuracy over the 16 marker steps
-    (loss: their mean cross-entropy). Baseline: the best memoryless predictor, each recall
-    step's most frequent target on training data (about 1/16). Solved: accuracy >= 0.99.
+    Input, ``T + n`` tokens (``n = num_tokens``): a context of ``T`` steps of noise (token 0) with
+    ``n`` data tokens (drawn from ``{1..V}``, ``V = vocab_size``) at ``n`` random distinct
+    positions, then ``n`` recall markers (``V + 1``). Target, at the ``n`` marker steps: the data
+    tokens in the order they appeared. Unlike copy memory, the data's positions vary, so the model
+    must select what to store by content (an input-dependent gate), not count steps. Metric: recall
+    accuracy over the marker steps (loss: their mean cross-entropy). Baseline: the best memoryless
+    predictor, each recall step's most frequent target on training data (about ``1/V``). Solved:
+    accuracy >= 0.99. The paper's setting is ``n = V = 16`` (the defaults) with ``T = 4096``.
 
     Args:
-      length: ``T``, the context length (>= 16).
+      length: ``T``, the context length (>= ``num_tokens``).
+      num_tokens: ``n``, the data tokens to remember and recall (>= 1).
+      vocab_size: ``V``, the data symbols (>= 2).
       n_test: test sequences.
       seed: selects the test set.
 
     Returns:
-      A ``Task`` with token inputs ``xs: [b, T + 16]`` (18 classes) and ``ys: [b, T + 16]``
-      (16 output classes + noise: 17 outputs).
+      A ``Task`` with token inputs ``xs: [b, T + n]`` (``V + 2`` classes) and ``ys: [b, T + n]``
+      (``V`` output classes + noise: ``V + 1`` outputs).
 
     Example:
       >>> import jax
@@ -235,27 +239,31 @@ def selective_copy(length: int = 256, *, n_test: int = 1000, seed: int = 0) -> T
       >>> batch["xs"].shape, int((batch["xs"][:, :32] > 0).sum(1)[0])
       ((4, 48), 16)
     """
-    T = _check_int("length", length, _SEL_COUNT)
+    n = _check_int("num_tokens", num_tokens, 1)
+    V = _check_int("vocab_size", vocab_size, 2)
+    T = _check_int("length", length, n)
     n_test = _check_int("n_test", n_test, 1)
-    sample = _selective_sample(T)
+    sample = _selective_sample(T, V, n)
     draw = jax.jit(sample, static_argnums=1)  # eager generation dispatches op by op: slow
-    base = jax.random.fold_in(jax.random.key(seed + 3), T)
-    test, fit = _test_and_fit(draw, base, n_test)
-    n_out = _SEL_SYMBOLS + 1
-    recall_fit, recall_test = fit["ys"][:, -_SEL_COUNT:], test["ys"][:, -_SEL_COUNT:]
+    base = jax.random.key(seed + 3)
+    if (n, V) != (16, 16):  # another task: other test draws (the paper's setting keeps its recorded ones)
+        base = jax.random.fold_in(base, 1000 * n + V)
+    test, fit = _test_and_fit(draw, jax.random.fold_in(base, T), n_test)
+    n_out = V + 1
+    recall_fit, recall_test = fit["ys"][:, -n:], test["ys"][:, -n:]
     counts = np.stack([np.bincount(col, minlength=n_out) for col in recall_fit.T]).astype(np.float64)
-    majority = counts.argmax(-1)  # [16]
+    majority = counts.argmax(-1)  # [n]
     acc = float(np.mean(recall_test == majority[None]))
     probs = (counts + 1e-3) / (counts + 1e-3).sum(-1, keepdims=True)
-    xent = float(-np.log(probs[np.arange(_SEL_COUNT), recall_test]).mean())
+    xent = float(-np.log(probs[np.arange(n), recall_test]).mean())
     return Task(
-        name="selective_copy", input_size=_SEL_MARK + 1, output_size=n_out, readout="all", sample=sample, test=test,
-        loss=_selective_loss, metric="accuracy", mode="max",
+        name="selective_copy", input_size=V + 2, output_size=n_out, readout="all", sample=sample, test=test,
+        loss=_selective_loss(n), metric="accuracy", mode="max",
         baselines={"memoryless": {"accuracy": acc, "xent": xent, "loss": xent}},
         solved=0.99,
-        info={"length": T, "n_test": n_test, "symbols": _SEL_SYMBOLS, "to_recall": _SEL_COUNT,
-              "protocol": "16 of 16 symbols at random positions among T noise steps, recalled in order after "
-                          "16 markers; metric: recall accuracy; solved: >= 0.99"},
+        info={"length": T, "n_test": n_test, "symbols": V, "to_recall": n,
+              "protocol": f"{n} of {V} symbols at random positions among T noise steps, recalled in order after "
+                          f"{n} markers; metric: recall accuracy; solved: >= 0.99"},
     )
 
 
