@@ -196,7 +196,7 @@ def gate_probe(model, params, task, n: int = 16) -> dict:
     """Seed 0's retention per step and ``||d state_end / d x_t||`` over the context of ``n`` test
     sequences, each split by data and noise steps.
 
-    Retention is the carry-to-carry Jacobian's diagonal, mean over units: ``f_t`` for the LSTM (its
+    Retention is the carry-to-carry Jacobian's diagonal, geometric mean over units: ``f_t`` for the LSTM (its
     ``d c_t / d c_{t-1}``), ``exp(Delta_t A)`` for Mamba (``d h_t / d h_{t-1}``). Both Jacobians are
     diagonal (tests/test_mamba.py checks Mamba's), so the diagonal is the Jacobian applied to ones
     (one jvp a step). The influence of each input on the state at the end of the context is
@@ -219,7 +219,9 @@ def gate_probe(model, params, task, n: int = 16) -> dict:
             kept = lambda m: getattr(cell.step(p, carry._replace(**{memory: m}), x)[0], memory)
             m = getattr(carry, memory)
             diag = jax.jvp(kept, (m,), (jnp.ones_like(m),))[1]
-            return cell.step(p, carry, x)[0], diag.mean()
+            # geometric mean: Mamba's modes decay at rates A spread over 1..n, and a plain mean would
+            # show only its slowest ones; log-mean is -Delta_t mean|A| there, so it tracks the step size
+            return cell.step(p, carry, x)[0], jnp.exp(jnp.mean(jnp.log(jnp.maximum(diag, 1e-30))))
 
         return jax.lax.scan(body, cell.initial_carry(p, ()), xs_)[1]
 
@@ -240,7 +242,7 @@ def gates_figure(path, probes: dict) -> None:
     for j, (name, pr) in enumerate(probes.items()):
         keep, write, data = (np.asarray(pr[k]) for k in ("retention", "influence", "data"))
         t = np.arange(keep.shape[1])
-        for row, (vals, label) in enumerate(((keep[0], "retention (mean Jacobian diagonal)"),
+        for row, (vals, label) in enumerate(((keep[0], "retention (geometric mean of the Jacobian diagonal)"),
                                              (write[0], "||d state_end / d x_t||"))):
             ax = axes[row, j]
             ax.plot(t, vals, lw=1.2, color="tab:blue")
