@@ -11,6 +11,7 @@ differ by orders of magnitude. This script trains the same model with either.
 
     python experiments/copy_chrono_check.py --eps-in-sqrt false       # PyTorch's placement
     python experiments/copy_chrono_check.py --eps-in-sqrt true        # memcell's (as `memcell train`)
+    python experiments/copy_chrono_check.py --diagnose true           # gradient sizes at init, no training
 
 Writes results/copy_chrono_check/EPS/: metrics.jsonl, report.json and learning_curves.png
 (``memcell.plot.learning_curves``).
@@ -46,7 +47,33 @@ class Config:
     steps: int = 20000
     eval_every: int = 500
     n_test: int = 500
+    diagnose: bool = False  # only print each param's RMS gradient at init (5 batches) against sqrt(eps)
     out: str = "results/copy_chrono_check"
+
+
+def gradient_rms(task, model, params, batch_size: int, n: int = 5) -> dict:
+    """Per param array: the median over its entries of the RMS gradient over ``n`` batches, and the
+    fraction of entries below ``1e-4 = sqrt(1e-8)``, the floor that eps inside the square root puts
+    under RMSprop's denominator."""
+    import jax
+
+    from memcell import tasks
+
+    loss = tasks.loss_fn(task, model)
+    grad = jax.jit(jax.grad(lambda p, b: loss(p, b, None)[0]))
+    sq = None
+    for i in range(n):
+        g = grad(params, task.sample(jax.random.key(1000 + i), batch_size))
+        sq = jax.tree.map(lambda a: a**2, g) if sq is None else jax.tree.map(lambda s, a: s + a**2, sq, g)
+    out = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(sq)[0]:
+        rms = np.sqrt(np.asarray(x, np.float64).ravel() / n)
+        name = jax.tree_util.keystr(path)
+        out[name] = {"shape": list(x.shape), "median_rms": float(np.median(rms)),
+                     "fraction_below_1e-4": float(np.mean(rms < 1e-4))}
+        if name == ".rnn.w_x":  # one row an input token: 0 blank, 1..8 the letters, 9 the signal
+            out[name]["median_rms_by_input_token"] = np.median(rms.reshape(x.shape), axis=1).tolist()
+    return out
 
 
 def main(argv=None) -> dict:
@@ -64,6 +91,10 @@ def main(argv=None) -> dict:
     parts = [optax.clip_by_global_norm(config.clip)] if config.clip > 0 else []
     tx = optax.chain(*parts, optax.rmsprop(config.lr, decay=config.decay, eps=config.eps,
                                            eps_in_sqrt=config.eps_in_sqrt))
+    if config.diagnose:
+        sizes = gradient_rms(task, model, model.init(jax.random.key(0), task.input_size), config.batch_size)
+        print(json.dumps(sizes, indent=1))
+        return sizes
     states = train.init_states(list(range(config.seeds)), lambda k: model.init(k, task.input_size), tx)
     step = train.make_train_step(tasks.loss_fn(task, model), tx)
     out = pathlib.Path(config.out) / ("eps_in_sqrt" if config.eps_in_sqrt else "eps_outside_sqrt")
