@@ -37,6 +37,7 @@ from memcell.cells import (
     rnn,
     slstm,
 )
+from memcell.cells import GatedDeltaNetCarry, GatedDeltaNetParams, GatedDeltaNetSpec, MambaCarry, MambaParams, MambaSpec, gated_deltanet, mamba
 from memcell.cells import LRUCarry, LRUParams, LRUSpec, RGLRUCarry, RGLRUParams, RGLRUSpec, lru, rglru
 from memcell.scan import DirectionPair, bidirectional, layer, stack, unroll
 from memcell.streaming import Stream, stream
@@ -112,4 +113,6 @@ __all__ = [
     "RGLRUSpec",
     "lru",
     "rglru",
+    "GatedDeltaNetCarry", "GatedDeltaNetParams", "GatedDeltaNetSpec", "MambaCarry", "MambaParams", "MambaSpec",
+    "gated_deltanet", "mamba",
 ]

@@ -69,7 +69,8 @@ class CellSpec:
         generic forms, such as ``LinearSpec``'s scan): ``parallel(params, xs, carry0, valid, resets,
         *, chunk_size, linear_scan) -> (carry, ys)`` on a ``Frame``'s arrays (``ys`` in processing
         order; padded outputs may hold anything). ``linear_scan(a, b, h0)`` is the path's diagonal
-        scan ``h_t = a_t h_{t-1} + b_t`` over axis -2, handed in so that a cell needs no import of a path.
+        scan ``h_t = a_t h_{t-1} + b_t`` over axis -2 (``axis=`` another), handed in so that a cell
+        needs no import of a path.
     """
 
     step: Callable = dataclasses.field(repr=False, compare=False)

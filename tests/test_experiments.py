@@ -41,10 +41,12 @@ def test_no_experiment_imports_another_only_common():
 
 def test_no_experiment_runs_its_own_optimiser_loop():
     """Training goes through ``memcell.train.fit`` (or ``tasks.train_task``, built on it): no script
-    differentiates a loss, touches optax, or scans a train step itself."""
+    applies an optimiser's updates, takes a loss's value and gradient together, or scans a train step
+    itself. (An optax transformation may be built and handed to the library, and a gradient taken
+    to measure it, as copy_chrono_check's diagnosis does.)"""
     for path in [*SCRIPTS, EXPERIMENTS / "_common.py"]:
         source = path.read_text()
-        for banned in ("value_and_grad", "jax.grad(", "optax", "apply_gradients"):
+        for banned in ("value_and_grad", "apply_updates", "apply_gradients", ".update(grads", "tx.update("):
             assert banned not in source, (path.name, banned)
         tree = ast.parse(source)
         defs = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}

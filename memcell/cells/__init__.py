@@ -26,6 +26,8 @@ from memcell.cells.xlstm import (
     mlstm,
     slstm,
 )
+from memcell.cells.mamba import MambaCarry, MambaParams, MambaSpec, mamba
+from memcell.cells.gated_deltanet import GatedDeltaNetCarry, GatedDeltaNetParams, GatedDeltaNetSpec, gated_deltanet
 from memcell.cells._table import CELLS, Factory, factory_name, resolve
 from memcell.types import Cell, CellSpec
 
@@ -76,4 +78,6 @@ __all__ = [
     "mlstm",
     "rnn",
     "slstm",
+    "MambaCarry", "MambaParams", "MambaSpec", "mamba",
+    "GatedDeltaNetCarry", "GatedDeltaNetParams", "GatedDeltaNetSpec", "gated_deltanet",
 ]

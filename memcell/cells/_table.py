@@ -19,6 +19,8 @@ from memcell.cells.minrnn import mingru, minlstm
 from memcell.cells.rglru import rglru
 from memcell.cells.rnn import irnn, rnn
 from memcell.cells.xlstm import mlstm, slstm
+from memcell.cells.mamba import mamba
+from memcell.cells.gated_deltanet import gated_deltanet
 from memcell.types import Cell
 
 __all__ = ["CELLS", "Factory", "factory_name", "resolve"]
@@ -50,6 +52,8 @@ CELLS: Mapping[str, Factory] = MappingProxyType({
     "rglru": rglru,  # De et al. 2024 (Griffin)
     "slstm": _heads_where_divisible(slstm),  # Beck et al. 2024 (xLSTM)
     "mlstm": _heads_where_divisible(mlstm),
+    "mamba": mamba,  # Gu and Dao 2023
+    "gated_deltanet": gated_deltanet,  # Yang, Kautz and Hatamizadeh 2024
 })
 
 

@@ -1,7 +1,8 @@
 """Benchmarks for recurrent cells: generators and loaders with a test split, a stated metric
 and baselines computed from the data.
 
-Long-term-dependency problems (``synthetic``): ``adding``, ``copy_memory``, ``temporal_order``, ``selective_copy``.
+Long-term-dependency problems (``synthetic``): ``adding``, ``copy_memory``, ``temporal_order``, ``selective_copy``,
+``mqar``.
 Small real data, nothing downloaded: ``digits`` (sequential and permuted 8x8 digits,
 scikit-learn), ``char_lm`` (Shakespeare, shipped), ``sunspots`` (statsmodels),
 ``japanese_vowels`` (speech, shipped).
@@ -39,7 +40,7 @@ from memcell.tasks._streams import TokenStreams, stream_eval_fn, stream_loss_fn,
 from memcell.tasks._flow import gradient_norms_by_lag
 from memcell.tasks.digits import digits
 from memcell.tasks.sunspots import sunspots
-from memcell.tasks.synthetic import adding, copy_memory, selective_copy, temporal_order
+from memcell.tasks.synthetic import adding, copy_memory, mqar, selective_copy, temporal_order
 from memcell.tasks.text import char_lm, sample_text
 from memcell.tasks.vowels import japanese_vowels, read_ts
 
@@ -48,6 +49,7 @@ TASKS = {
     "adding": (adding, "length"),
     "copy": (copy_memory, "length"),
     "selective_copy": (selective_copy, "length"),
+    "mqar": (mqar, "length"),
     "temporal_order": (temporal_order, "length"),
     "digits": (digits, None),
     "permuted_digits": (lambda **kw: digits(permuted=True, **kw), None),
@@ -111,6 +113,7 @@ __all__ = [
     "loss_fn",
     "make",
     "make_cell",
+    "mqar",
     "read_ts",
     "sample_text",
     "selective_copy",

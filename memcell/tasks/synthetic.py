@@ -1,4 +1,5 @@
-"""The classic long-term-dependency problems: adding, copy memory, temporal order, and selective copying.
+"""The classic long-term-dependency problems: adding, copy memory, temporal order; selective copying and
+multi-query associative recall (mqar).
 
 Every generator is a pure JAX function of a key, so batches are drawn inside the jit-compiled
 train step; the test set is drawn once from a fixed key that training never uses, and each
@@ -15,7 +16,7 @@ import numpy as np
 
 from memcell.tasks._base import Task, classification_loss, cross_entropy
 
-__all__ = ["adding", "copy_memory", "selective_copy", "temporal_order"]
+__all__ = ["adding", "copy_memory", "mqar", "selective_copy", "temporal_order"]
 
 # Test sets and baseline-fitting samples come from this fixed key, folded with the task's
 # seed; training draws its keys from the run's key, so the streams never coincide by design.
@@ -177,21 +178,18 @@ def copy_memory(length: int = 100, *, n_test: int = 1000, seed: int = 0) -> Task
 
 # ----------------------------------------------------------------------------- selective copying
 
-_SEL_SYMBOLS, _SEL_COUNT = 16, 16  # data tokens 1..16; 16 of them to recall
-_SEL_MARK = _SEL_SYMBOLS + 1  # the "recall now" token; 0 is noise
-
-
-def _selective_sample(T: int):
-    n = T + _SEL_COUNT
+def _selective_sample(T: int, symbols: int, count: int):
+    n = T + count
+    mark = symbols + 1  # the "recall now" token; 0 is noise
 
     def sample(key, batch_size: int) -> dict:
         kp, kd = jax.random.split(key)
-        # 16 distinct positions in the first T steps, in order: a random permutation's first 16, sorted.
-        pos = jnp.sort(jnp.argsort(jax.random.uniform(kp, (batch_size, T)), axis=1)[:, :_SEL_COUNT], axis=1)
-        data = jax.random.randint(kd, (batch_size, _SEL_COUNT), 1, _SEL_SYMBOLS + 1)
+        # `count` distinct positions in the first T steps, in order: a random permutation's first ones, sorted.
+        pos = jnp.sort(jnp.argsort(jax.random.uniform(kp, (batch_size, T)), axis=1)[:, :count], axis=1)
+        data = jax.random.randint(kd, (batch_size, count), 1, symbols + 1)
         rows = jnp.arange(batch_size)[:, None]
         context = jnp.zeros((batch_size, T), jnp.int32).at[rows, pos].set(data)
-        marks = jnp.full((batch_size, _SEL_COUNT), _SEL_MARK, jnp.int32)
+        marks = jnp.full((batch_size, count), mark, jnp.int32)
         xs = jnp.concatenate([context, marks], axis=1)
         ys = jnp.concatenate([jnp.zeros((batch_size, T), jnp.int32), data], axis=1)
         assert xs.shape[1] == n and ys.shape[1] == n
@@ -200,31 +198,38 @@ def _selective_sample(T: int):
     return sample
 
 
-def _selective_loss(outputs, batch):
-    # Only the 16 recall steps are scored: the context steps have nothing to predict.
-    xent, acc = cross_entropy(outputs[:, -_SEL_COUNT:], batch["ys"][:, -_SEL_COUNT:])
-    return xent, {"xent": xent, "accuracy": acc}
+def _selective_loss(count: int):
+    def loss(outputs, batch):
+        # Only the recall steps are scored: the context steps have nothing to predict.
+        xent, acc = cross_entropy(outputs[:, -count:], batch["ys"][:, -count:])
+        return xent, {"xent": xent, "accuracy": acc}
+
+    return loss
 
 
-def selective_copy(length: int = 256, *, n_test: int = 1000, seed: int = 0) -> Task:
+def selective_copy(length: int = 256, *, num_tokens: int = 16, vocab_size: int = 16, n_test: int = 1000,
+                   seed: int = 0) -> Task:
     """Selective copying (Gu and Dao 2023, the Mamba paper's task; used by Feng et al. 2024).
 
-    Input, ``T + 16`` tokens: a context of ``T`` steps of noise (token 0) with 16 data tokens
-    (drawn from ``{1..16}``) at 16 random distinct positions, then 16 recall markers (17).
-    Target, at the 16 marker steps: the data tokens in the order they appeared. Unlike copy
-    memory, the data's positions vary, so the model must select what to store by content (an
-    input-dependent gate), not count steps. Metric: recall accuracy over the 16 marker steps
-    (loss: their mean cross-entropy). Baseline: the best memoryless predictor, each recall
-    step's most frequent target on training data (about 1/16). Solved: accuracy >= 0.99.
+    Input, ``T + n`` tokens (``n = num_tokens``): a context of ``T`` steps of noise (token 0) with
+    ``n`` data tokens (drawn from ``{1..V}``, ``V = vocab_size``) at ``n`` random distinct
+    positions, then ``n`` recall markers (``V + 1``). Target, at the ``n`` marker steps: the data
+    tokens in the order they appeared. Unlike copy memory, the data's positions vary, so the model
+    must select what to store by content (an input-dependent gate), not count steps. Metric: recall
+    accuracy over the marker steps (loss: their mean cross-entropy). Baseline: the best memoryless
+    predictor, each recall step's most frequent target on training data (about ``1/V``). Solved:
+    accuracy >= 0.99. The paper's setting is ``n = V = 16`` (the defaults) with ``T = 4096``.
 
     Args:
-      length: ``T``, the context length (>= 16).
+      length: ``T``, the context length (>= ``num_tokens``).
+      num_tokens: ``n``, the data tokens to remember and recall (>= 1).
+      vocab_size: ``V``, the data symbols (>= 2).
       n_test: test sequences.
       seed: selects the test set.
 
     Returns:
-      A ``Task`` with token inputs ``xs: [b, T + 16]`` (18 classes) and ``ys: [b, T + 16]``
-      (16 output classes + noise: 17 outputs).
+      A ``Task`` with token inputs ``xs: [b, T + n]`` (``V + 2`` classes) and ``ys: [b, T + n]``
+      (``V`` output classes + noise: ``V + 1`` outputs).
 
     Example:
       >>> import jax
@@ -234,28 +239,151 @@ def selective_copy(length: int = 256, *, n_test: int = 1000, seed: int = 0) -> T
       >>> batch["xs"].shape, int((batch["xs"][:, :32] > 0).sum(1)[0])
       ((4, 48), 16)
     """
-    T = _check_int("length", length, _SEL_COUNT)
+    n = _check_int("num_tokens", num_tokens, 1)
+    V = _check_int("vocab_size", vocab_size, 2)
+    T = _check_int("length", length, n)
     n_test = _check_int("n_test", n_test, 1)
-    sample = _selective_sample(T)
+    sample = _selective_sample(T, V, n)
     draw = jax.jit(sample, static_argnums=1)  # eager generation dispatches op by op: slow
-    base = jax.random.fold_in(jax.random.key(seed + 3), T)
-    test, fit = _test_and_fit(draw, base, n_test)
-    n_out = _SEL_SYMBOLS + 1
-    recall_fit, recall_test = fit["ys"][:, -_SEL_COUNT:], test["ys"][:, -_SEL_COUNT:]
+    base = jax.random.key(seed + 3)
+    if (n, V) != (16, 16):  # another task: other test draws (the paper's setting keeps its recorded ones)
+        base = jax.random.fold_in(base, 1000 * n + V)
+    test, fit = _test_and_fit(draw, jax.random.fold_in(base, T), n_test)
+    n_out = V + 1
+    recall_fit, recall_test = fit["ys"][:, -n:], test["ys"][:, -n:]
     counts = np.stack([np.bincount(col, minlength=n_out) for col in recall_fit.T]).astype(np.float64)
-    majority = counts.argmax(-1)  # [16]
+    majority = counts.argmax(-1)  # [n]
     acc = float(np.mean(recall_test == majority[None]))
     probs = (counts + 1e-3) / (counts + 1e-3).sum(-1, keepdims=True)
-    xent = float(-np.log(probs[np.arange(_SEL_COUNT), recall_test]).mean())
+    xent = float(-np.log(probs[np.arange(n), recall_test]).mean())
     return Task(
-        name="selective_copy", input_size=_SEL_MARK + 1, output_size=n_out, readout="all", sample=sample, test=test,
-        loss=_selective_loss, metric="accuracy", mode="max",
+        name="selective_copy", input_size=V + 2, output_size=n_out, readout="all", sample=sample, test=test,
+        loss=_selective_loss(n), metric="accuracy", mode="max",
         baselines={"memoryless": {"accuracy": acc, "xent": xent, "loss": xent}},
         solved=0.99,
-        info={"length": T, "n_test": n_test, "symbols": _SEL_SYMBOLS, "to_recall": _SEL_COUNT,
-              "protocol": "16 of 16 symbols at random positions among T noise steps, recalled in order after "
-                          "16 markers; metric: recall accuracy; solved: >= 0.99"},
+        info={"length": T, "n_test": n_test, "symbols": V, "to_recall": n,
+              "protocol": f"{n} of {V} symbols at random positions among T noise steps, recalled in order after "
+                          f"{n} markers; metric: recall accuracy; solved: >= 0.99"},
     )
+
+
+# ----------------------------------------------------------------------------- multi-query associative recall
+
+
+def _mqar_sample(T: int, vocab: int, pairs: int, power_a: float):
+    half = vocab // 2
+    space = (T - 2 * pairs) // 2  # the query slots: every other step after the context
+    log_p = (power_a - 1.0) * jnp.log(jnp.arange(1, space + 1, dtype=jnp.float32))  # power law over gaps
+
+    def sample(key, batch_size: int) -> dict:
+        kk, kv, kg = jax.random.split(key, 3)
+        # Distinct keys from 1..half-1 and distinct values from half..vocab-1: the first `pairs` of a random order.
+        keys = 1 + jnp.argsort(jax.random.uniform(kk, (batch_size, half - 1)), axis=1)[:, :pairs]
+        values = half + jnp.argsort(jax.random.uniform(kv, (batch_size, vocab - half)), axis=1)[:, :pairs]
+        # Distinct gaps drawn with probabilities p ~ gap^(a - 1) without replacement (Gumbel top-k,
+        # the same law as drawing one at a time, as the Zoology code does with numpy).
+        gumbel = jax.random.gumbel(kg, (batch_size, space))
+        gaps = jax.lax.top_k(log_p + gumbel, pairs)[1]  # [b, pairs]: key j is asked gaps[j] slots in
+        rows = jnp.arange(batch_size)[:, None]
+        context = jnp.stack([keys, values], axis=-1).reshape(batch_size, 2 * pairs)
+        queries = jnp.zeros((batch_size, T - 2 * pairs), jnp.int32).at[rows, 2 * gaps].set(keys)
+        answers = jnp.zeros((batch_size, T - 2 * pairs), jnp.int32).at[rows, 2 * gaps].set(values)
+        xs = jnp.concatenate([context, queries], axis=1)
+        ys = jnp.concatenate([jnp.zeros((batch_size, 2 * pairs), jnp.int32), answers], axis=1)
+        return {"xs": xs, "ys": ys}  # ys is 0 wherever nothing is asked (values are >= half > 0)
+
+    return sample
+
+
+def _mqar_loss(outputs, batch):
+    # Only the query steps are scored (ys > 0 there): the model answers with the value stored under the key.
+    xent, acc = cross_entropy(outputs, batch["ys"], mask=batch["ys"] > 0)
+    return xent, {"xent": xent, "accuracy": acc}
+
+
+def _check_power(power_a):
+    ok = isinstance(power_a, (int, float, np.integer, np.floating)) and not isinstance(power_a, bool)
+    if not (ok and 0 < power_a <= 1):
+        raise ValueError(f"power_a must be a number in (0, 1], got {power_a!r}")
+    return float(power_a)
+
+
+def mqar(length: int = 64, *, vocab_size: int = 64, num_pairs: int = 8, power_a: float = 0.01, n_test: int = 1000,
+         seed: int = 0) -> Task:
+    """Multi-query associative recall (Arora et al. 2023, "Zoology: Measuring and Improving Recall
+    in Efficient Language Models", section 3; its ``multiquery_ar`` generator).
+
+    Input, ``T`` tokens: ``num_pairs`` key-value pairs ``k_1 v_1 ... k_P v_P`` (distinct keys from
+    ``1 .. V/2 - 1``, distinct values from ``V/2 .. V - 1``), then ``T - 2P`` steps of noise (token 0)
+    in which every key appears once more, at an even offset, as a query. The query positions
+    follow the paper's power law: key ``j`` is asked ``2 g_j`` steps after the context, the gaps
+    ``g_j`` distinct and drawn with probability proportional to ``g^(a - 1)`` (``a = power_a``; 1:
+    uniform), so most queries come soon after the context, and a few far. Target, at each query
+    step: the value stored with that key (Zoology fills the noise with random tokens by default;
+    here it is token 0, the variant its docstring shows). The pairs change with every sequence, so
+    the model must store them as they come and look them up by content. Metric: accuracy over the
+    query steps (loss: their mean cross-entropy). Baseline, "memoryless": the best predictor that
+    sees only the current token, the most frequent value for each query key on training data (the
+    values are drawn uniformly, so about ``2 / V``). Solved: accuracy >= 0.99.
+
+    Args:
+      length: ``T``, the sequence length: even, and at least ``4 * num_pairs``.
+      vocab_size: ``V``, the vocabulary (inputs and outputs), even, with ``V/2 - 1 >= num_pairs``
+        keys and ``V/2 >= num_pairs`` values.
+      num_pairs: ``P``, key-value pairs (and queries) a sequence (>= 1).
+      power_a: the power law's ``a``, in ``(0, 1]`` (the paper's 0.01).
+      n_test: test sequences.
+      seed: selects the test set.
+
+    Returns:
+      A ``Task`` with token inputs ``xs: [b, T]`` (``V`` classes) and ``ys: [b, T]`` (0 where no
+      query is asked, else the value).
+
+    Example:
+      >>> import jax
+      >>> from memcell.tasks import mqar
+      >>> task = mqar(16, vocab_size=16, num_pairs=4)
+      >>> batch = task.sample(jax.random.key(0), 2)
+      >>> batch["xs"].shape, int((batch["ys"][0] > 0).sum()), task.metric
+      ((2, 16), 4, 'accuracy')
+    """
+    P = _check_int("num_pairs", num_pairs, 1)
+    V = _check_int("vocab_size", vocab_size, 2 * P + 2)
+    if V % 2:
+        raise ValueError(f"vocab_size must be even (keys and values take half each), got {V}")
+    T = _check_int("length", length, 4 * P)
+    if T % 2:
+        raise ValueError(f"length must be even (queries sit at even offsets after the context), got {T}")
+    a = _check_power(power_a)
+    n_test = _check_int("n_test", n_test, 1)
+    sample = _mqar_sample(T, V, P, a)
+    draw = jax.jit(sample, static_argnums=1)  # eager generation dispatches op by op: slow
+    base = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed + 4), T), V * 1000 + P)
+    test, fit = _test_and_fit(draw, base, n_test)
+    baseline = _mqar_memoryless(fit, test, V)
+    return Task(
+        name="mqar", input_size=V, output_size=V, readout="all", sample=sample, test=test,
+        loss=_mqar_loss, metric="accuracy", mode="max",
+        baselines={"memoryless": baseline},
+        solved=0.99,
+        info={"length": T, "n_test": n_test, "vocab_size": V, "num_pairs": P, "power_a": a,
+              "protocol": f"{P} key-value pairs of a vocabulary of {V}, then each key queried once in {T - 2 * P} "
+                          "steps of noise (power-law gaps); metric: accuracy at the query steps; solved: >= 0.99"},
+    )
+
+
+def _mqar_memoryless(fit: dict, test: dict, V: int) -> dict:
+    """Accuracy and cross-entropy on ``test`` of the best predictor from the current token alone,
+    fitted on ``fit``: each query key's most frequent value (and its smoothed frequencies)."""
+    asked = fit["ys"] > 0
+    counts = np.zeros((V, V))
+    np.add.at(counts, (fit["xs"][asked], fit["ys"][asked]), 1.0)
+    t_asked = test["ys"] > 0
+    k, v = test["xs"][t_asked], test["ys"][t_asked]
+    acc = float(np.mean(counts[k].argmax(-1) == v))
+    probs = (counts + 1e-3) / (counts + 1e-3).sum(-1, keepdims=True)
+    xent = float(-np.log(probs[k, v]).mean())
+    return {"accuracy": acc, "xent": xent, "loss": xent}
 
 
 # ----------------------------------------------------------------------------- temporal order
