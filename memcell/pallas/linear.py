@@ -131,6 +131,11 @@ def _flags(ok, rs):
     return [f for f in (ok, rs) if f is not None]
 
 
+def _tuning(cfg: _Config) -> Tuning:
+    # A program's work is one row of channel_block values a step: more warps than 32-lane rows idle.
+    return cfg.tuning._replace(num_warps=min(cfg.tuning.num_warps, max(1, cfg.channel_block // 32)))
+
+
 def _forward(cfg: _Config, a, b, h0, ok, rs):
     n = len(a)
     B, T, Hp = a[0].shape
@@ -139,7 +144,7 @@ def _forward(cfg: _Config, a, b, h0, ok, rs):
     kernel = functools.partial(_forward_kernel, n, T, cfg.tuning.unroll, ok is not None, rs is not None)
     out_shape = [jax.ShapeDtypeStruct((B, T, Hp), F32)] * n + [jax.ShapeDtypeStruct((B, Hp), F32)] * n
     outs = _blocks.call(
-        kernel, name="memcell_linear_scan", grid=(B, Hp // C), platform=cfg.platform, tuning=cfg.tuning,
+        kernel, name="memcell_linear_scan", grid=(B, Hp // C), platform=cfg.platform, tuning=_tuning(cfg),
         in_specs=_specs(T, C, (2 * n, n, len(flags))), out_specs=_specs(T, C, (n, n, 0)), out_shape=out_shape,
     )(*a, *b, *h0, *flags)
     return tuple(outs[:n]), tuple(outs[n:])
@@ -162,7 +167,7 @@ def _scan_bwd(cfg, res, cotangents):
                  + [jax.ShapeDtypeStruct((B, T, Hp), cfg.b_dtype)] * n
                  + [jax.ShapeDtypeStruct((B, Hp), x.dtype) for x in h0])
     outs = _blocks.call(
-        kernel, name="memcell_linear_scan_backward", grid=(B, Hp // C), platform=cfg.platform, tuning=cfg.tuning,
+        kernel, name="memcell_linear_scan_backward", grid=(B, Hp // C), platform=cfg.platform, tuning=_tuning(cfg),
         in_specs=_specs(T, C, (n, 0, 0)) + _specs(T, C, (n, n, 0)) + _specs(T, C, (n, n, len(flags))),
         out_specs=_specs(T, C, (2 * n, n, 0)), out_shape=out_shape,
     )(*a, *hs, *h0, *(x.astype(F32) for x in dhs), *(x.astype(F32) for x in dh_last), *flags)

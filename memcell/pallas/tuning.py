@@ -36,8 +36,8 @@ class Tuning(NamedTuple):
 
 # First choices, unmeasured (no GPU was lent): 64 channels a program gives a [16, T, 128] problem
 # 32 programs; 16 batch rows is Triton's smallest matmul tile; 4 steps an iteration lets the loads
-# of a step run ahead of the carry; weights of up to 64 KiB (an H = 64 LSTM in float32, H = 128 in
-# bfloat16 for the GRU) stay in registers for the whole loop, larger ones are read a step (from L2).
+# of a step run ahead of the carry; weights of up to 64 KiB (an H = 64 LSTM or an H = 128 RNN in
+# float32) stay in registers for the whole loop, larger ones are read a step (from L2).
 GPU = Tuning(channel_block=64, batch_block=16, unroll=4, num_warps=4, resident_bytes=64 * 1024)
 
 # Interpret mode (tests only): one program for small problems, 2 steps an iteration so that the
