@@ -301,6 +301,11 @@ def recurrence(kind: str, zx, w_h, b_h, carry0: tuple, valid, resets, *, dtype, 
       valid, resets: ``[B, T]`` bool or None, as the frame gives them.
       dtype: the recurrent matmul's dtype (None: that of ``h`` and ``w_h``, promoted).
       tuning, platform: block sizes; ``"gpu"`` lowers through Triton, ``"cpu"`` interprets.
+
+    Returns:
+      ``(hs, carry)``: ``hs: [B, T, h]`` the h after every step (a padded step's is the h it kept)
+      and the final carry's arrays ``[B, h]``, float32; differentiable (first order) in ``zx``,
+      ``w_h``, ``b_h`` and ``carry0``.
     """
     B, T, G, H = zx.shape
     Hp = max(16, _blocks.next_pow2(H))  # 16: Triton's smallest matmul dimension
