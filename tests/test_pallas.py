@@ -141,12 +141,18 @@ def test_other_cells_values_with_lengths_resets_reverse_and_carry(name):
         assert a.shape == b.shape and float(jnp.max(jnp.abs(a - b))) < F32_TOL
 
 
-def test_plain_unroll_over_several_batch_blocks_and_a_loop_tail(monkeypatch):
-    # 17 sequences: two batch blocks of 16 (the second mostly padding); no lengths, resets or
-    # reverse; 3 steps a loop iteration: 2 iterations and a tail of 1 step.
-    monkeypatch.setitem(tuning.BY_PLATFORM, "cpu", SMALL._replace(unroll=3))
-    cell, params, xs, carry = _case("lstm", (17,))
-    err, gerr, scale, _ = compare(cell, params, xs, carry)
+def test_tiled_hidden_units_over_several_batch_blocks_and_a_loop_tail(monkeypatch):
+    # Above `tile` hidden units the kernels run tile by tile, the carry through memory between steps:
+    # H = 20 in tiles of 16 is 2 tiles (the second mostly padding). The LSTM, whose cell also goes
+    # through memory (the GRU and the RNNs: the slow sweep). 17 sequences: two batch blocks of 16;
+    # 3 steps a loop iteration: 2 iterations and a tail of 1 step.
+    monkeypatch.setitem(tuning.BY_PLATFORM, "cpu", SMALL._replace(tile=16, unroll=3))
+    cell = memcell.lstm(20)
+    k = jax.random.split(jax.random.key(7), 3)
+    params = cell.init(k[0], D)
+    xs = jax.random.normal(k[1], (17, T, D))
+    carry = jax.tree.map(lambda z: 0.5 * jax.random.normal(k[2], z.shape), cell.initial_carry(params, (17,)))
+    err, gerr, scale, _ = compare(cell, params, xs, carry, **_options((17,), T))
     assert err < F32_TOL and gerr < F32_TOL * max(scale, 1.0), (err, gerr, scale)
 
 
@@ -259,7 +265,7 @@ def _lowers_to_triton(fn, *args) -> int:
 
 
 def test_kernels_lower_to_triton_forward_and_backward():
-    B, T_, Hd = 5, 9, 100  # odd sizes; the LSTM's weights too big to stay resident: read each step
+    B, T_, Hd = 5, 9, 100  # odd sizes; the LSTM's weights too big to stay resident: read each step (tiles: slow)
     valid = jnp.arange(T_) < jnp.array([9, 4, 0, 9, 1])[:, None]
     resets = jnp.zeros((B, T_), bool).at[:, 3].set(True)
     a = jnp.full((B, T_, Hd), 0.5) * jnp.exp(0.1j)
@@ -289,12 +295,30 @@ def test_sweep_larger_odd_sizes(name, options, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("options", ["plain", "all"])
+def test_sweep_tiled(name, options, monkeypatch):
+    # H = 37 in tiles of 16: 3 tiles; 19 sequences: two batch blocks; 3 steps a loop iteration.
+    monkeypatch.setitem(tuning.BY_PLATFORM, "cpu", SMALL._replace(tile=16, unroll=3))
+    factory = {"lstm": memcell.lstm, "gru": memcell.gru, "rnn_tanh": memcell.rnn,
+               "rnn_relu": functools.partial(memcell.rnn, activation="relu")}[name]
+    cell = factory(37)
+    k = jax.random.split(jax.random.key(8), 3)
+    params = cell.init(k[0], D)
+    xs = jax.random.normal(k[1], (19, 23, D))
+    carry = jax.tree.map(lambda z: 0.5 * jax.random.normal(k[2], z.shape), cell.initial_carry(params, (19,)))
+    kw = {} if options == "plain" else _options((19,), 23, seed=9)
+    err, gerr, scale, _ = compare(cell, params, xs, carry, **kw)
+    assert err < 1e-4 and gerr < 1e-4 * max(scale, 1.0), (err, gerr, scale)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, G", [("tanh", 1), ("relu", 1), ("lstm", 4), ("gru", 3)])
 def test_every_kernel_lowers_to_triton(kind, G):
-    # Resident weights (H = 24) and weights read each step (H = 100), float32 and bfloat16.
+    # Resident weights (H = 24), weights read each step (H = 100), tiles (H = 200), float32 and bfloat16.
     B, T_ = 3, 5
     flags = jnp.ones((B, T_), bool)
-    for Hd, dtype in ((24, None), (100, jnp.bfloat16)):
+    for Hd, dtype in ((24, None), (100, jnp.bfloat16), (200, None)):
         bh = jnp.zeros(G * Hd) if kind == "gru" else None
         carry = tuple(jnp.zeros((B, Hd)) for _ in range(2 if kind == "lstm" else 1))
         run = lambda zx, w, c: jnp.sum(recurrence(kind, zx, w, bh, c, None, flags, dtype=dtype, tuning=tuning.GPU,

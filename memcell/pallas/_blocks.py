@@ -62,7 +62,7 @@ def call(kernel: Callable, *, name: str, grid: tuple, in_specs, out_specs, out_s
          tuning: Tuning, aliases: dict | None = None):
     """``pl.pallas_call`` for ``platform``: interpreted on a CPU, lowered through Triton on a GPU."""
     interpret = platform == "cpu"
-    params = None if interpret else pltriton.CompilerParams(num_warps=tuning.num_warps)
+    params = None if interpret else pltriton.CompilerParams(num_warps=tuning.num_warps, num_stages=tuning.num_stages)
     return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=in_specs, out_specs=out_specs,
                           input_output_aliases=aliases or {}, interpret=interpret, compiler_params=params,
                           name=name)

@@ -32,6 +32,8 @@ class Tuning(NamedTuple):
     unroll: int  # time steps a loop iteration runs: their loads are independent of the carry, so issued together
     num_warps: int  # Triton: warps a program
     resident_bytes: int  # LSTM / GRU / RNN: recurrent weights up to this size are loaded once, before the time loop
+    tile: int = 128  # LSTM / GRU / RNN: above this many hidden units a step runs in tiles of this many
+    num_stages: int = 1  # Triton: software-pipelining stages of a loop's loads
 
 
 # First choices, unmeasured (no GPU was lent): 64 channels a program gives a [16, T, 128] problem
