@@ -287,8 +287,10 @@ def sweep(shapes, long_t, bdh, rounds, clock, smoke: bool) -> list[dict]:
     B, D, H = bdh
     plans = [("mingru", (B, long_t[min(2, len(long_t) - 1)], D, H), base._replace(channel_block=c, unroll=u))
              for c in (32, 64, 128, 256) for u in (1, 4, 8)]
-    plans += [("lstm", s, base._replace(batch_block=b, num_warps=w, unroll=u))
-              for s in shapes[:1] + shapes[2:3] for b in (16, 32, 64) for w in (4, 8) for u in (1, 4)]
+    plans += [("lstm", shapes[0], base._replace(batch_block=b, num_warps=w, unroll=u))  # the carry in registers
+              for b in (16, 32) for w in (4, 8) for u in (1, 4)]
+    plans += [("lstm", shapes[min(2, len(shapes) - 1)], base._replace(tile=c, num_warps=w, num_stages=n))  # tiled
+              for c in (64, 128) for w in (4, 8) for n in (1, 2)]
     if smoke:  # two of each: the code path, not the numbers
         plans = plans[:2] + plans[12:14]
     for name, (B_, T, D_, H_), t in plans:
@@ -371,8 +373,8 @@ def targets(rows, errs) -> list[tuple[str, str]]:
 
 def tuning_json(rows, swept, device: str) -> dict:
     """What the run measured, in the form the tuning tables take (filled into them by hand)."""
-    def best(cell):
-        done = [s for s in swept if s["cell"] == cell and isinstance(s["train"], float)]
+    def best(cell, shape):
+        done = [s for s in swept if s["cell"] == cell and s["shape"] == shape and isinstance(s["train"], float)]
         return min(done, key=lambda s: s["train"]) if done else None
 
     f32 = [r for r in rows if r["dtype"] == "float32" and isinstance(r["impls"], dict)]
@@ -386,7 +388,7 @@ def tuning_json(rows, swept, device: str) -> dict:
     for r in f32:
         if r["section"] in ("mingru", "lru") and _t(r, "memcell parallel") and _t(r, "memcell reference"):
             parallel.setdefault(r["section"], {})[r["shape"][1]] = _t(r, "memcell reference") / _t(r, "memcell parallel")
-    blocks = {c: best(c) for c in ("mingru", "lstm")}
+    blocks = {f"{c} {shape}": best(c, shape) for c, shape in sorted({(s["cell"], s["shape"]) for s in swept})}
     return {
         "device": device, "jax": jax.__version__, "date": datetime.date.today().isoformat(),
         "pallas": {"block_sweep_best": {c: (b and {"tuning": b["tuning"], "train_ms": 1e3 * b["train"]}) for c, b in blocks.items()},
@@ -427,9 +429,8 @@ def render(rows, errs, tests, checks, swept, tj, device, clock, smoke) -> str:
                   ", ".join(f"{s} {sh} {i}: {v:.1e}" for (s, sh, i), v in errs.items())]
     if swept:
         lines += ["", "### Pallas block sizes (training step, ms)", ""]
-        lines += [f"- {s['cell']} {s['shape']} channel_block={s['tuning']['channel_block']} batch_block={s['tuning']['batch_block']} "
-                  f"num_warps={s['tuning']['num_warps']} unroll={s['tuning']['unroll']}: {_ms(s['train']) if isinstance(s['train'], float) else s['train']}"
-                  for s in swept]
+        lines += [f"- {s['cell']} {s['shape']} " + " ".join(f"{k}={v}" for k, v in s["tuning"].items() if k != "resident_bytes")
+                  + f": {_ms(s['train']) if isinstance(s['train'], float) else s['train']}" for s in swept]
     lines += ["", "Measured tuning (fill memcell/pallas/tuning.py and memcell/parallel/tuning.py from it by hand):", "",
               "```json", json.dumps(tj, indent=1, default=str), "```", END]
     return "\n".join(lines) + "\n"

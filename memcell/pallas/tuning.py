@@ -36,15 +36,19 @@ class Tuning(NamedTuple):
     num_stages: int = 1  # Triton: software-pipelining stages of a loop's loads
 
 
-# First choices, unmeasured (no GPU was lent): 64 channels a program gives a [16, T, 128] problem
-# 32 programs; 16 batch rows is Triton's smallest matmul tile; 4 steps an iteration lets the loads
-# of a step run ahead of the carry; weights of up to 64 KiB (an H = 64 LSTM or an H = 128 RNN in
-# float32) stay in registers for the whole loop, larger ones are read a step (from L2).
-GPU = Tuning(channel_block=64, batch_block=16, unroll=4, num_warps=4, resident_bytes=64 * 1024)
+# First choices, unmeasured in time (no GPU was lent): 64 channels a program gives a [16, T, 128]
+# problem 32 programs; 16 batch rows is Triton's smallest matmul tile; 4 steps an iteration lets
+# the loads of a step run ahead of the carry; weights of up to 64 KiB (an H = 64 LSTM or an H = 128
+# RNN in float32) stay in registers for the whole loop, larger ones are read a step (from L2).
+# Measured in shared memory only (benchmarks/triton_compile.py, Triton 3.9 for sm_90; an H100 block
+# has 227 KiB): a whole [h, h] weight operand took the LSTM 72 KiB at H = 128 and 272 KiB at
+# H = 256 (float32), so tiles of 128; with these settings every kernel at make bench's shapes takes
+# 72 KiB or less. One pipeline stage: two took the tiled LSTM's backward from 24 to 288 KiB.
+GPU = Tuning(channel_block=64, batch_block=16, unroll=4, num_warps=4, resident_bytes=64 * 1024, tile=128, num_stages=1)
 
-# Interpret mode (tests only): one program for small problems, 2 steps an iteration so that the
-# loop and its tail both run.
-CPU = Tuning(channel_block=128, batch_block=16, unroll=1, num_warps=4, resident_bytes=64 * 1024)
+# Interpret mode (tests only): one program for small problems, one step an iteration (small
+# interpreted programs; the tests that unroll more say so).
+CPU = Tuning(channel_block=128, batch_block=16, unroll=1, num_warps=4, resident_bytes=64 * 1024, tile=128, num_stages=1)
 
 BY_PLATFORM = {"gpu": GPU, "cpu": CPU}
 
