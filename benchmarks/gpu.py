@@ -27,7 +27,6 @@ Usage: ``PYTHONPATH=. python benchmarks/gpu.py [--cpu-smoke] [--budget S] [--rou
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import sys
@@ -44,12 +43,12 @@ from memcell.pallas import tuning as pallas_tuning
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import write_section  # noqa: E402
+from _gpu_report import END, START, _max_err, bf16_errors, render, tuning_json  # noqa: E402
 from run import SHAPES  # noqa: E402  (the five shapes of make bench)
 
 LONG_T = [1024, 4096, 16384, 65536]
 LONG_BDH = (16, 64, 128)  # B, D, H of the minGRU / LRU / fused LSTM rows
 SMOKE = dict(shapes=[(2, 5, 3, 8)], long_t=[16, 24], long_bdh=(2, 3, 8))
-START, END = "<!-- gpu:start -->", "<!-- gpu:end -->"
 BF16 = jnp.bfloat16
 
 
@@ -70,11 +69,6 @@ def _error(e: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------- tests
-
-
-def _max_err(a, b) -> float:
-    return max(float(jnp.max(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32))))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def _unroll_fn(cell, backend, **kw):
@@ -99,7 +93,8 @@ def path_checks(smoke: bool) -> list[tuple[str, float, float, bool]]:
     for backend, cell in cases:
         params = cell.init(jax.random.key(0), D)
         # The pallas path without the frame takes no lengths or resets: those are checked by tests/test_pallas.py.
-        kw = {} if backend == "pallas" and "pallas" not in memcell.BACKENDS else dict(lengths=lengths, resets=resets, reverse=True)
+        framed = backend != "pallas" or "pallas" in memcell.BACKENDS
+        kw = dict(lengths=lengths, resets=resets, reverse=True) if framed else {}
 
         def loss(p, x, b):
             c, ys = _unroll_fn(cell, b, **kw)(p, x)
@@ -107,9 +102,9 @@ def path_checks(smoke: bool) -> list[tuple[str, float, float, bool]]:
 
         name = f"{backend} {type(cell.spec).__name__}"
         try:
+            both = lambda b: jax.jit(jax.value_and_grad(lambda p, x: loss(p, x, b), argnums=(0, 1), has_aux=True))
             with jax.default_matmul_precision("highest"):
-                got = jax.jit(jax.value_and_grad(lambda p, x: loss(p, x, backend), argnums=(0, 1), has_aux=True))(params, xs)
-                want = jax.jit(jax.value_and_grad(lambda p, x: loss(p, x, "reference"), argnums=(0, 1), has_aux=True))(params, xs)
+                got, want = both(backend)(params, xs), both("reference")(params, xs)
             scale = max(1.0, max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(want[1])))
             err, gerr = _max_err(got[0][1], want[0][1]), _max_err(got[1], want[1]) / scale
             out.append((name, err, gerr, err < 1e-4 and gerr < 1e-4))
@@ -311,139 +306,16 @@ def _dt(dtype) -> str:
     return "bfloat16" if dtype == BF16 else "float32"
 
 
-# ----------------------------------------------------------------------------- report
-
-
-def _ms(v) -> str:
-    return f"{1e3 * v:.2f}" if isinstance(v, float) else "n/a"
-
-
-def _t(row, impl, what="train"):
-    r = row["impls"].get(impl) if isinstance(row["impls"], dict) else None
-    return r[what] if isinstance(r, dict) else None
-
-
-def bf16_errors(rows) -> dict:
-    """Max |ys_bf16 - ys_f32| of the pallas and fused paths, same params and inputs, per (section, shape)."""
-    out = {}
-    f32 = {(r["section"], r["shape"]): r for r in rows if r["dtype"] == "float32" and isinstance(r["impls"], dict)}
-    for r in rows:
-        ref = f32.get((r["section"], r["shape"]))
-        if r["dtype"] != "bfloat16" or ref is None or not isinstance(r["impls"], dict) or r["shape"][1] > 4096:
-            continue
-        for impl in ("memcell pallas", "memcell fused", "memcell reference"):  # the reference: the cell's own bf16 error
-            a, b = (x["impls"].get(impl) for x in (r, ref))
-            if isinstance(a, dict) and isinstance(b, dict) and a["fwd"] and b["fwd"]:  # same params and inputs
-                out[(r["section"], r["shape"], impl)] = _max_err(a["fwd"](), b["fwd"]())
-    return out
-
-
-def targets(rows, errs) -> list[tuple[str, str]]:
-    """The issue's GPU targets, each 'met', 'not met' or 'unmeasured', with the ratios behind it."""
-    def check(name, pairs, ok):
-        pairs = [(k, v) for k, v in pairs if v is not None]
-        if not pairs:
-            return (name, "unmeasured")
-        return (name, ("met" if all(ok(v) for _, v in pairs) else "not met") + ": " + ", ".join(f"{k} {v:.2f}" for k, v in pairs))
-
-    def ratio(row, num, den):
-        a, b = _t(row, num), _t(row, den)
-        return None if a is None or b is None else a / b
-
-    f32 = [r for r in rows if r["dtype"] == "float32" and isinstance(r["impls"], dict)]
-    lin = [r for r in f32 if r["section"] in ("mingru", "lru") and r["shape"][1] >= 4096]
-    lstm = [r for r in f32 if r["section"] == "lstm"]
-    gru = [r for r in f32 if r["section"] == "gru"]
-    label = lambda r: f"{r['section']} T={r['shape'][1]}" if r["section"] in ("mingru", "lru") else str(r["shape"])
-    bf = [(r, next((x for x in f32 if x["section"] == r["section"] and x["shape"] == r["shape"]), None))
-          for r in rows if r["dtype"] == "bfloat16" and isinstance(r["impls"], dict)]
-    return [
-        check("pallas linear scan >= 10x the reference (train, T >= 4096)", [(label(r), ratio(r, "memcell reference", "memcell pallas")) for r in lin], lambda v: v >= 10),
-        check("pallas linear scan >= 3x the parallel path (train, T >= 4096)", [(label(r), ratio(r, "memcell parallel", "memcell pallas")) for r in lin], lambda v: v >= 3),
-        check("pallas LSTM <= 1.2x cuDNN's time (train)", [(label(r), ratio(r, "memcell pallas", "memcell cuDNN")) for r in lstm], lambda v: v <= 1.2),
-        check("pallas LSTM >= 2x faster than fused (train)", [(label(r), ratio(r, "memcell fused", "memcell pallas")) for r in lstm], lambda v: v >= 2),
-        check("pallas GRU >= 3x faster than the reference (train)", [(label(r), ratio(r, "memcell reference", "memcell pallas")) for r in gru], lambda v: v >= 3),
-        check("pallas GRU >= 3x faster than Flax GRUCell (train)", [(label(r), ratio(r, "flax GRUCell", "memcell pallas")) for r in gru], lambda v: v >= 3),
-        check("bf16 outputs within 1e-2 of float32 (pallas)", [(f"{s} {sh}", v) for (s, sh, i), v in errs.items() if i == "memcell pallas"], lambda v: v <= 1e-2),
-        check("bf16 step time <= 0.7x float32 (pallas, train)",
-              [(label(r), (_t(r, "memcell pallas") / _t(f, "memcell pallas")) if f is not None and _t(r, "memcell pallas") and _t(f, "memcell pallas") else None)
-               for r, f in bf], lambda v: v <= 0.7),
-    ]
-
-
-def tuning_json(rows, swept, device: str) -> dict:
-    """What the run measured, in the form the tuning tables take (filled into them by hand)."""
-    def best(cell, shape):
-        done = [s for s in swept if s["cell"] == cell and s["shape"] == shape and isinstance(s["train"], float)]
-        return min(done, key=lambda s: s["train"]) if done else None
-
-    f32 = [r for r in rows if r["dtype"] == "float32" and isinstance(r["impls"], dict)]
-    faster = {}  # cell -> whether pallas beat every other memcell path at every measured size (what auto needs)
-    for r in f32:
-        others = [_t(r, k) for k in r["impls"] if k.startswith("memcell") and k != "memcell pallas" and _t(r, k)]
-        mine = _t(r, "memcell pallas")
-        if mine is not None and others:
-            faster[r["section"]] = faster.get(r["section"], True) and mine < min(others)
-    parallel = {}
-    for r in f32:
-        if r["section"] in ("mingru", "lru") and _t(r, "memcell parallel") and _t(r, "memcell reference"):
-            parallel.setdefault(r["section"], {})[r["shape"][1]] = _t(r, "memcell reference") / _t(r, "memcell parallel")
-    blocks = {f"{c} {shape}": best(c, shape) for c, shape in sorted({(s["cell"], s["shape"]) for s in swept})}
-    return {
-        "device": device, "jax": jax.__version__, "date": datetime.date.today().isoformat(),
-        "pallas": {"block_sweep_best": {c: (b and {"tuning": b["tuning"], "train_ms": 1e3 * b["train"]}) for c, b in blocks.items()},
-                   "faster_than_every_other_path": faster},
-        "parallel": {"speedup_over_reference_by_T": parallel},
-    }
-
-
-def render(rows, errs, tests, checks, swept, tj, device, clock, smoke) -> str:
-    lines = [START, "## GPU", ""]
-    if smoke:
-        lines += ["CPU smoke run (`--cpu-smoke`, Pallas interpret mode, tiny sizes): shows the script runs; "
-                  "these are not GPU numbers.", ""]
-    lines += [f"Device: {device}; jax {jax.__version__}; {datetime.date.today().isoformat()}; "
-              f"`make bench-gpu` ran {time.time() - clock.start:.0f} s. Times are the minimum over interleaved "
-              "rounds (ms); `x fused` is the fused path's time over this one (above 1: faster).", "", "### Tests", ""]
-    lines += [f"- {k}: {v}" for k, v in tests.items()]
-    lines += [f"- {name}: outputs {e:.1e}, gradients {g:.1e} (relative): {'ok' if ok else 'FAILED'}" for name, e, g, ok in checks]
-    lines += ["", "### Targets", ""] + [f"- {name}: {verdict}" for name, verdict in targets(rows, errs)]
-    for section in ("lstm", "gru", "mingru", "lru"):
-        mine = [r for r in rows if r["section"] == section]
-        if not mine:
-            continue
-        lines += ["", f"### {section}", "", "| B, T, D, H | dtype | implementation | train (ms) | x fused | forward (ms) |", "|---|---|---|---|---|---|"]
-        for r in mine:
-            if not isinstance(r["impls"], dict):
-                lines.append(f"| {r['shape']} | {r['dtype']} | {r['impls']} | | | |")
-                continue
-            fused = _t(r, "memcell fused") or _t(r, "fused LSTM")
-            for name, v in r["impls"].items():
-                if isinstance(v, dict):
-                    x = f"{fused / v['train']:.2f}" if fused else "n/a"
-                    lines.append(f"| {r['shape']} | {r['dtype']} | {name} | {_ms(v['train'])} | {x} | {_ms(v['forward'])} |")
-                else:
-                    lines.append(f"| {r['shape']} | {r['dtype']} | {name} | {v} | | |")
-    if errs:
-        lines += ["", "bf16 against float32, max |ys difference| (same params and inputs): " +
-                  ", ".join(f"{s} {sh} {i}: {v:.1e}" for (s, sh, i), v in errs.items())]
-    if swept:
-        lines += ["", "### Pallas block sizes (training step, ms)", ""]
-        lines += [f"- {s['cell']} {s['shape']} " + " ".join(f"{k}={v}" for k, v in s["tuning"].items() if k != "resident_bytes")
-                  + f": {_ms(s['train']) if isinstance(s['train'], float) else s['train']}" for s in swept]
-    lines += ["", "Measured tuning (fill memcell/pallas/tuning.py and memcell/parallel/tuning.py from it by hand):", "",
-              "```json", json.dumps(tj, indent=1, default=str), "```", END]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (interpret mode): checks the script runs")
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="tiny sizes on the CPU (interpret mode): checks the script runs")
     parser.add_argument("--budget", type=float, default=450.0, help="seconds after which no new work starts")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 5; smoke 1)")
-    parser.add_argument("--out", default=None, help="markdown file whose GPU section is written (default docs/benchmarks.md; "
+    parser.add_argument("--out", default=None,
+                        help="markdown file whose GPU section is written (default docs/benchmarks.md; "
                         "smoke: /tmp/memcell-bench-gpu-smoke.md)")
-    parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--skip-tests", action="store_true", help="the benchmark only (no tests, no path checks)")
     args = parser.parse_args(argv)
     smoke = args.cpu_smoke
     if jax.default_backend() != "gpu" and not smoke:
@@ -456,7 +328,7 @@ def main(argv=None):
     device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
     _note(f"device: {device}; budget {args.budget:.0f} s")
     tests = {} if args.skip_tests else run_tests(smoke)
-    checks = path_checks(smoke)
+    checks = [] if args.skip_tests else path_checks(smoke)
     rows = []
     for dtype in (None, BF16):  # float32 first: the rows most targets read
         recurrent_rows("lstm", dtype, shapes, rounds, clock, rows)

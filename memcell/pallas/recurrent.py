@@ -70,7 +70,8 @@ def _forward(cfg: Config, zx, w, bh, carry0, ok, rs, keep: bool):
         out_shape.append(jax.ShapeDtypeStruct((B, 2, Hp), F32))
         out_specs.append(s["cells"])
     ins = [zx, w] + ([bh] if kind.has_bh else []) + list(carry0) + flags
-    in_specs = [s["gates"], s["w"]] + ([s["bh"]] if kind.has_bh else []) + [s["carry"]] * kind.n_carry + [s["flag"]] * len(flags)
+    in_specs = ([s["gates"], s["w"]] + ([s["bh"]] if kind.has_bh else []) + [s["carry"]] * kind.n_carry
+                + [s["flag"]] * len(flags))
     kernel = functools.partial(_kernels(cfg).forward_kernel, cfg, keep, ok is not None, rs is not None)
     outs = _blocks.call(kernel, name=f"memcell_{cfg.kind}_forward", grid=(B // cfg.batch_block,), in_specs=in_specs,
                         out_specs=out_specs, out_shape=out_shape, platform=cfg.platform, tuning=cfg.tuning,
@@ -108,7 +109,8 @@ def _recur_bwd(cfg, residuals, cotangents):
         out_shape.append(jax.ShapeDtypeStruct((B, 2, slots, Hp), F32))
         out_specs.append(pl.BlockSpec((cfg.batch_block, 2, slots, Hp), lambda i: (i, 0, 0, 0)))
     ins = [k, *res, dhs.astype(F32), w, *(d.astype(F32) for d in d_last), *flags]
-    in_specs = [s["gates"]] + [s["seq"]] * (kind.n_res + 1) + [s["w"]] + [s["carry"]] * kind.n_carry + [s["flag"]] * len(flags)
+    in_specs = ([s["gates"]] + [s["seq"]] * (kind.n_res + 1) + [s["w"]] + [s["carry"]] * kind.n_carry
+                + [s["flag"]] * len(flags))
     kernel = functools.partial(_kernels(cfg).backward_kernel, cfg, ok is not None, rs is not None)
     outs = _blocks.call(kernel, name=f"memcell_{cfg.kind}_backward", grid=(B // cfg.batch_block,), in_specs=in_specs,
                         out_specs=out_specs, out_shape=out_shape, platform=cfg.platform, tuning=cfg.tuning,
