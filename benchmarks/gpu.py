@@ -86,11 +86,13 @@ def path_checks(smoke: bool) -> list[tuple[str, float, float, bool]]:
     lengths = jnp.array([T, 0, T // 2] + [T - i for i in range(B - 3)])
     resets = jax.random.bernoulli(jax.random.key(1), 0.05, (B, T))
     xs = jax.random.normal(jax.random.key(2), (B, T, D))
-    cases = [("parallel", f(H)) for f in (memcell.mingru, memcell.minlstm, memcell.lru, memcell.rglru)]
-    cases += [("parallel", memcell.mlstm(H, num_heads=2))]
-    cases += [("pallas", f(H)) for f in (memcell.lstm, memcell.gru, memcell.rnn, memcell.mingru, memcell.lru)]
+    cases = [("parallel", f(H), H) for f in (memcell.mingru, memcell.minlstm, memcell.lru, memcell.rglru)]
+    cases += [("parallel", memcell.mlstm(H, num_heads=2), H)]
+    cases += [("pallas", f(H), H) for f in (memcell.lstm, memcell.gru, memcell.rnn, memcell.mingru, memcell.lru)]
+    if not smoke:  # above one tile of hidden units (128 on a GPU): the tiled kernels
+        cases += [("pallas", memcell.lstm(300), 300), ("pallas", memcell.gru(300), 300)]
     out = []
-    for backend, cell in cases:
+    for backend, cell, width in cases:
         params = cell.init(jax.random.key(0), D)
         # The pallas path without the frame takes no lengths or resets: those are checked by tests/test_pallas.py.
         framed = backend != "pallas" or "pallas" in memcell.BACKENDS
@@ -100,7 +102,7 @@ def path_checks(smoke: bool) -> list[tuple[str, float, float, bool]]:
             c, ys = _unroll_fn(cell, b, **kw)(p, x)
             return jnp.sum(ys * jnp.cos(ys)) + sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in jax.tree.leaves(c)), ys
 
-        name = f"{backend} {type(cell.spec).__name__}"
+        name = f"{backend} {type(cell.spec).__name__} H={width}"
         try:
             both = lambda b: jax.jit(jax.value_and_grad(lambda p, x: loss(p, x, b), argnums=(0, 1), has_aux=True))
             with jax.default_matmul_precision("highest"):

@@ -23,14 +23,16 @@ from memcell.pallas import linear_scan, path, tuning
 from memcell.pallas.recurrent import recurrence
 
 # Blocks small enough that odd sizes span several programs; one step a loop iteration keeps the
-# interpreted programs small (the tests that unroll more say so: a loop's tail then runs too).
+# interpreted programs small (the tests that unroll more say so: a loop's tail then runs too). On a
+# GPU (make bench-gpu runs this file there) the same small blocks run compiled.
+PLATFORM = jax.default_backend()
 SMALL = tuning.Tuning(channel_block=4, batch_block=16, unroll=1, num_warps=1, resident_bytes=4096)
 F32_TOL = 2e-5
 
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    monkeypatch.setitem(tuning.BY_PLATFORM, "cpu", SMALL)
+    monkeypatch.setitem(tuning.BY_PLATFORM, PLATFORM, SMALL)
 
 
 def pallas_unroll(cell, params, xs, carry=None, *, lengths=None, resets=None, reverse=False):
@@ -146,7 +148,7 @@ def test_tiled_hidden_units_over_several_batch_blocks_and_a_loop_tail(monkeypatc
     # H = 20 in tiles of 16 is 2 tiles (the second mostly padding). The LSTM, whose cell also goes
     # through memory (the GRU and the RNNs: the slow sweep). 17 sequences: two batch blocks of 16;
     # 3 steps a loop iteration: 2 iterations and a tail of 1 step.
-    monkeypatch.setitem(tuning.BY_PLATFORM, "cpu", SMALL._replace(tile=16, unroll=3))
+    monkeypatch.setitem(tuning.BY_PLATFORM, PLATFORM, SMALL._replace(tile=16, unroll=3))
     cell = memcell.lstm(20)
     k = jax.random.split(jax.random.key(7), 3)
     params = cell.init(k[0], D)
@@ -284,7 +286,7 @@ def test_kernels_lower_to_triton_forward_and_backward():
 @pytest.mark.parametrize("name", list(CELLS))
 @pytest.mark.parametrize("options", ["plain", "lengths_reverse", "resets", "all"])
 def test_sweep_larger_odd_sizes(name, options, monkeypatch):
-    monkeypatch.setitem(tuning.BY_PLATFORM, "cpu", SMALL._replace(unroll=3, channel_block=8))
+    monkeypatch.setitem(tuning.BY_PLATFORM, PLATFORM, SMALL._replace(unroll=3, channel_block=8))
     batch_shape, T_ = (19,), 23
     cell, params, xs, carry = _case(name, batch_shape, T=T_, seed=5)
     every = _options(batch_shape, T_, seed=6)
@@ -299,7 +301,7 @@ def test_sweep_larger_odd_sizes(name, options, monkeypatch):
 @pytest.mark.parametrize("options", ["plain", "all"])
 def test_sweep_tiled(name, options, monkeypatch):
     # H = 37 in tiles of 16: 3 tiles; 19 sequences: two batch blocks; 3 steps a loop iteration.
-    monkeypatch.setitem(tuning.BY_PLATFORM, "cpu", SMALL._replace(tile=16, unroll=3))
+    monkeypatch.setitem(tuning.BY_PLATFORM, PLATFORM, SMALL._replace(tile=16, unroll=3))
     factory = {"lstm": memcell.lstm, "gru": memcell.gru, "rnn_tanh": memcell.rnn,
                "rnn_relu": functools.partial(memcell.rnn, activation="relu")}[name]
     cell = factory(37)
