@@ -33,13 +33,17 @@ import sys
 import time
 import traceback
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# torch shares the GPU with JAX here: JAX must not take 75% of its memory up front. Set before
+# jax initialises its backend.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import memcell
-from memcell.pallas import path as pallas_path
-from memcell.pallas import tuning as pallas_tuning
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import memcell  # noqa: E402
+from memcell.pallas import path as pallas_path  # noqa: E402
+from memcell.pallas import tuning as pallas_tuning  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import write_section  # noqa: E402
