@@ -64,3 +64,12 @@ docs: $(DOCS_STAMP)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache site
+
+# The GPU tests and benchmark in one process (at most 8 minutes on one H100), with the GPU
+# machine's own python (jax with CUDA, flax, optax, chex, torch) and memcell from the working
+# tree, no install. ARGS=--cpu-smoke checks the script on a CPU at tiny sizes (Pallas interpret
+# mode; GPU_PYTHON=.venv/bin/python here), writing to /tmp instead of docs/benchmarks.md.
+GPU_PYTHON ?= python
+.PHONY: bench-gpu
+bench-gpu:
+	PYTHONPATH=. $(GPU_PYTHON) benchmarks/gpu.py $(ARGS)

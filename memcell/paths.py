@@ -20,23 +20,26 @@ import jax
 
 from memcell import _checks, _frame, _reference, cudnn
 from memcell.fused import path as fused_path
+from memcell.pallas import path as pallas_path
 from memcell.parallel import path as parallel_path
 from memcell.types import BACKENDS, Cell, Frame, Path, PyTree
 
 __all__ = ["ORDER", "PATHS", "choose", "order", "resolve", "run", "which", "why_not"]
 
 PATHS: Mapping[str, Path] = MappingProxyType({
-    p.name: p for p in (_reference.PATH, parallel_path.PATH, cudnn.PATH, fused_path.PATH)
+    p.name: p for p in (_reference.PATH, parallel_path.PATH, cudnn.PATH, fused_path.PATH, pallas_path.PATH)
 })
 
 # What "auto" tries, per platform, first to last. The reference runs every cell, so it ends each
 # list. Whether a path that could run is taken is its own measured table's call (``auto_why_not``):
 # memcell.parallel.tuning (the parallel path: measured slower than the reference on CPU except for
 # the mLSTM), memcell.fused.tuning (measured faster on CPU and one H100). cuDNN has not been measured
-# (no GPU was lent since it was written); it is tried first on a GPU, as it always was.
+# (no GPU was lent since it was written); it is tried first on a GPU, as it always was. The Pallas
+# kernels head the GPU's list, but memcell.pallas.tuning.AUTO skips them everywhere until make
+# bench-gpu measures them faster (no GPU has been lent since they were written: unmeasured).
 _DEFAULT_ORDER = ("parallel", "cudnn", "fused", "reference")
 ORDER: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "cpu": _DEFAULT_ORDER, "gpu": _DEFAULT_ORDER, "tpu": _DEFAULT_ORDER,
+    "cpu": _DEFAULT_ORDER, "gpu": ("pallas", *_DEFAULT_ORDER), "tpu": _DEFAULT_ORDER,
 })
 
 

@@ -49,7 +49,7 @@ Resets = Bool[ArrayLike, "*b t"]
 # any order); "parallel", "cudnn" and "fused" are the fast paths (memcell.paths: each refuses, by a
 # sentence, what it cannot run); "auto" runs the first path of the platform's order (memcell.paths.ORDER)
 # that runs the cell and was measured faster there.
-Backend = Literal["reference", "fused", "parallel", "cudnn", "auto"]
+Backend = Literal["reference", "fused", "parallel", "cudnn", "pallas", "auto"]
 BACKENDS: tuple[str, ...] = Backend.__args__
 
 

@@ -7,15 +7,16 @@ zx's own buffer), and the kind's residuals, a NamedTuple of per-step [B, h] (or 
 named by what they hold, each stored in a buffer of its own. Padded steps (lengths) are folded
 into the coefficients: they make the step the identity on the carry gradient and emit zero.
 
-Public so that what each kind stores for its backward pass can be read: ``Kind.residuals``.
+The gate math itself (activations, new carry, derivative factors) is ``memcell._gates``', shared with
+the Pallas kernels. Public so that what each kind stores for its backward pass can be read: ``Kind.residuals``.
 """
 
 import functools
 from typing import Callable, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
+from memcell import _gates as gates
 from memcell.fused.layout import split
 from memcell.fused.tuning import Tuning
 from memcell.types import Array
@@ -69,16 +70,12 @@ def lstm_kind(dtype, axis: int, tuning: Tuning) -> Kind:
 
     def step(rec, b_x, b_h, carry, zx, ok, keep):
         h, cc = carry
-        i, f, g, o = split(zx + rec(h) + b_x, 4, axis)
-        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
-        c_new = f * cc + i * g
-        tc = jnp.tanh(c_new)
-        new = ((o * tc).astype(h.dtype), c_new.astype(cc.dtype))
+        out = gates.lstm(*split(zx + rec(h) + b_x, 4, axis), cc, keep)
+        new = (out.h.astype(h.dtype), out.c.astype(cc.dtype))
         if not keep:
             return new, None
-        # k: the four gates' pre-activation factors
-        k = cat([g * i * (1.0 - i), cc * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)])
-        res = LSTMResiduals(a=fill(ok, o * (1.0 - tc * tc), 0.0), f=fill(ok, f, 1.0), passthrough=passthrough(ok, h))
+        k = cat(list(out.k))  # the four gates' pre-activation factors
+        res = LSTMResiduals(a=fill(ok, out.a, 0.0), f=fill(ok, out.f, 1.0), passthrough=passthrough(ok, h))
         return new, (fill(ok, k, 0.0), res)
 
     def back(rec_t, dcarry, dy, k, res: LSTMResiduals):
@@ -100,21 +97,14 @@ def gru_kind(dtype, axis: int, tuning: Tuning) -> Kind:
 
     def step(rec, b_x, b_h, carry, zx, ok, keep):
         (h,) = carry
-        xr, xz, xn = split(zx + b_x, 3, axis)
-        hr, hz, hn = split(rec(h) + b_h, 3, axis)
-        r = jax.nn.sigmoid(xr + hr)
-        z = jax.nn.sigmoid(xz + hz)
-        n = jnp.tanh(xn + r * hn)
-        new = (((1.0 - z) * n + z * h).astype(h.dtype),)
+        out = gates.gru(*split(zx + b_x, 3, axis), *split(rec(h) + b_h, 3, axis), h, keep)
+        new = (out.h.astype(h.dtype),)
         if not keep:
             return new, None
-        kn = (1.0 - z) * (1.0 - n * n)  # d h' / d (pre-activation of n)
-        kr = kn * hn * r * (1.0 - r)
-        kz = (h - n) * z * (1.0 - z)
         # k: the input-side pre-activation factors of the r, z, n blocks (the recurrent side's n
         # block is r times the input side's). A padded step's direct path 1 passes the gradient through.
-        k = fill(ok, cat([kr, kz, kn]), 0.0)
-        return new, (k, GRUResiduals(z=fill(ok, z, 1.0), r=fill(ok, r, 0.0)))
+        k = fill(ok, cat(list(out.k)), 0.0)
+        return new, (k, GRUResiduals(z=fill(ok, out.z, 1.0), r=fill(ok, out.r, 0.0)))
 
     def recurrent_side(dzx, r):
         d_r, d_z, d_n = split(dzx, 3, axis)
@@ -135,16 +125,12 @@ def gru_kind(dtype, axis: int, tuning: Tuning) -> Kind:
 
 @functools.cache
 def rnn_kind(dtype, activation: str, axis: int, tuning: Tuning) -> Kind:
-    act = jnp.tanh if activation == "tanh" else jax.nn.relu
-
     def step(rec, b_x, b_h, carry, zx, ok, keep):
         (h,) = carry
-        h_new = act(zx + rec(h) + b_x)
+        h_new, k = gates.rnn(zx + rec(h) + b_x, activation, keep)
         new = (h_new.astype(h.dtype),)
         if not keep:
             return new, None
-        # relu'(z) is 0 at z = 0, as jax.nn.relu's gradient.
-        k = 1.0 - h_new * h_new if activation == "tanh" else (h_new > 0).astype(h_new.dtype)
         return new, (fill(ok, k, 0.0), RNNResiduals(passthrough=passthrough(ok, h)))
 
     def back(rec_t, dcarry, dy, k, res: RNNResiduals):
