@@ -337,7 +337,7 @@ def run_greff(name: str, g: GreffProtocol, out: pathlib.Path, settings: str = ""
     for tname in g.tasks:
         task_valid, task = greff_tasks(tname, g)
         for variant in g.variants:
-            cell = memcell.lstm(g.hidden, **memcell.LSTM_VARIANTS[variant])
+            cell = memcell.lstm(g.hidden, **memcell.cells.LSTM_VARIANTS[variant])
             run = train_sweep(task_valid, cell, seeds=g.seeds, lrs=g.lrs, steps=g.steps, batch_size=g.batch_size,
                               optimizer="adam", clip_norm=1.0, eval_every=g.eval_every, task_test=task)
             final, valid = run["final"], run["valid"]

@@ -299,7 +299,7 @@ def test_lstm_variants_allocate_only_their_gates(kw, blocks):
 
 
 def test_greff_variants_all_build_and_run():
-    for variant, kw in memcell.LSTM_VARIANTS.items():
+    for variant, kw in memcell.cells.LSTM_VARIANTS.items():
         cell = memcell.lstm(4, **kw)
         params = cell.init(jax.random.key(0), 2)
         _, ys = memcell.unroll(cell, params, jnp.ones((3, 2)))

@@ -207,3 +207,15 @@ def test_check_grads_float64_order2(name):
         xs = jax.random.normal(jax.random.key(1), (3, 2), jnp.float64)
         f = lambda p, x: jnp.sum(jnp.abs(memcell.unroll(cell, p, x)[1]) ** 2)
         check_grads(f, (params, xs), order=2, modes=("fwd", "rev"), atol=1e-4, rtol=1e-4)
+
+
+def test_front_door_holds_the_table_not_each_cells_types():
+    """memcell's top level: every factory of the table, the contract types, the sequence functions and
+    the subpackages; each cell's Params/Carry/Spec types live in memcell.cells (issue 21.7)."""
+    for name in memcell.cells.CELLS:
+        assert name in memcell.__all__ and callable(getattr(memcell, name)), name
+    assert {"lstm", "gru", "mamba", "gated_deltanet", "unroll", "layer", "stream", "Cell", "paths"} <= set(memcell.__all__)
+    per_cell = [n for n in memcell.__all__ if n.endswith(("Carry", "Params", "Gates", "Norm")) or
+                (n.endswith("Spec") and n not in ("CellSpec", "LayerSpec", "LinearSpec"))]
+    assert per_cell == [] and not hasattr(memcell, "LSTMCarry")
+    assert memcell.cells.LSTMCarry is not None and len(memcell.__all__) <= 40

@@ -258,7 +258,7 @@ def test_torch_cells_both_ways(mode):
         hx = (torch.from_numpy(h), torch.from_numpy(c)) if mode == "lstm" else torch.from_numpy(h)
         out = tcell(torch.from_numpy(x), hx)
     if mode == "lstm":
-        carry = memcell.LSTMCarry(h=jnp.asarray(h), c=jnp.asarray(c))
+        carry = memcell.cells.LSTMCarry(h=jnp.asarray(h), c=jnp.asarray(c))
     else:
         carry = cell.initial_carry(params, (2,))._replace(h=jnp.asarray(h))
     new, y = cell.step(params, carry, jnp.asarray(x))
@@ -536,7 +536,7 @@ BAD_CALLS = [
      "params must be the params of one cell, got tuple"),
     ("to_torch_cell", lambda: convert.to_torch_cell(_GRU, _GRU_PARAMS, check="yes"), TypeError,
      "check must be a bool, got 'yes'"),
-    ("to_torch_carry", lambda: convert.to_torch_carry((memcell.GRUCarry(jnp.zeros(3)), memcell.GRUCarry(jnp.zeros(4)))),
+    ("to_torch_carry", lambda: convert.to_torch_carry((memcell.cells.GRUCarry(jnp.zeros(3)), memcell.cells.GRUCarry(jnp.zeros(4)))),
      ValueError, r"carries must all have the same shape.*got h shapes \[\(3,\), \(4,\)\]"),
     ("to_torch_carry", lambda: convert.to_torch_carry(jnp.zeros((2, 3))), TypeError,
      r"carries must be the per-layer carries.*got \['ArrayImpl'\]"),
@@ -603,7 +603,7 @@ def _randomize(tree, seed):
 
 def _flax_carry_to_memcell(carry):
     if isinstance(carry, tuple):  # Flax's LSTM carry is (c, h)
-        return memcell.LSTMCarry(h=carry[1], c=carry[0])
+        return memcell.cells.LSTMCarry(h=carry[1], c=carry[0])
     return carry
 
 
@@ -714,7 +714,7 @@ def test_to_dict_from_dict_round_trip_and_errors():
     cell = memcell.lstm(3, layer_norm=True)
     params = cell.init(jax.random.key(0), 2)
     tree = convert.to_dict(params)
-    assert set(tree) == {"w_x", "w_h", "b", "norm"} and set(tree["norm"]) == set(memcell.LSTMNorm._fields)
+    assert set(tree) == {"w_x", "w_h", "b", "norm"} and set(tree["norm"]) == set(memcell.cells.LSTMNorm._fields)
     back = convert.from_dict(tree, params)
     assert jax.tree.structure(back) == jax.tree.structure(params)
     stack = (params, memcell.DirectionPair(params, params))

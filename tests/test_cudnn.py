@@ -193,7 +193,7 @@ def test_cudnn_path_matches_reference_values_and_gradients(on_gpu, reverse):
     params = _random_params(memcell.layer(cell), 0)
     xs = _normal(1, (2, 3, T, D))  # two batch axes
     lengths = jnp.array([[T, 2, 0], [1, 5, T]])  # a 0 among them: cuDNN never sees it
-    carry = memcell.LSTMCarry(*_normal(2, (2, 2, 3, H)))
+    carry = memcell.cells.LSTMCarry(*_normal(2, (2, 2, 3, H)))
 
     def loss(backend):
         def f(p, x, c):

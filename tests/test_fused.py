@@ -461,7 +461,7 @@ def test_params_of_unsupported_variants_are_refused_by_name():
         fused.lstm(memcell.lstm(H, proj_size=3).init(jax.random.key(0), D), xs)
     with pytest.raises(ValueError, match=r"w_h of shape \[h, 4h\].*got shape \(8, 24\)"):
         fused.lstm(memcell.lstm(H, cifg=True).init(jax.random.key(0), D), xs)
-    with pytest.raises(TypeError, match="params must be a memcell.LSTMParams.*got GRUParams"):
+    with pytest.raises(TypeError, match="params must be a memcell.cells.LSTMParams.*got GRUParams"):
         fused.lstm(memcell.gru(H).init(jax.random.key(0), D), xs)
     with pytest.raises(ValueError, match="reset_after=True only, got reset_after=False"):
         fused.gru(memcell.gru(H).init(jax.random.key(0), D), xs, reset_after=False)
@@ -488,7 +488,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(TypeError, match="lengths must be an integer array, got dtype float32"):
         fused.lstm(params, xs, lengths=jnp.array([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match="carry leaves must have shape"):
-        fused.lstm(params, xs, memcell.LSTMCarry(jnp.zeros((2, H)), jnp.zeros((2, H))))
+        fused.lstm(params, xs, memcell.cells.LSTMCarry(jnp.zeros((2, H)), jnp.zeros((2, H))))
     with pytest.raises(ValueError, match="carry must have the structure"):
         fused.lstm(params, xs, (jnp.zeros((B, H)),))
     with pytest.raises(TypeError, match="reverse must be a bool, got 1"):

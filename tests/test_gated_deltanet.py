@@ -216,7 +216,7 @@ def test_bfloat16_compute_has_float32_carry_and_stays_close():
 
 def test_spec_declares_its_parallel_form_for_its_own_step_only():
     spec = CELL.spec
-    assert isinstance(spec, memcell.GatedDeltaNetSpec) and spec.parallel is not None
+    assert isinstance(spec, memcell.cells.GatedDeltaNetSpec) and spec.parallel is not None
     assert (spec.num_heads, spec.head_dim, spec.conv_size) == (HEADS, 3, 3)
     assert memcell.paths.why_not("parallel", CELL) is None
     assert memcell.paths.why_not("parallel", CELL._replace(step=lambda p, c, x: CELL.step(p, c, x))) is not None

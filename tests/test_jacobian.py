@@ -75,7 +75,7 @@ CELLS = {
     "lstm": lambda: memcell.lstm(H),
     "lstm_peephole_ln": lambda: memcell.lstm(H, peephole=True, layer_norm=True),
     "lstm_nfg": lambda: memcell.lstm(H, forget_gate=False),
-    "lstm_cifg": lambda: memcell.lstm(H, **memcell.LSTM_VARIANTS["CIFG"]),
+    "lstm_cifg": lambda: memcell.lstm(H, **memcell.cells.LSTM_VARIANTS["CIFG"]),
     "gru": lambda: memcell.gru(H),
     "gru_cho": lambda: memcell.gru(H, reset_after=False),
     "linear_user_cell": lambda: linear_cell(np.linalg.qr(np.random.default_rng(0).normal(size=(H, H)))[0] * 0.8),
@@ -381,7 +381,7 @@ def test_explicit_carry_and_float64_and_bfloat16_params():
     cell = memcell.gru(H)
     params = cell.init(jax.random.key(0), D)
     xs = jax.random.normal(jax.random.key(1), (T, D))
-    carry = memcell.GRUCarry(jnp.full((H,), 0.5))
+    carry = memcell.cells.GRUCarry(jnp.full((H,), 0.5))
     got = J.gradient_norms_through_time(cell, params, xs, carry=carry)
     want = [np_norm(m, "spectral") for m in brute_jacobians(cell, params, xs[None], carry)[0][0]]
     np.testing.assert_allclose(got, want, rtol=2e-4)
@@ -440,9 +440,9 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match=r"xs must hold at least one time step, got shape \(0, 2\)"):
         J.gradient_norms_through_time(cell, params, jnp.ones((0, D)))
     with pytest.raises(ValueError, match="carry must have the structure"):
-        J.gradient_norms_through_time(cell, params, xs, carry=memcell.GRUCarry(jnp.zeros(H)))
+        J.gradient_norms_through_time(cell, params, xs, carry=memcell.cells.GRUCarry(jnp.zeros(H)))
     with pytest.raises(ValueError, match=r"carry leaves must have shape \(3,\).*got shape \(4,\)"):
-        J.gradient_norms_through_time(cell, params, xs, carry=memcell.LSTMCarry(jnp.zeros(4), jnp.zeros(4)))
+        J.gradient_norms_through_time(cell, params, xs, carry=memcell.cells.LSTMCarry(jnp.zeros(4), jnp.zeros(4)))
     with pytest.raises(ValueError, match="hidden='y' names no leaf"):
         J.gradient_norms_through_time(cell, params, xs, hidden="y")
     with pytest.raises(ValueError, match="hidden must index one of the carry's 2 leaves, got 5"):

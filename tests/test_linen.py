@@ -316,10 +316,10 @@ def test_initialize_carry_shapes_dtypes_and_carry_init():
     assert c.dtype == h.dtype == jnp.float32  # memcell keeps the carry in float32 for bf16 params
     assert ml.GRU(H).initialize_carry(jax.random.key(0), (D,)).shape == (H,)
     carry = ml.Cell(memcell.lstm, H, carry_layout=None).initialize_carry(jax.random.key(0), (2, D))
-    assert isinstance(carry, memcell.LSTMCarry) and carry.h.shape == (2, H)
+    assert isinstance(carry, memcell.cells.LSTMCarry) and carry.h.shape == (2, H)
     swapped = ml.Cell("lstm", H, carry_layout=("h", "c")).initialize_carry(jax.random.key(0), (2, D))
-    assert isinstance(swapped, tuple) and not isinstance(swapped, memcell.LSTMCarry) and len(swapped) == 2
-    assert isinstance(ml.Cell("slstm", H).initialize_carry(jax.random.key(0), (2, D)), memcell.SLSTMCarry)
+    assert isinstance(swapped, tuple) and not isinstance(swapped, memcell.cells.LSTMCarry) and len(swapped) == 2
+    assert isinstance(ml.Cell("slstm", H).initialize_carry(jax.random.key(0), (2, D)), memcell.cells.SLSTMCarry)
     assert ml.LSTM(H).num_feature_axes == 1
     ones = ml.LSTM(H, carry_init=nn.initializers.ones).initialize_carry(jax.random.key(0), (2, D))
     assert all(bool(jnp.all(a == 1)) for a in ones)
@@ -336,7 +336,7 @@ def test_learn_initial_carry_inside_nn_rnn():
     carry0 = {"h": jnp.arange(H) / H, "c": jnp.ones(H)}
     variables = {"params": {"cell": dict(variables["params"]["cell"], carry0=carry0)}}
     params = ml.memcell_params(ml.LSTM(H), variables["params"]["cell"], D)
-    start = memcell.LSTMCarry(h=jnp.broadcast_to(jnp.arange(H) / H, (B, H)), c=jnp.ones((B, H)))
+    start = memcell.cells.LSTMCarry(h=jnp.broadcast_to(jnp.arange(H) / H, (B, H)), c=jnp.ones((B, H)))
     carry_m, ys_m = memcell.unroll(memcell.lstm(H), params, XS, start, lengths=LENGTHS)
     carry_f, ys_f = model.apply(variables, XS, seq_lengths=LENGTHS)
     _close(jnp.where(VALID, ys_f, 0.0), ys_m)

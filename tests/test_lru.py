@@ -388,7 +388,7 @@ def test_loss_gradient_norms_on_lru_are_those_of_the_real_and_imaginary_parts():
     def loss(p_re, p_im):
         x, ys = cell.initial_carry(params).x, []
         for t in range(xs.shape[0]):
-            (x,), _ = cell.step(params, memcell.LRUCarry(x), xs[t])
+            (x,), _ = cell.step(params, memcell.cells.LRUCarry(x), xs[t])
             x = x + jax.lax.complex(p_re[t], p_im[t])
             ys.append(cell.spec.readout(params, x, xs[t]))
         return loss_fn(jnp.stack(ys))

@@ -197,7 +197,7 @@ def test_bfloat16_compute_has_float32_carry_and_stays_close():
 
 
 def test_spec_declares_its_parallel_form_for_its_own_step_only():
-    assert isinstance(CELL.spec, memcell.MambaSpec) and CELL.spec.parallel is not None
+    assert isinstance(CELL.spec, memcell.cells.MambaSpec) and CELL.spec.parallel is not None
     assert (CELL.spec.state_size, CELL.spec.conv_size, CELL.spec.expand, CELL.spec.dt_rank) == (N, K, 2, 1)
     assert memcell.paths.why_not("parallel", CELL) is None
     wrapped = CELL._replace(step=lambda p, c, x: CELL.step(p, c, x))

@@ -250,7 +250,7 @@ def test_spec_declares_the_steps_recurrence(name):
     cell, params = setup(name, seed=12)
     spec = cell.spec
     assert isinstance(spec, LinearSpec) and spec.describes(cell) and spec.log_space is log_space
-    assert type(spec) is (memcell.MinGRUSpec if factory is memcell.mingru else memcell.MinLSTMSpec)
+    assert type(spec) is (memcell.cells.MinGRUSpec if factory is memcell.mingru else memcell.cells.MinLSTMSpec)
     assert (memcell.paths.why_not("parallel", cell) is None)  # backend="auto" runs these cells on the parallel path
     xs = rand((2, 6, D), seed=13)
     h0 = positive_carry(cell, params, (2,))

@@ -163,7 +163,7 @@ def test_initialize_carry_and_carry_init():
     with pytest.raises(ValueError, match="rngs must be given"):
         cell.initialize_carry((2, D), carry_init=nnx.initializers.ones)
     assert isinstance(mn.Cell(memcell.gru, D, H, carry_layout=None, rngs=nnx.Rngs(0)).initialize_carry((D,)),
-                      memcell.GRUCarry)
+                      memcell.cells.GRUCarry)
 
 
 def test_recurrent_equals_linen_recurrent_and_memcell_stack():

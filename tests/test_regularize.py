@@ -136,7 +136,7 @@ def test_zoneout_one_step_mean_over_keys_is_the_expectation():
     cell, params = setup("lstm")
     rate, n = 0.3, 2000
     lyr = layer(cell, zoneout=rate)
-    carry0 = memcell.LSTMCarry(h=rand((H,), 6), c=2 * rand((H,), 7))
+    carry0 = memcell.cells.LSTMCarry(h=rand((H,), 6), c=2 * rand((H,), 7))
     x = rand((1, D), 8)
     run = lambda k: lyr.apply(params, x, carry0, key=k)[0]
     samples = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), n))
@@ -155,7 +155,7 @@ def test_zoneout_gradients_flow_only_through_updated_units():
     """A unit that kept its previous value at a step passes no gradient to that step's input."""
     cell, params = setup("lstm")
     lyr = layer(cell, zoneout=0.5)
-    carry0 = memcell.LSTMCarry(h=rand((H,), 6), c=rand((H,), 7))
+    carry0 = memcell.cells.LSTMCarry(h=rand((H,), 6), c=rand((H,), 7))
     x = rand((1, D), 8)
     for seed in range(20):  # a key whose mask keeps some units and updates others
         key = jax.random.key(seed)
@@ -215,7 +215,7 @@ def test_zoneout_draws_a_fresh_mask_every_step():
         old_here, new_here = np.isclose(y, carry.h, atol=1e-6), np.isclose(y, new.h, atol=1e-6)
         assert np.all(old_here | new_here), t  # nothing in between
         kept.append(old_here & ~new_here)
-        carry = memcell.GRUCarry(jnp.asarray(y))
+        carry = memcell.cells.GRUCarry(jnp.asarray(y))
     kept = np.stack(kept)  # [T, B, H]
     assert 0.3 < kept.mean() < 0.7, kept.mean()
     assert not any(np.array_equal(kept[0], k) for k in kept[1:])  # a fresh mask each step
@@ -331,7 +331,7 @@ def test_learnt_initial_carry_is_a_param_broadcast_over_the_batch():
     params = lyr.init(jax.random.key(0), D)
     assert isinstance(params, LearntCarry)
     chex.assert_trees_all_equal(params.carry, cell.initial_carry(params.params))  # starts at the cell's
-    carry0 = memcell.LSTMCarry(h=rand((H,), 3), c=rand((H,), 4))
+    carry0 = memcell.cells.LSTMCarry(h=rand((H,), 3), c=rand((H,), 4))
     params = params._replace(carry=carry0)
     xs = rand((2, T, D))
     expected = memcell.unroll(cell, params.params, xs, jax.tree.map(lambda a: jnp.broadcast_to(a, (2, H)), carry0))

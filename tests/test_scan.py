@@ -349,7 +349,7 @@ def test_stack_is_jittable_and_differentiable():
         (dict(resets=jnp.ones((5,), jnp.float32)), TypeError, "resets must be a boolean"),
         (dict(carry=jnp.zeros((2, H))), ValueError, "carry must have the structure"),
         (
-            dict(carry=memcell.LSTMCarry(jnp.zeros((3, H)), jnp.zeros((3, H)))),
+            dict(carry=memcell.cells.LSTMCarry(jnp.zeros((3, H)), jnp.zeros((3, H)))),
             ValueError,
             r"carry leaves must have shape \(2, 4\).*got shape \(3, 4\)",
         ),

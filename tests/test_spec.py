@@ -117,7 +117,7 @@ def test_built_in_cells_declare_their_fast_path(factory):
 
 def test_a_spec_states_the_options_and_the_fused_path_reads_them():
     spec = memcell.lstm(H, peephole=True, dtype=jnp.bfloat16).spec
-    assert isinstance(spec, memcell.LSTMSpec)
+    assert isinstance(spec, memcell.cells.LSTMSpec)
     assert spec.peephole is True and spec.dtype == jnp.bfloat16 and spec.forget_gate is True
     assert "sets peephole" in memcell.paths.why_not("fused", memcell.lstm(H, peephole=True))
     assert "reset_after=True only" in memcell.paths.why_not("fused", memcell.gru(H, reset_after=False))

@@ -21,7 +21,7 @@ def model():
     # a stack with a learnt initial carry in its second layer, so init_carry must find it
     stack = memcell.stack([memcell.lstm(H), memcell.layer(memcell.gru(H), learn_initial_carry=True)], residual=True)
     params = stack.init(jax.random.key(0), D)
-    params = (params[0], params[1]._replace(carry=memcell.GRUCarry(jnp.linspace(-0.5, 0.5, H))))
+    params = (params[0], params[1]._replace(carry=memcell.cells.GRUCarry(jnp.linspace(-0.5, 0.5, H))))
     return stack, params
 
 

@@ -55,7 +55,7 @@ def random_carry(cell, params, batch_shape, seed=3):
     """A nonzero initial carry (positive normaliser for the sLSTM, whose h = c / n)."""
     shapes = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)
     carry = type(shapes)(*(0.5 * normal(seed * 100 + j, x.shape, x.dtype) for j, x in enumerate(shapes)))
-    return carry._replace(n=jnp.abs(carry.n) + 0.5) if isinstance(carry, memcell.SLSTMCarry) else carry
+    return carry._replace(n=jnp.abs(carry.n) + 0.5) if isinstance(carry, memcell.cells.SLSTMCarry) else carry
 
 
 # --------------------------------------------------------------------------- NumPy references
@@ -293,7 +293,7 @@ def test_params_layout_and_forget_bias():
 
 def test_spec_describes_only_its_own_step():
     cell = memcell.mlstm(8, num_heads=2)
-    assert isinstance(cell.spec, memcell.MLSTMSpec) and cell.spec.num_heads == 2 and cell.spec.describes(cell)
+    assert isinstance(cell.spec, memcell.cells.MLSTMSpec) and cell.spec.num_heads == 2 and cell.spec.describes(cell)
     assert not cell.spec.describes(cell._replace(step=lambda p, c, x: cell.step(p, c, x)))
     assert memcell.slstm(4, forget_gate="exp").spec.forget_gate == "exp"
 
