@@ -26,8 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from memcell._checks import check_in
-from memcell._numerics import linear
-from memcell.cells import GRUSpec, LSTMSpec, RNNSpec
+from memcell.cells import LSTMSpec, RNNSpec
 from memcell.types import Array, Cell, PyTree
 
 __all__ = ["LearntCarry", "check_zoneout", "recurrent_dropout_kind", "regularized"]
@@ -35,7 +34,8 @@ __all__ = ["LearntCarry", "check_zoneout", "recurrent_dropout_kind", "regularize
 # Cells whose step reads carry.h only as the input of the recurrent matmul: masking carry.h
 # before the step is exactly dropout on h where it enters the gates (for the LSTM, the memory
 # cell c is not dropped). The GRU also reads h outside the matmul (h' = (1 - z) * n + z * h),
-# so it gets a step of its own below. Exact spec types only: a subclass may read h elsewhere.
+# so its spec declares a masked_step (its equations, written once in memcell/cells/gru.py).
+# Exact spec types only: a subclass may read h elsewhere.
 _H_THROUGH_MATMUL = (LSTMSpec, RNNSpec)
 
 
@@ -73,8 +73,8 @@ def recurrent_dropout_kind(cell: Cell) -> str:
       cell: the cell; its spec (a built-in cell's, describing its own step) decides.
 
     Returns:
-      ``"h"`` (mask ``carry.h`` before the step: LSTM, RNN) or ``"gru"`` (a GRU step with the
-      mask on the matmul input only).
+      ``"h"`` (mask ``carry.h`` before the step: LSTM, RNN) or ``"masked_step"`` (the spec's
+      ``masked_step``, the mask on the matmul input only: the GRU).
 
     Raises:
       ValueError: for any other cell (a user's own, or a wrapped step), where how ``h`` enters
@@ -82,36 +82,15 @@ def recurrent_dropout_kind(cell: Cell) -> str:
     """
     spec = cell.spec
     if spec is not None and spec.describes(cell):
+        if spec.masked_step is not None:
+            return "masked_step"
         if type(spec) in _H_THROUGH_MATMUL:
             return "h"
-        if type(spec) is GRUSpec:
-            return "gru"
     name = "None" if spec is None else type(spec).__name__
     raise ValueError(
         "recurrent_dropout needs a cell whose step is known to read h through its recurrent matmul "
         f"(memcell.lstm, memcell.rnn, memcell.gru); got a cell with spec {name}"
     )
-
-
-def _gru_step(spec: GRUSpec, params, carry, x: Array, mask: Array):
-    """``memcell.gru``'s step with ``h * mask`` entering the recurrent matmul and the plain ``h``
-    in ``h' = (1 - z) * n + z * h`` (Gal and Ghahramani's GRU; Keras' ``recurrent_dropout``)."""
-    h = carry.h
-    hm = (h * mask).astype(h.dtype)
-    H = h.shape[-1]
-    xr, xz, xn = jnp.split(linear(x, params.w_x, spec.dtype) + params.b_x, 3, axis=-1)
-    if spec.reset_after:
-        hr, hz, hn = jnp.split(linear(hm, params.w_h, spec.dtype) + params.b_h, 3, axis=-1)
-        r = jax.nn.sigmoid(xr + hr)
-        z = jax.nn.sigmoid(xz + hz)
-        n = jnp.tanh(xn + r * hn)
-    else:
-        hr, hz = jnp.split(linear(hm, params.w_h[:, : 2 * H], spec.dtype) + params.b_h[: 2 * H], 2, axis=-1)
-        r = jax.nn.sigmoid(xr + hr)
-        z = jax.nn.sigmoid(xz + hz)
-        n = jnp.tanh(xn + linear(r * hm, params.w_h[:, 2 * H :], spec.dtype) + params.b_h[2 * H :])
-    h_new = ((1.0 - z) * n + z * h).astype(h.dtype)
-    return type(carry)(h_new), h_new
 
 
 def _log_scale(cell: Cell):
@@ -293,8 +272,8 @@ def _make_step(cell: Cell, d: int, kind, h_mask, zone: _Zoneout):
         noise = None
         if zone.train:
             x, noise = x[..., :d], x[..., d:]
-        if kind == "gru":
-            new, y = _gru_step(cell.spec, params, carry, x, h_mask)
+        if kind == "masked_step":
+            new, y = cell.spec.masked_step(params, carry, x, h_mask)
         elif kind == "h":
             new, y = cell.step(params, carry._replace(h=(carry.h * h_mask).astype(carry.h.dtype)), x)
         else:

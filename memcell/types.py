@@ -71,11 +71,17 @@ class CellSpec:
         order; padded outputs may hold anything). ``linear_scan(a, b, h0)`` is the path's diagonal
         scan ``h_t = a_t h_{t-1} + b_t`` over axis -2 (``axis=`` another), handed in so that a cell
         needs no import of a path.
+      masked_step: ``masked_step(params, carry, x, mask) -> (carry, y)``: the step with ``mask``
+        (shaped like ``carry.h``) applied to ``h`` only where it enters the recurrent matmuls, for
+        recurrent dropout (Gal and Ghahramani), where the step also reads ``h`` elsewhere (the
+        GRU's ``z * h``). None: masking ``carry.h`` before the step is that (declared by the
+        LSTM and the RNN, which read ``h`` only through their matmul) or the cell does not say.
     """
 
     step: Callable = dataclasses.field(repr=False, compare=False)
     dtype: Any = None
     parallel: Callable | None = dataclasses.field(default=None, repr=False, compare=False)
+    masked_step: Callable | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def describes(self, cell) -> bool:
         """Whether this spec describes ``cell``: the cell's step is the very function it was made for."""

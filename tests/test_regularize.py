@@ -405,3 +405,22 @@ def test_nnx_cells_learn_their_initial_carry():
     assert np.abs(np.asarray(grads["cell"]["carry0"]["h"][...])).sum() > 0
     with pytest.raises(ValueError, match="carry_init must be None"):
         memcell.nnx.GRU(D, 4, learn_initial_carry=True, carry_init=jax.nn.initializers.ones, rngs=nnx.Rngs(0))
+
+
+def test_recurrent_dropout_reads_the_grus_masked_step_from_its_spec():
+    """The GRU's equations exist once (memcell/cells/gru.py): recurrent dropout runs the spec's
+    masked_step, so a GRU with its own gate function keeps it under dropout (the copy of the
+    equations regularize kept computed a sigmoid whatever the cell's gate_fn)."""
+    cell = memcell.gru(4, gate_fn=jax.nn.hard_sigmoid)
+    params = cell.init(jax.random.key(0), 3)
+    carry = cell.initial_carry(params, (2,))._replace(h=jnp.full((2, 4), 0.3))
+    x = jax.random.normal(jax.random.key(1), (2, 3))
+    assert memcell.regularize.recurrent_dropout_kind(cell) == "masked_step"
+    want = cell.step(params, carry, x)
+    got = cell.spec.masked_step(params, carry, x, jnp.ones((2, 4)))
+    assert np.allclose(got[1], want[1], atol=1e-6)
+    # a zero mask removes h from the matmuls only: the update z * h still reads it
+    zero = cell.spec.masked_step(params, carry, x, jnp.zeros((2, 4)))
+    no_h = cell.step(params, carry._replace(h=jnp.zeros((2, 4))), x)
+    assert not np.allclose(zero[1], no_h[1])
+    assert memcell.regularize.recurrent_dropout_kind(memcell.lstm(4)) == "h"

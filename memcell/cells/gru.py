@@ -103,23 +103,29 @@ def gru(
     def initial_carry(params: GRUParams, batch_shape=()) -> GRUCarry:
         return GRUCarry(c.zeros_carry(params.w_h, batch_shape))
 
-    def step(params: GRUParams, carry: GRUCarry, x: Array) -> tuple[GRUCarry, Array]:
+    def masked_step(params: GRUParams, carry: GRUCarry, x: Array, mask) -> tuple[GRUCarry, Array]:
+        # h_in = h * mask enters the recurrent matmuls (recurrent dropout); h itself the update z * h
         h = carry.h
+        h_in = h if mask is None else (h * mask).astype(h.dtype)
         xr, xz, xn = jnp.split(c.linear(x, params.w_x, dtype) + params.b_x, 3, axis=-1)
         if reset_after:
-            hr, hz, hn = jnp.split(c.linear(h, params.w_h, dtype) + params.b_h, 3, axis=-1)
+            hr, hz, hn = jnp.split(c.linear(h_in, params.w_h, dtype) + params.b_h, 3, axis=-1)
             r = sigmoid(xr + hr)
             z = sigmoid(xz + hz)
             n = tanh(xn + r * hn)
         else:
             w_rz, w_n = params.w_h[:, : 2 * H], params.w_h[:, 2 * H :]
             b_rz, b_n = params.b_h[: 2 * H], params.b_h[2 * H :]
-            hr, hz = jnp.split(c.linear(h, w_rz, dtype) + b_rz, 2, axis=-1)
+            hr, hz = jnp.split(c.linear(h_in, w_rz, dtype) + b_rz, 2, axis=-1)
             r = sigmoid(xr + hr)
             z = sigmoid(xz + hz)
-            n = tanh(xn + c.linear(r * h, w_n, dtype) + b_n)
+            n = tanh(xn + c.linear(r * h_in, w_n, dtype) + b_n)
         h_new = ((1.0 - z) * n + z * h).astype(h.dtype)
         return GRUCarry(h_new), h_new
 
-    spec = GRUSpec(step=step, dtype=dtype, reset_after=reset_after, gate_fn=gate, activation_fn=act)
+    def step(params: GRUParams, carry: GRUCarry, x: Array) -> tuple[GRUCarry, Array]:
+        return masked_step(params, carry, x, None)
+
+    spec = GRUSpec(step=step, dtype=dtype, masked_step=masked_step, reset_after=reset_after, gate_fn=gate,
+                   activation_fn=act)
     return Cell(init, initial_carry, step, spec)
