@@ -32,9 +32,10 @@ def declared_spec(cell, undeclared: str) -> tuple[CellSpec | None, str | None]:
 def options_set(spec: CellSpec, kind: type) -> list[str]:
     """The options of ``kind`` (a ``CellSpec`` class) that ``spec`` sets away from the defaults, sorted.
 
-    The defaults are ``kind(step=None)``'s, the factory's own; ``step`` and the computation ``dtype``
-    are not options. A kernel written for the default cell of a kind runs ``spec`` where this is empty.
+    The defaults are ``kind(step=None)``'s, the factory's own; the computation ``dtype`` and the
+    functions the spec holds (``step``, ``parallel``, ``masked_step``: fields not compared) are not
+    options. A kernel written for the default cell of a kind runs ``spec`` where this is empty.
     """
     defaults = kind(step=None)
     return sorted(f.name for f in dataclasses.fields(kind)
-                  if f.name not in ("step", "dtype") and getattr(spec, f.name) != getattr(defaults, f.name))
+                  if f.compare and f.name != "dtype" and getattr(spec, f.name) != getattr(defaults, f.name))

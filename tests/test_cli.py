@@ -14,6 +14,7 @@ import pytest
 from cli_helpers import run_main as _run_main
 
 from memcell import cli
+from memcell.cells import CELLS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,8 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     [
         (["train", "--task", "nope"], "invalid choice: 'nope'"),
         (["train", "--task", "adding", "--cell", "lstmx"],
-         "--cell: cell must be one of ['rnn', 'irnn', 'lstm', 'gru', 'mingru', 'minlstm', 'lru', 'rglru', 'slstm', "
-         "'mlstm'] or a 'module:factory' string, got 'lstmx'"),
+         f"--cell: cell must be one of {list(CELLS)} or a 'module:factory' string, got 'lstmx'"),
         (["train", "--task", "adding", "--cell", "no_such_module:f"],
          "--cell: cell 'no_such_module:f': cannot import module 'no_such_module'"),
         (["train", "--task", "adding", "--cell", "json:loads2"], "--cell: cell 'json:loads2': module 'json' has no attribute"),

@@ -360,11 +360,11 @@ def _documented(task_name):
                 f"naive {nv['rmse_1']:.1f}, linear {ln['rmse_1']:.1f}", f"naive {nv['rmse']:.1f}, linear {ln['rmse']:.1f}",
                 f"targets from {t.info['test_target_years'][:4]} on are test", f"{t.info['window']} years, forecast {t.info['horizon']}"]
     if task_name == "adding":
-        row = " | ".join(f"{default_task('adding', T).baselines['mean']['mse']:.3f}" for T in (25, 50, 100, 200))
-        return [f"| baseline (mean) | {row} |"]
+        row = " | ".join(f"mean {default_task('adding', T).baselines['mean']['mse']:.4g}" for T in (25, 50, 100, 200))
+        return [f"| baseline | {row} |"]
     if task_name == "copy":
-        row = " | ".join(f"{default_task('copy', T).baselines['memoryless']['xent']:.3f}" for T in (10, 20))
-        return [f"| memoryless baseline | {row} |"]
+        row = " | ".join(f"memoryless {default_task('copy', T).baselines['memoryless']['xent']:.4g}" for T in (10, 20))
+        return [f"| baseline | {row} |"]
     raise AssertionError(task_name)
 
 
@@ -569,7 +569,7 @@ def test_longer_runs_of_real_data(name, baseline, steps):
 # ----------------------------------------------------------------------------- sizes checked by name
 
 # Each task's smallest length (the lag for copy, the window for sunspots); every task with a length is here.
-SMALLEST = {"adding": 2, "copy": 1, "selective_copy": 16, "temporal_order": 11, "char_lm": 1, "sunspots": 2}
+SMALLEST = {"adding": 2, "copy": 1, "selective_copy": 16, "mqar": 32, "temporal_order": 11, "char_lm": 1, "sunspots": 2}
 
 
 def test_every_task_with_a_length_has_its_smallest_size_listed_here():
@@ -593,7 +593,7 @@ def test_each_task_runs_at_its_smallest_size_and_refuses_one_below_by_name(name)
 def test_char_lm_refuses_a_validation_part_shorter_than_a_window():
     with pytest.raises(ValueError, match="max_valid_chars must be None or an int >= length=10"):
         tasks.char_lm(10, max_valid_chars=9)
-    with pytest.raises(ValueError, match="length=1000000 leaves no full window"):
+    with pytest.raises(ValueError, match="length must be at most 93992 for this corpus .* got 1000000"):
         tasks.make("char_lm", 1_000_000)
 
 

@@ -18,7 +18,7 @@ def _run(cell, params, xs, carry, lengths, reverse, remat):
 def _check_params(name: str, params, cls, n_gates: int, bias_fields: tuple[str, ...], extra: dict) -> int:
     """The fused layers take the default cell's params only; anything else is refused by name."""
     if not isinstance(params, cls):
-        raise TypeError(f"params must be a memcell.{cls.__name__} for memcell.fused.{name}, got {type(params).__name__}")
+        raise TypeError(f"params must be a memcell.cells.{cls.__name__} for memcell.fused.{name}, got {type(params).__name__}")
     for field, what in extra.items():
         if getattr(params, field) is not None:
             raise ValueError(
