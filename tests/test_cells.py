@@ -206,19 +206,8 @@ def test_unroll_equals_python_loop(name):
 # --------------------------------------------------------------------------- gradients
 
 
-# Order-2 checks of the variants that change only init values or drop a gate run with the slow
-# checks (`make test-slow`); the default cells and every structurally different one stay here.
-# Order-2 checks in make test: the plain cells and the projection; each other option is a small
-# change of one of these steps, checked to first order against NumPy in make test (known values)
-# and to order 2 with the slow checks, to keep make test in its 15-minute budget.
-_GRADCHECK_SLOW = {"lstm_forget_bias0", "lstm_chrono", "lstm_NIG", "lstm_NFG", "lstm_NOG", "lstm_NIAF", "lstm_NOAF",
-                   "lstm_layer_norm", "lstm_peephole", "lstm_cifg", "rnn_relu_identity", "gru_reset_before", "lstm_proj",
-                   *_COMBINATIONS}
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in _GRADCHECK_SLOW else n for n in CONFIGS]
-)
+@pytest.mark.slow  # float64 check_grads of order 2 is test-slow's (issue 21.6); make test checks the gradients
+@pytest.mark.parametrize("name", list(CONFIGS))  # of every path against the reference (tests/test_contract.py)
 def test_check_grads_float64_order2(name):
     with jax.enable_x64(True):
         cell, params = setup(name, dtype=jnp.float64, seed=6)

@@ -729,6 +729,7 @@ def test_to_dict_from_dict_round_trip_and_errors():
         convert.from_dict(dict(tree, p_i=np.zeros(3)), params)
 
 
+@pytest.mark.slow  # a repeat: tests/test_docs.py runs every public module's examples in make test
 def test_docstring_examples():
     """Every module of the package: the package itself only re-exports, so its examples live in them."""
     failures = tried = 0

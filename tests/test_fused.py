@@ -121,8 +121,10 @@ OPTIONS = {
 }
 
 
+# The GRU's cases in test-slow: tests/test_contract.py checks the fused GRU against a per-sequence
+# oracle in make test (values; gradients against the reference), with lengths, reverse and a carry.
 @pytest.mark.parametrize("option", OPTIONS)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == "gru" else k for k in KINDS])
 def test_values_and_gradients_match_reference_float32(kind, option, layout):
     make, run = KINDS[kind]
     cell = make()
@@ -168,7 +170,7 @@ def test_gradients_match_reference_float64(kind, layout):
         _assert_close(got, want, rtol=1e-11, atol=1e-12)
 
 
-@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+@pytest.mark.parametrize("platform", ["cpu", pytest.param("gpu", marks=pytest.mark.slow)])  # the GPU's tuning: test-slow
 def test_layout_of_each_platform_at_the_cpu_switch_size(platform, monkeypatch):
     """An LSTM of ``CPU.feature_major_from_h`` units, float32, with each platform's tuning: the CPU's
     switches to feature-major on its own there, the GPU's stays batch-major; both match the reference."""

@@ -71,7 +71,13 @@ def test_base_class_and_param_layout():
     np.testing.assert_array_equal(np.asarray(cell.memcell_params().b[H : 2 * H]), np.ones(H))
 
 
-@pytest.mark.parametrize("name", list(MAKERS))
+# make test budget: table cells whose carry layout another case here has (a one-field h, the LSTM's
+# (c, h), several fields) run in make test-slow; a new cell of the table runs in make test.
+_STEP_SLOW = {"table_rnn", "table_irnn", "table_lstm", "table_gru", "table_mingru", "table_minlstm", "table_rglru",
+              "table_slstm"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _STEP_SLOW else n for n in MAKERS])
 def test_one_step_equals_pure_step_bit_for_bit(name):
     mod, cell = MAKERS[name](nnx.Rngs(0))
     mod = _randomize(mod)
@@ -322,6 +328,7 @@ def test_bad_input():
         mn.Cell("rglru", D, H, options={"input_projection": False}, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow  # a repeat: tests/test_docs.py runs every public module's examples in make test
 def test_docstring_examples():
     failures, tried = doctest.testmod(mn, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
