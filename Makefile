@@ -36,11 +36,14 @@ $(DOCS_STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# Two pytest processes by default (TEST_WORKERS=1 for one), each test file whole in one of them
+# (--dist loadfile: a file's module fixtures are built once).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" --durations=25
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(CORE_STAMP)
 	$(PY) experiments/vanishing_gradients.py
