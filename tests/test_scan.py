@@ -386,3 +386,18 @@ def test_bad_lengths_under_jit_still_caught_by_shape_and_dtype():
 def test_bad_layer_arguments(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+@pytest.mark.parametrize("backend, make", [("reference", memcell.lstm), ("fused", memcell.lstm), ("parallel", memcell.mingru)])
+def test_traced_lengths_outside_0_T_are_clipped_not_nan(backend, make):
+    """Inside jax.jit lengths cannot be checked by value: they are clipped to [0, T] on every path,
+    reverse included (issue 20, S4: with reverse=True the outputs were NaN)."""
+    cell = make(4)
+    params = cell.init(jax.random.key(0), D)
+    xs = jax.random.normal(jax.random.key(1), (2, 5, D))
+    for reverse in (False, True):
+        f = jax.jit(lambda L: memcell.unroll(cell, params, xs, lengths=L, reverse=reverse, backend=backend))
+        got = f(jnp.array([9, -2]))
+        want = memcell.unroll(cell, params, xs, lengths=jnp.array([5, 0]), reverse=reverse, backend=backend)
+        assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(got))
+        chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
