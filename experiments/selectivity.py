@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import parse_config, plot_curves
+from _common import parse_config
 
 CELLS = ("rnn", "lstm", "gru", "mingru", "lru", "rglru", "slstm", "mlstm", "mamba", "gated_deltanet")
 # name -> (the table's cell, the options that make the ablation)
@@ -322,8 +322,11 @@ def report(config: Config, results: dict, out: pathlib.Path) -> list[str]:
         lines.append("")
         panels[name] = {cell: r["curve"] for cell, r in res["runs"].items()}
     if panels:
-        plot_curves(out / "curves.png", panels, "accuracy",
-                    {t: {"memoryless": results[t]["baselines"]["memoryless"]["accuracy"]} for t in panels}, threshold=0.99)
+        from memcell import plot
+
+        plot.evaluation_curves(out / "curves.png", panels, "accuracy",
+                               baselines={t: {"memoryless": results[t]["baselines"]["memoryless"]["accuracy"]}
+                                          for t in panels}, threshold=0.99)
     lines += sweep_report(results, out) + gates_report(results, out)
     return lines
 
@@ -383,8 +386,9 @@ def gates_report(results: dict, out: pathlib.Path) -> list[str]:
 
 def main(argv=None) -> dict:
     config = parse_config(Config, argv)
-    if config.quick:
-        config = dataclasses.replace(config, **{k: v for k, v in QUICK.items()})
+    if config.quick:  # the quick budget for every setting left at its default (what was given stays)
+        defaults = Config()
+        config = dataclasses.replace(config, **{k: v for k, v in QUICK.items() if getattr(config, k) == getattr(defaults, k)})
     unknown = [c for c in config.cells + config.ablations + config.sweep_cells if cell_spec(c)[0] not in CELLS]
     if unknown:
         raise SystemExit(f"--cells/--ablations/--sweep-cells: unknown {unknown}; cells: {list(CELLS)}, "

@@ -198,3 +198,19 @@ def test_a_cheap_recorded_table_still_comes_out_of_its_command(command, tmp_path
                    capture_output=True)
     (report,) = tmp_path.rglob("report.md")
     assert _table(report.read_text()) == _table(body), f"{page}: the table of `{command}` no longer reproduces"
+
+
+@pytest.mark.slow  # 76 s on the 2-core machine
+def test_the_selectivity_study_runs_in_its_quick_mode(tmp_path):
+    """experiments/selectivity.py end to end at its quick budget (one task, two cells, the Mamba
+    ablation, the gate probes): its report, results and figures are written (the script imported a
+    helper the experiments' rewrite had removed, and nothing ran it)."""
+    import selectivity
+
+    results = selectivity.main(["--quick", "true", "--tasks", "selective_copy", "--cells", "lstm,mamba",
+                                "--sweep-cells", "", "--out", str(tmp_path)])
+    assert {"curves.png", "gates.png", "report.md", "results.json"} <= {p.name for p in tmp_path.iterdir()}
+    runs = json.loads((tmp_path / "results.json").read_text())["results"]["selective_copy"]["runs"]
+    assert {"lstm", "mamba", "mamba_fixed_dt"} <= set(runs)
+    assert all(0.0 <= v <= 1.0 for r in runs.values() for v in r["test"]["accuracy"])
+    assert results is not None
