@@ -5,6 +5,7 @@ tiny config: it writes into results/ only, and its series have a colour each."""
 import ast
 import dataclasses
 import json
+import os
 import pathlib
 import re
 import sys
@@ -194,8 +195,13 @@ def test_a_cheap_recorded_table_still_comes_out_of_its_command(command, tmp_path
     if machine != _common.machine():  # training is chaotic: float rounding that differs between CPUs grows
         pytest.skip(f"{command!r} was recorded on {machine}; this is {_common.machine()}")
     argv = shlex.split(command)
+    # As a user runs it: without the XLA flag tests/conftest.py sets for the test process (backend
+    # optimisation level 0 rounds otherwise, and these chaotic runs then give other tables).
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if not f.startswith("--xla_backend_optimization_level"))
     subprocess.run([sys.executable, *argv[1:], "--out", str(tmp_path)], cwd=EXPERIMENTS.parent, check=True,
-                   capture_output=True)
+                   capture_output=True, env=env)
     (report,) = tmp_path.rglob("report.md")
     assert _table(report.read_text()) == _table(body), f"{page}: the table of `{command}` no longer reproduces"
 

@@ -485,7 +485,7 @@ def test_unroll_accepts_concrete_lengths_closed_over_in_jit():
 # (task, length, options, cell, hidden, steps, learning rate, baseline to beat)
 SHORT_RUNS = [
     ("adding", 10, dict(n_test=200), "lstm", 16, 150, 1e-2, "mean"),
-    ("copy", 3, dict(n_test=200), "lstm", 32, 300, 2e-2, "memoryless"),
+    ("copy", 3, dict(n_test=200), "lstm", 32, 600, 2e-2, "memoryless"),  # 300 updates: 0.8171, short of 0.9 x 0.9042
     ("temporal_order", 15, dict(n_test=200), "lstm", 16, 200, 2e-2, "majority"),
     ("digits", None, {}, "gru", 16, 100, 1e-2, "majority"),
     ("permuted_digits", None, {}, "gru", 16, 100, 1e-2, "majority"),
