@@ -388,7 +388,8 @@ def main(argv=None) -> dict:
     config = parse_config(Config, argv)
     if config.quick:  # the quick budget for every setting left at its default (what was given stays)
         defaults = Config()
-        config = dataclasses.replace(config, **{k: v for k, v in QUICK.items() if getattr(config, k) == getattr(defaults, k)})
+        quick = {k: v for k, v in QUICK.items() if getattr(config, k) == getattr(defaults, k)}
+        config = dataclasses.replace(config, **quick)
     unknown = [c for c in config.cells + config.ablations + config.sweep_cells if cell_spec(c)[0] not in CELLS]
     if unknown:
         raise SystemExit(f"--cells/--ablations/--sweep-cells: unknown {unknown}; cells: {list(CELLS)}, "

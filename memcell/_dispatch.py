@@ -1,5 +1,6 @@
-"""What the fast paths (``memcell.fused``, ``memcell.parallel``, ``memcell.cudnn``) share when they
-decide whether they run a cell: the spec the cell declares for its own step, and the options it sets.
+"""What the fast paths (``memcell.fused``, ``memcell.parallel``, ``memcell.cudnn``, ``memcell.pallas``)
+share when they decide whether they run a cell: the spec the cell declares for its own step, and the
+options it sets.
 
 Only the declared spec decides (see ``memcell.CellSpec``), never attributes of the cell's functions,
 and every path reads it by the same rule, so no path runs a cell another one would rightly refuse.

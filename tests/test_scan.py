@@ -388,7 +388,8 @@ def test_bad_layer_arguments(call, err, match):
         call()
 
 
-@pytest.mark.parametrize("backend, make", [("reference", memcell.lstm), ("fused", memcell.lstm), ("parallel", memcell.mingru)])
+@pytest.mark.parametrize("backend, make",
+                         [("reference", memcell.lstm), ("fused", memcell.lstm), ("parallel", memcell.mingru)])
 def test_traced_lengths_outside_0_T_are_clipped_not_nan(backend, make):
     """Inside jax.jit lengths cannot be checked by value: they are clipped to [0, T] on every path,
     reverse included (issue 20, S4: with reverse=True the outputs were NaN)."""
