@@ -88,32 +88,31 @@ def _flat(a, batch_shape, B: int):
     return jnp.broadcast_to(a, batch_shape + a.shape[len(batch_shape):]).reshape((B,) + a.shape[len(batch_shape):])
 
 
-def run(cell: Cell, params: PyTree, xs, carry0: PyTree, valid=None, resets=None):
-    """The unroll on the Pallas path, on framed arrays: ``(carry, ys)``, ys in processing order.
+def run(cell: Cell, params: PyTree, fr: Frame):
+    """The unroll on the Pallas path, on the frame's arrays: ``(carry, ys)``, ys in processing order.
 
     Args:
       cell: a cell ``why_not`` accepts.
       params: its params.
-      xs: ``[*b, T, D]`` in processing order, padded inputs zeroed.
-      carry0: the initial carry, leaves broadcast to the batch axes ``*b``.
-      valid: ``[*b, T]`` bool or None: False past each length (the carry stays there).
-      resets: ``[*b, T]`` bool or None: where True the carry restarts from ``carry0`` before the step.
+      fr: the frame (``memcell.paths.run`` makes it, and returns by itself where it has no step):
+        ``fr.xs [*b, T, D]`` in processing order with padded inputs zeroed, ``fr.carry0`` broadcast
+        to the batch axes ``*b``, ``fr.valid`` (False past each length: the carry stays there) and
+        ``fr.resets`` (where True the carry restarts from ``carry0`` before the step), each
+        ``[*b, T]`` bool or None.
 
     Returns:
       ``(carry, ys)``: the final carry and ``ys: [*b, T, h]`` in processing order (a padded step's
       output is the carry it kept; the frame zeroes it).
     """
     spec = cell.spec
+    xs = fr.xs
     batch_shape, T = tuple(xs.shape[:-2]), xs.shape[-2]
     B = math.prod(batch_shape)
-    leaves, treedef = jax.tree.flatten(carry0)
-    if T == 0:  # no step: the initial carry, and no outputs
-        y = jax.eval_shape(cell.step, params, carry0, jax.ShapeDtypeStruct(batch_shape + xs.shape[-1:], xs.dtype))[1]
-        return carry0, jnp.zeros(batch_shape + (0,) + y.shape[len(batch_shape):], y.dtype)
+    leaves, treedef = jax.tree.flatten(fr.carry0)
     platform = jax.default_backend()
     tuning = _tuning.for_platform(platform)
     flat = lambda a: _flat(a, batch_shape, B)
-    valid, resets = flat(valid), flat(resets)
+    valid, resets = flat(fr.valid), flat(fr.resets)
     if isinstance(spec, LinearSpec):
         if len(leaves) != 1:
             raise ValueError(f"a LinearSpec cell's carry must hold exactly one array, got {len(leaves)} leaves")
@@ -139,11 +138,6 @@ def run(cell: Cell, params: PyTree, xs, carry0: PyTree, valid=None, resets=None)
     return jax.tree.unflatten(treedef, carry), hs.reshape(batch_shape + (T, H)).astype(leaves[0].dtype)
 
 
-def _run(cell: Cell, params: PyTree, fr: Frame):
-    """``run`` on the frame's arrays (the path's entry for ``memcell.unroll``)."""
-    return run(cell, params, fr.xs, fr.carry0, fr.valid, fr.resets)
-
-
 def _auto_why_not(cell: Cell, platform: str) -> str | None:
     """``backend="auto"`` takes the Pallas path only on a platform where the benchmark measured it
     faster (``memcell.pallas.tuning.AUTO``); no platform has been measured."""
@@ -153,4 +147,4 @@ def _auto_why_not(cell: Cell, platform: str) -> str | None:
             "only where make bench-gpu measured it faster")
 
 
-PATH = Path("pallas", why_not, _run, _auto_why_not)
+PATH = Path("pallas", why_not, run, _auto_why_not)
