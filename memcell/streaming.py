@@ -44,17 +44,23 @@ class Stream(NamedTuple):
     feed: Callable[..., tuple[PyTree, Array]]
 
 
+def _bidirectional(where: str) -> ValueError:
+    return ValueError(f"memcell.stream cannot run a bidirectional layer ({where} is one): its backward direction "
+                      "reads each sequence from its end, which a stream has not seen yet")
+
+
+def _reverse(where: str, how: str) -> ValueError:
+    return ValueError(f"memcell.stream cannot run a reverse layer ({where} reads its sequence backwards{how}): it "
+                      "starts from each sequence's end, which a stream has not seen yet")
+
+
 def _check_one_direction(carry) -> None:
     """Refuses a carry holding a ``DirectionPair``: the layer (or a layer of the stack) is bidirectional."""
     is_pair = lambda x: isinstance(x, DirectionPair)
     parts = _parts(carry)
     for i, part in enumerate(parts):
         if any(is_pair(x) for x in jax.tree.leaves(part, is_leaf=is_pair)):
-            where = "the layer" if len(parts) == 1 and parts[0] is carry else f"layer {i} of the stack"
-            raise ValueError(
-                f"memcell.stream cannot run a bidirectional layer ({where} is one): its backward direction "
-                "reads each sequence from its end, which a stream has not seen yet"
-            )
+            raise _bidirectional("the layer" if len(parts) == 1 and parts[0] is carry else f"layer {i} of the stack")
 
 
 def _parts(carry) -> tuple:
@@ -71,17 +77,10 @@ def _check_spec(layer: Layer, where: str = "the layer") -> bool:
     if isinstance(spec, StackSpec):
         return all(_check_spec(sub, f"layer {i} of the stack") for i, sub in enumerate(spec.layers))
     if isinstance(spec, BidirectionalSpec):
-        raise ValueError(
-            f"memcell.stream cannot run a bidirectional layer ({where} is one): its backward direction reads "
-            "each sequence from its end, which a stream has not seen yet"
-        )
+        raise _bidirectional(where)
     if isinstance(spec, CellLayerSpec):
         if spec.reverse:
-            raise ValueError(
-                f"memcell.stream cannot run a reverse layer ({where} reads its sequence backwards: "
-                "memcell.layer(cell, reverse=True)): it starts from each sequence's end, which a stream has not "
-                "seen yet"
-            )
+            raise _reverse(where, ": memcell.layer(cell, reverse=True)")
         return True
     return False
 
@@ -108,11 +107,8 @@ def _check_forward(layer: Layer, input_size: int) -> None:
         far = any(not np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(jax.tree.leaves(w), jax.tree.leaves(s)))
         if far:
             where = "the layer" if len(parts_w) == 1 and parts_w[0] is whole else f"layer {i} of the stack"
-            raise ValueError(
-                f"memcell.stream cannot run a reverse layer ({where} reads its sequence backwards, e.g. "
-                "memcell.layer(cell, reverse=True)): it starts from each sequence's end, which a stream has not "
-                "seen yet; feeding two steps at once and one at a time leaves it different carries"
-            )
+            raise _reverse(where, ", e.g. memcell.layer(cell, reverse=True): feeding two steps at once and one "
+                                  "at a time leaves it different carries")
 
 
 def stream(layer: Cell | Layer, input_size: int) -> Stream:
