@@ -34,11 +34,15 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _common import parse_config
+from _common import parse_config, provenance
 
 CELLS = ("rnn", "lstm", "gru", "mingru", "lru", "rglru", "slstm", "mlstm", "mamba", "gated_deltanet")
 # name -> (the table's cell, the options that make the ablation)
-VARIANTS = {"lstm_nofg": ("lstm", {"forget_gate": False}), "mamba_fixed_dt": ("mamba", {"dt_rank": 0})}
+# The two without their short convolution (conv_size 1: a per-channel scale, no mixing across steps): one
+# layer whose q, k, v (or B, C, x) come from the current token alone cannot put a key and the value one
+# step later into one outer product, which associative recall asks (the mLSTM has no convolution).
+VARIANTS = {"lstm_nofg": ("lstm", {"forget_gate": False}), "mamba_fixed_dt": ("mamba", {"dt_rank": 0}),
+            "mamba_noconv": ("mamba", {"conv_size": 1}), "gated_deltanet_noconv": ("gated_deltanet", {"conv_size": 1})}
 # Cells whose width must be a multiple of HEADS: they run HEADS heads, as the table builds the xLSTM cells
 # (Gated DeltaNet's factory defaults to one head; several heads, as in the paper, also keep its memories small).
 HEADS = 4
@@ -259,8 +263,9 @@ def save(out: pathlib.Path, config: Config, results: dict) -> None:
                                                  indent=1, default=float) + "\n")
 
 
-def run_task(config: Config, name: str, results: dict, out: pathlib.Path) -> None:
-    """Every cell and ablation on task ``name``; each result saved as soon as it exists."""
+def run_task(config: Config, name: str, results: dict, out: pathlib.Path, prov: dict) -> None:
+    """Every cell and ablation on task ``name``; each result saved as soon as it exists, with the
+    provenance of the call that trained it (``--resume`` can join calls made on other commits)."""
     valid, test = make_tasks(config, name)
     done = results.setdefault(name, {"runs": {}, "baselines": test.baselines, "info": test.info})
     for cell in config.cells + config.ablations:
@@ -271,14 +276,14 @@ def run_task(config: Config, name: str, results: dict, out: pathlib.Path) -> Non
         run = run_one(config, cell, hidden, valid, test, config.lrs)
         if name == "selective_copy" and config.gates and cell in GATE_CELLS:
             run["gates"] = gate_probe(run["_model"], run["_params"], test)
-        done["runs"][cell] = public(run)
+        done["runs"][cell] = {**public(run), "provenance": prov}
         s = run["test_summary"]
         print(f"  lr {run['chosen_lr']}: test {test.metric} {s['mean']:.4f} ± {s['std']:.4f} ({run['wall_s']:.0f} s)",
               flush=True)
         save(out, config, results)
 
 
-def run_sweep(config: Config, results: dict, out: pathlib.Path) -> None:
+def run_sweep(config: Config, results: dict, out: pathlib.Path, prov: dict) -> None:
     """mqar at other model sizes, each cell at the learning rate chosen at the main size."""
     valid, test = make_tasks(config, "mqar")
     sweep = results.setdefault("sweep", {})
@@ -293,8 +298,26 @@ def run_sweep(config: Config, results: dict, out: pathlib.Path) -> None:
                 continue
             hidden, n = matched_width(cell, valid, target)
             print(f"[sweep] {cell} at {target} params: hidden {hidden}, {n} params", flush=True)
-            sweep[key] = public(run_one(config, cell, hidden, valid, test, (main["chosen_lr"],)))
+            run = run_one(config, cell, hidden, valid, test, (main["chosen_lr"],))
+            sweep[key] = {**public(run), "provenance": prov}
             save(out, config, results)
+
+
+def provenance_lines(results: dict) -> list[str]:
+    """One line per call whose runs the report holds (command, commit, machine, the runs it trained);
+    runs saved before the results carried their provenance are counted as such."""
+    calls: dict = {}
+    runs = [(f"{task}/{cell}", r) for task in ("selective_copy", "mqar")
+            for cell, r in results.get(task, {}).get("runs", {}).items()]
+    runs += [(f"sweep/{key}", r) for key, r in results.get("sweep", {}).items()]
+    for key, r in runs:
+        p = r.get("provenance")
+        line = (f"Command: `{p['command']}`; commit `{p['commit']}`; machine: {p['machine']}" if p
+                else "Provenance not saved with the results (a run older than the field)")
+        calls.setdefault(line, []).append(key)
+    if len(calls) == 1:
+        return [f"{line}." for line in calls] + [""]
+    return [f"{line}: {len(keys)} runs ({', '.join(keys)})." for line, keys in calls.items()] + [""]
 
 
 def fmt(s: dict) -> str:
@@ -398,15 +421,17 @@ def main(argv=None) -> dict:
     path = out / "results.json"
     results = json.loads(path.read_text())["results"] if config.resume and path.exists() else {}
     t0 = time.perf_counter()
+    prov = provenance(None if argv is None else [__file__, *argv])
     for name in config.tasks:
-        run_task(config, name, results, out)
+        run_task(config, name, results, out, prov)
     if "mqar" in config.tasks and config.sweep_params:
-        run_sweep(config, results, out)
+        run_sweep(config, results, out, prov)
     results["wall_s_this_call"] = time.perf_counter() - t0
     save(out, config, results)
     lines = report(config, results, out)
     cfg = json.dumps(dataclasses.asdict(config))
-    (out / "report.md").write_text("\n".join(["# Selectivity", "", f"Config: `{cfg}`", ""] + lines) + "\n")
+    (out / "report.md").write_text("\n".join(["# Selectivity", "", *provenance_lines(results), f"Config: `{cfg}`", ""]
+                                             + lines) + "\n")
     print("\n".join(lines))
     return results
 

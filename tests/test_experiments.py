@@ -218,5 +218,8 @@ def test_the_selectivity_study_runs_in_its_quick_mode(tmp_path):
     assert {"curves.png", "gates.png", "report.md", "results.json"} <= {p.name for p in tmp_path.iterdir()}
     runs = json.loads((tmp_path / "results.json").read_text())["results"]["selective_copy"]["runs"]
     assert {"lstm", "mamba", "mamba_fixed_dt"} <= set(runs)
+    assert all(r["provenance"]["command"].startswith("python experiments/selectivity.py --quick true") for r in runs.values())
+    assert re.search(r"Command: `python experiments/selectivity.py .*`; commit `[0-9a-f]{7,}",
+                     (tmp_path / "report.md").read_text())
     assert all(0.0 <= v <= 1.0 for r in runs.values() for v in r["test"]["accuracy"])
     assert results is not None
