@@ -5,8 +5,9 @@ width chosen so the whole model has about ``target_params`` parameters (each tas
 count); every (learning rate, seed) pair trains at once (vmapped, ``memcell.tasks.train_task``),
 evaluated on a validation draw (the task's test set drawn with another seed); the learning rate
 with the best mean final validation metric over seeds is chosen, and only then is the test set
-read, once, with those models' final params. Ablations: the LSTM without its forget gate and
-Mamba with a fixed step size Delta (``dt_rank=0``). A state-size sweep reruns some cells on
+read, once, with those models' final params. Ablations: the LSTM without its forget gate,
+Mamba with a fixed step size Delta (``dt_rank=0``), Mamba and Gated DeltaNet without their short
+convolution (``conv_size=1``), and the mLSTM with one (``with_short_conv``). A state-size sweep reruns some cells on
 mqar at other widths, at the rate chosen at the main width. Gate probes (the jacobian toolkit):
 for the trained LSTM and Mamba on selective copying, the diagonal of the carry-to-carry Jacobian
 (``f_t`` for the LSTM, ``exp(Delta_t A)`` for Mamba: what the step keeps) and ``||d state_end /
@@ -30,6 +31,7 @@ import json
 import pathlib
 import sys
 import time
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,8 +43,12 @@ CELLS = ("rnn", "lstm", "gru", "mingru", "lru", "rglru", "slstm", "mlstm", "mamb
 # The two without their short convolution (conv_size 1: a per-channel scale, no mixing across steps): one
 # layer whose q, k, v (or B, C, x) come from the current token alone cannot put a key and the value one
 # step later into one outer product, which associative recall asks (the mLSTM has no convolution).
+# And the converse: the mLSTM after such a convolution (``with_short_conv``), so that one step sees a key
+# and the value after it together.
 VARIANTS = {"lstm_nofg": ("lstm", {"forget_gate": False}), "mamba_fixed_dt": ("mamba", {"dt_rank": 0}),
-            "mamba_noconv": ("mamba", {"conv_size": 1}), "gated_deltanet_noconv": ("gated_deltanet", {"conv_size": 1})}
+            "mamba_noconv": ("mamba", {"conv_size": 1}), "gated_deltanet_noconv": ("gated_deltanet", {"conv_size": 1}),
+            "mlstm_conv": ("mlstm", {})}
+CONV_INPUT = frozenset({"mlstm_conv"})  # variants built with with_short_conv
 # Cells whose width must be a multiple of HEADS: they run HEADS heads, as the table builds the xLSTM cells
 # (Gated DeltaNet's factory defaults to one head; several heads, as in the paper, also keep its memories small).
 HEADS = 4
@@ -93,11 +99,59 @@ def cell_spec(name: str) -> tuple[str, dict]:
     return VARIANTS.get(name, (name, {}))
 
 
+class ConvInputParams(NamedTuple):
+    conv_w: Any  # [k, d] depthwise taps, oldest first (``memcell.cells._conv``'s layout)
+    inner: Any  # the wrapped cell's params
+
+
+class ConvInputCarry(NamedTuple):
+    conv: Any  # [*b, k - 1, d] the last k - 1 inputs: a window, not memory (``state_size`` leaves it out)
+    inner: Any  # the wrapped cell's carry
+
+
+def with_short_conv(cell, input_size: int, conv_size: int = 4):
+    """``cell`` fed ``silu(conv(x))``: the causal depthwise convolution of width ``conv_size`` (no bias) and
+    SiLU that Mamba and Gated DeltaNet put before their recurrence (xLSTM's mLSTM block before q and k),
+    taps ``U(+-1/sqrt(k))`` as theirs; the window is part of the carry. A user's cell (no spec): the
+    reference path runs it."""
+    import math
+
+    import jax
+    import jax.numpy as jnp
+
+    from memcell.cells._conv import conv_step
+    from memcell.types import Cell
+
+    K = conv_size
+
+    def init(key, d: int):
+        if d != input_size:
+            raise ValueError(f"input_size: expected {input_size} (the wrapper's), got {d}")
+        k_conv, k_inner = jax.random.split(key)
+        bound = 1 / math.sqrt(K)
+        return ConvInputParams(conv_w=jax.random.uniform(k_conv, (K, d), jnp.float32, -bound, bound),
+                               inner=cell.init(k_inner, d))
+
+    def initial_carry(params, batch_shape=()):
+        inner = cell.initial_carry(params.inner, batch_shape)
+        return ConvInputCarry(conv=jnp.zeros(tuple(batch_shape) + (K - 1, input_size), jax.tree.leaves(inner)[0].dtype),
+                              inner=inner)
+
+    def step(params, carry, x):
+        window, u = conv_step(carry.conv, x, params.conv_w, None)
+        inner, y = cell.step(params.inner, carry.inner, jax.nn.silu(u).astype(x.dtype))
+        return ConvInputCarry(conv=window, inner=inner), y
+
+    return Cell(init, initial_carry, step)
+
+
 def build(name: str, hidden: int, task):
     from memcell import tasks
 
     base, options = cell_spec(name)
     cell = tasks.make_cell(base, hidden, **options, **MULTI_HEAD.get(base, {}))
+    if name in CONV_INPUT:
+        cell = with_short_conv(cell, task.input_size)
     return tasks.sequence_model(cell, task.output_size, task.readout, backend="auto")
 
 
