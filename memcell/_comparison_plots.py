@@ -59,6 +59,9 @@ def _save(fig, path, title, dpi: int) -> pathlib.Path:
     return out
 
 
+LEGEND_INSIDE = 8  # evaluation_curves: up to this many series a legend in each panel, more beside the last
+
+
 def evaluation_curves(
     path: str | os.PathLike,
     panels: Mapping[str, Mapping[str, Sequence[Mapping]]],
@@ -98,7 +101,10 @@ def evaluation_curves(
     """
     plt = _pyplot()
     n = len(panels)
-    fig, axes = plt.subplots(1, max(n, 1), figsize=(4.2 * max(n, 1), 3.4), squeeze=False)
+    labels = [list(runs) for runs in panels.values()]
+    # Many series and the same in every panel: one legend beside the last panel, where it hides no curve
+    shared = len(labels[0]) > LEGEND_INSIDE if labels and all(ls == labels[0] for ls in labels) else False
+    fig, axes = plt.subplots(1, max(n, 1), figsize=(4.2 * max(n, 1) + (1.6 if shared else 0), 3.4), squeeze=False)
     for ax, (name, runs) in zip(axes[0], panels.items()):
         for color, (label, history) in zip(distinct_colors(len(runs)), runs.items()):
             steps = [h["step"] for h in history]
@@ -115,7 +121,10 @@ def evaluation_curves(
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
-        ax.legend(fontsize=7)
+        if not shared:
+            ax.legend(fontsize=7)
+    if shared:
+        axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return _save(fig, path, title, dpi)
 
 

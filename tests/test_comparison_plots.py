@@ -5,7 +5,7 @@ import matplotlib.figure
 import numpy as np
 import pytest
 
-from memcell import plot
+from memcell import _comparison_plots, plot
 
 
 @pytest.fixture
@@ -42,6 +42,21 @@ def test_evaluation_curves_draw_the_mean_over_seeds_and_the_baselines(drawn, tmp
     assert _rgba(lines["lstm"]) != _rgba(lines["gru"])
     assert sorted(float(line.get_ydata()[0]) for line in ax.get_lines() if line.get_label().startswith("_")) == [0.01, 0.17]
 
+
+
+def test_evaluation_curves_put_many_series_in_one_legend_beside_the_panels(drawn, tmp_path):
+    """The selectivity study's 15 series: a legend in each panel covered the curves; one beside the
+    last panel names them all. A few series keep a legend in each panel, as do panels that differ."""
+    history = [{"step": s, "acc": [0.5, 0.6]} for s in (10, 20)]
+    many = {f"cell{i}": history for i in range(_comparison_plots.LEGEND_INSIDE + 1)}
+    plot.evaluation_curves(tmp_path / "c.png", {"a": many, "b": many}, "acc")
+    legends = [ax.get_legend() for ax in drawn[-1].axes]
+    assert legends[0] is None and len(legends[1].get_texts()) == len(many)
+    assert legends[1].get_bbox_to_anchor().x0 > drawn[-1].axes[1].get_window_extent().x1  # right of the panel
+    plot.evaluation_curves(tmp_path / "c.png", {"a": many, "b": {"lstm": history}}, "acc")
+    assert all(ax.get_legend() is not None for ax in drawn[-1].axes)
+    plot.evaluation_curves(tmp_path / "c.png", {"a": {"lstm": history}, "b": {"lstm": history}}, "acc")
+    assert all(ax.get_legend() is not None for ax in drawn[-1].axes)
 
 def test_norms_by_lag_draws_phases_in_one_colour_and_scales_as_asked(drawn, tmp_path):
     k = np.arange(5.0)
