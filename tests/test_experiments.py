@@ -223,3 +223,34 @@ def test_the_selectivity_study_runs_in_its_quick_mode(tmp_path):
                      (tmp_path / "report.md").read_text())
     assert all(0.0 <= v <= 1.0 for r in runs.values() for v in r["test"]["accuracy"])
     assert results is not None
+
+
+def test_the_selectivity_conv_wrapper_feeds_the_cell_its_convolved_input():
+    """``mlstm_conv`` (the mLSTM behind Mamba's short convolution) is the mLSTM run on ``silu(conv(x))``,
+    written out here tap by tap, with the last three inputs as the window and the mLSTM's memory alone
+    counted as state."""
+    import jax
+    import jax.numpy as jnp
+    import selectivity
+
+    import memcell
+
+    cell = memcell.mlstm(8, num_heads=2)
+    wrapped = selectivity.with_short_conv(cell, 3)
+    params = wrapped.init(jax.random.key(0), 3)
+    xs = jax.random.normal(jax.random.key(1), (2, 6, 3))
+    carry, ys = memcell.unroll(wrapped, params, xs)
+    padded = jnp.concatenate([jnp.zeros((2, 3, 3)), xs], axis=1)
+    us = sum(params.conv_w[j] * padded[:, j : j + 6] for j in range(4))  # taps oldest first
+    inner, want = memcell.unroll(cell, params.inner, jax.nn.silu(us))
+    np.testing.assert_allclose(ys, want, atol=1e-6)
+    np.testing.assert_allclose(carry.conv, xs[:, -3:], atol=0)
+    np.testing.assert_allclose(carry.inner.C, inner.C, atol=1e-6)
+    with pytest.raises(ValueError, match="input_size: expected 3"):
+        wrapped.init(jax.random.key(0), 4)
+
+    class Task:  # what state_size reads of a task
+        input_size, output_size, readout = 32, 32, "all"
+
+    model = selectivity.build("mlstm_conv", 48, Task)
+    assert selectivity.state_size(model, Task) == {"all": 628 + 3 * 32, "memory": 628}
