@@ -152,7 +152,7 @@ CHEAP = (
 def recorded_tables() -> dict:
     """``{command: (page, machine, body)}`` of every recorded block of the results pages."""
     found = {}
-    for page in ("tasks.md", "reproductions.md", "vanishing_gradients.md"):
+    for page in ("tasks.md", "reproductions.md", "vanishing_gradients.md", "selectivity.md"):
         text = (DOCS / page).read_text()
         assert text.count("<!-- recorded:") == len(RECORDED.findall(text)), f"{page}: a malformed recorded marker"
         for m in RECORDED.finditer(text):
