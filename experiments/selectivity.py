@@ -7,8 +7,8 @@ evaluated on a validation draw (the task's test set drawn with another seed); th
 with the best mean final validation metric over seeds is chosen, and only then is the test set
 read, once, with those models' final params. Ablations: the LSTM without its forget gate,
 Mamba with a fixed step size Delta (``dt_rank=0``), Mamba and Gated DeltaNet without their short
-convolution (``conv_size=1``), and the mLSTM with one (``with_short_conv``). A state-size sweep reruns some cells on
-mqar at other widths, at the rate chosen at the main width. Gate probes (the jacobian toolkit):
+convolution (``conv_size=1``), and the mLSTM with one (``with_short_conv``). A state-size sweep
+reruns some cells on mqar at other widths, at the rate chosen at the main width. Gate probes (the jacobian toolkit):
 for the trained LSTM and Mamba on selective copying, the diagonal of the carry-to-carry Jacobian
 (``f_t`` for the LSTM, ``exp(Delta_t A)`` for Mamba: what the step keeps) and ``||d state_end /
 d x_t||`` (what of each input is in the state when recall begins), on test sequences.
