@@ -103,7 +103,7 @@ def evaluation_curves(
     n = len(panels)
     labels = [list(runs) for runs in panels.values()]
     # Many series and the same in every panel: one legend beside the last panel, where it hides no curve
-    shared = len(labels[0]) > LEGEND_INSIDE if labels and all(ls == labels[0] for ls in labels) else False
+    shared = bool(labels) and len(labels[0]) > LEGEND_INSIDE and all(ls == labels[0] for ls in labels)
     fig, axes = plt.subplots(1, max(n, 1), figsize=(4.2 * max(n, 1) + (1.6 if shared else 0), 3.4), squeeze=False)
     for ax, (name, runs) in zip(axes[0], panels.items()):
         for color, (label, history) in zip(distinct_colors(len(runs)), runs.items()):

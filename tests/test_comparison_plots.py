@@ -43,7 +43,6 @@ def test_evaluation_curves_draw_the_mean_over_seeds_and_the_baselines(drawn, tmp
     assert sorted(float(line.get_ydata()[0]) for line in ax.get_lines() if line.get_label().startswith("_")) == [0.01, 0.17]
 
 
-
 def test_evaluation_curves_put_many_series_in_one_legend_beside_the_panels(drawn, tmp_path):
     """The selectivity study's 15 series: a legend in each panel covered the curves; one beside the
     last panel names them all. A few series keep a legend in each panel, as do panels that differ."""
@@ -57,6 +56,7 @@ def test_evaluation_curves_put_many_series_in_one_legend_beside_the_panels(drawn
     assert all(ax.get_legend() is not None for ax in drawn[-1].axes)
     plot.evaluation_curves(tmp_path / "c.png", {"a": {"lstm": history}, "b": {"lstm": history}}, "acc")
     assert all(ax.get_legend() is not None for ax in drawn[-1].axes)
+
 
 def test_norms_by_lag_draws_phases_in_one_colour_and_scales_as_asked(drawn, tmp_path):
     k = np.arange(5.0)
